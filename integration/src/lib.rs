@@ -1,0 +1,1 @@
+//! Test harness for cryo end-to-end tests.
