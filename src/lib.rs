@@ -12,6 +12,25 @@
 //! registers.
 #![deny(unsafe_code)]
 
+pub mod bundle;
+pub mod cli;
+pub mod dump;
+pub mod files;
+pub mod freeze;
 pub mod image;
+pub mod kerndat;
+pub mod log;
+pub mod mem;
 pub mod proc;
+pub mod regs;
+pub mod restore;
 pub mod sys;
+
+/// Fails with a clear message when not running as root.
+pub fn require_root(what: &str) -> anyhow::Result<()> {
+    let uid = nix::unistd::geteuid();
+    if !uid.is_root() {
+        anyhow::bail!("cryo {what} needs root (running as uid {uid})");
+    }
+    Ok(())
+}

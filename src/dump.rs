@@ -1,0 +1,706 @@
+//! The dump orchestrator: freeze → collect → write images → kill or resume.
+//!
+//! Nothing here runs code inside the dumped tasks except single syscalls
+//! injected through an existing `syscall` instruction of their vdso
+//! (`sys::inject`); memory is read from outside with process_vm_readv.
+//! Any error before the images are complete drops the [`Frozen`] tree,
+//! which detaches every thread: the original keeps running untouched.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use cryo_restorer::abi::{ItimerVal, KSigAction};
+use tracing::{debug, info};
+
+use crate::files::FileTable;
+use crate::freeze::{Frozen, FrozenProc};
+use crate::image::{self, pb, ImageDir, Kind};
+use crate::mem::{self, VmaKind, PAGE_SIZE, PE_LAZY, PE_PRESENT};
+use crate::proc;
+use crate::regs;
+use crate::sys::cpu::{xsave_layout, XsaveLayout};
+use crate::sys::inject::Injector;
+use crate::sys::{clone as sysc, ptrace, vm};
+
+/// What `cryo dump` was asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct DumpOpts {
+    pub pid: i32,
+    pub dir: PathBuf,
+    pub shell_job: bool,
+    pub leave_running: bool,
+}
+
+/// Figures reported in stats-dump and by the CLI.
+#[derive(Debug, Clone, Default)]
+pub struct DumpStats {
+    pub freezing_us: u64,
+    pub frozen_us: u64,
+    pub memdump_us: u64,
+    pub memwrite_us: u64,
+    pub pages_scanned: u64,
+    pub pages_written: u64,
+    pub processes: usize,
+}
+
+const NSIG: usize = 64;
+
+/// Runs a dump.
+pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
+    crate::require_root("dump")?;
+    let pid = opts.pid;
+    if pid <= 0 || !Path::new(&format!("/proc/{pid}")).exists() {
+        bail!("No process with pid {pid}");
+    }
+    debug!("dumping pid {pid}");
+    if pid as u32 == std::process::id() {
+        bail!("pid {pid} is cryo itself");
+    }
+    let status = proc::status::read(pid).with_context(|| format!("Cannot read /proc/{pid}/status"))?;
+    if status.tgid != pid as u32 {
+        bail!("pid {pid} is a thread of process {}; dump the process", status.tgid);
+    }
+    let dir = ImageDir::create(&opts.dir)?;
+
+    let t0 = Instant::now();
+    let frozen = Frozen::seize_tree(pid)?;
+    let t_frozen = Instant::now();
+    info!(
+        "froze {} processes in {} us",
+        frozen.procs.len(),
+        (t_frozen - t0).as_micros()
+    );
+
+    let mut stats = DumpStats {
+        freezing_us: (t_frozen - t0).as_micros() as u64,
+        processes: frozen.procs.len(),
+        ..Default::default()
+    };
+    let res = write_images(opts, &dir, &frozen, &mut stats);
+    if let Err(e) = res {
+        drop(frozen); // detaches: the tree runs on untouched
+        return Err(e);
+    }
+    stats.frozen_us = t_frozen.elapsed().as_micros() as u64;
+    write_stats(&dir, &stats)?;
+    dir.finish_manifest()?;
+    if opts.leave_running {
+        frozen.resume();
+        info!("dump done, tree left running");
+    } else {
+        frozen.kill();
+        info!("dump done, tree killed");
+    }
+    Ok(stats)
+}
+
+/// Dump-wide id counters (files, kernel objects, namespaces, pages files).
+struct Ids {
+    next_obj: u32,
+    next_pages: u32,
+    ns: HashMap<(String, u64), u32>,
+    next_ns: u32,
+}
+
+impl Ids {
+    fn obj(&mut self) -> u32 {
+        self.next_obj += 1;
+        self.next_obj
+    }
+    fn ns_id(&mut self, kind: &str, ino: u64) -> u32 {
+        let next = &mut self.next_ns;
+        *self.ns.entry((kind.to_string(), ino)).or_insert_with(|| {
+            *next += 1;
+            *next
+        })
+    }
+}
+
+const NS_KINDS: [&str; 8] = ["pid", "net", "ipc", "uts", "mnt", "user", "cgroup", "time"];
+
+fn ns_inodes(pid: i32) -> Result<HashMap<&'static str, u64>> {
+    let mut m = HashMap::new();
+    for k in NS_KINDS {
+        let md = fs::metadata(format!("/proc/{pid}/ns/{k}"))
+            .with_context(|| format!("Cannot stat /proc/{pid}/ns/{k}"))?;
+        m.insert(k, md.ino());
+    }
+    Ok(m)
+}
+
+fn kobj_ids(ids: &mut Ids, ns: &HashMap<&'static str, u64>, own: bool) -> pb::TaskKobjIdsEntry {
+    let (vm, files, fs_, sighand) = if own { (1, 1, 1, 1) } else { (ids.obj(), ids.obj(), ids.obj(), ids.obj()) };
+    pb::TaskKobjIdsEntry {
+        vm_id: vm,
+        files_id: files,
+        fs_id: fs_,
+        sighand_id: sighand,
+        pid_ns_id: Some(ids.ns_id("pid", ns["pid"])),
+        net_ns_id: Some(ids.ns_id("net", ns["net"])),
+        ipc_ns_id: Some(ids.ns_id("ipc", ns["ipc"])),
+        uts_ns_id: Some(ids.ns_id("uts", ns["uts"])),
+        mnt_ns_id: Some(ids.ns_id("mnt", ns["mnt"])),
+        user_ns_id: Some(ids.ns_id("user", ns["user"])),
+        cgroup_ns_id: Some(ids.ns_id("cgroup", ns["cgroup"])),
+        time_ns_id: Some(ids.ns_id("time", ns["time"])),
+    }
+}
+
+fn write_images(opts: &DumpOpts, dir: &ImageDir, frozen: &Frozen, stats: &mut DumpStats) -> Result<()> {
+    let layout = xsave_layout();
+    let mut ids = Ids {
+        next_obj: 1, // 1 is the dumper itself, as CRIU numbers them
+        next_pages: 0,
+        ns: HashMap::new(),
+        next_ns: 0,
+    };
+    let own = std::process::id() as i32;
+    let own_ns = ns_inodes(own)?;
+    let root_ids = kobj_ids(&mut ids, &own_ns, true);
+
+    let root = &frozen.procs[0];
+    let root_stat = proc::stat::read(root.pid)?;
+    if !opts.shell_job && root_stat.session != root.pid as u32 {
+        bail!(
+            "pid {} is not a session leader (its session is {}); it was started from a shell: pass --shell-job",
+            root.pid,
+            root_stat.session
+        );
+    }
+
+    let mut files = FileTable::default();
+    let mut pstree = Vec::new();
+    for p in &frozen.procs {
+        let pd = dump_process(opts, dir, p, &layout, &mut ids, &mut files, stats)
+            .with_context(|| format!("Dump of pid {} failed", p.pid))?;
+        let ns = ns_inodes(p.pid)?;
+        for k in ["pid", "net", "ipc", "uts", "mnt", "user", "cgroup"] {
+            if ns[k] != own_ns[k] {
+                bail!(
+                    "pid {} is in its own {k} namespace; namespaces are not supported yet",
+                    p.pid
+                );
+            }
+        }
+        let kids = kobj_ids(&mut ids, &ns, false);
+        dir.write_image(&image::names::ids(p.pid), Kind::Ids, &[kids.clone()])?;
+        dir.write_image(&image::names::fdinfo(kids.files_id), Kind::Fdinfo, &pd.fdinfo)?;
+        pstree.push(pb::PstreeEntry {
+            pid: p.pid as u32,
+            ppid: if p.ppid == 0 { 0 } else { p.ppid as u32 },
+            pgid: pd.pgid,
+            sid: pd.sid,
+            threads: p.tids.iter().map(|&t| t as u32).collect(),
+        });
+    }
+    dir.write_image("pstree.img", Kind::Pstree, &pstree)?;
+    dir.write_image("files.img", Kind::Files, &files.entries)?;
+    if !files.tty_infos.is_empty() {
+        dir.write_image("tty-info.img", Kind::TtyInfo, &files.tty_infos)?;
+    }
+    dir.write_image("seccomp.img", Kind::Seccomp, &[pb::SeccompEntry::default()])?;
+    let now = |clk| {
+        let ts = nix::time::clock_gettime(clk).unwrap_or(nix::sys::time::TimeSpec::new(0, 0));
+        pb::Timespec {
+            tv_sec: ts.tv_sec() as u64,
+            tv_nsec: ts.tv_nsec() as u64,
+        }
+    };
+    dir.write_image(
+        "timens-0.img",
+        Kind::Timens,
+        &[pb::TimensEntry {
+            monotonic: Some(now(nix::time::ClockId::CLOCK_MONOTONIC)),
+            boottime: Some(now(nix::time::ClockId::CLOCK_BOOTTIME)),
+        }],
+    )?;
+    let inv = image::inventory::new_inventory(root_ids);
+    dir.write_image("inventory.img", Kind::Inventory, &[inv])?;
+    Ok(())
+}
+
+struct ProcOut {
+    pgid: u32,
+    sid: u32,
+    fdinfo: Vec<pb::FdinfoEntry>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn dump_process(
+    opts: &DumpOpts,
+    dir: &ImageDir,
+    p: &FrozenProc,
+    layout: &XsaveLayout,
+    ids: &mut Ids,
+    files: &mut FileTable,
+    stats: &mut DumpStats,
+) -> Result<ProcOut> {
+    let pid = p.pid;
+    let stat = proc::stat::read(pid)?;
+    let status = proc::status::read(pid)?;
+    let vmas = proc::maps::read_smaps(pid)?;
+    if status.seccomp != 0 {
+        bail!("pid {pid} runs under seccomp; seccomp filters are not supported yet");
+    }
+    if p.tids.len() > 1 {
+        bail!(
+            "pid {pid} has {} threads; multi-threaded processes are not supported yet",
+            p.tids.len()
+        );
+    }
+
+    // Per-task facts that need the task's own context, by injection.
+    let mut inj = Injector::new(pid, &vmas).with_context(|| format!("Cannot prepare syscall injection into pid {pid}"))?;
+    let inj_res = (|| -> Result<Injected> {
+        let mut out = Injected::default();
+        let scratch = inj.scratch();
+        for sig in 1..=NSIG {
+            if sig == 9 || sig == 19 {
+                continue;
+            }
+            let r = inj.syscall(libc::SYS_rt_sigaction, [sig as u64, 0, scratch, 8, 0, 0])?;
+            if r < 0 {
+                bail!("rt_sigaction({sig}) in pid {pid} failed: errno {}", -r);
+            }
+            let b = inj.read_mem(scratch, 32)?;
+            let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
+            out.sigactions[sig - 1] = KSigAction {
+                handler: w(0),
+                flags: w(1),
+                restorer: w(2),
+                mask: w(3),
+            };
+        }
+        for (i, which) in [libc::ITIMER_REAL, libc::ITIMER_VIRTUAL, libc::ITIMER_PROF].into_iter().enumerate() {
+            let r = inj.syscall(libc::SYS_getitimer, [which as u64, scratch, 0, 0, 0, 0])?;
+            if r < 0 {
+                bail!("getitimer in pid {pid} failed: errno {}", -r);
+            }
+            let b = inj.read_mem(scratch, 32)?;
+            let w = |i: usize| i64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
+            out.itimers[i] = ItimerVal {
+                interval_sec: w(0),
+                interval_usec: w(1),
+                value_sec: w(2),
+                value_usec: w(3),
+            };
+        }
+        let r = inj.syscall(libc::SYS_sigaltstack, [0, scratch, 0, 0, 0, 0])?;
+        if r == 0 {
+            let b = inj.read_mem(scratch, 24)?;
+            out.sas = (
+                u64::from_le_bytes(b[0..8].try_into().unwrap()),
+                u32::from_le_bytes(b[8..12].try_into().unwrap()),
+                u64::from_le_bytes(b[16..24].try_into().unwrap()),
+            );
+        }
+        let r = inj.syscall(libc::SYS_prctl, [libc::PR_GET_TID_ADDRESS as u64, scratch, 0, 0, 0, 0])?;
+        if r == 0 {
+            let b = inj.read_mem(scratch, 8)?;
+            out.clear_tid = u64::from_le_bytes(b[0..8].try_into().unwrap());
+        }
+        out.brk = inj.syscall(libc::SYS_brk, [0; 6])? as u64;
+        out.dumpable = inj.syscall(libc::SYS_prctl, [libc::PR_GET_DUMPABLE as u64, 0, 0, 0, 0, 0])?;
+        out.thp_disabled = inj.syscall(libc::SYS_prctl, [libc::PR_GET_THP_DISABLE as u64, 0, 0, 0, 0, 0])? == 1;
+        out.secbits = inj.syscall(libc::SYS_prctl, [libc::PR_GET_SECUREBITS as u64, 0, 0, 0, 0, 0])?.max(0) as u32;
+        let r = inj.syscall(libc::SYS_prctl, [libc::PR_GET_PDEATHSIG as u64, scratch, 0, 0, 0, 0])?;
+        if r == 0 {
+            out.pdeathsig = u32::from_le_bytes(inj.read_mem(scratch, 4)?[..4].try_into().unwrap());
+        }
+        let r = inj.syscall(libc::SYS_prctl, [libc::PR_GET_CHILD_SUBREAPER as u64, scratch, 0, 0, 0, 0])?;
+        if r == 0 {
+            out.subreaper = u32::from_le_bytes(inj.read_mem(scratch, 4)?[..4].try_into().unwrap()) != 0;
+        }
+        Ok(out)
+    })();
+    inj.restore().with_context(|| format!("Cannot restore the registers of pid {pid}"))?;
+    let inj_out = inj_res?;
+
+    // Registers.
+    let tid = pid;
+    let mut gp = ptrace::get_regs(tid).with_context(|| format!("PTRACE_GETREGSET of pid {tid}"))?;
+    regs::fixup_syscall_restart(&mut gp);
+    let xstate = ptrace::get_xstate(tid).with_context(|| format!("Cannot read the FPU state of pid {tid}"))?;
+    let sigmask = ptrace::get_sigmask(tid).with_context(|| format!("PTRACE_GETSIGMASK of pid {tid}"))?;
+    let pending_p = ptrace::peek_siginfo(tid, false)?;
+    let pending_s = ptrace::peek_siginfo(tid, true)?;
+    let rseq = ptrace::get_rseq(tid)?;
+    let (robust, robust_len) = sysc::get_robust_list(tid)?;
+
+    // Files: exe, mapped files, fds, cwd/root.
+    let exe = fs::read_link(format!("/proc/{pid}/exe")).with_context(|| format!("Cannot read /proc/{pid}/exe"))?;
+    let exe_id = files.reg_path(&exe.to_string_lossy(), 0, 0)?;
+    let mut vma_entries = Vec::with_capacity(vmas.len());
+    for v in &vmas {
+        let kind = VmaKind::of(v);
+        let file_id = match kind {
+            VmaKind::FilePrivate | VmaKind::FileShared => {
+                let path = v.path.as_deref().unwrap_or_default();
+                if v.deleted() {
+                    bail!("pid {pid} maps the deleted file {path}; deleted mappings are not supported yet");
+                }
+                Some(files.reg_path(path, 0, 0)?)
+            }
+            VmaKind::AnonShared => bail!(
+                "pid {pid} has shared anonymous memory at {:#x}-{:#x}; not supported yet",
+                v.start,
+                v.end
+            ),
+            _ => None,
+        };
+        vma_entries.push(mem::vma_entry(v, file_id));
+    }
+    let fdinfo = files
+        .dump_fds(pid, opts.shell_job, &stat)
+        .with_context(|| format!("Cannot dump the files of pid {pid}"))?;
+    let cwd = fs::read_link(format!("/proc/{pid}/cwd")).with_context(|| format!("Cannot read /proc/{pid}/cwd"))?;
+    let root = fs::read_link(format!("/proc/{pid}/root")).with_context(|| format!("Cannot read /proc/{pid}/root"))?;
+    let cwd_id = files.reg_path(&cwd.to_string_lossy(), 0, 0)?;
+    let root_id = files.reg_path(&root.to_string_lossy(), 0, 0)?;
+    dir.write_image(
+        &image::names::fs(pid),
+        Kind::Fs,
+        &[pb::FsEntry {
+            cwd_id,
+            root_id,
+            umask: Some(status.umask),
+        }],
+    )?;
+
+    // mm.
+    let auxv = proc::auxv::read(pid)?;
+    let (vdso_size, vdso_hash, vvar_start) = vdso_facts(pid, &vmas)?;
+    let mm = pb::MmEntry {
+        mm_start_code: stat.start_code,
+        mm_end_code: stat.end_code,
+        mm_start_data: stat.start_data,
+        mm_end_data: stat.end_data,
+        mm_start_stack: stat.start_stack,
+        mm_start_brk: stat.start_brk,
+        mm_brk: inj_out.brk,
+        mm_arg_start: stat.arg_start,
+        mm_arg_end: stat.arg_end,
+        mm_env_start: stat.env_start,
+        mm_env_end: stat.env_end,
+        exe_file_id: exe_id,
+        mm_saved_auxv: auxv.into_iter().take(44).collect(),
+        vmas: vma_entries.clone(),
+        dumpable: Some(inj_out.dumpable as i32),
+        aios: vec![],
+        thp_disabled: Some(inj_out.thp_disabled),
+        cryo_vdso_size: vdso_size,
+        cryo_vdso_hash: vdso_hash,
+        cryo_vvar_start: vvar_start,
+    };
+    dir.write_image(&image::names::mm(pid), Kind::Mm, &[mm])?;
+
+    // Memory pages.
+    let t = Instant::now();
+    ids.next_pages += 1;
+    let pages_id = ids.next_pages;
+    let (pagemap, scanned, written, write_us) = dump_pages(dir, pid, &vmas, pages_id)?;
+    stats.pages_scanned += scanned;
+    stats.pages_written += written;
+    stats.memwrite_us += write_us;
+    stats.memdump_us += t.elapsed().as_micros() as u64;
+    dir.write_image(&image::names::pagemap(pid), Kind::Pagemap, &pagemap)?;
+
+    // core.
+    let creds = creds_of(&status, inj_out.secbits);
+    let rlimits = (0..16)
+        .map(|r| {
+            let (cur, max) = sysc::prlimit_get(pid, r).unwrap_or((u64::MAX, u64::MAX));
+            pb::RlimitEntry { cur, max }
+        })
+        .collect();
+    let sigactions = (1..=NSIG)
+        .filter(|&s| s != 9 && s != 19)
+        .map(|s| {
+            let a = inj_out.sigactions[s - 1];
+            pb::SaEntry {
+                sigaction: a.handler,
+                flags: a.flags,
+                restorer: a.restorer,
+                mask: a.mask,
+                compat_sigaction: Some(false),
+                mask_extended: None,
+            }
+        })
+        .collect();
+    let it = |v: &ItimerVal| pb::ItimerEntry {
+        isec: v.interval_sec as u64,
+        iusec: v.interval_usec as u64,
+        vsec: v.value_sec as u64,
+        vusec: v.value_usec as u64,
+    };
+    let siginfos = |v: &[[u8; 128]]| pb::SignalQueueEntry {
+        signals: v.iter().map(|s| pb::SiginfoEntry { siginfo: s.to_vec() }).collect(),
+    };
+    let (nice, policy) = sched_of(tid);
+    let task_state = if p.stop_signal.is_some() { 3 } else { 1 };
+    let core = pb::CoreEntry {
+        mtype: pb::March::X8664 as i32,
+        thread_info: Some(pb::ThreadInfoX86 {
+            clear_tid_addr: inj_out.clear_tid,
+            gpregs: Some(regs::gpregs_to_pb(&gp)),
+            fpregs: Some(regs::fpregs_to_pb(&xstate, layout)),
+            tls: (12..15)
+                .map(|n| pb::UserDescT {
+                    entry_number: n,
+                    read_exec_only: true,
+                    seg_not_present: true,
+                    ..Default::default()
+                })
+                .collect(),
+        }),
+        tc: Some(pb::TaskCoreEntry {
+            task_state,
+            exit_code: 0,
+            personality: proc::personality(pid).unwrap_or(0),
+            flags: stat.flags,
+            blk_sigset: sigmask,
+            comm: stat.comm.clone(),
+            timers: Some(pb::TaskTimersEntry {
+                real: Some(it(&inj_out.itimers[0])),
+                virt: Some(it(&inj_out.itimers[1])),
+                prof: Some(it(&inj_out.itimers[2])),
+                posix: vec![],
+            }),
+            rlimits: Some(pb::TaskRlimitsEntry { rlimits }),
+            signals_s: Some(siginfos(&pending_s)),
+            loginuid: proc::loginuid(pid).ok(),
+            oom_score_adj: proc::oom_score_adj(pid).ok(),
+            sigactions,
+            child_subreaper: Some(inj_out.subreaper),
+            stop_signo: p.stop_signal.map(|s| s as u32),
+            ..Default::default()
+        }),
+        ids: None,
+        thread_core: Some(pb::ThreadCoreEntry {
+            futex_rla: robust,
+            futex_rla_len: robust_len as u32,
+            sched_nice: Some(nice),
+            sched_policy: Some(policy),
+            sas: Some(pb::ThreadSasEntry {
+                ss_sp: inj_out.sas.0,
+                ss_size: inj_out.sas.2,
+                ss_flags: inj_out.sas.1,
+            }),
+            pdeath_sig: (inj_out.pdeathsig != 0).then_some(inj_out.pdeathsig),
+            signals_p: Some(siginfos(&pending_p)),
+            creds: Some(creds),
+            comm: Some(stat.comm.clone()),
+            rseq_entry: rseq.map(|r| pb::RseqEntry {
+                rseq_abi_pointer: r.ptr,
+                rseq_abi_size: r.len,
+                signature: r.sig,
+                rseq_cs_pointer: None,
+            }),
+            ..Default::default()
+        }),
+    };
+    dir.write_image(&image::names::core(tid), Kind::Core, &[core])?;
+
+    let (pgid, sid) = (stat.pgrp, stat.session);
+    Ok(ProcOut { pgid, sid, fdinfo })
+}
+
+#[derive(Default)]
+struct Injected {
+    sigactions: [KSigAction; 64],
+    itimers: [ItimerVal; 3],
+    /// (sp, flags, size)
+    sas: (u64, u32, u64),
+    clear_tid: u64,
+    brk: u64,
+    dumpable: i64,
+    thp_disabled: bool,
+    secbits: u32,
+    pdeathsig: u32,
+    subreaper: bool,
+}
+
+fn vdso_facts(pid: i32, vmas: &[proc::maps::Vma]) -> Result<(Option<u64>, Option<u64>, Option<u64>)> {
+    let vvar = vmas.iter().find(|v| v.is_vvar()).map(|v| v.start);
+    let Some(vdso) = vmas.iter().find(|v| v.is_vdso()) else {
+        return Ok((None, None, vvar));
+    };
+    let len = (vdso.end - vdso.start) as usize;
+    let mut buf = vec![0u8; len];
+    vm::read_remote(pid, &[(vdso.start, len)], &mut buf).with_context(|| format!("Cannot read the vdso of pid {pid}"))?;
+    Ok((Some(len as u64), Some(fnv1a(&buf)), vvar))
+}
+
+/// FNV-1a, 64 bit: identifies vdso contents (same kernel or not).
+pub fn fnv1a(b: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &x in b {
+        h ^= u64::from(x);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+fn sched_of(tid: i32) -> (i32, u32) {
+    let nice = proc::stat::read(tid).map(|s| s.nice).unwrap_or(0);
+    // SAFETY-free: sched_getscheduler is a plain syscall wrapper in libc;
+    // nix has no wrapper for it, the sys layer provides one.
+    let policy = sysc::sched_getscheduler(tid).unwrap_or(0);
+    (nice as i32, policy as u32)
+}
+
+fn caps_words(v: u64) -> Vec<u32> {
+    vec![v as u32, (v >> 32) as u32]
+}
+
+fn creds_of(s: &proc::status::Status, secbits: u32) -> pb::CredsEntry {
+    pb::CredsEntry {
+        uid: s.uid[0],
+        euid: s.uid[1],
+        suid: s.uid[2],
+        fsuid: s.uid[3],
+        gid: s.gid[0],
+        egid: s.gid[1],
+        sgid: s.gid[2],
+        fsgid: s.gid[3],
+        cap_inh: caps_words(s.cap_inh),
+        cap_prm: caps_words(s.cap_prm),
+        cap_eff: caps_words(s.cap_eff),
+        cap_bnd: caps_words(s.cap_bnd),
+        secbits,
+        groups: s.groups.clone(),
+        no_new_privs: s.no_new_privs.then_some(1),
+        cap_amb: caps_words(s.cap_amb),
+        ..Default::default()
+    }
+}
+
+/// Writes the pages of every private VMA that are present (or swapped) and
+/// not the shared zero page, nor still backed by the file. Returns the
+/// pagemap entries (head first), pages scanned and written, and the time
+/// spent writing.
+fn dump_pages(
+    dir: &ImageDir,
+    pid: i32,
+    vmas: &[proc::maps::Vma],
+    pages_id: u32,
+) -> Result<(Vec<pb::PagemapEntryAny>, u64, u64, u64)> {
+    let pagemap = fs::File::open(format!("/proc/{pid}/pagemap")).with_context(|| format!("Cannot open /proc/{pid}/pagemap"))?;
+    let mut entries = vec![pb::PagemapEntryAny::Head(pb::PagemapHead { pages_id })];
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let mut scanned = 0u64;
+    for v in vmas {
+        let kind = VmaKind::of(v);
+        if !kind.dumps_pages() {
+            continue;
+        }
+        if v.prot & libc::PROT_READ as u32 == 0 {
+            // PROT_NONE memory can hold data only if it was readable once;
+            // process_vm_readv cannot read it. Rare: guard pages.
+            let rs = vm::pagemap_scan(
+                &pagemap,
+                v.start,
+                v.end,
+                vm::PAGE_IS_PFNZERO | vm::PAGE_IS_FILE,
+                vm::PAGE_IS_PFNZERO | vm::PAGE_IS_FILE,
+                vm::PAGE_IS_PRESENT | vm::PAGE_IS_SWAPPED,
+                vm::PAGE_IS_PRESENT | vm::PAGE_IS_SWAPPED,
+                0,
+            )?;
+            if !rs.is_empty() {
+                bail!(
+                    "pid {pid} has data in unreadable (PROT_NONE) memory at {:#x}-{:#x}; not supported yet",
+                    v.start,
+                    v.end
+                );
+            }
+            continue;
+        }
+        scanned += (v.end - v.start) / PAGE_SIZE;
+        let rs = vm::pagemap_scan(
+            &pagemap,
+            v.start,
+            v.end,
+            vm::PAGE_IS_PFNZERO | vm::PAGE_IS_FILE,
+            vm::PAGE_IS_PFNZERO | vm::PAGE_IS_FILE,
+            vm::PAGE_IS_PRESENT | vm::PAGE_IS_SWAPPED,
+            vm::PAGE_IS_PRESENT | vm::PAGE_IS_SWAPPED,
+            0,
+        )
+        .with_context(|| format!("PAGEMAP_SCAN of pid {pid} at {:#x}", v.start))?;
+        let flags = if kind == VmaKind::AnonPrivate { PE_PRESENT | PE_LAZY } else { PE_PRESENT };
+        for r in rs {
+            let n = (r.end - r.start) / PAGE_SIZE;
+            entries.push(pb::PagemapEntryAny::Entry(pb::PagemapEntry {
+                vaddr: r.start,
+                compat_nr_pages: n as u32,
+                in_parent: None,
+                flags: Some(flags),
+                nr_pages: Some(n),
+            }));
+            runs.push((r.start, r.end - r.start));
+        }
+    }
+    let name = image::names::pages(pages_id);
+    let mut out = dir.create_raw(&name)?;
+    let total: u64 = runs.iter().map(|r| r.1).sum();
+    let mut write_us = 0u64;
+    // Copy in chunks of up to 64 MiB (and 1024 iovecs, the kernel's limit).
+    const CHUNK: usize = 64 << 20;
+    let mut buf = vec![0u8; CHUNK.min(total as usize).max(PAGE_SIZE as usize)];
+    let mut i = 0;
+    while i < runs.len() {
+        let mut iov = Vec::new();
+        let mut len = 0usize;
+        while i < runs.len() && iov.len() < 1024 {
+            let (start, rlen) = runs[i];
+            let room = buf.len() - len;
+            if room == 0 {
+                break;
+            }
+            let take = (rlen as usize).min(room);
+            iov.push((start, take));
+            len += take;
+            if take < rlen as usize {
+                runs[i] = (start + take as u64, rlen - take as u64);
+                break;
+            }
+            i += 1;
+        }
+        let got = vm::read_remote(pid, &iov, &mut buf[..len]).with_context(|| format!("Cannot read the memory of pid {pid}"))?;
+        if got != len {
+            bail!("Short read of the memory of pid {pid}: {got} of {len} bytes");
+        }
+        let tw = Instant::now();
+        out.write_all(&buf[..len]).with_context(|| format!("Cannot write {name}"))?;
+        write_us += tw.elapsed().as_micros() as u64;
+    }
+    out.flush()?;
+    Ok((entries, scanned, total / PAGE_SIZE, write_us))
+}
+
+fn write_stats(dir: &ImageDir, s: &DumpStats) -> Result<()> {
+    let e = pb::StatsEntry {
+        dump: Some(pb::DumpStatsEntry {
+            freezing_time: s.freezing_us as u32,
+            frozen_time: s.frozen_us as u32,
+            memdump_time: s.memdump_us as u32,
+            memwrite_time: s.memwrite_us as u32,
+            pages_scanned: s.pages_scanned,
+            pages_skipped_parent: 0,
+            pages_written: s.pages_written,
+            irmap_resolve: Some(0),
+            pages_lazy: 0,
+            ..Default::default()
+        }),
+        restore: None,
+    };
+    dir.write_image("stats-dump", Kind::Stats, &[e])?;
+    Ok(())
+}
+

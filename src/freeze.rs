@@ -1,0 +1,159 @@
+//! Freezing a process tree with ptrace.
+//!
+//! Every thread is seized (PTRACE_SEIZE, no SIGSTOP sent) and interrupted
+//! (PTRACE_INTERRUPT). A process is stopped completely before its children
+//! are listed, so no child can appear behind our back; threads are listed
+//! again until no new one shows up. Dropping a [`Frozen`] that was not
+//! consumed detaches every thread, so any failure during a dump resumes
+//! the tree untouched.
+
+use std::collections::{BTreeSet, HashSet, VecDeque};
+
+use anyhow::{bail, Context, Result};
+use nix::errno::Errno;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+use crate::proc;
+use crate::sys::ptrace::{self, WaitOutcome};
+
+/// One stopped process.
+#[derive(Debug, Clone)]
+pub struct FrozenProc {
+    pub pid: i32,
+    /// Parent pid as seen in /proc (0 for the tree's root).
+    pub ppid: i32,
+    /// Leader first.
+    pub tids: Vec<i32>,
+    /// Set when the process was in a group stop (SIGSTOP'd) before the dump.
+    pub stop_signal: Option<i32>,
+}
+
+/// A stopped tree, parents before children.
+pub struct Frozen {
+    pub procs: Vec<FrozenProc>,
+    seized: Vec<i32>,
+    armed: bool,
+}
+
+impl Frozen {
+    /// Seizes the tree rooted at `root`.
+    pub fn seize_tree(root: i32) -> Result<Frozen> {
+        let mut f = Frozen {
+            procs: Vec::new(),
+            seized: Vec::new(),
+            armed: true,
+        };
+        let mut queue = VecDeque::from([(root, 0)]);
+        let mut seen = HashSet::new();
+        while let Some((pid, ppid)) = queue.pop_front() {
+            if !seen.insert(pid) {
+                continue;
+            }
+            let (tids, stop) = f
+                .seize_process(pid)
+                .with_context(|| format!("Cannot freeze pid {pid}"))?;
+            let mut children = BTreeSet::new();
+            for &t in &tids {
+                for c in proc::children(pid, t).with_context(|| format!("Cannot list children of pid {pid}"))? {
+                    children.insert(c as i32);
+                }
+            }
+            f.procs.push(FrozenProc {
+                pid,
+                ppid,
+                tids,
+                stop_signal: stop,
+            });
+            for c in children {
+                queue.push_back((c, pid));
+            }
+        }
+        Ok(f)
+    }
+
+    fn seize_process(&mut self, pid: i32) -> Result<(Vec<i32>, Option<i32>)> {
+        let mut done: Vec<i32> = Vec::new();
+        let mut stop = None;
+        loop {
+            let tids = proc::threads(pid).with_context(|| format!("Cannot list threads of pid {pid}"))?;
+            let new: Vec<i32> = tids.iter().map(|&t| t as i32).filter(|t| !done.contains(t)).collect();
+            if new.is_empty() {
+                break;
+            }
+            for t in new {
+                if let Some(sig) = self.seize_thread(t)? {
+                    stop = Some(sig);
+                }
+                done.push(t);
+            }
+        }
+        // Leader first, the rest in ascending order.
+        done.sort_by_key(|&t| (t != pid, t));
+        if done.first() != Some(&pid) {
+            bail!("pid {pid} has no leader thread (is it exiting?)");
+        }
+        Ok((done, stop))
+    }
+
+    /// Seizes and interrupts one thread; returns the group-stop signal if
+    /// the thread was stopped by job control.
+    fn seize_thread(&mut self, tid: i32) -> Result<Option<i32>> {
+        match ptrace::seize(tid, ptrace::SEIZE_OPTIONS) {
+            Ok(()) => {}
+            Err(Errno::ESRCH) => bail!("pid {tid} vanished while freezing"),
+            Err(Errno::EPERM) => bail!(
+                "pid {tid} cannot be traced (a zombie, already traced, or not ours to trace)"
+            ),
+            Err(e) => return Err(e).with_context(|| format!("PTRACE_SEIZE of pid {tid}")),
+        }
+        self.seized.push(tid);
+        ptrace::interrupt(tid).with_context(|| format!("PTRACE_INTERRUPT of pid {tid}"))?;
+        loop {
+            match ptrace::wait_stop(tid).with_context(|| format!("waiting for pid {tid} to stop"))? {
+                WaitOutcome::EventStop => return Ok(None),
+                WaitOutcome::GroupStop(sig) => return Ok(Some(sig)),
+                WaitOutcome::SignalStop(sig) => {
+                    // A signal arrived before our interrupt: let it be
+                    // delivered as it would have been, then stop.
+                    ptrace::cont(tid, sig).with_context(|| format!("PTRACE_CONT of pid {tid}"))?;
+                }
+                WaitOutcome::Exited(_) | WaitOutcome::Killed(_) => {
+                    self.seized.retain(|&t| t != tid);
+                    bail!("pid {tid} exited while freezing")
+                }
+                other => bail!("pid {tid} stopped unexpectedly while freezing: {other:?}"),
+            }
+        }
+    }
+
+    /// Kills the frozen tree (after a successful dump without
+    /// --leave-running).
+    pub fn kill(mut self) {
+        for p in &self.procs {
+            let _ = nix::sys::signal::kill(Pid::from_raw(p.pid), Signal::SIGKILL);
+        }
+        self.armed = false;
+    }
+
+    /// Lets the tree run on: every thread is detached.
+    pub fn resume(mut self) {
+        self.detach_all();
+        self.armed = false;
+    }
+
+    fn detach_all(&mut self) {
+        for &t in self.seized.iter().rev() {
+            let _ = ptrace::detach(t, 0);
+        }
+        self.seized.clear();
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if self.armed {
+            self.detach_all();
+        }
+    }
+}

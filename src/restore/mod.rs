@@ -1,0 +1,368 @@
+//! The restore orchestrator, in named stages.
+//!
+//! 1. [`Stage::Load`]: every image is read and validated before anything is
+//!    created (pstree shape, cores, CPU state vs this CPU, mm, pagemaps vs
+//!    their pages files, files, vdso vs this kernel). A bad image fails here
+//!    with nothing left behind.
+//! 2. [`Stage::Shim`]: a small init of ours is forked into a fresh pid and
+//!    mount namespace (pid 1 there); it mounts a private /proc.
+//! 3. [`Stage::Fork`]: the shim forks the tree's root with clone3(set_tid =
+//!    its old pid); each task sets its session/group, opens its files, forks
+//!    its children the same way, stages its memory and jumps into the
+//!    restorer blob (`task.rs`).
+//! 4. [`Stage::Ready`]: the engine waits until every task's blob reports
+//!    that its address space and state are in place. Any failure (a task's
+//!    error message, a blob report with an errno, a task dying) kills the
+//!    shim, which takes the whole namespace with it: no process is left.
+//! 5. [`Stage::Go`]: the engine releases every task at once; each
+//!    rt_sigreturns into its saved registers.
+
+pub mod blob;
+mod plan;
+mod shim;
+mod task;
+
+use std::fs;
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use cryo_restorer::abi::{step, Report};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+use tracing::{debug, info, warn};
+
+use crate::image::{pb, ImageDir, Kind};
+pub use plan::Plan;
+
+/// What `cryo restore` was asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOpts {
+    pub dir: PathBuf,
+    pub shell_job: bool,
+    pub detach: bool,
+    pub pidfile: Option<PathBuf>,
+    /// Restore even if the image directory is writable by others than root.
+    pub trust_images: bool,
+}
+
+/// The stages of a restore, for logs and errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Images are read and validated; nothing exists yet.
+    Load,
+    /// The namespace init (pid 1) is being created.
+    Shim,
+    /// Tasks are being forked and prepared.
+    Fork,
+    /// Every task has reported ready from inside its blob.
+    Ready,
+    /// Tasks were released into their restored state.
+    Go,
+}
+
+/// The outcome of a restore.
+#[derive(Debug, Clone)]
+pub struct Restored {
+    /// Host pid of the restored root.
+    pub root_host_pid: i32,
+    /// Host pid of the namespace init.
+    pub shim_pid: i32,
+    /// With `detach == false`: the exit status of the restored root.
+    pub exit_code: Option<i32>,
+    pub restore_us: u64,
+}
+
+/// The engine's own descriptors that every task inherits, moved above any
+/// fd number the restored tasks use.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EngineFds {
+    pub ready_w: RawFd,
+    pub go_r: RawFd,
+    pub err_w: RawFd,
+    pub dir: RawFd,
+    /// The engine's terminal (dup of fd 0) for --shell-job, or -1.
+    pub tty: RawFd,
+    /// Lowest engine fd: everything below is the restored tasks' space.
+    pub high: RawFd,
+    /// First fd number free for temporaries in the tasks.
+    pub tmp_base: RawFd,
+}
+
+pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
+    crate::require_root("restore")?;
+    let t0 = Instant::now();
+    check_dir_trust(&opts.dir, opts.trust_images)?;
+    let dir = ImageDir::open(&opts.dir)?;
+    let plan = Plan::load(&dir, opts).context("Stage Load")?;
+    info!("loaded images of {} processes", plan.tasks.len());
+
+    // Engine fds, moved high.
+    let high = plan.max_fd().max(63) + 1;
+    let (ready_r, ready_w) = nix::unistd::pipe()?;
+    let (go_r, go_w) = nix::unistd::pipe()?;
+    let (err_r, err_w) = nix::unistd::pipe()?;
+    let (shim_r, shim_w) = nix::unistd::pipe()?;
+    let (ack_r, ack_w) = nix::unistd::pipe()?;
+    let dirfd = fs::File::open(&opts.dir).with_context(|| format!("Cannot open {}", opts.dir.display()))?;
+    let tty = if opts.shell_job { Some(nix::unistd::dup(0).context("Cannot dup stdin for --shell-job")?) } else { None };
+    let moved = |fd: RawFd, at: RawFd| -> Result<RawFd> {
+        let n = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(at)).context("F_DUPFD")?;
+        Ok(n)
+    };
+    let efds = EngineFds {
+        ready_w: moved(ready_w.as_raw_fd(), high)?,
+        go_r: moved(go_r.as_raw_fd(), high)?,
+        err_w: moved(err_w.as_raw_fd(), high)?,
+        dir: moved(dirfd.as_raw_fd(), high)?,
+        tty: match &tty {
+            Some(t) => moved(*t, high)?,
+            None => -1,
+        },
+        high,
+        tmp_base: high + 16,
+    };
+    let shim_ctl = (moved(shim_r.as_raw_fd(), high)?, moved(ack_w.as_raw_fd(), high)?);
+    if let Some(t) = tty {
+        let _ = nix::unistd::close(t);
+    }
+    drop((ready_w, go_r, err_w, dirfd, shim_r, ack_w));
+
+    let shim_pid = shim::spawn(&plan, efds, shim_ctl).context("Stage Shim")?;
+    // The engine keeps only the ends it reads or writes.
+    for fd in [efds.ready_w, efds.go_r, efds.err_w, efds.dir, shim_ctl.0, shim_ctl.1] {
+        let _ = nix::unistd::close(fd);
+    }
+    if efds.tty >= 0 {
+        let _ = nix::unistd::close(efds.tty);
+    }
+    let guard = ShimGuard { pid: shim_pid, armed: true };
+
+    wait_ready(&plan, &ready_r, &err_r).context("Stage Fork")?;
+    debug!("all {} tasks ready", plan.tasks.len());
+    // Release every task at once.
+    let go = vec![b'g'; plan.tasks.len()];
+    nix::unistd::write(&go_w, &go).context("Cannot release the restored tasks")?;
+    drop(go_w);
+    // Let the shim drop its parent-death signal, and wait for it to say so.
+    nix::unistd::write(&shim_w, b"g").context("Cannot release the namespace init")?;
+    let mut b = [0u8; 1];
+    match nix::unistd::read(ack_r.as_raw_fd(), &mut b) {
+        Ok(1) => {}
+        _ => bail!("The namespace init died after the restore"),
+    }
+    let restore_us = t0.elapsed().as_micros() as u64;
+    let root_host_pid = shim::root_host_pid(shim_pid).unwrap_or(-1);
+    info!("restored: root pid {} in the new namespace, host pid {root_host_pid}", plan.tasks[0].pid);
+    let mut guard = guard;
+    guard.armed = false;
+    write_stats(&dir, restore_us, &plan);
+    if let Some(pf) = &opts.pidfile {
+        write_pidfile(pf, root_host_pid)?;
+    }
+    let exit_code = if opts.detach {
+        None
+    } else {
+        Some(wait_shim(shim_pid)?)
+    };
+    Ok(Restored {
+        root_host_pid,
+        shim_pid,
+        exit_code,
+        restore_us,
+    })
+}
+
+/// Kills the namespace (through its init) unless disarmed.
+struct ShimGuard {
+    pid: i32,
+    armed: bool,
+}
+
+impl Drop for ShimGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
+            let _ = waitpid(Pid::from_raw(self.pid), None);
+        }
+    }
+}
+
+fn wait_ready(plan: &Plan, ready_r: &OwnedFd, err_r: &OwnedFd) -> Result<()> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut ready = 0usize;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut err_text = Vec::new();
+    let mut err_open = true;
+    while ready < plan.tasks.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            bail!("Timed out waiting for the restored tasks ({ready} of {} ready)", plan.tasks.len());
+        }
+        let mut fds = vec![PollFd::new(ready_r.as_fd_borrow(), PollFlags::POLLIN)];
+        if err_open {
+            fds.push(PollFd::new(err_r.as_fd_borrow(), PollFlags::POLLIN));
+        }
+        let ms = left.as_millis().min(60_000) as u16;
+        poll(&mut fds, PollTimeout::from(ms)).context("poll")?;
+        let rd = fds[0].revents().unwrap_or(PollFlags::empty());
+        let ed = fds.get(1).and_then(|f| f.revents()).unwrap_or(PollFlags::empty());
+        if !ed.is_empty() {
+            let mut buf = [0u8; 4096];
+            let n = nix::unistd::read(err_r.as_raw_fd(), &mut buf).unwrap_or(0);
+            if n == 0 {
+                err_open = false;
+            } else {
+                err_text.extend_from_slice(&buf[..n]);
+                // Let a multi-part message arrive, then fail.
+                std::thread::sleep(Duration::from_millis(20));
+                if let Ok(n) = nix::unistd::read(err_r.as_raw_fd(), &mut buf) {
+                    err_text.extend_from_slice(&buf[..n]);
+                }
+                let msg = String::from_utf8_lossy(&err_text);
+                let first = msg.lines().next().unwrap_or("").trim().to_string();
+                return Err(anyhow!("{first}"));
+            }
+        }
+        if !rd.is_empty() {
+            let mut buf = [0u8; 512];
+            let n = nix::unistd::read(ready_r.as_raw_fd(), &mut buf).context("read ready pipe")?;
+            if n == 0 {
+                bail!("The restored tasks died before they were ready ({ready} of {} ready)", plan.tasks.len());
+            }
+            pending.extend_from_slice(&buf[..n]);
+            while pending.len() >= 8 {
+                let r = Report {
+                    step: u32::from_le_bytes(pending[0..4].try_into().unwrap()),
+                    errno: i32::from_le_bytes(pending[4..8].try_into().unwrap()),
+                };
+                pending.drain(..8);
+                if r.step == step::READY && r.errno == 0 {
+                    ready += 1;
+                } else {
+                    bail!(
+                        "The restorer failed at step {} ({}): {}",
+                        r.step,
+                        step_name(r.step),
+                        nix::errno::Errno::from_raw(r.errno)
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+trait AsFdBorrow {
+    fn as_fd_borrow(&self) -> std::os::fd::BorrowedFd<'_>;
+}
+impl AsFdBorrow for OwnedFd {
+    fn as_fd_borrow(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.as_fd()
+    }
+}
+
+pub fn step_name(s: u32) -> &'static str {
+    match s {
+        step::HEADER => "argument header",
+        step::RSEQ_UNREGISTER => "rseq unregister",
+        step::UNMAP => "unmap",
+        step::MREMAP => "moving memory into place",
+        step::MADVISE => "madvise",
+        step::VDSO => "vdso",
+        step::MM_MAP => "PR_SET_MM_MAP",
+        step::SIGACTION => "sigaction",
+        step::ITIMER => "itimers",
+        step::THREAD => "thread state",
+        step::CREDS => "credentials",
+        step::SYNC => "sync",
+        step::SIGQUEUE => "pending signals",
+        step::SIGRETURN => "sigreturn",
+        _ => "unknown",
+    }
+}
+
+fn wait_shim(shim: i32) -> Result<i32> {
+    loop {
+        match waitpid(Pid::from_raw(shim), None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e).context("waiting for the restored tree"),
+        }
+    }
+}
+
+fn write_pidfile(path: &Path, pid: i32) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, format!("{pid}\n")).with_context(|| format!("Cannot write {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("Cannot write {}", path.display()))?;
+    Ok(())
+}
+
+fn write_stats(dir: &ImageDir, restore_us: u64, plan: &Plan) {
+    let e = pb::StatsEntry {
+        dump: None,
+        restore: Some(pb::RestoreStatsEntry {
+            pages_compared: 0,
+            pages_skipped_cow: 0,
+            forking_time: 0,
+            restore_time: restore_us as u32,
+            pages_restored: Some(plan.pages_total()),
+        }),
+    };
+    if let Err(e) = dir.write_image("stats-restore", Kind::Stats, &[e]) {
+        warn!("cannot write stats-restore: {e:#}");
+    }
+}
+
+/// Refuses image directories that a non-root user could have tampered with:
+/// restoring runs their content as whatever user the images say.
+fn check_dir_trust(dir: &Path, trust: bool) -> Result<()> {
+    let md = match fs::metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!("Image directory {} does not exist", dir.display()),
+        Err(e) => return Err(e).with_context(|| format!("Cannot stat {}", dir.display())),
+    };
+    if !md.is_dir() {
+        bail!("{} is not a directory", dir.display());
+    }
+    if trust {
+        return Ok(());
+    }
+    let writable_by_others = |m: &fs::Metadata| m.uid() != 0 || m.mode() & 0o022 != 0;
+    if writable_by_others(&md) {
+        bail!(
+            "Image directory {} can be written by users other than root (owner uid {}, mode {:o}); refusing to restore from it (pass --trust-images to override)",
+            dir.display(),
+            md.uid(),
+            md.mode() & 0o7777
+        );
+    }
+    for e in fs::read_dir(dir)?.flatten() {
+        let m = e.metadata()?;
+        if m.is_file() && writable_by_others(&m) {
+            bail!(
+                "Image file {} can be written by users other than root (owner uid {}, mode {:o}); refusing to restore from it (pass --trust-images to override)",
+                e.path().display(),
+                m.uid(),
+                m.mode() & 0o7777
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Writes one error line for the engine, from inside a task or the shim.
+pub(crate) fn report_error(err_w: RawFd, msg: &str) {
+    let line = format!("{}\n", msg.replace('\n', " "));
+    let mut f = std::mem::ManuallyDrop::new(crate::sys::rawfd::file_from_raw(err_w));
+    let _ = f.write_all(line.as_bytes());
+}

@@ -1,0 +1,388 @@
+//! Stage Load: read every image and validate it before anything is
+//! created.
+
+use std::collections::{HashMap, HashSet};
+
+use anyhow::{bail, Context, Result};
+
+use crate::image::{self, pb, ImageDir, Kind, PagemapIndex};
+use crate::mem::{VmaKind, PAGE_SIZE};
+use crate::regs;
+use crate::sys::cpu::{xsave_layout, XsaveLayout};
+
+use super::RestoreOpts;
+
+/// Everything one process needs, validated.
+#[derive(Debug, Clone)]
+pub struct TaskImage {
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    pub core: pb::CoreEntry,
+    pub mm: pb::MmEntry,
+    pub pagemap: Vec<pb::PagemapEntry>,
+    /// Offset in the pages file of each pagemap entry (None: not present).
+    pub page_offsets: Vec<Option<u64>>,
+    pub pages_file: String,
+    pub fs: pb::FsEntry,
+    pub fds: Vec<pb::FdinfoEntry>,
+    /// The XSAVE image rebuilt for this CPU.
+    pub xsave: Vec<u8>,
+    /// Indexes of the children in `Plan::tasks`.
+    pub children: Vec<usize>,
+    /// Index of the parent, None for the root.
+    pub parent: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub tasks: Vec<TaskImage>,
+    pub files: HashMap<u32, pb::FileEntry>,
+    pub ttys: HashMap<u32, pb::TtyInfoEntry>,
+    pub shell_job: bool,
+    pub layout: XsaveLayout,
+}
+
+impl Plan {
+    pub fn load(dir: &ImageDir, opts: &RestoreOpts) -> Result<Plan> {
+        let inv: pb::InventoryEntry = dir
+            .read_image::<pb::InventoryEntry>("inventory.img", Kind::Inventory)?
+            .into_iter()
+            .next()
+            .context("inventory.img has no entry")?;
+        image::inventory::check_inventory(&inv)?;
+        let pstree: Vec<pb::PstreeEntry> = dir.read_image("pstree.img", Kind::Pstree)?;
+        if pstree.is_empty() {
+            bail!("pstree.img lists no process");
+        }
+        let files: HashMap<u32, pb::FileEntry> = dir
+            .read_image::<pb::FileEntry>("files.img", Kind::Files)?
+            .into_iter()
+            .map(|f| (f.id, f))
+            .collect();
+        let ttys: HashMap<u32, pb::TtyInfoEntry> = if dir.exists("tty-info.img") {
+            dir.read_image::<pb::TtyInfoEntry>("tty-info.img", Kind::TtyInfo)?
+                .into_iter()
+                .map(|t| (t.id, t))
+                .collect()
+        } else {
+            HashMap::new()
+        };
+        let layout = xsave_layout();
+        let pid_max: i64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(32768);
+        let own_vdso = own_vdso_facts();
+
+        let mut tasks: Vec<TaskImage> = Vec::new();
+        let mut index: HashMap<i32, usize> = HashMap::new();
+        for (i, e) in pstree.iter().enumerate() {
+            let pid = e.pid as i32;
+            let what = |s: &str| format!("pstree.img entry {i} (pid {pid}): {s}");
+            if pid <= 0 {
+                bail!(what("invalid pid"));
+            }
+            if i64::from(pid) >= pid_max {
+                bail!(
+                    "pid {pid} is not below this machine's pid_max ({pid_max}); raise /proc/sys/kernel/pid_max to restore it"
+                );
+            }
+            if index.contains_key(&pid) {
+                bail!(what("duplicate pid"));
+            }
+            if e.threads.first() != Some(&e.pid) {
+                bail!(what("the first thread is not the process itself"));
+            }
+            if e.threads.len() > 1 {
+                bail!(what("multi-threaded processes are not supported yet"));
+            }
+            let parent = if i == 0 {
+                if e.ppid != 0 {
+                    // The root's parent is outside the dump; CRIU writes 0.
+                }
+                None
+            } else {
+                match index.get(&(e.ppid as i32)) {
+                    Some(&p) => Some(p),
+                    None => bail!(what(&format!("parent {} is not listed before it", e.ppid))),
+                }
+            };
+            let core: pb::CoreEntry = dir
+                .read_image::<pb::CoreEntry>(&image::names::core(pid), Kind::Core)?
+                .into_iter()
+                .next()
+                .with_context(|| format!("{} is empty", image::names::core(pid)))?;
+            validate_core(&core, pid)?;
+            let fp = core
+                .thread_info
+                .as_ref()
+                .and_then(|t| t.fpregs.as_ref())
+                .with_context(|| format!("{}: no FPU state", image::names::core(pid)))?;
+            let xsave = regs::fpregs_from_pb(fp, &layout)
+                .map_err(|m| anyhow::anyhow!("{}: {m}", image::names::core(pid)))?;
+            let mm: pb::MmEntry = dir
+                .read_image::<pb::MmEntry>(&image::names::mm(pid), Kind::Mm)?
+                .into_iter()
+                .next()
+                .with_context(|| format!("{} is empty", image::names::mm(pid)))?;
+            validate_mm(&mm, pid, &files, own_vdso)?;
+            let (head, pagemap) = dir.read_pagemap(&image::names::pagemap(pid))?;
+            let pages_file = image::names::pages(head.pages_id);
+            let size = dir.file_size(&pages_file)?;
+            let idx = PagemapIndex::new(&pagemap, size)
+                .with_context(|| format!("{} and {pages_file} do not match", image::names::pagemap(pid)))?;
+            let page_offsets = idx.offsets().to_vec();
+            check_pages_inside_vmas(&pagemap, &mm, pid)?;
+            let fs: pb::FsEntry = dir
+                .read_image::<pb::FsEntry>(&image::names::fs(pid), Kind::Fs)?
+                .into_iter()
+                .next()
+                .with_context(|| format!("{} is empty", image::names::fs(pid)))?;
+            for id in [fs.cwd_id, fs.root_id] {
+                if !files.contains_key(&id) {
+                    bail!("{}: file id {id} is not in files.img", image::names::fs(pid));
+                }
+            }
+            let ids: pb::TaskKobjIdsEntry = dir
+                .read_image::<pb::TaskKobjIdsEntry>(&image::names::ids(pid), Kind::Ids)?
+                .into_iter()
+                .next()
+                .with_context(|| format!("{} is empty", image::names::ids(pid)))?;
+            let fdname = image::names::fdinfo(ids.files_id);
+            let fds: Vec<pb::FdinfoEntry> = if dir.exists(&fdname) {
+                dir.read_image(&fdname, Kind::Fdinfo)?
+            } else {
+                Vec::new()
+            };
+            let mut seen_fd = HashSet::new();
+            for f in &fds {
+                if !seen_fd.insert(f.fd) {
+                    bail!("{fdname}: fd {} listed twice", f.fd);
+                }
+                let Some(fe) = files.get(&f.id) else {
+                    bail!("{fdname}: fd {} refers to file id {}, which is not in files.img", f.fd, f.id);
+                };
+                if fe.r#type != f.r#type {
+                    bail!("{fdname}: fd {} has type {} but files.img says {}", f.fd, f.r#type, fe.r#type);
+                }
+                match f.r#type {
+                    crate::files::FD_REG => {}
+                    crate::files::FD_TTY => {
+                        if !opts.shell_job {
+                            bail!(
+                                "pid {pid} fd {} is a terminal of the dumping session; restore with --shell-job",
+                                f.fd
+                            );
+                        }
+                    }
+                    t => bail!("{fdname}: fd {} has a file type ({t}) this cryo cannot restore yet", f.fd),
+                }
+            }
+            index.insert(pid, tasks.len());
+            tasks.push(TaskImage {
+                pid,
+                ppid: e.ppid as i32,
+                pgid: e.pgid as i32,
+                sid: e.sid as i32,
+                core,
+                mm,
+                pagemap,
+                page_offsets,
+                pages_file,
+                fs,
+                fds,
+                xsave,
+                children: Vec::new(),
+                parent,
+            });
+        }
+        for i in 0..tasks.len() {
+            if let Some(p) = tasks[i].parent {
+                tasks[p].children.push(i);
+            }
+        }
+        let plan = Plan {
+            tasks,
+            files,
+            ttys,
+            shell_job: opts.shell_job,
+            layout,
+        };
+        plan.check_sessions()?;
+        Ok(plan)
+    }
+
+    /// The largest fd number any task uses (-1 for none).
+    pub fn max_fd(&self) -> i32 {
+        self.tasks
+            .iter()
+            .flat_map(|t| t.fds.iter().map(|f| f.fd as i32))
+            .max()
+            .unwrap_or(-1)
+    }
+
+    pub fn pages_total(&self) -> u64 {
+        self.tasks
+            .iter()
+            .flat_map(|t| t.pagemap.iter())
+            .filter(|e| e.flags.unwrap_or(crate::mem::PE_PRESENT) & crate::mem::PE_PRESENT != 0)
+            .map(pages_of)
+            .sum()
+    }
+
+    pub fn is_pid(&self, pid: i32) -> bool {
+        self.tasks.iter().any(|t| t.pid == pid)
+    }
+
+    /// Sessions and groups must be reproducible with setsid/setpgid in
+    /// tree order (or inherited from outside with --shell-job).
+    fn check_sessions(&self) -> Result<()> {
+        let root = &self.tasks[0];
+        if !self.shell_job && root.sid != root.pid {
+            bail!(
+                "pid {} was dumped as part of session {} (a shell job); restore with --shell-job",
+                root.pid,
+                root.sid
+            );
+        }
+        for t in &self.tasks {
+            let parent_sid = t.parent.map(|p| self.tasks[p].sid);
+            let ok = t.sid == t.pid
+                || Some(t.sid) == parent_sid
+                || (self.shell_job && !self.is_pid(t.sid));
+            if !ok {
+                bail!(
+                    "pid {} is in session {} which neither it nor its parent leads; not supported yet",
+                    t.pid,
+                    t.sid
+                );
+            }
+            let parent_pgid = t.parent.map(|p| self.tasks[p].pgid);
+            let ok = t.pgid == t.pid
+                || Some(t.pgid) == parent_pgid
+                || self.is_pid(t.pgid)
+                || (self.shell_job && !self.is_pid(t.pgid));
+            if !ok {
+                bail!("pid {} is in process group {} that cannot be recreated", t.pid, t.pgid);
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn pages_of(e: &pb::PagemapEntry) -> u64 {
+    e.nr_pages.unwrap_or(u64::from(e.compat_nr_pages))
+}
+
+fn validate_core(core: &pb::CoreEntry, pid: i32) -> Result<()> {
+    let name = image::names::core(pid);
+    if core.mtype != pb::March::X8664 as i32 {
+        bail!("{name}: the image is for another architecture (march {})", core.mtype);
+    }
+    let ti = core.thread_info.as_ref().with_context(|| format!("{name}: no registers"))?;
+    let gp = ti.gpregs.as_ref().with_context(|| format!("{name}: no general registers"))?;
+    if gp.mode.unwrap_or(1) != 1 {
+        bail!("{name}: 32-bit (compat) tasks are not supported");
+    }
+    if gp.cs != 0x33 || gp.ss != 0x2b {
+        bail!("{name}: unexpected segment registers cs {:#x} ss {:#x}", gp.cs, gp.ss);
+    }
+    let tc = core.tc.as_ref().with_context(|| format!("{name}: no task state (tc)"))?;
+    if tc.sigactions.len() != 62 {
+        bail!("{name}: {} sigactions (expected 62)", tc.sigactions.len());
+    }
+    match tc.task_state {
+        1 => {}
+        3 => {}
+        s => bail!("{name}: task state {s} is not supported yet"),
+    }
+    if core.thread_core.is_none() {
+        bail!("{name}: no thread state");
+    }
+    Ok(())
+}
+
+/// (vdso size, vdso hash, vdso offset from vvar) of this kernel.
+fn own_vdso_facts() -> Option<(u64, u64, u64)> {
+    let maps = crate::proc::maps::parse_maps(&std::fs::read_to_string("/proc/self/maps").ok()?).ok()?;
+    let vdso = maps.iter().find(|v| v.is_vdso())?;
+    let vvar = maps.iter().find(|v| v.is_vvar())?;
+    let len = (vdso.end - vdso.start) as usize;
+    let mut buf = vec![0u8; len];
+    crate::sys::vm::read_remote(std::process::id() as i32, &[(vdso.start, len)], &mut buf).ok()?;
+    Some((len as u64, crate::dump::fnv1a(&buf), vdso.start - vvar.start))
+}
+
+fn validate_mm(mm: &pb::MmEntry, pid: i32, files: &HashMap<u32, pb::FileEntry>, own: Option<(u64, u64, u64)>) -> Result<()> {
+    let name = image::names::mm(pid);
+    let mut last_end = 0u64;
+    let mut vdso_start = None;
+    for (i, v) in mm.vmas.iter().enumerate() {
+        if v.start >= v.end || v.start % PAGE_SIZE != 0 || v.end % PAGE_SIZE != 0 {
+            bail!("{name}: VMA {i} has a bad range {:#x}-{:#x}", v.start, v.end);
+        }
+        if v.start < last_end {
+            bail!("{name}: VMA {i} at {:#x} overlaps or is out of order", v.start);
+        }
+        last_end = v.end;
+        let kind = VmaKind::from_status(v.status).with_context(|| format!("{name}: VMA {i} has unknown status {:#x}", v.status))?;
+        match kind {
+            VmaKind::FilePrivate | VmaKind::FileShared => {
+                let id = v.shmid as u32;
+                match files.get(&id).and_then(|f| f.reg.as_ref()) {
+                    Some(_) => {}
+                    None => bail!("{name}: VMA {i} maps file id {id}, which is not a regular file in files.img"),
+                }
+            }
+            VmaKind::AnonShared => bail!("{name}: shared anonymous memory is not supported yet"),
+            VmaKind::Vdso => vdso_start = Some(v.start),
+            _ => {}
+        }
+    }
+    if !files.contains_key(&mm.exe_file_id) {
+        bail!("{name}: exe file id {} is not in files.img", mm.exe_file_id);
+    }
+    if mm.mm_saved_auxv.len() > 64 || mm.mm_saved_auxv.len() % 2 != 0 {
+        bail!("{name}: {} auxv words (expected an even number up to 64)", mm.mm_saved_auxv.len());
+    }
+    if let (Some(size), Some(hash), Some((own_size, own_hash, own_off))) = (mm.cryo_vdso_size, mm.cryo_vdso_hash, own) {
+        if size != own_size || hash != own_hash {
+            bail!("{name}: the vdso of the dumped kernel differs from this kernel's; restoring across kernels is not supported yet");
+        }
+        if let (Some(vv), Some(vd)) = (mm.cryo_vvar_start, vdso_start) {
+            if vd.checked_sub(vv) != Some(own_off) {
+                bail!("{name}: the vvar/vdso layout differs from this kernel's");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_pages_inside_vmas(pagemap: &[pb::PagemapEntry], mm: &pb::MmEntry, pid: i32) -> Result<()> {
+    for e in pagemap {
+        let start = e.vaddr;
+        let end = start + pages_of(e) * PAGE_SIZE;
+        // Every page must be inside a VMA whose kind carries pages.
+        let mut a = start;
+        while a < end {
+            let Some(v) = mm.vmas.iter().find(|v| v.start <= a && a < v.end) else {
+                bail!(
+                    "{}: page at {a:#x} lies outside every mapping of {}",
+                    image::names::pagemap(pid),
+                    image::names::mm(pid)
+                );
+            };
+            let kind = VmaKind::from_status(v.status);
+            if !kind.is_some_and(|k| k.dumps_pages()) {
+                bail!(
+                    "{}: pages at {a:#x} belong to a mapping that cannot hold dumped pages",
+                    image::names::pagemap(pid)
+                );
+            }
+            a = v.end.min(end);
+        }
+    }
+    Ok(())
+}

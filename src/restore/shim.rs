@@ -1,0 +1,124 @@
+//! Stage Shim: cryo's own init for the fresh pid namespace.
+//!
+//! It is pid 1 of a new pid and mount namespace, mounts a private /proc,
+//! forks the restored root with its old pid, and then behaves like tini:
+//! it reaps every process re-parented to it, forwards the usual
+//! termination and job-control signals to the root, and exits with the
+//! root's status. Until the engine releases it, it dies with the engine
+//! (PR_SET_PDEATHSIG), so a crashed restore leaves nothing behind.
+
+use std::os::fd::RawFd;
+
+use anyhow::{Context, Result};
+use nix::mount::{mount, MsFlags};
+use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{self, Pid};
+
+use super::plan::Plan;
+use super::{report_error, task, EngineFds};
+use crate::sys::clone as sysc;
+
+const FORWARDED: [Signal; 8] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGWINCH,
+    Signal::SIGCONT,
+];
+
+/// Forks the shim; returns its host pid.
+pub(crate) fn spawn(plan: &Plan, efds: EngineFds, ctl: (RawFd, RawFd)) -> Result<i32> {
+    let engine = unistd::getpid();
+    let flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS) as u64;
+    match sysc::clone3_with_pid(flags, &[], libc::SIGCHLD as u64).context("Cannot create the pid namespace (clone3)")? {
+        0 => {
+            let code = match shim_main(plan, efds, ctl, engine) {
+                Ok(c) => c,
+                Err(e) => {
+                    report_error(efds.err_w, &format!("Namespace init failed: {e:#}"));
+                    1
+                }
+            };
+            unistd::_exit(code)
+        }
+        pid => Ok(pid),
+    }
+}
+
+fn shim_main(plan: &Plan, efds: EngineFds, ctl: (RawFd, RawFd), engine: Pid) -> Result<i32> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).context("PR_SET_PDEATHSIG")?;
+    if unistd::getppid() != engine {
+        return Ok(1);
+    }
+    let _ = nix::sys::prctl::set_name(c"cryo-init");
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+        .context("Cannot make the mount namespace private")?;
+    mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .context("Cannot mount /proc in the new namespace")?;
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGCHLD);
+    for s in FORWARDED {
+        set.add(s);
+    }
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None).context("sigprocmask")?;
+
+    let root = &plan.tasks[0];
+    let root_pid = match sysc::clone3_with_pid(0, &[root.pid], libc::SIGCHLD as u64)
+        .with_context(|| format!("Cannot create pid {} (clone3 with set_tid)", root.pid))?
+    {
+        0 => task::run(plan, 0, efds),
+        p => p,
+    };
+    // Our copies of the task-side descriptors are not ours to keep.
+    for fd in [efds.ready_w, efds.go_r, efds.dir, efds.tty] {
+        if fd >= 0 {
+            let _ = unistd::close(fd);
+        }
+    }
+    // Wait for the engine's go (or its death).
+    let mut b = [0u8; 1];
+    match unistd::read(ctl.0, &mut b) {
+        Ok(1) => {}
+        _ => return Ok(1),
+    }
+    nix::sys::prctl::set_pdeathsig(None).context("PR_SET_PDEATHSIG")?;
+    let _ = unistd::write(crate::sys::rawfd::borrow(ctl.1), b"k");
+    let _ = unistd::close(ctl.0);
+    let _ = unistd::close(ctl.1);
+    let _ = unistd::close(efds.err_w);
+
+    loop {
+        let sig = match set.wait() {
+            Ok(s) => s,
+            Err(_) => continue,
+        };
+        if sig == Signal::SIGCHLD {
+            loop {
+                match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::Exited(p, code)) if p.as_raw() == root_pid => return Ok(code),
+                    Ok(WaitStatus::Signaled(p, s, _)) if p.as_raw() == root_pid => return Ok(128 + s as i32),
+                    Ok(WaitStatus::StillAlive) | Err(_) => break,
+                    Ok(_) => continue,
+                }
+            }
+        } else {
+            let _ = kill(Pid::from_raw(root_pid), sig);
+        }
+    }
+}
+
+/// Host pid of the restored root: the shim's only child.
+pub(crate) fn root_host_pid(shim: i32) -> Option<i32> {
+    let s = std::fs::read_to_string(format!("/proc/{shim}/task/{shim}/children")).ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}

@@ -1,0 +1,568 @@
+//! Stage Fork: what each restored task does in its own process, from its
+//! birth (clone3 with its old pid) to the jump into the restorer blob.
+//!
+//! Order inside a task: session and process group → files (fds at their
+//! numbers, sharing descriptions inherited from the parent) → cwd, root,
+//! umask → fork the children → stage memory → rlimits → blob.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::ffi::CString;
+use std::fs;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+
+use anyhow::{bail, Context, Result};
+use cryo_restorer::abi::{Creds, ItimerVal, KSigAction, Madvise, PrctlMmMap, QueuedSignal, Range, ThreadState, VmaMove};
+use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
+use nix::sys::stat::Mode;
+use nix::unistd::{self, Pid};
+
+use super::blob::{self, BlobPlan};
+use super::plan::{pages_of, Plan, TaskImage};
+use super::{report_error, EngineFds};
+use crate::files::{FD_REG, FD_TTY};
+use crate::image::pb;
+use crate::mem::{self, VmaKind, PAGE_SIZE, PE_PRESENT};
+use crate::proc;
+use crate::regs;
+use crate::sys::{clone as sysc, mmap};
+
+/// Runs task `idx` of the plan in the current (freshly cloned) process.
+/// Never returns: it ends in the blob, or reports an error and exits.
+pub(crate) fn run(plan: &Plan, idx: usize, efds: EngineFds) -> ! {
+    let pid = plan.tasks[idx].pid;
+    match restore_task(plan, idx, efds) {
+        Ok(never) => match never {},
+        Err(e) => {
+            report_error(efds.err_w, &format!("Restore of pid {pid} failed: {e:#}"));
+            // SAFETY-free: _exit skips atexit handlers of the engine image.
+            unistd::_exit(1)
+        }
+    }
+}
+
+fn restore_task(plan: &Plan, idx: usize, efds: EngineFds) -> Result<Infallible> {
+    crate::log::silence();
+    let t = &plan.tasks[idx];
+    // Nothing may interrupt the restore; the blob's sigreturn installs the
+    // task's own mask.
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), None).context("sigprocmask")?;
+    set_session(plan, t, efds)?;
+    setup_fds(plan, t, efds)?;
+    setup_fs(plan, t)?;
+    for &c in &t.children {
+        let child = &plan.tasks[c];
+        match sysc::clone3_with_pid(0, &[child.pid], libc::SIGCHLD as u64)
+            .with_context(|| format!("Cannot create pid {} (clone3 with set_tid)", child.pid))?
+        {
+            0 => run(plan, c, efds),
+            got if got != child.pid => bail!("clone3 gave pid {got} instead of {}", child.pid),
+            _ => {}
+        }
+    }
+    let staged = stage_memory(plan, t, efds)?;
+    set_rlimits(t);
+    jump(plan, t, efds, staged)
+}
+
+fn set_session(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<()> {
+    let me = Pid::from_raw(t.pid);
+    if t.sid == t.pid {
+        unistd::setsid().with_context(|| format!("setsid for pid {}", t.pid))?;
+        return Ok(());
+    }
+    let parent_pgid = t.parent.map(|p| plan.tasks[p].pgid);
+    if t.pgid == t.pid {
+        unistd::setpgid(me, me).context("setpgid")?;
+        if t.parent.is_none() && plan.shell_job && efds.tty >= 0 {
+            // The job's group becomes the terminal's foreground group, as
+            // the shell had made it (SIGTTOU is blocked here).
+            // SAFETY-free wrapper: nix::unistd::tcsetpgrp borrows the fd.
+            let tty = unsafe_borrow(efds.tty);
+            let _ = unistd::tcsetpgrp(tty, me);
+        }
+    } else if Some(t.pgid) != parent_pgid && plan.is_pid(t.pgid) {
+        unistd::setpgid(me, Pid::from_raw(t.pgid)).with_context(|| format!("setpgid({}, {})", t.pid, t.pgid))?;
+    }
+    Ok(())
+}
+
+fn unsafe_borrow(fd: RawFd) -> BorrowedFd<'static> {
+    crate::sys::rawfd::borrow(fd)
+}
+
+/// Puts every fd of the task at its number. Descriptions shared with the
+/// parent (same file id) are taken from the inherited table, others are
+/// opened anew.
+fn setup_fds(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<()> {
+    let inherited: HashMap<u32, RawFd> = match t.parent {
+        Some(p) => plan.tasks[p].fds.iter().map(|f| (f.id, f.fd as RawFd)).collect(),
+        None => HashMap::new(),
+    };
+    let mut temps: HashMap<u32, RawFd> = HashMap::new();
+    let mut next = efds.tmp_base;
+    for f in &t.fds {
+        if temps.contains_key(&f.id) {
+            continue;
+        }
+        let tmp = if let Some(&src) = inherited.get(&f.id) {
+            fcntl(src, FcntlArg::F_DUPFD(next)).with_context(|| format!("dup of inherited fd {src}"))?
+        } else if f.r#type == FD_TTY {
+            if efds.tty < 0 {
+                bail!("fd {} is a terminal but no terminal was given (--shell-job)", f.fd);
+            }
+            fcntl(efds.tty, FcntlArg::F_DUPFD(next)).context("dup of the terminal")?
+        } else {
+            let fe = &plan.files[&f.id];
+            let owned = open_reg(fe).with_context(|| format!("fd {}", f.fd))?;
+            let tmp = fcntl(owned.as_raw_fd(), FcntlArg::F_DUPFD(next)).context("F_DUPFD")?;
+            drop(owned);
+            tmp
+        };
+        next = tmp + 1;
+        temps.insert(f.id, tmp);
+    }
+    // Close everything inherited below the engine's descriptors.
+    for fd in proc::fds(unistd::getpid().as_raw())? {
+        if fd < efds.high {
+            let _ = unistd::close(fd);
+        }
+    }
+    for f in &t.fds {
+        let tmp = temps[&f.id];
+        unistd::dup2(tmp, f.fd as RawFd).with_context(|| format!("dup2 to fd {}", f.fd))?;
+        let flags = if f.flags & 1 != 0 { FdFlag::FD_CLOEXEC } else { FdFlag::empty() };
+        fcntl(f.fd as RawFd, FcntlArg::F_SETFD(flags))?;
+    }
+    for (_, tmp) in temps {
+        let _ = unistd::close(tmp);
+    }
+    Ok(())
+}
+
+/// Open flags that are replayed; creation flags are never replayed.
+const REPLAY_FLAGS: i32 = libc::O_ACCMODE
+    | libc::O_APPEND
+    | libc::O_NONBLOCK
+    | libc::O_DIRECT
+    | libc::O_NOATIME
+    | libc::O_LARGEFILE
+    | libc::O_DIRECTORY
+    | libc::O_PATH
+    | libc::O_SYNC
+    | libc::O_DSYNC;
+
+fn open_reg(fe: &pb::FileEntry) -> Result<OwnedFd> {
+    if fe.r#type != FD_REG {
+        bail!("file id {} has type {} (expected a regular file)", fe.id, fe.r#type);
+    }
+    let reg = fe.reg.as_ref().with_context(|| format!("file id {} has no reg entry", fe.id))?;
+    let flags = OFlag::from_bits_truncate((reg.flags as i32 & REPLAY_FLAGS) | libc::O_NOCTTY);
+    let fd = nix::fcntl::open(reg.name.as_str(), flags, Mode::empty())
+        .with_context(|| format!("Cannot open {}", reg.name))?;
+    // SAFETY-free: nix returns a raw fd we own from here on.
+    let owned = crate::sys::rawfd::own(fd);
+    if reg.pos != 0 {
+        match nix::unistd::lseek(owned.as_raw_fd(), reg.pos as i64, nix::unistd::Whence::SeekSet) {
+            Ok(_) | Err(nix::errno::Errno::ESPIPE) => {}
+            Err(e) => return Err(e).with_context(|| format!("lseek {} to {}", reg.name, reg.pos)),
+        }
+    }
+    Ok(owned)
+}
+
+fn setup_fs(plan: &Plan, t: &TaskImage) -> Result<()> {
+    let path = |id: u32| -> Result<String> {
+        Ok(plan.files[&id]
+            .reg
+            .as_ref()
+            .with_context(|| format!("file id {id} is not a path"))?
+            .name
+            .clone())
+    };
+    let root = path(t.fs.root_id)?;
+    if root != "/" {
+        unistd::chroot(root.as_str()).with_context(|| format!("chroot {root}"))?;
+    }
+    let cwd = path(t.fs.cwd_id)?;
+    unistd::chdir(cwd.as_str()).with_context(|| format!("Cannot enter the working directory {cwd}"))?;
+    nix::sys::stat::umask(Mode::from_bits_truncate(t.fs.umask.unwrap_or(0o022)));
+    Ok(())
+}
+
+/// Where each staged VMA sits before the blob moves it.
+pub(crate) struct Staged {
+    region: Range,
+    blob_base: u64,
+    moves: Vec<VmaMove>,
+    madvs: Vec<Madvise>,
+}
+
+fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
+    let staged_vmas: Vec<&pb::VmaEntry> = t
+        .mm
+        .vmas
+        .iter()
+        .filter(|v| {
+            matches!(
+                VmaKind::from_status(v.status),
+                Some(VmaKind::AnonPrivate | VmaKind::FilePrivate | VmaKind::FileShared)
+            )
+        })
+        .collect();
+    let staging_len: u64 = staged_vmas.iter().map(|v| v.end - v.start).sum();
+    let blob_len = blob::area_size(&blob_counts(t, staged_vmas.len())) as u64;
+    let blob_len = blob_len.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+    let need = blob_len + staging_len + PAGE_SIZE;
+
+    // A hole free both in the target layout and in ours.
+    let own = proc::maps::parse_maps(&fs::read_to_string("/proc/self/maps").context("read /proc/self/maps")?)?;
+    let mut busy: Vec<(u64, u64)> = t.mm.vmas.iter().map(|v| (v.start, v.end)).collect();
+    busy.extend(own.iter().map(|v| (v.start, v.end)));
+    let base = find_hole(&mut busy, need).context("No room to stage the restored memory")?;
+    let blob_base = base;
+    let region = Range {
+        start: base + blob_len,
+        end: base + blob_len + staging_len,
+    };
+
+    let pages = nix::fcntl::openat(efds.dir, t.pages_file.as_str(), OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+        .with_context(|| format!("Cannot open {}", t.pages_file))?;
+    let pages = crate::sys::rawfd::own(pages);
+
+    let mut moves = Vec::with_capacity(staged_vmas.len());
+    let mut madvs = Vec::new();
+    let mut at = region.start;
+    let mut stage_of: Vec<(u64, u64, u64)> = Vec::new(); // (target start, target end, staging start)
+    for v in &staged_vmas {
+        let len = v.end - v.start;
+        let kind = VmaKind::from_status(v.status).expect("filtered");
+        let growsdown = v.flags & libc::MAP_GROWSDOWN as u32 != 0;
+        match kind {
+            VmaKind::AnonPrivate => {
+                let mut fl = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE;
+                if growsdown {
+                    fl |= libc::MAP_GROWSDOWN;
+                }
+                mmap::mmap_at(at, len, libc::PROT_READ | libc::PROT_WRITE, fl, None, 0)
+                    .with_context(|| format!("Cannot stage anonymous memory for {:#x}", v.start))?;
+            }
+            VmaKind::FilePrivate | VmaKind::FileShared => {
+                let fe = &plan.files[&(v.shmid as u32)];
+                let reg = fe.reg.as_ref().expect("validated");
+                let shared = kind == VmaKind::FileShared;
+                let oflag = if v.fdflags.unwrap_or(0) as i32 & libc::O_ACCMODE == libc::O_RDWR {
+                    OFlag::O_RDWR
+                } else {
+                    OFlag::O_RDONLY
+                };
+                let fd = nix::fcntl::open(reg.name.as_str(), oflag | OFlag::O_CLOEXEC, Mode::empty())
+                    .with_context(|| format!("Cannot open the mapped file {}", reg.name))?;
+                let fd = crate::sys::rawfd::own(fd);
+                let (prot, fl) = if shared {
+                    (v.prot as i32, libc::MAP_SHARED | libc::MAP_FIXED_NOREPLACE)
+                } else {
+                    (libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_FIXED_NOREPLACE)
+                };
+                mmap::mmap_at(at, len, prot, fl, Some(fd.as_fd()), v.pgoff)
+                    .with_context(|| format!("Cannot map {} for {:#x}", reg.name, v.start))?;
+            }
+            _ => unreachable!(),
+        }
+        stage_of.push((v.start, v.end, at));
+        moves.push(VmaMove {
+            src: at,
+            dst: v.start,
+            len,
+        });
+        if let Some(m) = v.madv {
+            for advice in mem::madv_list(m) {
+                madvs.push(Madvise {
+                    addr: v.start,
+                    len,
+                    advice,
+                });
+            }
+        }
+        at += len;
+    }
+
+    // Fill the pages.
+    for (e, off) in t.pagemap.iter().zip(&t.page_offsets) {
+        let Some(off) = off else { continue };
+        if e.flags.unwrap_or(PE_PRESENT) & PE_PRESENT == 0 {
+            continue;
+        }
+        let mut a = e.vaddr;
+        let end = e.vaddr + pages_of(e) * PAGE_SIZE;
+        let mut foff = *off;
+        while a < end {
+            let &(vs, ve, st) = stage_of
+                .iter()
+                .find(|(s, e2, _)| *s <= a && a < *e2)
+                .with_context(|| format!("page {a:#x} has no staged mapping"))?;
+            let n = ve.min(end) - a;
+            mmap::pread_to(pages.as_fd(), st + (a - vs), n, foff)
+                .with_context(|| format!("Cannot read {} at offset {foff}", t.pages_file))?;
+            foff += n;
+            a += n;
+        }
+    }
+    // Final protections of private mappings.
+    for (v, &(_, _, st)) in staged_vmas.iter().zip(&stage_of) {
+        if VmaKind::from_status(v.status) != Some(VmaKind::FileShared) && v.prot as i32 != libc::PROT_READ | libc::PROT_WRITE {
+            mmap::mprotect(st, v.end - v.start, v.prot as i32).with_context(|| format!("mprotect for {:#x}", v.start))?;
+        }
+    }
+    Ok(Staged {
+        region,
+        blob_base,
+        moves,
+        madvs,
+    })
+}
+
+/// Finds the lowest hole of `need` bytes above 1 GiB that overlaps none of
+/// `busy` (with a page of margin on both sides).
+pub(crate) fn find_hole(busy: &mut [(u64, u64)], need: u64) -> Option<u64> {
+    const LOW: u64 = 1 << 30;
+    const TOP: u64 = 0x7fff_f000_0000;
+    busy.sort();
+    let mut cand = LOW;
+    for &(s, e) in busy.iter() {
+        let s = s.saturating_sub(PAGE_SIZE);
+        let e = e + PAGE_SIZE;
+        if e <= cand {
+            continue;
+        }
+        if s >= cand + need {
+            break;
+        }
+        cand = cand.max(e);
+    }
+    (cand + need <= TOP).then_some(cand)
+}
+
+fn set_rlimits(t: &TaskImage) {
+    let Some(rl) = t.core.tc.as_ref().and_then(|tc| tc.rlimits.as_ref()) else {
+        return;
+    };
+    for (res, r) in rl.rlimits.iter().enumerate() {
+        // Raising a hard limit needs CAP_SYS_RESOURCE, which this machine
+        // may lack: keep what the kernel allows.
+        if sysc::prlimit_set(0, res as i32, r.cur, r.max).is_err() {
+            let (_, cur_max) = sysc::prlimit_get(0, res as i32).unwrap_or((0, 0));
+            let _ = sysc::prlimit_set(0, res as i32, r.cur.min(cur_max), cur_max);
+        }
+    }
+}
+
+/// Counts the blob needs to size its area (the addresses come later).
+fn blob_counts(t: &TaskImage, nr_moves: usize) -> BlobPlan {
+    let mut p = BlobPlan::default();
+    p.moves = vec![VmaMove::default(); nr_moves];
+    let madv = t.mm.vmas.iter().map(|v| v.madv.map_or(0, |m| m.count_ones() as usize)).sum();
+    p.madvs = vec![Madvise::default(); madv];
+    p.auxv = vec![0; t.mm.mm_saved_auxv.len() + 2];
+    p.groups = vec![0; 64];
+    p.sigs = vec![QueuedSignal { shared: 0, signo: 0, info: [0; 128] }; count_sigs(t)];
+    p.xsave = Some(t.xsave.clone());
+    p
+}
+
+fn count_sigs(t: &TaskImage) -> usize {
+    let s = t.core.tc.as_ref().and_then(|tc| tc.signals_s.as_ref()).map_or(0, |q| q.signals.len());
+    let p = t.core.thread_core.as_ref().and_then(|tc| tc.signals_p.as_ref()).map_or(0, |q| q.signals.len());
+    s + p
+}
+
+fn jump(plan: &Plan, t: &TaskImage, efds: EngineFds, staged: Staged) -> Result<Infallible> {
+    let core = &t.core;
+    let ti = core.thread_info.as_ref().expect("validated");
+    let tc = core.tc.as_ref().expect("validated");
+    let thc = core.thread_core.as_ref().expect("validated");
+    let gp = regs::gpregs_from_pb(ti.gpregs.as_ref().expect("validated"));
+
+    let mut sigactions = [KSigAction::default(); 64];
+    let mut sigaction_mask = 0u64;
+    let sigs_in_order = (1..=64usize).filter(|&s| s != 9 && s != 19);
+    for (sig, sa) in sigs_in_order.zip(&tc.sigactions) {
+        sigactions[sig - 1] = KSigAction {
+            handler: sa.sigaction,
+            flags: sa.flags,
+            restorer: sa.restorer,
+            mask: sa.mask,
+        };
+        sigaction_mask |= 1 << (sig - 1);
+    }
+    let mut itimers = [ItimerVal::default(); 3];
+    if let Some(tm) = &tc.timers {
+        for (i, it) in [&tm.real, &tm.virt, &tm.prof].into_iter().enumerate() {
+            if let Some(it) = it {
+                itimers[i] = ItimerVal {
+                    interval_sec: it.isec as i64,
+                    interval_usec: it.iusec as i64,
+                    value_sec: it.vsec as i64,
+                    value_usec: it.vusec as i64,
+                };
+            }
+        }
+    }
+    let mut sigs = Vec::new();
+    let mut push_sigs = |q: Option<&pb::SignalQueueEntry>, shared: u32| {
+        for s in q.map(|q| q.signals.as_slice()).unwrap_or(&[]) {
+            let mut info = [0u8; 128];
+            let n = s.siginfo.len().min(128);
+            info[..n].copy_from_slice(&s.siginfo[..n]);
+            let signo = u32::from_le_bytes(info[0..4].try_into().unwrap());
+            sigs.push(QueuedSignal { shared, signo, info });
+        }
+    };
+    push_sigs(tc.signals_s.as_ref(), 1);
+    push_sigs(thc.signals_p.as_ref(), 0);
+
+    let mut auxv = t.mm.mm_saved_auxv.clone();
+    if auxv.len() < 2 || auxv[auxv.len() - 2] != 0 {
+        auxv.extend_from_slice(&[0, 0]);
+    }
+    let exe_name = plan.files[&t.mm.exe_file_id].reg.as_ref().map(|r| r.name.clone()).unwrap_or_default();
+    let exe_fd = nix::fcntl::open(exe_name.as_str(), OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+        .with_context(|| format!("Cannot open the executable {exe_name}"))?;
+    let mm = &t.mm;
+    let mmap_ = PrctlMmMap {
+        start_code: mm.mm_start_code,
+        end_code: mm.mm_end_code,
+        start_data: mm.mm_start_data,
+        end_data: mm.mm_end_data,
+        start_brk: mm.mm_start_brk,
+        brk: mm.mm_brk,
+        start_stack: mm.mm_start_stack,
+        arg_start: mm.mm_arg_start,
+        arg_end: mm.mm_arg_end,
+        env_start: mm.mm_env_start,
+        env_end: mm.mm_env_end,
+        auxv: 0,
+        auxv_size: (auxv.len() * 8) as u32,
+        exe_fd: exe_fd as u32,
+    };
+    let vvar = mm
+        .vmas
+        .iter()
+        .find(|v| VmaKind::from_status(v.status) == Some(VmaKind::Vvar))
+        .map(|v| v.start);
+    let creds = thc.creds.as_ref().map(creds_for).unwrap_or(Ok((Creds { skip: 1, ..Default::default() }, vec![])))?;
+    let sas = thc.sas.as_ref();
+    let plan_b = BlobPlan {
+        moves: staged.moves,
+        madvs: staged.madvs,
+        keep_extra: vec![staged.region],
+        vdso_vvar_start: vvar.unwrap_or(0),
+        mm: mmap_,
+        auxv,
+        exe_fd,
+        sigactions,
+        sigaction_mask,
+        itimers,
+        thread: ThreadState {
+            fs_base: gp.fs_base,
+            gs_base: gp.gs_base,
+            clear_tid_addr: ti.clear_tid_addr,
+            robust_list: thc.futex_rla,
+            robust_len: u64::from(thc.futex_rla_len),
+            rseq_ptr: thc.rseq_entry.as_ref().map_or(0, |r| r.rseq_abi_pointer),
+            rseq_len: thc.rseq_entry.as_ref().map_or(0, |r| r.rseq_abi_size),
+            rseq_sig: thc.rseq_entry.as_ref().map_or(0, |r| r.signature),
+            frame: 0,
+        },
+        creds: creds.0,
+        groups: creds.1,
+        sigs,
+        ready_fd: efds.ready_w,
+        go_fd: efds.go_r,
+        regs: gp,
+        xsave: Some(t.xsave.clone()),
+        sigmask: tc.blk_sigset,
+        altstack: sas.map_or((0, 0, libc::SS_DISABLE), |s| (s.ss_sp, s.ss_size, s.ss_flags as i32)),
+    };
+    // Close what the restored task must not see: everything but its own
+    // fds and the three the blob closes itself (ready, go, exe). The
+    // error pipe goes too: from here on failures travel as blob reports.
+    let keep: Vec<RawFd> = t.fds.iter().map(|f| f.fd as RawFd).chain([efds.ready_w, efds.go_r, efds.err_w, exe_fd]).collect();
+    for fd in proc::fds(unistd::getpid().as_raw())? {
+        if !keep.contains(&fd) {
+            let _ = unistd::close(fd);
+        }
+    }
+    let prepared = blob::place(&plan_b, staged.blob_base).context("Cannot place the restorer blob")?;
+    let _ = unistd::close(efds.err_w);
+    // SAFETY-free call site: `jump` is the audited unsafe entry in
+    // restore/blob.rs; everything it needs is inside `prepared`.
+    blob::enter(prepared)
+}
+
+/// The blob's credential block; `skip` when they equal ours already.
+fn creds_for(c: &pb::CredsEntry) -> Result<(Creds, Vec<u32>)> {
+    let own = proc::status::read(unistd::getpid().as_raw())?;
+    let w = |v: &[u32]| -> [u32; 2] { [v.first().copied().unwrap_or(0), v.get(1).copied().unwrap_or(0)] };
+    let cw = |v: u64| -> [u32; 2] { [v as u32, (v >> 32) as u32] };
+    let same = own.uid == [c.uid, c.euid, c.suid, c.fsuid]
+        && own.gid == [c.gid, c.egid, c.sgid, c.fsgid]
+        && own.groups == c.groups
+        && cw(own.cap_inh) == w(&c.cap_inh)
+        && cw(own.cap_prm) == w(&c.cap_prm)
+        && cw(own.cap_eff) == w(&c.cap_eff)
+        && cw(own.cap_bnd) == w(&c.cap_bnd)
+        && cw(own.cap_amb) == w(&c.cap_amb)
+        && c.secbits == 0
+        && c.no_new_privs.unwrap_or(0) == 0;
+    if c.groups.len() > 64 {
+        bail!("{} supplementary groups (at most 64 supported)", c.groups.len());
+    }
+    let last_cap = fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40);
+    Ok((
+        Creds {
+            skip: u32::from(same),
+            uid: c.uid,
+            gid: c.gid,
+            euid: c.euid,
+            egid: c.egid,
+            suid: c.suid,
+            sgid: c.sgid,
+            fsuid: c.fsuid,
+            fsgid: c.fsgid,
+            secbits: c.secbits,
+            no_new_privs: c.no_new_privs.unwrap_or(0),
+            ngroups: c.groups.len() as u32,
+            groups: 0,
+            cap_inh: w(&c.cap_inh),
+            cap_prm: w(&c.cap_prm),
+            cap_eff: w(&c.cap_eff),
+            cap_bnd: w(&c.cap_bnd),
+            cap_amb: w(&c.cap_amb),
+            cap_last_cap: last_cap,
+            _pad: 0,
+        },
+        c.groups.clone(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::find_hole;
+
+    #[test]
+    fn hole_search_skips_busy_ranges() {
+        let g = 1u64 << 30;
+        let mut busy = vec![(g, g + 0x10000), (g + 0x20000, g + 0x30000)];
+        // Needs 0x8000: fits between the two (with a page of margin).
+        assert_eq!(find_hole(&mut busy, 0x8000), Some(g + 0x11000));
+        // Needs 0x20000: only after the second.
+        assert_eq!(find_hole(&mut busy, 0x20000), Some(g + 0x31000));
+        let mut none: Vec<(u64, u64)> = vec![];
+        assert_eq!(find_hole(&mut none, 0x1000), Some(g));
+    }
+}

@@ -1,0 +1,34 @@
+//! Raw descriptor helpers for the restore path, where fds are inherited by
+//! number across fork.
+#![allow(unsafe_code)]
+
+use std::fs::File;
+use std::os::fd::{FromRawFd, RawFd};
+
+/// Wraps an inherited descriptor number in a `File`.
+///
+/// Callers wrap the result in `ManuallyDrop` when the number must stay
+/// open; dropping the `File` closes it.
+pub fn file_from_raw(fd: RawFd) -> File {
+    // SAFETY: used only for descriptors the engine created and handed to
+    // this process by number (pipes and the image dir); each number is
+    // open for the whole life of the restore task and owned by exactly one
+    // wrapper at a time.
+    unsafe { File::from_raw_fd(fd) }
+}
+
+/// Borrows an fd number that stays open for the rest of the process's
+/// life (the restore task's inherited terminal).
+pub fn borrow(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {
+    // SAFETY: callers pass descriptors inherited from the engine that are
+    // never closed while the borrow is used (they are closed only right
+    // before the jump into the blob, after the last use).
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+}
+
+/// Takes ownership of a descriptor number returned by a raw open call.
+pub fn own(fd: RawFd) -> std::os::fd::OwnedFd {
+    // SAFETY: `fd` was just returned by open/openat and is owned by no
+    // other wrapper.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}
