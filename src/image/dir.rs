@@ -349,6 +349,30 @@ impl ImageDir {
         ImageReader::new(self.display(name), &data, kind)?.read_single()
     }
 
+    /// Reads a one-or-EOF image (CRIU's semantics for fs and mm): `None`
+    /// if the file is absent or holds no entry, the entry if it holds
+    /// exactly one.
+    pub fn read_single_opt<M: Message + Default>(
+        &self,
+        name: &str,
+        kind: Kind,
+    ) -> Result<Option<M>> {
+        let data = match self.read_bytes(name) {
+            Ok(d) => d,
+            Err(Error::Missing { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut r = ImageReader::new(self.display(name), &data, kind)?;
+        let first = r.next_entry()?;
+        if first.is_some() && !r.at_eof() {
+            return Err(Error::EntryCount {
+                file: self.display(name),
+                found: 1 + r.read_all::<M>()?.len(),
+            });
+        }
+        Ok(first)
+    }
+
     /// Reads `pagemap-<pid>.img`: its head and entries.
     pub fn read_pagemap(&self, name: &str) -> Result<(PagemapHead, Vec<PagemapEntry>)> {
         let data = self.read_bytes(name)?;

@@ -146,14 +146,6 @@ pub enum Error {
         "pages-{pages_id}.img is longer than its pagemap ({size} bytes, pagemap needs {need})"
     )]
     PagesLong { pages_id: u32, size: u64, need: u64 },
-    /// A decoded message could not be rendered as JSON.
-    #[error("{file}: cannot render entry {index} as JSON")]
-    Json {
-        file: String,
-        index: usize,
-        #[source]
-        source: serde_json::Error,
-    },
 }
 
 impl Error {

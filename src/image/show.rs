@@ -2,9 +2,9 @@
 //! shape: `{"magic": "PSTREE", "entries": [...]}` with CRIU's field names.
 //!
 //! Decoding goes through the descriptor set compiled from `proto/` (so it
-//! follows the schemas, not hand-written code): integers print as plain
-//! numbers (crit without `--pretty`), enums by name, bytes as base64.
-//! pipes-data entries carry their data as base64 in `extra`, like crit.
+//! follows the schemas, not hand-written code). The JSON is crit's
+//! (without `--pretty`): integers as plain numbers, enums by name, bytes
+//! as MIME-style base64; pipes-data entries carry their data in `extra`.
 
 use std::fs;
 use std::path::Path;
@@ -12,7 +12,9 @@ use std::sync::OnceLock;
 
 use base64::Engine as _;
 use prost::Message as _;
-use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, SerializeOptions};
+use prost_reflect::{
+    DescriptorPool, DynamicMessage, Kind as FieldKind, MessageDescriptor, Value as ReflectValue,
+};
 use serde_json::{json, Map, Value};
 
 use super::dir::names;
@@ -38,20 +40,54 @@ pub fn message_descriptor(name: &str) -> Option<MessageDescriptor> {
     pool().get_message_by_name(&format!("cryo.images.{name}"))
 }
 
-fn options() -> SerializeOptions {
-    SerializeOptions::new()
-        .stringify_64_bit_integers(false)
-        .use_proto_field_name(true)
-        .skip_default_fields(true)
+/// Base64 as crit prints bytes (Python's `base64.encodebytes`): lines
+/// of at most 76 characters, each ending in a newline.
+pub fn crit_base64(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 4 / 3 + bytes.len() / 57 + 4);
+    for chunk in bytes.chunks(57) {
+        out.push_str(&base64::engine::general_purpose::STANDARD.encode(chunk));
+        out.push('\n');
+    }
+    out
 }
 
-fn decode_entry(
-    file: &str,
-    index: usize,
-    offset: usize,
-    message: &'static str,
-    payload: &[u8],
-) -> Result<Value> {
+/// A decoded message as JSON: set fields in field-number order under
+/// their proto names, integers as numbers, enums by name (unknown values
+/// as numbers), bytes as [`crit_base64`].
+pub fn message_json(m: &DynamicMessage) -> Value {
+    let mut o = Map::new();
+    for (fd, v) in m.fields() {
+        o.insert(fd.name().to_string(), value_json(&fd.kind(), v));
+    }
+    Value::Object(o)
+}
+
+fn value_json(kind: &FieldKind, v: &ReflectValue) -> Value {
+    match v {
+        ReflectValue::Bool(b) => json!(b),
+        ReflectValue::I32(n) => json!(n),
+        ReflectValue::I64(n) => json!(n),
+        ReflectValue::U32(n) => json!(n),
+        ReflectValue::U64(n) => json!(n),
+        ReflectValue::F32(n) => json!(n),
+        ReflectValue::F64(n) => json!(n),
+        ReflectValue::String(s) => json!(s),
+        ReflectValue::Bytes(b) => json!(crit_base64(b)),
+        ReflectValue::EnumNumber(n) => match kind {
+            FieldKind::Enum(e) => e
+                .get_value(*n)
+                .map(|ev| json!(ev.name()))
+                .unwrap_or_else(|| json!(n)),
+            _ => json!(n),
+        },
+        ReflectValue::Message(m) => message_json(m),
+        ReflectValue::List(l) => Value::Array(l.iter().map(|x| value_json(kind, x)).collect()),
+        // No map fields in the image schemas.
+        ReflectValue::Map(_) => Value::Null,
+    }
+}
+
+fn decode_entry(file: &str, offset: usize, message: &'static str, payload: &[u8]) -> Result<Value> {
     let desc = message_descriptor(message).expect("every Kind message is in the schema");
     let dm = DynamicMessage::decode(desc, payload).map_err(|source| Error::Decode {
         file: file.to_string(),
@@ -59,12 +95,7 @@ fn decode_entry(
         message,
         source,
     })?;
-    dm.serialize_with_options(serde_json::value::Serializer, &options())
-        .map_err(|source| Error::Json {
-            file: file.to_string(),
-            index,
-            source,
-        })
+    Ok(message_json(&dm))
 }
 
 /// Decodes one image file's bytes (`file` names it in errors).
@@ -79,16 +110,13 @@ pub fn show_bytes(file: &str, data: &[u8]) -> Result<Value> {
         } else {
             kind.message()
         };
-        let mut v = decode_entry(file, index, offset, message, payload)?;
+        let mut v = decode_entry(file, offset, message, payload)?;
         if kind == Kind::PipesData {
             // Decodes cleanly: decode_entry just accepted the payload.
             let n = PipeDataEntry::decode(payload).map(|e| e.bytes).unwrap_or(0);
             let extra = r.read_raw(n as usize)?;
             if let Value::Object(o) = &mut v {
-                o.insert(
-                    "extra".into(),
-                    Value::String(base64::engine::general_purpose::STANDARD.encode(extra)),
-                );
+                o.insert("extra".into(), Value::String(crit_base64(extra)));
             }
         }
         entries.push(v);
