@@ -11,7 +11,7 @@ pub const AT_NULL: u64 = 0;
 
 /// Splits the raw bytes into 8-byte words.
 pub fn parse(bytes: &[u8]) -> std::result::Result<Vec<u64>, ParseError> {
-    if bytes.len() % 16 != 0 {
+    if bytes.len() & 15 != 0 {
         return Err(ParseError::new(
             "auxv",
             0,
