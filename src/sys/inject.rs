@@ -33,6 +33,17 @@
 //! A signal-delivery-stop the thread was in before injection is replaced by
 //! the final interrupt stop: a signal meant to be passed on with
 //! `detach(tid, sig)` must be re-queued by other means.
+//!
+//! Caveats for callers:
+//! * Injected syscalls pass through the thread's seccomp filters unless the
+//!   thread was seized with [`super::ptrace::OPT_SUSPEND_SECCOMP`].
+//! * Executing the `syscall` instruction returns to user mode once, at the
+//!   vdso address; if the thread had an rseq critical section armed
+//!   (`rseq_cs` set) the kernel clears it then. A thread stopped *inside* a
+//!   critical section must get the rseq abort fixup (ip := abort_ip) before
+//!   injection.
+//! * Other threads of the process should be stopped too, and memory should
+//!   not be copied while a fallback code patch is in place.
 #![allow(unsafe_code)]
 
 use std::collections::hash_map::DefaultHasher;
@@ -330,6 +341,29 @@ impl Injector {
             });
         }
         Ok(r as u64)
+    }
+
+    /// Maps `len` bytes of private anonymous read-write memory in the
+    /// thread's process (for scratch larger than [`SCRATCH_SIZE`]); undo
+    /// with [`Injector::munmap`].
+    pub fn mmap(&mut self, len: u64) -> Result<u64> {
+        self.syscall_ok(
+            libc::SYS_mmap,
+            [
+                0,
+                len,
+                (libc::PROT_READ | libc::PROT_WRITE) as u64,
+                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
+                u64::MAX, // fd -1
+                0,
+            ],
+        )
+    }
+
+    /// Unmaps `[addr, addr + len)` in the thread's process.
+    pub fn munmap(&mut self, addr: u64, len: u64) -> Result<()> {
+        self.syscall_ok(libc::SYS_munmap, [addr, len, 0, 0, 0, 0])
+            .map(drop)
     }
 
     /// Start of [`SCRATCH_SIZE`] bytes of the thread's stack below the red

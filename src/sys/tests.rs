@@ -380,6 +380,16 @@ fn freeze_inspect_inject_detach() {
     assert!(inj
         .syscall_ok(libc::SYS_close, [9999, 0, 0, 0, 0, 0])
         .is_err());
+    // Bigger scratch: a fresh mapping in the child, gone afterwards.
+    let big = inj.mmap(3 * 4096).unwrap();
+    inj.write_mem(big + 5000, b"hello").unwrap();
+    assert_eq!(inj.read_mem(big + 5000, 5).unwrap(), b"hello");
+    let child_maps = proc::maps::read(upid).unwrap();
+    assert!(child_maps
+        .iter()
+        .any(|v| v.start <= big && big + 3 * 4096 <= v.end));
+    inj.munmap(big, 3 * 4096).unwrap();
+    assert!(inj.read_mem(big, 1).is_err());
     // Signals were blocked during injection and nothing was dequeued.
     assert!(inj.intercepted().is_empty());
     assert_eq!(inj.final_sigmask(), mask);
