@@ -311,6 +311,74 @@ mod tests {
     }
 
     #[test]
+    fn guard_category_matches_kernel() {
+        const MADV_GUARD_INSTALL: i32 = 102;
+        // SAFETY: fresh private anonymous mapping of 4 pages, unmapped below.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4 * 4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED);
+        let start = base as u64;
+        // SAFETY: page 1 lies inside our own fresh mapping; page 3 is
+        // written through a pointer into it.
+        unsafe {
+            assert_eq!(
+                libc::madvise(base.cast::<u8>().add(4096).cast(), 4096, MADV_GUARD_INSTALL),
+                0,
+                "MADV_GUARD_INSTALL (6.13+)"
+            );
+            std::ptr::write_volatile(base.cast::<u8>().add(3 * 4096), 7);
+        }
+        let pagemap = File::open("/proc/self/pagemap").unwrap();
+        let end = start + 4 * 4096;
+        let guard = pagemap_scan(
+            &pagemap,
+            start,
+            end,
+            category::GUARD,
+            0,
+            0,
+            category::GUARD,
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            guard,
+            [PageRegion {
+                start: start + 4096,
+                end: start + 2 * 4096,
+                categories: category::GUARD
+            }]
+        );
+        let present = pagemap_scan(
+            &pagemap,
+            start,
+            end,
+            category::PRESENT,
+            0,
+            0,
+            category::PRESENT,
+            0,
+        )
+        .unwrap();
+        assert_eq!(present.len(), 1);
+        assert_eq!(present[0].start, start + 3 * 4096);
+        let raw = read_pagemap(Pid::this(), start, end).unwrap();
+        assert_ne!(raw[1] & pm::GUARD, 0);
+        assert_ne!(raw[3] & pm::PRESENT, 0);
+        assert_eq!(raw[0] & (pm::PRESENT | pm::GUARD), 0);
+        // SAFETY: unmapping the mapping made above; nothing refers to it.
+        unsafe { libc::munmap(base, 4 * 4096) };
+    }
+
+    #[test]
     fn read_own_memory() {
         let data: Vec<u8> = (0..10000u32).map(|i| (i * 7) as u8).collect();
         let base = data.as_ptr() as u64;
