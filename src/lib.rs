@@ -14,4 +14,5 @@
 
 pub mod image;
 pub mod proc;
+pub mod restore;
 pub mod sys;

@@ -374,7 +374,12 @@ impl Blob<'_> {
             let m = unsafe { (self.a.madvs as *const abi::Madvise).add(i as usize).read() };
             // SAFETY: advice on restored memory; no memory of ours changes.
             let ret = unsafe {
-                syscall3(nr::MADVISE, m.addr as usize, m.len as usize, m.advice as usize)
+                syscall3(
+                    nr::MADVISE,
+                    m.addr as usize,
+                    m.len as usize,
+                    m.advice as usize,
+                )
             };
             self.check(ret, step::MADVISE);
         }
@@ -388,7 +393,11 @@ impl Blob<'_> {
         // SAFETY: maps the vdso block at an address the engine chose to be
         // free; the kernel returns the vdso size (positive) on success.
         let ret = unsafe {
-            syscall2(nr::ARCH_PRCTL, ARCH_MAP_VDSO_64, self.a.vdso_vvar_start as usize)
+            syscall2(
+                nr::ARCH_PRCTL,
+                ARCH_MAP_VDSO_64,
+                self.a.vdso_vvar_start as usize,
+            )
         };
         self.check(ret, step::VDSO);
     }
@@ -436,7 +445,12 @@ impl Blob<'_> {
         for (which, it) in self.a.itimers.iter().enumerate() {
             // SAFETY: `it` is a `struct itimerval` inside Args.
             let ret = unsafe {
-                syscall3(nr::SETITIMER, which, it as *const abi::ItimerVal as usize, 0)
+                syscall3(
+                    nr::SETITIMER,
+                    which,
+                    it as *const abi::ItimerVal as usize,
+                    0,
+                )
             };
             self.check(ret, step::ITIMER);
         }
@@ -448,7 +462,11 @@ impl Blob<'_> {
         let t = &self.a.thread;
         // SAFETY: only records the address; never fails.
         unsafe { syscall1(nr::SET_TID_ADDRESS, t.clear_tid_addr as usize) };
-        let len = if t.robust_list == 0 { ROBUST_LIST_HEAD_LEN } else { t.robust_len as usize };
+        let len = if t.robust_list == 0 {
+            ROBUST_LIST_HEAD_LEN
+        } else {
+            t.robust_len as usize
+        };
         // SAFETY: only records the address for use at exit.
         let ret = unsafe { syscall2(nr::SET_ROBUST_LIST, t.robust_list as usize, len) };
         self.check(ret, step::THREAD);
@@ -475,14 +493,29 @@ impl Blob<'_> {
     }
 
     fn capset(&self, eff: [u32; 2], prm: [u32; 2], inh: [u32; 2]) {
-        let hdr = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+        let hdr = CapHeader {
+            version: LINUX_CAPABILITY_VERSION_3,
+            pid: 0,
+        };
         let data = [
-            CapData { effective: eff[0], permitted: prm[0], inheritable: inh[0] },
-            CapData { effective: eff[1], permitted: prm[1], inheritable: inh[1] },
+            CapData {
+                effective: eff[0],
+                permitted: prm[0],
+                inheritable: inh[0],
+            },
+            CapData {
+                effective: eff[1],
+                permitted: prm[1],
+                inheritable: inh[1],
+            },
         ];
         // SAFETY: v3 header plus two data words, all on our stack.
         let ret = unsafe {
-            syscall2(nr::CAPSET, &hdr as *const CapHeader as usize, data.as_ptr() as usize)
+            syscall2(
+                nr::CAPSET,
+                &hdr as *const CapHeader as usize,
+                data.as_ptr() as usize,
+            )
         };
         self.check(ret, step::CREDS);
     }
@@ -514,12 +547,22 @@ impl Blob<'_> {
         self.check(ret, step::CREDS);
         // SAFETY: integer arguments only.
         let ret = unsafe {
-            syscall3(nr::SETRESGID, c.gid as usize, c.egid as usize, c.sgid as usize)
+            syscall3(
+                nr::SETRESGID,
+                c.gid as usize,
+                c.egid as usize,
+                c.sgid as usize,
+            )
         };
         self.check(ret, step::CREDS);
         // SAFETY: integer arguments only.
         let ret = unsafe {
-            syscall3(nr::SETRESUID, c.uid as usize, c.euid as usize, c.suid as usize)
+            syscall3(
+                nr::SETRESUID,
+                c.uid as usize,
+                c.euid as usize,
+                c.suid as usize,
+            )
         };
         self.check(ret, step::CREDS);
         // setfs[ug]id return the previous id and never an error: ask again
@@ -571,7 +614,10 @@ impl Blob<'_> {
 
     /// Step 9.
     fn sync_with_engine(&self) {
-        let r = Report { step: step::READY, errno: 0 };
+        let r = Report {
+            step: step::READY,
+            errno: 0,
+        };
         // SAFETY: `r` is a live 8-byte value.
         let ret = unsafe {
             syscall3(
@@ -587,7 +633,14 @@ impl Blob<'_> {
         let mut b = 0u8;
         loop {
             // SAFETY: reads one byte into `b`.
-            let ret = unsafe { syscall3(nr::READ, self.a.go_fd as usize, &mut b as *mut u8 as usize, 1) };
+            let ret = unsafe {
+                syscall3(
+                    nr::READ,
+                    self.a.go_fd as usize,
+                    &mut b as *mut u8 as usize,
+                    1,
+                )
+            };
             if ret == -EINTR {
                 continue;
             }

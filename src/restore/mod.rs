@@ -1,0 +1,3 @@
+//! Restoring tasks: the restorer blob loader.
+
+pub mod blob;
