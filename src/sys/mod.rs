@@ -18,3 +18,8 @@ pub mod vm;
 
 #[cfg(test)]
 mod tests;
+pub mod cpu;
+pub mod mmap;
+pub mod probe;
+pub mod rawfd;
+pub mod tty;
