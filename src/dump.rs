@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use cryo_restorer::abi::{ItimerVal, KSigAction};
+use nix::unistd::Pid;
 use tracing::{debug, info};
 
 use crate::files::FileTable;
@@ -61,7 +62,7 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
     if pid as u32 == std::process::id() {
         bail!("pid {pid} is cryo itself");
     }
-    let status = proc::status::read(pid).with_context(|| format!("Cannot read /proc/{pid}/status"))?;
+    let status = proc::status::read(pid as u32).with_context(|| format!("Cannot read /proc/{pid}/status"))?;
     if status.tgid != pid as u32 {
         bail!("pid {pid} is a thread of process {}; dump the process", status.tgid);
     }
@@ -164,7 +165,7 @@ fn write_images(opts: &DumpOpts, dir: &ImageDir, frozen: &Frozen, stats: &mut Du
     let root_ids = kobj_ids(&mut ids, &own_ns, true);
 
     let root = &frozen.procs[0];
-    let root_stat = proc::stat::read(root.pid)?;
+    let root_stat = proc::stat::read(root.pid as u32)?;
     if !opts.shell_job && root_stat.session != root.pid as u32 {
         bail!(
             "pid {} is not a session leader (its session is {}); it was started from a shell: pass --shell-job",
@@ -188,7 +189,7 @@ fn write_images(opts: &DumpOpts, dir: &ImageDir, frozen: &Frozen, stats: &mut Du
             }
         }
         let kids = kobj_ids(&mut ids, &ns, false);
-        dir.write_image(&image::names::ids(p.pid), Kind::Ids, &[kids.clone()])?;
+        dir.write_image(&image::names::ids(p.pid as u32), Kind::Ids, &[kids.clone()])?;
         dir.write_image(&image::names::fdinfo(kids.files_id), Kind::Fdinfo, &pd.fdinfo)?;
         pstree.push(pb::PstreeEntry {
             pid: p.pid as u32,
@@ -215,8 +216,8 @@ fn write_images(opts: &DumpOpts, dir: &ImageDir, frozen: &Frozen, stats: &mut Du
         "timens-0.img",
         Kind::Timens,
         &[pb::TimensEntry {
-            monotonic: Some(now(nix::time::ClockId::CLOCK_MONOTONIC)),
-            boottime: Some(now(nix::time::ClockId::CLOCK_BOOTTIME)),
+            monotonic: (now(nix::time::ClockId::CLOCK_MONOTONIC)),
+            boottime: (now(nix::time::ClockId::CLOCK_BOOTTIME)),
         }],
     )?;
     let inv = image::inventory::new_inventory(root_ids);
@@ -241,9 +242,9 @@ fn dump_process(
     stats: &mut DumpStats,
 ) -> Result<ProcOut> {
     let pid = p.pid;
-    let stat = proc::stat::read(pid)?;
-    let status = proc::status::read(pid)?;
-    let vmas = proc::maps::read_smaps(pid)?;
+    let stat = proc::stat::read(pid as u32)?;
+    let status = proc::status::read(pid as u32)?;
+    let vmas = proc::maps::read_smaps(pid as u32)?;
     if status.seccomp != 0 {
         bail!("pid {pid} runs under seccomp; seccomp filters are not supported yet");
     }
@@ -255,7 +256,7 @@ fn dump_process(
     }
 
     // Per-task facts that need the task's own context, by injection.
-    let mut inj = Injector::new(pid, &vmas).with_context(|| format!("Cannot prepare syscall injection into pid {pid}"))?;
+    let mut inj = Injector::new(Pid::from_raw(pid), &vmas).with_context(|| format!("Cannot prepare syscall injection into pid {pid}"))?;
     let inj_res = (|| -> Result<Injected> {
         let mut out = Injected::default();
         let scratch = inj.scratch();
@@ -323,14 +324,14 @@ fn dump_process(
 
     // Registers.
     let tid = pid;
-    let mut gp = ptrace::get_regs(tid).with_context(|| format!("PTRACE_GETREGSET of pid {tid}"))?;
+    let mut gp = ptrace::get_regs(Pid::from_raw(tid)).with_context(|| format!("PTRACE_GETREGSET of pid {tid}"))?;
     regs::fixup_syscall_restart(&mut gp);
-    let xstate = ptrace::get_xstate(tid).with_context(|| format!("Cannot read the FPU state of pid {tid}"))?;
-    let sigmask = ptrace::get_sigmask(tid).with_context(|| format!("PTRACE_GETSIGMASK of pid {tid}"))?;
-    let pending_p = ptrace::peek_siginfo(tid, false)?;
-    let pending_s = ptrace::peek_siginfo(tid, true)?;
-    let rseq = ptrace::get_rseq(tid)?;
-    let (robust, robust_len) = sysc::get_robust_list(tid)?;
+    let xstate = ptrace::get_xstate(Pid::from_raw(tid)).with_context(|| format!("Cannot read the FPU state of pid {tid}"))?;
+    let sigmask = ptrace::get_sigmask(Pid::from_raw(tid)).with_context(|| format!("PTRACE_GETSIGMASK of pid {tid}"))?;
+    let pending_p = ptrace::peek_siginfo(Pid::from_raw(tid), false)?;
+    let pending_s = ptrace::peek_siginfo(Pid::from_raw(tid), true)?;
+    let rseq = ptrace::get_rseq(Pid::from_raw(tid))?;
+    let (robust, robust_len) = sysc::get_robust_list(Pid::from_raw(tid))?;
 
     // Files: exe, mapped files, fds, cwd/root.
     let exe = fs::read_link(format!("/proc/{pid}/exe")).with_context(|| format!("Cannot read /proc/{pid}/exe"))?;
@@ -363,7 +364,7 @@ fn dump_process(
     let cwd_id = files.reg_path(&cwd.to_string_lossy(), 0, 0)?;
     let root_id = files.reg_path(&root.to_string_lossy(), 0, 0)?;
     dir.write_image(
-        &image::names::fs(pid),
+        &image::names::fs(pid as u32),
         Kind::Fs,
         &[pb::FsEntry {
             cwd_id,
@@ -373,7 +374,7 @@ fn dump_process(
     )?;
 
     // mm.
-    let auxv = proc::auxv::read(pid)?;
+    let auxv = proc::auxv::read(pid as u32)?;
     let (vdso_size, vdso_hash, vvar_start) = vdso_facts(pid, &vmas)?;
     let mm = pb::MmEntry {
         mm_start_code: stat.start_code,
@@ -397,24 +398,24 @@ fn dump_process(
         cryo_vdso_hash: vdso_hash,
         cryo_vvar_start: vvar_start,
     };
-    dir.write_image(&image::names::mm(pid), Kind::Mm, &[mm])?;
+    dir.write_image(&image::names::mm(pid as u32), Kind::Mm, &[mm])?;
 
     // Memory pages.
     let t = Instant::now();
     ids.next_pages += 1;
     let pages_id = ids.next_pages;
-    let (pagemap, scanned, written, write_us) = dump_pages(dir, pid, &vmas, pages_id)?;
+    let (head, pagemap, scanned, written, write_us) = dump_pages(dir, pid, &vmas, pages_id)?;
     stats.pages_scanned += scanned;
     stats.pages_written += written;
     stats.memwrite_us += write_us;
     stats.memdump_us += t.elapsed().as_micros() as u64;
-    dir.write_image(&image::names::pagemap(pid), Kind::Pagemap, &pagemap)?;
+    dir.write_pagemap(&image::names::pagemap(pid as u32), &head, &pagemap)?;
 
     // core.
     let creds = creds_of(&status, inj_out.secbits);
     let rlimits = (0..16)
         .map(|r| {
-            let (cur, max) = sysc::prlimit_get(pid, r).unwrap_or((u64::MAX, u64::MAX));
+            let (cur, max) = sysc::prlimit_get(Pid::from_raw(pid), r).unwrap_or((u64::MAX, u64::MAX));
             pb::RlimitEntry { cur, max }
         })
         .collect();
@@ -441,14 +442,14 @@ fn dump_process(
     let siginfos = |v: &[[u8; 128]]| pb::SignalQueueEntry {
         signals: v.iter().map(|s| pb::SiginfoEntry { siginfo: s.to_vec() }).collect(),
     };
-    let (nice, policy) = sched_of(tid);
+    let (nice, policy) = sched_of(&stat);
     let task_state = if p.stop_signal.is_some() { 3 } else { 1 };
     let core = pb::CoreEntry {
-        mtype: pb::March::X8664 as i32,
+        mtype: pb::core_entry::March::X8664 as i32,
         thread_info: Some(pb::ThreadInfoX86 {
             clear_tid_addr: inj_out.clear_tid,
-            gpregs: Some(regs::gpregs_to_pb(&gp)),
-            fpregs: Some(regs::fpregs_to_pb(&xstate, layout)),
+            gpregs: (regs::gpregs_to_pb(&gp)),
+            fpregs: (regs::fpregs_to_pb(&xstate, layout)),
             tls: (12..15)
                 .map(|n| pb::UserDescT {
                     entry_number: n,
@@ -461,20 +462,20 @@ fn dump_process(
         tc: Some(pb::TaskCoreEntry {
             task_state,
             exit_code: 0,
-            personality: proc::personality(pid).unwrap_or(0),
+            personality: read_num(pid, "personality", 16).unwrap_or(0) as u32,
             flags: stat.flags,
             blk_sigset: sigmask,
             comm: stat.comm.clone(),
             timers: Some(pb::TaskTimersEntry {
-                real: Some(it(&inj_out.itimers[0])),
-                virt: Some(it(&inj_out.itimers[1])),
-                prof: Some(it(&inj_out.itimers[2])),
+                real: (it(&inj_out.itimers[0])),
+                virt: (it(&inj_out.itimers[1])),
+                prof: (it(&inj_out.itimers[2])),
                 posix: vec![],
             }),
             rlimits: Some(pb::TaskRlimitsEntry { rlimits }),
             signals_s: Some(siginfos(&pending_s)),
-            loginuid: proc::loginuid(pid).ok(),
-            oom_score_adj: proc::oom_score_adj(pid).ok(),
+            loginuid: read_num(pid, "loginuid", 10).map(|v| v as u32),
+            oom_score_adj: read_num(pid, "oom_score_adj", 10).map(|v| v as i32),
             sigactions,
             child_subreaper: Some(inj_out.subreaper),
             stop_signo: p.stop_signal.map(|s| s as u32),
@@ -504,13 +505,12 @@ fn dump_process(
             ..Default::default()
         }),
     };
-    dir.write_image(&image::names::core(tid), Kind::Core, &[core])?;
+    dir.write_image(&image::names::core(tid as u32), Kind::Core, &[core])?;
 
     let (pgid, sid) = (stat.pgrp, stat.session);
     Ok(ProcOut { pgid, sid, fdinfo })
 }
 
-#[derive(Default)]
 struct Injected {
     sigactions: [KSigAction; 64],
     itimers: [ItimerVal; 3],
@@ -525,6 +525,23 @@ struct Injected {
     subreaper: bool,
 }
 
+impl Default for Injected {
+    fn default() -> Self {
+        Injected {
+            sigactions: [KSigAction::default(); 64],
+            itimers: Default::default(),
+            sas: (0, 0, 0),
+            clear_tid: 0,
+            brk: 0,
+            dumpable: 0,
+            thp_disabled: false,
+            secbits: 0,
+            pdeathsig: 0,
+            subreaper: false,
+        }
+    }
+}
+
 fn vdso_facts(pid: i32, vmas: &[proc::maps::Vma]) -> Result<(Option<u64>, Option<u64>, Option<u64>)> {
     let vvar = vmas.iter().find(|v| v.is_vvar()).map(|v| v.start);
     let Some(vdso) = vmas.iter().find(|v| v.is_vdso()) else {
@@ -532,7 +549,7 @@ fn vdso_facts(pid: i32, vmas: &[proc::maps::Vma]) -> Result<(Option<u64>, Option
     };
     let len = (vdso.end - vdso.start) as usize;
     let mut buf = vec![0u8; len];
-    vm::read_remote(pid, &[(vdso.start, len)], &mut buf).with_context(|| format!("Cannot read the vdso of pid {pid}"))?;
+    vm::read_remote(Pid::from_raw(pid), &[(vdso.start, len)], &mut buf).with_context(|| format!("Cannot read the vdso of pid {pid}"))?;
     Ok((Some(len as u64), Some(fnv1a(&buf)), vvar))
 }
 
@@ -546,12 +563,14 @@ pub fn fnv1a(b: &[u8]) -> u64 {
     h
 }
 
-fn sched_of(tid: i32) -> (i32, u32) {
-    let nice = proc::stat::read(tid).map(|s| s.nice).unwrap_or(0);
-    // SAFETY-free: sched_getscheduler is a plain syscall wrapper in libc;
-    // nix has no wrapper for it, the sys layer provides one.
-    let policy = sysc::sched_getscheduler(tid).unwrap_or(0);
-    (nice as i32, policy as u32)
+fn sched_of(stat: &proc::stat::Stat) -> (i32, u32) {
+    (stat.nice as i32, stat.policy)
+}
+
+/// Reads a number from /proc/PID/<name> (in the given radix).
+fn read_num(pid: i32, name: &str, radix: u32) -> Option<i64> {
+    let s = fs::read_to_string(format!("/proc/{pid}/{name}")).ok()?;
+    i64::from_str_radix(s.trim(), radix).ok()
 }
 
 fn caps_words(v: u64) -> Vec<u32> {
@@ -589,9 +608,9 @@ fn dump_pages(
     pid: i32,
     vmas: &[proc::maps::Vma],
     pages_id: u32,
-) -> Result<(Vec<pb::PagemapEntryAny>, u64, u64, u64)> {
+) -> Result<(pb::PagemapHead, Vec<pb::PagemapEntry>, u64, u64, u64)> {
     let pagemap = fs::File::open(format!("/proc/{pid}/pagemap")).with_context(|| format!("Cannot open /proc/{pid}/pagemap"))?;
-    let mut entries = vec![pb::PagemapEntryAny::Head(pb::PagemapHead { pages_id })];
+    let mut entries = Vec::new();
     let mut runs: Vec<(u64, u64)> = Vec::new();
     let mut scanned = 0u64;
     for v in vmas {
@@ -606,10 +625,10 @@ fn dump_pages(
                 &pagemap,
                 v.start,
                 v.end,
-                vm::PAGE_IS_PFNZERO | vm::PAGE_IS_FILE,
-                vm::PAGE_IS_PFNZERO | vm::PAGE_IS_FILE,
-                vm::PAGE_IS_PRESENT | vm::PAGE_IS_SWAPPED,
-                vm::PAGE_IS_PRESENT | vm::PAGE_IS_SWAPPED,
+                vm::category::PFNZERO | vm::category::FILE,
+                vm::category::PFNZERO | vm::category::FILE,
+                vm::category::PRESENT | vm::category::SWAPPED,
+                vm::category::PRESENT | vm::category::SWAPPED,
                 0,
             )?;
             if !rs.is_empty() {
@@ -626,23 +645,17 @@ fn dump_pages(
             &pagemap,
             v.start,
             v.end,
-            vm::PAGE_IS_PFNZERO | vm::PAGE_IS_FILE,
-            vm::PAGE_IS_PFNZERO | vm::PAGE_IS_FILE,
-            vm::PAGE_IS_PRESENT | vm::PAGE_IS_SWAPPED,
-            vm::PAGE_IS_PRESENT | vm::PAGE_IS_SWAPPED,
+            vm::category::PFNZERO | vm::category::FILE,
+            vm::category::PFNZERO | vm::category::FILE,
+            vm::category::PRESENT | vm::category::SWAPPED,
+            vm::category::PRESENT | vm::category::SWAPPED,
             0,
         )
         .with_context(|| format!("PAGEMAP_SCAN of pid {pid} at {:#x}", v.start))?;
         let flags = if kind == VmaKind::AnonPrivate { PE_PRESENT | PE_LAZY } else { PE_PRESENT };
         for r in rs {
             let n = (r.end - r.start) / PAGE_SIZE;
-            entries.push(pb::PagemapEntryAny::Entry(pb::PagemapEntry {
-                vaddr: r.start,
-                compat_nr_pages: n as u32,
-                in_parent: None,
-                flags: Some(flags),
-                nr_pages: Some(n),
-            }));
+            entries.push(image::pages::new_entry(r.start, n, flags));
             runs.push((r.start, r.end - r.start));
         }
     }
@@ -672,7 +685,7 @@ fn dump_pages(
             }
             i += 1;
         }
-        let got = vm::read_remote(pid, &iov, &mut buf[..len]).with_context(|| format!("Cannot read the memory of pid {pid}"))?;
+        let got = vm::read_remote(Pid::from_raw(pid), &iov, &mut buf[..len]).with_context(|| format!("Cannot read the memory of pid {pid}"))?;
         if got != len {
             bail!("Short read of the memory of pid {pid}: {got} of {len} bytes");
         }
@@ -681,7 +694,7 @@ fn dump_pages(
         write_us += tw.elapsed().as_micros() as u64;
     }
     out.flush()?;
-    Ok((entries, scanned, total / PAGE_SIZE, write_us))
+    Ok((pb::PagemapHead { pages_id }, entries, scanned, total / PAGE_SIZE, write_us))
 }
 
 fn write_stats(dir: &ImageDir, s: &DumpStats) -> Result<()> {

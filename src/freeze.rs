@@ -55,7 +55,7 @@ impl Frozen {
                 .with_context(|| format!("Cannot freeze pid {pid}"))?;
             let mut children = BTreeSet::new();
             for &t in &tids {
-                for c in proc::children(pid, t).with_context(|| format!("Cannot list children of pid {pid}"))? {
+                for c in proc::children(pid as u32, t as u32).with_context(|| format!("Cannot list children of pid {pid}"))? {
                     children.insert(c as i32);
                 }
             }
@@ -76,7 +76,7 @@ impl Frozen {
         let mut done: Vec<i32> = Vec::new();
         let mut stop = None;
         loop {
-            let tids = proc::threads(pid).with_context(|| format!("Cannot list threads of pid {pid}"))?;
+            let tids = proc::threads(pid as u32).with_context(|| format!("Cannot list threads of pid {pid}"))?;
             let new: Vec<i32> = tids.iter().map(|&t| t as i32).filter(|t| !done.contains(t)).collect();
             if new.is_empty() {
                 break;
@@ -99,7 +99,7 @@ impl Frozen {
     /// Seizes and interrupts one thread; returns the group-stop signal if
     /// the thread was stopped by job control.
     fn seize_thread(&mut self, tid: i32) -> Result<Option<i32>> {
-        match ptrace::seize(tid, ptrace::SEIZE_OPTIONS) {
+        match ptrace::seize(Pid::from_raw(tid), ptrace::OPT_SUSPEND_SECCOMP) {
             Ok(()) => {}
             Err(Errno::ESRCH) => bail!("pid {tid} vanished while freezing"),
             Err(Errno::EPERM) => bail!(
@@ -108,17 +108,17 @@ impl Frozen {
             Err(e) => return Err(e).with_context(|| format!("PTRACE_SEIZE of pid {tid}")),
         }
         self.seized.push(tid);
-        ptrace::interrupt(tid).with_context(|| format!("PTRACE_INTERRUPT of pid {tid}"))?;
+        ptrace::interrupt(Pid::from_raw(tid)).with_context(|| format!("PTRACE_INTERRUPT of pid {tid}"))?;
         loop {
-            match ptrace::wait_stop(tid).with_context(|| format!("waiting for pid {tid} to stop"))? {
-                WaitOutcome::EventStop => return Ok(None),
+            match ptrace::wait_stop(Pid::from_raw(tid)).with_context(|| format!("waiting for pid {tid} to stop"))? {
+                WaitOutcome::Interrupted => return Ok(None),
                 WaitOutcome::GroupStop(sig) => return Ok(Some(sig)),
-                WaitOutcome::SignalStop(sig) => {
+                WaitOutcome::Signal(sig) => {
                     // A signal arrived before our interrupt: let it be
                     // delivered as it would have been, then stop.
-                    ptrace::cont(tid, sig).with_context(|| format!("PTRACE_CONT of pid {tid}"))?;
+                    ptrace::cont(Pid::from_raw(tid), sig).with_context(|| format!("PTRACE_CONT of pid {tid}"))?;
                 }
-                WaitOutcome::Exited(_) | WaitOutcome::Killed(_) => {
+                WaitOutcome::Exited(_) | WaitOutcome::Killed { .. } => {
                     self.seized.retain(|&t| t != tid);
                     bail!("pid {tid} exited while freezing")
                 }
@@ -144,7 +144,7 @@ impl Frozen {
 
     fn detach_all(&mut self) {
         for &t in self.seized.iter().rev() {
-            let _ = ptrace::detach(t, 0);
+            let _ = ptrace::detach(Pid::from_raw(t), 0);
         }
         self.seized.clear();
     }

@@ -61,14 +61,15 @@ pub fn silence() {
 /// A log file writer that goes quiet after [`silence`].
 struct Gated(Mutex<std::fs::File>);
 
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Gated {
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for &'static Gated {
     type Writer = GatedWriter<'a>;
     fn make_writer(&'a self) -> Self::Writer {
-        GatedWriter(&self.0)
+        GatedWriter(&(*self).0)
     }
 }
 
 struct GatedWriter<'a>(&'a Mutex<std::fs::File>);
+
 
 impl Write for GatedWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

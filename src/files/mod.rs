@@ -12,6 +12,7 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 use anyhow::{bail, Context, Result};
+use nix::unistd::Pid;
 
 use crate::image::pb;
 use crate::proc;
@@ -134,7 +135,7 @@ impl FileTable {
                 id,
                 flags,
                 pos,
-                fown: Some(fown0()),
+                fown: (fown0()),
                 name: path.to_string(),
                 size: md.as_ref().filter(|m| m.is_file()).map(|m| m.len()),
                 mode: md.as_ref().map(|m| m.mode()),
@@ -151,7 +152,7 @@ impl FileTable {
     /// Dumps the fd table of `pid`.
     pub fn dump_fds(&mut self, pid: i32, shell_job: bool, stat: &proc::stat::Stat) -> Result<Vec<pb::FdinfoEntry>> {
         let mut out = Vec::new();
-        for fd in proc::fds(pid)? {
+        for fd in proc::fds(pid as u32)? {
             let lpath = format!("/proc/{pid}/fd/{fd}");
             let link = match fs::read_link(&lpath) {
                 Ok(l) => l.to_string_lossy().into_owned(),
@@ -159,7 +160,7 @@ impl FileTable {
                 Err(e) => return Err(e).with_context(|| format!("Cannot read {lpath}")),
             };
             let md = fs::metadata(&lpath).ok();
-            let info = proc::fdinfo::read(pid, fd)?;
+            let info = proc::fdinfo::read(pid as u32, fd)?;
             let kind = classify(&link, md.as_ref());
             let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
             let flags = info.flags & !(libc::O_CLOEXEC as u32);
@@ -168,7 +169,7 @@ impl FileTable {
             // One open file description shared with an fd dumped before?
             let mut shared = None;
             for &(p2, fd2, d2, i2, id2) in &self.seen {
-                if d2 == dev && i2 == ino && sysc::kcmp_file(pid, p2, fd, fd2).unwrap_or(false) {
+                if d2 == dev && i2 == ino && sysc::kcmp(Pid::from_raw(pid), Pid::from_raw(p2), sysc::kcmp_type::FILE, fd as u64, fd2 as u64).map(|r| r == 0).unwrap_or(false) {
                     shared = Some(id2);
                     break;
                 }
@@ -188,7 +189,7 @@ impl FileTable {
                             id,
                             flags,
                             pos: info.pos,
-                            fown: Some(fown0()),
+                            fown: (fown0()),
                             name: link.clone(),
                             size: md.as_ref().filter(|m| m.is_file()).map(|m| m.len()),
                             mode: md.as_ref().map(|m| m.mode()),
@@ -216,7 +217,7 @@ impl FileTable {
                             id,
                             tty_info_id: info_id,
                             flags,
-                            fown: Some(fown0()),
+                            fown: (fown0()),
                             regf_id: Some(regf),
                         }),
                         ..Default::default()

@@ -110,46 +110,44 @@ impl Plan {
                 }
             };
             let core: pb::CoreEntry = dir
-                .read_image::<pb::CoreEntry>(&image::names::core(pid), Kind::Core)?
+                .read_image::<pb::CoreEntry>(&image::names::core(pid as u32), Kind::Core)?
                 .into_iter()
                 .next()
-                .with_context(|| format!("{} is empty", image::names::core(pid)))?;
+                .with_context(|| format!("{} is empty", image::names::core(pid as u32)))?;
             validate_core(&core, pid)?;
             let fp = core
                 .thread_info
                 .as_ref()
-                .and_then(|t| t.fpregs.as_ref())
-                .with_context(|| format!("{}: no FPU state", image::names::core(pid)))?;
+                .map(|t| &t.fpregs)
+                .with_context(|| format!("{}: no FPU state", image::names::core(pid as u32)))?;
             let xsave = regs::fpregs_from_pb(fp, &layout)
-                .map_err(|m| anyhow::anyhow!("{}: {m}", image::names::core(pid)))?;
+                .map_err(|m| anyhow::anyhow!("{}: {m}", image::names::core(pid as u32)))?;
             let mm: pb::MmEntry = dir
-                .read_image::<pb::MmEntry>(&image::names::mm(pid), Kind::Mm)?
+                .read_image::<pb::MmEntry>(&image::names::mm(pid as u32), Kind::Mm)?
                 .into_iter()
                 .next()
-                .with_context(|| format!("{} is empty", image::names::mm(pid)))?;
+                .with_context(|| format!("{} is empty", image::names::mm(pid as u32)))?;
             validate_mm(&mm, pid, &files, own_vdso)?;
-            let (head, pagemap) = dir.read_pagemap(&image::names::pagemap(pid))?;
-            let pages_file = image::names::pages(head.pages_id);
-            let size = dir.file_size(&pages_file)?;
-            let idx = PagemapIndex::new(&pagemap, size)
-                .with_context(|| format!("{} and {pages_file} do not match", image::names::pagemap(pid)))?;
-            let page_offsets = idx.offsets().to_vec();
+            let (_, pagemap) = dir.read_pagemap(&image::names::pagemap(pid as u32))?;
+            let idx: PagemapIndex = dir.pagemap_index(pid as u32)?;
+            let pages_file = image::names::pages(idx.pages_id);
+            let page_offsets = idx.runs.iter().map(|r| r.offset).collect();
             check_pages_inside_vmas(&pagemap, &mm, pid)?;
             let fs: pb::FsEntry = dir
-                .read_image::<pb::FsEntry>(&image::names::fs(pid), Kind::Fs)?
+                .read_image::<pb::FsEntry>(&image::names::fs(pid as u32), Kind::Fs)?
                 .into_iter()
                 .next()
-                .with_context(|| format!("{} is empty", image::names::fs(pid)))?;
+                .with_context(|| format!("{} is empty", image::names::fs(pid as u32)))?;
             for id in [fs.cwd_id, fs.root_id] {
                 if !files.contains_key(&id) {
-                    bail!("{}: file id {id} is not in files.img", image::names::fs(pid));
+                    bail!("{}: file id {id} is not in files.img", image::names::fs(pid as u32));
                 }
             }
             let ids: pb::TaskKobjIdsEntry = dir
-                .read_image::<pb::TaskKobjIdsEntry>(&image::names::ids(pid), Kind::Ids)?
+                .read_image::<pb::TaskKobjIdsEntry>(&image::names::ids(pid as u32), Kind::Ids)?
                 .into_iter()
                 .next()
-                .with_context(|| format!("{} is empty", image::names::ids(pid)))?;
+                .with_context(|| format!("{} is empty", image::names::ids(pid as u32)))?;
             let fdname = image::names::fdinfo(ids.files_id);
             let fds: Vec<pb::FdinfoEntry> = if dir.exists(&fdname) {
                 dir.read_image(&fdname, Kind::Fdinfo)?
@@ -277,12 +275,12 @@ pub fn pages_of(e: &pb::PagemapEntry) -> u64 {
 }
 
 fn validate_core(core: &pb::CoreEntry, pid: i32) -> Result<()> {
-    let name = image::names::core(pid);
-    if core.mtype != pb::March::X8664 as i32 {
+    let name = image::names::core(pid as u32);
+    if core.mtype != pb::core_entry::March::X8664 as i32 {
         bail!("{name}: the image is for another architecture (march {})", core.mtype);
     }
     let ti = core.thread_info.as_ref().with_context(|| format!("{name}: no registers"))?;
-    let gp = ti.gpregs.as_ref().with_context(|| format!("{name}: no general registers"))?;
+    let gp = &ti.gpregs;
     if gp.mode.unwrap_or(1) != 1 {
         bail!("{name}: 32-bit (compat) tasks are not supported");
     }
@@ -311,12 +309,12 @@ fn own_vdso_facts() -> Option<(u64, u64, u64)> {
     let vvar = maps.iter().find(|v| v.is_vvar())?;
     let len = (vdso.end - vdso.start) as usize;
     let mut buf = vec![0u8; len];
-    crate::sys::vm::read_remote(std::process::id() as i32, &[(vdso.start, len)], &mut buf).ok()?;
+    crate::sys::vm::read_remote(nix::unistd::getpid(), &[(vdso.start, len)], &mut buf).ok()?;
     Some((len as u64, crate::dump::fnv1a(&buf), vdso.start - vvar.start))
 }
 
 fn validate_mm(mm: &pb::MmEntry, pid: i32, files: &HashMap<u32, pb::FileEntry>, own: Option<(u64, u64, u64)>) -> Result<()> {
-    let name = image::names::mm(pid);
+    let name = image::names::mm(pid as u32);
     let mut last_end = 0u64;
     let mut vdso_start = None;
     for (i, v) in mm.vmas.iter().enumerate() {
@@ -370,15 +368,15 @@ fn check_pages_inside_vmas(pagemap: &[pb::PagemapEntry], mm: &pb::MmEntry, pid: 
             let Some(v) = mm.vmas.iter().find(|v| v.start <= a && a < v.end) else {
                 bail!(
                     "{}: page at {a:#x} lies outside every mapping of {}",
-                    image::names::pagemap(pid),
-                    image::names::mm(pid)
+                    image::names::pagemap(pid as u32),
+                    image::names::mm(pid as u32)
                 );
             };
             let kind = VmaKind::from_status(v.status);
             if !kind.is_some_and(|k| k.dumps_pages()) {
                 bail!(
                     "{}: pages at {a:#x} belong to a mapping that cannot hold dumped pages",
-                    image::names::pagemap(pid)
+                    image::names::pagemap(pid as u32)
                 );
             }
             a = v.end.min(end);

@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use nix::mount::{mount, MsFlags};
 use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{self, Pid};
+use nix::unistd::{self, ForkResult, Pid};
 
 use super::plan::Plan;
 use super::{report_error, task, EngineFds};
@@ -35,7 +35,7 @@ pub(crate) fn spawn(plan: &Plan, efds: EngineFds, ctl: (RawFd, RawFd)) -> Result
     let engine = unistd::getpid();
     let flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS) as u64;
     match sysc::clone3_with_pid(flags, &[], libc::SIGCHLD as u64).context("Cannot create the pid namespace (clone3)")? {
-        0 => {
+        ForkResult::Child => {
             let code = match shim_main(plan, efds, ctl, engine) {
                 Ok(c) => c,
                 Err(e) => {
@@ -43,9 +43,9 @@ pub(crate) fn spawn(plan: &Plan, efds: EngineFds, ctl: (RawFd, RawFd)) -> Result
                     1
                 }
             };
-            unistd::_exit(code)
+            crate::sys::rawfd::exit_now(code)
         }
-        pid => Ok(pid),
+        ForkResult::Parent { child } => Ok(child.as_raw()),
     }
 }
 
@@ -76,8 +76,8 @@ fn shim_main(plan: &Plan, efds: EngineFds, ctl: (RawFd, RawFd), engine: Pid) -> 
     let root_pid = match sysc::clone3_with_pid(0, &[root.pid], libc::SIGCHLD as u64)
         .with_context(|| format!("Cannot create pid {} (clone3 with set_tid)", root.pid))?
     {
-        0 => task::run(plan, 0, efds),
-        p => p,
+        ForkResult::Child => task::run(plan, 0, efds),
+        ForkResult::Parent { child } => child.as_raw(),
     };
     // Our copies of the task-side descriptors are not ours to keep.
     for fd in [efds.ready_w, efds.go_r, efds.dir, efds.tty] {

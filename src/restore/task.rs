@@ -7,16 +7,15 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::ffi::CString;
 use std::fs;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use anyhow::{bail, Context, Result};
 use cryo_restorer::abi::{Creds, ItimerVal, KSigAction, Madvise, PrctlMmMap, QueuedSignal, Range, ThreadState, VmaMove};
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
 use nix::sys::stat::Mode;
-use nix::unistd::{self, Pid};
+use nix::unistd::{self, ForkResult, Pid};
 
 use super::blob::{self, BlobPlan};
 use super::plan::{pages_of, Plan, TaskImage};
@@ -37,7 +36,7 @@ pub(crate) fn run(plan: &Plan, idx: usize, efds: EngineFds) -> ! {
         Err(e) => {
             report_error(efds.err_w, &format!("Restore of pid {pid} failed: {e:#}"));
             // SAFETY-free: _exit skips atexit handlers of the engine image.
-            unistd::_exit(1)
+            crate::sys::rawfd::exit_now(1)
         }
     }
 }
@@ -56,9 +55,11 @@ fn restore_task(plan: &Plan, idx: usize, efds: EngineFds) -> Result<Infallible> 
         match sysc::clone3_with_pid(0, &[child.pid], libc::SIGCHLD as u64)
             .with_context(|| format!("Cannot create pid {} (clone3 with set_tid)", child.pid))?
         {
-            0 => run(plan, c, efds),
-            got if got != child.pid => bail!("clone3 gave pid {got} instead of {}", child.pid),
-            _ => {}
+            ForkResult::Child => run(plan, c, efds),
+            ForkResult::Parent { child: got } if got.as_raw() != child.pid => {
+                bail!("clone3 gave pid {got} instead of {}", child.pid)
+            }
+            ForkResult::Parent { .. } => {}
         }
     }
     let staged = stage_memory(plan, t, efds)?;
@@ -124,7 +125,7 @@ fn setup_fds(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<()> {
         temps.insert(f.id, tmp);
     }
     // Close everything inherited below the engine's descriptors.
-    for fd in proc::fds(unistd::getpid().as_raw())? {
+    for fd in proc::fds(std::process::id())? {
         if fd < efds.high {
             let _ = unistd::close(fd);
         }
@@ -227,7 +228,7 @@ fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
         end: base + blob_len + staging_len,
     };
 
-    let pages = nix::fcntl::openat(efds.dir, t.pages_file.as_str(), OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+    let pages = nix::fcntl::openat(Some(efds.dir), t.pages_file.as_str(), OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
         .with_context(|| format!("Cannot open {}", t.pages_file))?;
     let pages = crate::sys::rawfd::own(pages);
 
@@ -351,9 +352,9 @@ fn set_rlimits(t: &TaskImage) {
     for (res, r) in rl.rlimits.iter().enumerate() {
         // Raising a hard limit needs CAP_SYS_RESOURCE, which this machine
         // may lack: keep what the kernel allows.
-        if sysc::prlimit_set(0, res as i32, r.cur, r.max).is_err() {
-            let (_, cur_max) = sysc::prlimit_get(0, res as i32).unwrap_or((0, 0));
-            let _ = sysc::prlimit_set(0, res as i32, r.cur.min(cur_max), cur_max);
+        if sysc::prlimit_set(Pid::from_raw(0), res as i32, r.cur, r.max).is_err() {
+            let (_, cur_max) = sysc::prlimit_get(Pid::from_raw(0), res as i32).unwrap_or((0, 0));
+            let _ = sysc::prlimit_set(Pid::from_raw(0), res as i32, r.cur.min(cur_max), cur_max);
         }
     }
 }
@@ -382,7 +383,7 @@ fn jump(plan: &Plan, t: &TaskImage, efds: EngineFds, staged: Staged) -> Result<I
     let ti = core.thread_info.as_ref().expect("validated");
     let tc = core.tc.as_ref().expect("validated");
     let thc = core.thread_core.as_ref().expect("validated");
-    let gp = regs::gpregs_from_pb(ti.gpregs.as_ref().expect("validated"));
+    let gp = regs::gpregs_from_pb(&ti.gpregs);
 
     let mut sigactions = [KSigAction::default(); 64];
     let mut sigaction_mask = 0u64;
@@ -399,14 +400,12 @@ fn jump(plan: &Plan, t: &TaskImage, efds: EngineFds, staged: Staged) -> Result<I
     let mut itimers = [ItimerVal::default(); 3];
     if let Some(tm) = &tc.timers {
         for (i, it) in [&tm.real, &tm.virt, &tm.prof].into_iter().enumerate() {
-            if let Some(it) = it {
-                itimers[i] = ItimerVal {
-                    interval_sec: it.isec as i64,
-                    interval_usec: it.iusec as i64,
-                    value_sec: it.vsec as i64,
-                    value_usec: it.vusec as i64,
-                };
-            }
+            itimers[i] = ItimerVal {
+                interval_sec: it.isec as i64,
+                interval_usec: it.iusec as i64,
+                value_sec: it.vsec as i64,
+                value_usec: it.vusec as i64,
+            };
         }
     }
     let mut sigs = Vec::new();
@@ -480,30 +479,39 @@ fn jump(plan: &Plan, t: &TaskImage, efds: EngineFds, staged: Staged) -> Result<I
         sigs,
         ready_fd: efds.ready_w,
         go_fd: efds.go_r,
-        regs: gp,
+        regs: blob_regs(&gp),
         xsave: Some(t.xsave.clone()),
         sigmask: tc.blk_sigset,
-        altstack: sas.map_or((0, 0, libc::SS_DISABLE), |s| (s.ss_sp, s.ss_size, s.ss_flags as i32)),
+        altstack: sas.map_or(blob::SigAltStack::default(), |s| blob::SigAltStack {
+            sp: s.ss_sp,
+            size: s.ss_size,
+            flags: s.ss_flags as i32,
+        }),
     };
     // Close what the restored task must not see: everything but its own
     // fds and the three the blob closes itself (ready, go, exe). The
     // error pipe goes too: from here on failures travel as blob reports.
     let keep: Vec<RawFd> = t.fds.iter().map(|f| f.fd as RawFd).chain([efds.ready_w, efds.go_r, efds.err_w, exe_fd]).collect();
-    for fd in proc::fds(unistd::getpid().as_raw())? {
+    for fd in proc::fds(std::process::id())? {
         if !keep.contains(&fd) {
             let _ = unistd::close(fd);
         }
     }
     let prepared = blob::place(&plan_b, staged.blob_base).context("Cannot place the restorer blob")?;
     let _ = unistd::close(efds.err_w);
-    // SAFETY-free call site: `jump` is the audited unsafe entry in
-    // restore/blob.rs; everything it needs is inside `prepared`.
     blob::enter(prepared)
+}
+
+fn blob_regs(r: &crate::sys::ptrace::UserRegs) -> blob::UserRegs {
+    blob::UserRegs::from_words(&[
+        r.r15, r.r14, r.r13, r.r12, r.bp, r.bx, r.r11, r.r10, r.r9, r.r8, r.ax, r.cx, r.dx, r.si, r.di, r.orig_ax, r.ip,
+        r.cs, r.flags, r.sp, r.ss, r.fs_base, r.gs_base, r.ds, r.es, r.fs, r.gs,
+    ])
 }
 
 /// The blob's credential block; `skip` when they equal ours already.
 fn creds_for(c: &pb::CredsEntry) -> Result<(Creds, Vec<u32>)> {
-    let own = proc::status::read(unistd::getpid().as_raw())?;
+    let own = proc::status::read(std::process::id())?;
     let w = |v: &[u32]| -> [u32; 2] { [v.first().copied().unwrap_or(0), v.get(1).copied().unwrap_or(0)] };
     let cw = |v: u64| -> [u32; 2] { [v as u32, (v >> 32) as u32] };
     let same = own.uid == [c.uid, c.euid, c.suid, c.fsuid]

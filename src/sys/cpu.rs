@@ -30,8 +30,7 @@ impl XsaveLayout {
 /// Reads the layout with CPUID leaf 0xD and XGETBV(0).
 pub fn xsave_layout() -> XsaveLayout {
     let has_xsave = {
-        // SAFETY: CPUID leaf 1 exists on every x86_64 CPU.
-        let l1 = unsafe { __cpuid_count(1, 0) };
+        let l1 = __cpuid_count(1, 0);
         l1.ecx & (1 << 27) != 0 // OSXSAVE
     };
     let mut out = XsaveLayout {
@@ -45,15 +44,13 @@ pub fn xsave_layout() -> XsaveLayout {
     // SAFETY: OSXSAVE is set (checked above), so XGETBV is enabled and
     // XCR0 (index 0) is readable from user mode.
     out.xcr0 = unsafe { xgetbv0() };
-    // SAFETY: leaf 0xD is defined when XSAVE is supported.
-    let l = unsafe { __cpuid_count(0xd, 0) };
+    let l = __cpuid_count(0xd, 0);
     out.size = l.ebx as usize;
     for c in 2..32usize {
         if out.xcr0 & (1 << c) == 0 {
             continue;
         }
-        // SAFETY: sub-leaves 2..31 of leaf 0xD are defined (zero when absent).
-        let s = unsafe { __cpuid_count(0xd, c as u32) };
+        let s = __cpuid_count(0xd, c as u32);
         out.comps[c] = XComponent {
             offset: s.ebx as usize,
             size: s.eax as usize,
