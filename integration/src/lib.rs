@@ -276,6 +276,24 @@ pub fn wait_pid_gone(pid: i32, timeout: Duration) -> bool {
     }
 }
 
+/// Waits until `pid` has exited: gone from /proc, or a zombie left to the
+/// host's init (pid 1, which on some machines reaps slowly). A zombie whose
+/// parent is anything else (e.g. cryo's init not reaping) does not count.
+pub fn wait_pid_exited(pid: i32, timeout: Duration) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        match pid_state(pid) {
+            None => return true,
+            Some('Z') if ppid_of(pid) == Some(1) => return true,
+            _ => {}
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// True if `pid` is the init (pid 1) of a pid namespace below ours.
 fn is_ns_init(pid: i32) -> bool {
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {

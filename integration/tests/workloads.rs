@@ -180,7 +180,7 @@ fn reaper_reports_what_a_command_leaves_behind() {
     assert!(lines[0].ends_with(" sleep"), "{left:?}");
     let pid: i32 = lines[0].split(' ').next().unwrap().parse().unwrap();
     assert!(
-        cryo_integration::wait_pid_gone(pid, Duration::from_secs(5)),
+        cryo_integration::wait_pid_exited(pid, Duration::from_secs(5)),
         "the reaper must kill what was left"
     );
 }
