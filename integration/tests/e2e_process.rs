@@ -621,6 +621,34 @@ fn varint(b: &[u8]) -> (u64, usize) {
 }
 
 #[test]
+fn img_version_patch_works_on_a_crit_encoded_inventory() {
+    // Proves the corruption helper itself (no root, no engine needed).
+    let crit = Path::new("/usr/bin/crit");
+    assert!(crit.exists(), "/usr/bin/crit is missing: run hack/setup");
+    let tmp = TempDir::new("inv");
+    let json = tmp.join("inv.json");
+    let img = tmp.join("inventory.img");
+    std::fs::write(
+        &json,
+        r#"{"magic": "INVENTORY", "entries": [{"img_version": 2, "fdinfo_per_id": true, "root_cg_set": 1, "lsmtype": "NO_LSM"}]}"#,
+    )
+    .unwrap();
+    let st = Command::new(crit)
+        .args(["encode", "-i", s(&json), "-o", s(&img)])
+        .status()
+        .expect("run crit encode");
+    assert!(st.success());
+    set_inventory_img_version(&img, 3);
+    let out = Command::new(crit)
+        .args(["decode", "-i", s(&img)])
+        .output()
+        .expect("run crit decode");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("crit JSON");
+    assert_eq!(v["entries"][0]["img_version"], 3);
+    assert_eq!(v["entries"][0]["root_cg_set"], 1);
+}
+
+#[test]
 fn restore_with_img_version_3_fails_cleanly() {
     require_root!();
     let sc = small_dump("badinv");
