@@ -43,16 +43,23 @@ pub fn current_test_name() -> String {
         .to_string()
 }
 
+/// Prints `SKIP <test>: <why>` straight to the process's stderr (not through
+/// libtest's output capture, so it shows even for a passing test).
+pub fn skip(why: &str) {
+    use std::io::Write;
+    let line = format!("SKIP {}: {why}\n", current_test_name());
+    let _ = std::io::stderr().write_all(line.as_bytes());
+}
+
 /// Returns from the calling test, printing a loud `SKIP` line, unless the
 /// tests run as root.
 #[macro_export]
 macro_rules! require_root {
     () => {
         if !$crate::is_root() {
-            eprintln!(
-                "SKIP {}: needs root (cryo dumps and restores with ptrace and \
-                 new namespaces; run `sudo hack/test`, CI runs as root)",
-                $crate::current_test_name()
+            $crate::skip(
+                "needs root (cryo dumps and restores with ptrace and new \
+                 namespaces; run `sudo hack/test`, CI runs as root)",
             );
             return;
         }

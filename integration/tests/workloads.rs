@@ -205,11 +205,10 @@ fn run_cryo_reaped_runs_the_binary_under_the_reaper() {
     // Whatever cryo is at the moment (a stub or the engine), `cryo` with an
     // unknown subcommand must not leave processes behind.
     if !cryo_integration::cryo_bin().exists() {
-        eprintln!(
-            "SKIP {}: {} is not built (hack/test builds it)",
-            cryo_integration::current_test_name(),
+        cryo_integration::skip(&format!(
+            "{} is not built (hack/test builds it)",
             cryo_integration::cryo_bin().display()
-        );
+        ));
         return;
     }
     let (_out, left) = run_cryo_reaped(bin!("reaper"), &["no-such-subcommand"]);
