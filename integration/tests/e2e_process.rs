@@ -81,7 +81,6 @@ fn restore_detached(sc: &Scratch, cl: &Cleanup, tag: &str) -> i32 {
     ]);
     assert_cryo_ok(&out, "cryo restore -d", &log);
     let pid = read_pidfile(&pf).unwrap_or_else(|e| panic!("{e}"));
-    cl.pid(pid);
     pid
 }
 
@@ -133,7 +132,6 @@ fn roundtrip(tag: &str, bin: &Path, args: &[&str]) -> (String, Scratch) {
     let sc = Scratch::new(tag);
     let log = sc.path("wl.log");
     let mut w = Workload::spawn(bin, args, &log).expect("spawn workload");
-    cl.pid(w.pid);
     w.wait_ready().unwrap_or_else(|e| panic!("{e}"));
     std::thread::sleep(Duration::from_millis(100));
     dump(&sc, w.pid, &[]);
@@ -169,7 +167,6 @@ fn counter_continues_without_gap() {
     let sc = Scratch::new("counter");
     let log = sc.path("wl.log");
     let mut w = Workload::spawn(bin!("counter"), &["--interval-ms", "20"], &log).expect("spawn");
-    cl.pid(w.pid);
     w.wait_ready().unwrap_or_else(|e| panic!("{e}"));
     wait_for_line(&log, "step 10", LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     dump(&sc, w.pid, &[]);
@@ -218,7 +215,6 @@ fn leave_running_then_two_restores_at_once() {
     let sc = Scratch::new("leave");
     let log = sc.path("wl.log");
     let mut w = Workload::spawn(bin!("memsum"), &["--mib", "8"], &log).expect("spawn");
-    cl.pid(w.pid);
     w.wait_ready().unwrap_or_else(|e| panic!("{e}"));
     dump(&sc, w.pid, &["--leave-running"]);
     assert!(
@@ -254,7 +250,6 @@ fn leave_running_then_two_restores_at_once() {
         let out = run.finish(CRYO_TIMEOUT);
         assert_cryo_ok(&out, "concurrent cryo restore -d", &rlog);
         let pid = read_pidfile(&pf).unwrap_or_else(|e| panic!("{e}"));
-        cl.pid(pid);
         rpids.push(pid);
     }
     assert_ne!(rpids[0], rpids[1], "two restores, one host pid?");
@@ -276,7 +271,6 @@ fn tar_stream_dump_piped_into_restore() {
     let sc = Scratch::new("tar");
     let log = sc.path("wl.log");
     let mut w = Workload::spawn(bin!("memsum"), &["--mib", "4"], &log).expect("spawn");
-    cl.pid(w.pid);
     w.wait_ready().unwrap_or_else(|e| panic!("{e}"));
     let pid = w.pid.to_string();
     let dlog = sc.path("dump.log");
@@ -313,7 +307,6 @@ fn tar_stream_dump_piped_into_restore() {
     assert_cryo_ok(&rout, "cryo restore --tar -", &rlog);
     assert_original_killed(&mut w);
     let rpid = read_pidfile(&pf).unwrap_or_else(|e| panic!("{e}"));
-    cl.pid(rpid);
     verify_restored(rpid, w.pid, &log, 1);
 }
 
@@ -344,7 +337,6 @@ fn sed_on_pages_changes_the_restored_memory() {
         &log,
     )
     .expect("spawn");
-    cl.pid(w.pid);
     w.wait_ready().unwrap_or_else(|e| panic!("{e}"));
     dump(&sc, w.pid, &[]);
     assert_original_killed(&mut w);
@@ -375,11 +367,9 @@ fn crit_decodes_every_image() {
         crit.exists(),
         "/usr/bin/crit is missing: run hack/setup (Debian package criu)"
     );
-    let cl = Cleanup::new();
     let sc = Scratch::new("crit");
     let log = sc.path("wl.log");
     let mut w = Workload::spawn(bin!("tree"), &["--children", "2"], &log).expect("spawn");
-    cl.pid(w.pid);
     w.wait_ready().unwrap_or_else(|e| panic!("{e}"));
     dump(&sc, w.pid, &[]);
     assert_original_killed(&mut w);
@@ -436,11 +426,9 @@ fn json_has_pid(v: &serde_json::Value, pid: i64, under_pid_key: bool) -> bool {
 #[test]
 fn show_prints_json_with_the_pid() {
     require_root!();
-    let cl = Cleanup::new();
     let sc = Scratch::new("show");
     let log = sc.path("wl.log");
     let mut w = Workload::spawn(bin!("memsum"), &["--mib", "1"], &log).expect("spawn");
-    cl.pid(w.pid);
     w.wait_ready().unwrap_or_else(|e| panic!("{e}"));
     dump(&sc, w.pid, &[]);
     assert_original_killed(&mut w);
@@ -527,11 +515,9 @@ fn restore_from_an_empty_dir_fails_cleanly() {
 
 /// A fresh dump of a small memsum (the original is gone afterwards).
 fn small_dump(tag: &str) -> Scratch {
-    let cl = Cleanup::new();
     let sc = Scratch::new(tag);
     let log = sc.path("wl.log");
     let mut w = Workload::spawn(bin!("memsum"), &["--mib", "1"], &log).expect("spawn");
-    cl.pid(w.pid);
     w.wait_ready().unwrap_or_else(|e| panic!("{e}"));
     dump(&sc, w.pid, &[]);
     assert_original_killed(&mut w);
