@@ -21,8 +21,12 @@ use std::time::Duration;
 
 const GONE_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// One test's scratch space: images in `img/`, cryo's logs beside them.
+/// One test's scratch space: images in `img/`, cryo's logs and pidfiles
+/// beside them, and the Cleanup guard for what the test restores. Fields
+/// drop in order: the guard kills (reading the pidfiles) before the
+/// directory goes away.
 struct Scratch {
+    cl: Cleanup,
     tmp: TempDir,
     img: PathBuf,
 }
@@ -32,7 +36,11 @@ impl Scratch {
         let tmp = TempDir::new(tag);
         let img = tmp.join("img");
         std::fs::create_dir_all(&img).expect("mkdir img");
-        Scratch { tmp, img }
+        Scratch {
+            cl: Cleanup::new(),
+            tmp,
+            img,
+        }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -64,9 +72,9 @@ fn dump(sc: &Scratch, pid: i32, extra: &[&str]) -> Output {
 
 /// `cryo restore -D IMG -d --pidfile PF -o restore-TAG.log -v4`; returns
 /// the restored root's host pid.
-fn restore_detached(sc: &Scratch, cl: &Cleanup, tag: &str) -> i32 {
+fn restore_detached(sc: &Scratch, tag: &str) -> i32 {
     let pf = sc.path(&format!("pidfile-{tag}"));
-    cl.pidfile(&pf);
+    sc.cl.pidfile(&pf);
     let log = sc.path(&format!("restore-{tag}.log"));
     let out = run_cryo(&[
         "restore",
@@ -128,7 +136,6 @@ fn verify_restored(rpid: i32, orig_pid: i32, log: &Path, nth: usize) -> String {
 /// The common cycle: spawn, READY, dump (kills), restore -d, verify.
 /// Returns the verdict line and the workload's log path.
 fn roundtrip(tag: &str, bin: &Path, args: &[&str]) -> (String, Scratch) {
-    let cl = Cleanup::new();
     let sc = Scratch::new(tag);
     let log = sc.path("wl.log");
     let mut w = Workload::spawn(bin, args, &log).expect("spawn workload");
@@ -136,7 +143,7 @@ fn roundtrip(tag: &str, bin: &Path, args: &[&str]) -> (String, Scratch) {
     std::thread::sleep(Duration::from_millis(100));
     dump(&sc, w.pid, &[]);
     assert_original_killed(&mut w);
-    let rpid = restore_detached(&sc, &cl, "1");
+    let rpid = restore_detached(&sc, "1");
     let v = verify_restored(rpid, w.pid, &log, 1);
     (v, sc)
 }
@@ -163,7 +170,6 @@ fn memsum_roundtrip() {
 #[test]
 fn counter_continues_without_gap() {
     require_root!();
-    let cl = Cleanup::new();
     let sc = Scratch::new("counter");
     let log = sc.path("wl.log");
     let mut w = Workload::spawn(bin!("counter"), &["--interval-ms", "20"], &log).expect("spawn");
@@ -172,7 +178,7 @@ fn counter_continues_without_gap() {
     dump(&sc, w.pid, &[]);
     assert_original_killed(&mut w);
     let last = *step_numbers(&log).last().expect("steps before the dump");
-    let rpid = restore_detached(&sc, &cl, "1");
+    let rpid = restore_detached(&sc, "1");
     wait_for_line(&log, &format!("step {}", last + 5), LINE_TIMEOUT)
         .unwrap_or_else(|e| panic!("the restored counter does not count on: {e}"));
     verify_restored(rpid, w.pid, &log, 1);
@@ -211,7 +217,6 @@ fn tree_roundtrip() {
 #[test]
 fn leave_running_then_two_restores_at_once() {
     require_root!();
-    let cl = Cleanup::new();
     let sc = Scratch::new("leave");
     let log = sc.path("wl.log");
     let mut w = Workload::spawn(bin!("memsum"), &["--mib", "8"], &log).expect("spawn");
@@ -226,7 +231,7 @@ fn leave_running_then_two_restores_at_once() {
     let mut runs = Vec::new();
     for tag in ["a", "b"] {
         let pf = sc.path(&format!("pidfile-{tag}"));
-        cl.pidfile(&pf);
+        sc.cl.pidfile(&pf);
         let rlog = sc.path(&format!("restore-{tag}.log"));
         let args = [
             "restore",
@@ -267,7 +272,6 @@ fn leave_running_then_two_restores_at_once() {
 #[test]
 fn tar_stream_dump_piped_into_restore() {
     require_root!();
-    let cl = Cleanup::new();
     let sc = Scratch::new("tar");
     let log = sc.path("wl.log");
     let mut w = Workload::spawn(bin!("memsum"), &["--mib", "4"], &log).expect("spawn");
@@ -276,7 +280,7 @@ fn tar_stream_dump_piped_into_restore() {
     let dlog = sc.path("dump.log");
     let rlog = sc.path("restore.log");
     let pf = sc.path("pidfile");
-    cl.pidfile(&pf);
+    sc.cl.pidfile(&pf);
 
     let mut d = Captured::spawn(
         &cryo_bin(),
@@ -328,7 +332,6 @@ fn files_with_prefix(dir: &Path, prefix: &str) -> Vec<PathBuf> {
 #[test]
 fn sed_on_pages_changes_the_restored_memory() {
     require_root!();
-    let cl = Cleanup::new();
     let sc = Scratch::new("sed");
     let log = sc.path("wl.log");
     let mut w = Workload::spawn(
@@ -354,7 +357,7 @@ fn sed_on_pages_changes_the_restored_memory() {
     let st = sed.status().expect("run sed");
     assert!(st.success(), "sed failed: {st:?}");
 
-    let rpid = restore_detached(&sc, &cl, "1");
+    let rpid = restore_detached(&sc, "1");
     let v = verify_restored(rpid, w.pid, &log, 1);
     assert!(v.contains("word=barfoo"), "{v}");
 }
@@ -733,10 +736,9 @@ fn wait_screen(t: &Tmux, name: &str, mut pred: impl FnMut(&str) -> bool) -> Resu
 #[test]
 fn shell_job_in_tmux_continues_in_another_terminal() {
     require_root!();
-    let cl = Cleanup::new();
     let sc = Scratch::new("tmux");
-    let a = Tmux::new("a", &sc.tmp, &cl);
-    let b = Tmux::new("b", &sc.tmp, &cl);
+    let a = Tmux::new("a", &sc.tmp, &sc.cl);
+    let b = Tmux::new("b", &sc.tmp, &sc.cl);
     a.session(
         "a",
         &[
@@ -746,7 +748,7 @@ fn shell_job_in_tmux_continues_in_another_terminal() {
         ],
     );
     let pid = a.pane_pid("a");
-    cl.pid(pid);
+    sc.cl.pid(pid);
     wait_screen(&a, "a", |s| screen_steps(s).contains(&5))
         .unwrap_or_else(|s| panic!("the loop does not run in tmux:\n{s}"));
 
@@ -759,7 +761,7 @@ fn shell_job_in_tmux_continues_in_another_terminal() {
     let last = *before.last().expect("steps on screen A");
 
     let pf = sc.path("pidfile");
-    cl.pidfile(&pf);
+    sc.cl.pidfile(&pf);
     let rlog = sc.path("restore.log");
     let cryo = cryo_bin();
     b.session(
