@@ -207,7 +207,7 @@ impl Args {
     /// True if the bare flag `--name` is present.
     pub fn flag(&self, name: &str) -> bool {
         let flag = format!("--{name}");
-        self.args.iter().any(|a| *a == flag)
+        self.args.contains(&flag)
     }
 }
 
@@ -261,7 +261,7 @@ pub struct AnonMap {
 impl AnonMap {
     /// mmap(2)s `len` bytes (a multiple of 8) of anonymous memory.
     pub fn new(len: usize) -> AnonMap {
-        assert!(len % 8 == 0 && len > 0);
+        assert!(len.is_multiple_of(8) && len > 0);
         // SAFETY: a fresh anonymous mapping at a kernel-chosen address
         // touches no existing memory.
         let p = unsafe {
