@@ -22,8 +22,7 @@ pub fn level(v: Option<u8>) -> Level {
     }
 }
 
-/// Installs the global subscriber. Without a log file, messages at the
-/// chosen level go to stderr (warnings and errors only by default).
+/// Installs the global subscriber.
 pub fn init(file: Option<&Path>, verbosity: Option<u8>) -> Result<()> {
     let lvl = level(verbosity);
     let builder = tracing_subscriber::fmt()
@@ -42,9 +41,12 @@ pub fn init(file: Option<&Path>, verbosity: Option<u8>) -> Result<()> {
             let w: &'static Gated = Box::leak(Box::new(Gated(Mutex::new(f))));
             let _ = builder.with_writer(w).try_init();
         }
-        None => {
+        // Without a log file, messages go to stderr only when asked for
+        // with -v: errors reach the user once, through the CLI.
+        None if verbosity.is_some() => {
             let _ = builder.with_writer(std::io::stderr).try_init();
         }
+        None => {}
     }
     Ok(())
 }

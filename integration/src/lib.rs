@@ -162,12 +162,15 @@ impl Workload {
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err));
         // SAFETY: the closure runs in the forked child before exec and only
-        // calls setsid, which is async-signal-safe.
+        // calls setsid and close_range, which are async-signal-safe.
         unsafe {
             cmd.pre_exec(|| {
                 if libc::setsid() < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+                // Whatever the test runner inherited (fds 3 and up) must not
+                // leak into the workload: mark it close-on-exec.
+                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
                 Ok(())
             });
         }

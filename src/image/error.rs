@@ -120,13 +120,13 @@ pub enum Error {
     #[error("{file}: corrupted manifest at line {line}")]
     BadManifest { file: String, line: usize },
     /// inventory.img has an img_version this cryo cannot read.
-    #[error("Images of an unknown format version {0} (this cryo reads 2)")]
+    #[error("inventory.img: images of an unknown format version {0} (this cryo reads 2)")]
     UnknownImgVersion(u32),
     /// inventory.img was written by a newer cryo.
-    #[error("Images written by a newer cryo (format {0}, this cryo reads 1)")]
+    #[error("inventory.img: images written by a newer cryo (format {0}, this cryo reads 1)")]
     NewerFormat(u32),
     /// inventory.img predates fdinfo_per_id.
-    #[error("Images too old: inventory lacks fdinfo_per_id")]
+    #[error("inventory.img: images too old (no fdinfo_per_id)")]
     TooOld,
     /// A pagemap breaks an ordering or alignment rule.
     #[error("{file}: pagemap entry {index} at 0x{vaddr:x}: {what}")]

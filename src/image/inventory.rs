@@ -72,13 +72,13 @@ mod tests {
         inv.cryo_format = Some(2);
         assert_eq!(
             check_inventory(&inv).unwrap_err().to_string(),
-            "Images written by a newer cryo (format 2, this cryo reads 1)"
+            "inventory.img: images written by a newer cryo (format 2, this cryo reads 1)"
         );
         let mut inv = base.clone();
         inv.img_version = 3;
         assert_eq!(
             check_inventory(&inv).unwrap_err().to_string(),
-            "Images of an unknown format version 3 (this cryo reads 2)"
+            "inventory.img: images of an unknown format version 3 (this cryo reads 2)"
         );
         let mut inv = base;
         inv.fdinfo_per_id = None;

@@ -811,7 +811,7 @@ fn newer_format_is_refused() {
     let e = ImageDir::open(&p).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "Images written by a newer cryo (format 2, this cryo reads 1)"
+        "inventory.img: images written by a newer cryo (format 2, this cryo reads 1)"
     );
 }
 
