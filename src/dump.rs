@@ -127,15 +127,19 @@ const NS_KINDS: [&str; 8] = ["pid", "net", "ipc", "uts", "mnt", "user", "cgroup"
 fn ns_inodes(pid: i32) -> Result<HashMap<&'static str, u64>> {
     let mut m = HashMap::new();
     for k in NS_KINDS {
-        let md = fs::metadata(format!("/proc/{pid}/ns/{k}"))
-            .with_context(|| format!("Cannot stat /proc/{pid}/ns/{k}"))?;
+        let md =
+            fs::metadata(format!("/proc/{pid}/ns/{k}")).with_context(|| format!("Cannot stat /proc/{pid}/ns/{k}"))?;
         m.insert(k, md.ino());
     }
     Ok(m)
 }
 
 fn kobj_ids(ids: &mut Ids, ns: &HashMap<&'static str, u64>, own: bool) -> pb::TaskKobjIdsEntry {
-    let (vm, files, fs_, sighand) = if own { (1, 1, 1, 1) } else { (ids.obj(), ids.obj(), ids.obj(), ids.obj()) };
+    let (vm, files, fs_, sighand) = if own {
+        (1, 1, 1, 1)
+    } else {
+        (ids.obj(), ids.obj(), ids.obj(), ids.obj())
+    };
     pb::TaskKobjIdsEntry {
         vm_id: vm,
         files_id: files,
@@ -177,6 +181,22 @@ fn write_images(opts: &DumpOpts, dir: &ImageDir, frozen: &Frozen, stats: &mut Du
     let mut files = FileTable::default();
     let mut pstree = Vec::new();
     for p in &frozen.procs {
+        if let Some(code) = p.zombie {
+            let stat = proc::stat::read(p.pid as u32)?;
+            dir.write_image(
+                &image::names::core(p.pid as u32),
+                Kind::Core,
+                &[zombie_core(&stat, code)],
+            )?;
+            pstree.push(pb::PstreeEntry {
+                pid: p.pid as u32,
+                ppid: p.ppid as u32,
+                pgid: stat.pgrp,
+                sid: stat.session,
+                threads: vec![p.pid as u32],
+            });
+            continue;
+        }
         let pd = dump_process(opts, dir, p, &layout, &mut ids, &mut files, stats)
             .with_context(|| format!("Dump of pid {} failed", p.pid))?;
         let ns = ns_inodes(p.pid)?;
@@ -225,6 +245,24 @@ fn write_images(opts: &DumpOpts, dir: &ImageDir, frozen: &Frozen, stats: &mut Du
     Ok(())
 }
 
+/// TASK_ZOMBIE in CRIU's task_state numbering.
+pub const TASK_ZOMBIE: u32 = 6;
+
+/// The core of a zombie: only its state, exit status and name.
+fn zombie_core(stat: &proc::stat::Stat, code: i32) -> pb::CoreEntry {
+    pb::CoreEntry {
+        mtype: pb::core_entry::March::X8664 as i32,
+        tc: Some(pb::TaskCoreEntry {
+            task_state: TASK_ZOMBIE,
+            exit_code: code as u32,
+            comm: stat.comm.clone(),
+            flags: stat.flags,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 struct ProcOut {
     pgid: u32,
     sid: u32,
@@ -256,7 +294,8 @@ fn dump_process(
     }
 
     // Per-task facts that need the task's own context, by injection.
-    let mut inj = Injector::new(Pid::from_raw(pid), &vmas).with_context(|| format!("Cannot prepare syscall injection into pid {pid}"))?;
+    let mut inj = Injector::new(Pid::from_raw(pid), &vmas)
+        .with_context(|| format!("Cannot prepare syscall injection into pid {pid}"))?;
     let inj_res = (|| -> Result<Injected> {
         let mut out = Injected::default();
         let scratch = inj.scratch();
@@ -277,7 +316,10 @@ fn dump_process(
                 mask: w(3),
             };
         }
-        for (i, which) in [libc::ITIMER_REAL, libc::ITIMER_VIRTUAL, libc::ITIMER_PROF].into_iter().enumerate() {
+        for (i, which) in [libc::ITIMER_REAL, libc::ITIMER_VIRTUAL, libc::ITIMER_PROF]
+            .into_iter()
+            .enumerate()
+        {
             let r = inj.syscall(libc::SYS_getitimer, [which as u64, scratch, 0, 0, 0, 0])?;
             if r < 0 {
                 bail!("getitimer in pid {pid} failed: errno {}", -r);
@@ -308,25 +350,32 @@ fn dump_process(
         out.brk = inj.syscall(libc::SYS_brk, [0; 6])? as u64;
         out.dumpable = inj.syscall(libc::SYS_prctl, [libc::PR_GET_DUMPABLE as u64, 0, 0, 0, 0, 0])?;
         out.thp_disabled = inj.syscall(libc::SYS_prctl, [libc::PR_GET_THP_DISABLE as u64, 0, 0, 0, 0, 0])? == 1;
-        out.secbits = inj.syscall(libc::SYS_prctl, [libc::PR_GET_SECUREBITS as u64, 0, 0, 0, 0, 0])?.max(0) as u32;
+        out.secbits = inj
+            .syscall(libc::SYS_prctl, [libc::PR_GET_SECUREBITS as u64, 0, 0, 0, 0, 0])?
+            .max(0) as u32;
         let r = inj.syscall(libc::SYS_prctl, [libc::PR_GET_PDEATHSIG as u64, scratch, 0, 0, 0, 0])?;
         if r == 0 {
             out.pdeathsig = u32::from_le_bytes(inj.read_mem(scratch, 4)?[..4].try_into().unwrap());
         }
-        let r = inj.syscall(libc::SYS_prctl, [libc::PR_GET_CHILD_SUBREAPER as u64, scratch, 0, 0, 0, 0])?;
+        let r = inj.syscall(
+            libc::SYS_prctl,
+            [libc::PR_GET_CHILD_SUBREAPER as u64, scratch, 0, 0, 0, 0],
+        )?;
         if r == 0 {
             out.subreaper = u32::from_le_bytes(inj.read_mem(scratch, 4)?[..4].try_into().unwrap()) != 0;
         }
         Ok(out)
     })();
-    inj.restore().with_context(|| format!("Cannot restore the registers of pid {pid}"))?;
+    inj.restore()
+        .with_context(|| format!("Cannot restore the registers of pid {pid}"))?;
     let inj_out = inj_res?;
 
     // Registers.
     let tid = pid;
     let mut gp = ptrace::get_regs(Pid::from_raw(tid)).with_context(|| format!("PTRACE_GETREGSET of pid {tid}"))?;
     regs::fixup_syscall_restart(&mut gp);
-    let xstate = ptrace::get_xstate(Pid::from_raw(tid)).with_context(|| format!("Cannot read the FPU state of pid {tid}"))?;
+    let xstate =
+        ptrace::get_xstate(Pid::from_raw(tid)).with_context(|| format!("Cannot read the FPU state of pid {tid}"))?;
     let sigmask = ptrace::get_sigmask(Pid::from_raw(tid)).with_context(|| format!("PTRACE_GETSIGMASK of pid {tid}"))?;
     let pending_p = ptrace::peek_siginfo(Pid::from_raw(tid), false)?;
     let pending_s = ptrace::peek_siginfo(Pid::from_raw(tid), true)?;
@@ -549,7 +598,8 @@ fn vdso_facts(pid: i32, vmas: &[proc::maps::Vma]) -> Result<(Option<u64>, Option
     };
     let len = (vdso.end - vdso.start) as usize;
     let mut buf = vec![0u8; len];
-    vm::read_remote(Pid::from_raw(pid), &[(vdso.start, len)], &mut buf).with_context(|| format!("Cannot read the vdso of pid {pid}"))?;
+    vm::read_remote(Pid::from_raw(pid), &[(vdso.start, len)], &mut buf)
+        .with_context(|| format!("Cannot read the vdso of pid {pid}"))?;
     Ok((Some(len as u64), Some(fnv1a(&buf)), vvar))
 }
 
@@ -609,7 +659,8 @@ fn dump_pages(
     vmas: &[proc::maps::Vma],
     pages_id: u32,
 ) -> Result<(pb::PagemapHead, Vec<pb::PagemapEntry>, u64, u64, u64)> {
-    let pagemap = fs::File::open(format!("/proc/{pid}/pagemap")).with_context(|| format!("Cannot open /proc/{pid}/pagemap"))?;
+    let pagemap =
+        fs::File::open(format!("/proc/{pid}/pagemap")).with_context(|| format!("Cannot open /proc/{pid}/pagemap"))?;
     let mut entries = Vec::new();
     let mut runs: Vec<(u64, u64)> = Vec::new();
     let mut scanned = 0u64;
@@ -652,7 +703,11 @@ fn dump_pages(
             0,
         )
         .with_context(|| format!("PAGEMAP_SCAN of pid {pid} at {:#x}", v.start))?;
-        let flags = if kind == VmaKind::AnonPrivate { PE_PRESENT | PE_LAZY } else { PE_PRESENT };
+        let flags = if kind == VmaKind::AnonPrivate {
+            PE_PRESENT | PE_LAZY
+        } else {
+            PE_PRESENT
+        };
         for r in rs {
             let n = (r.end - r.start) / PAGE_SIZE;
             entries.push(image::pages::new_entry(r.start, n, flags));
@@ -685,16 +740,24 @@ fn dump_pages(
             }
             i += 1;
         }
-        let got = vm::read_remote(Pid::from_raw(pid), &iov, &mut buf[..len]).with_context(|| format!("Cannot read the memory of pid {pid}"))?;
+        let got = vm::read_remote(Pid::from_raw(pid), &iov, &mut buf[..len])
+            .with_context(|| format!("Cannot read the memory of pid {pid}"))?;
         if got != len {
             bail!("Short read of the memory of pid {pid}: {got} of {len} bytes");
         }
         let tw = Instant::now();
-        out.write_all(&buf[..len]).with_context(|| format!("Cannot write {name}"))?;
+        out.write_all(&buf[..len])
+            .with_context(|| format!("Cannot write {name}"))?;
         write_us += tw.elapsed().as_micros() as u64;
     }
     out.flush()?;
-    Ok((pb::PagemapHead { pages_id }, entries, scanned, total / PAGE_SIZE, write_us))
+    Ok((
+        pb::PagemapHead { pages_id },
+        entries,
+        scanned,
+        total / PAGE_SIZE,
+        write_us,
+    ))
 }
 
 fn write_stats(dir: &ImageDir, s: &DumpStats) -> Result<()> {
@@ -716,4 +779,3 @@ fn write_stats(dir: &ImageDir, s: &DumpStats) -> Result<()> {
     dir.write_image("stats-dump", Kind::Stats, &[e])?;
     Ok(())
 }
-

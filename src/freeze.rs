@@ -27,6 +27,8 @@ pub struct FrozenProc {
     pub tids: Vec<i32>,
     /// Set when the process was in a group stop (SIGSTOP'd) before the dump.
     pub stop_signal: Option<i32>,
+    /// Set for a zombie (not seized): its raw wait status.
+    pub zombie: Option<i32>,
 }
 
 /// A stopped tree, parents before children.
@@ -50,12 +52,38 @@ impl Frozen {
             if !seen.insert(pid) {
                 continue;
             }
-            let (tids, stop) = f
-                .seize_process(pid)
-                .with_context(|| format!("Cannot freeze pid {pid}"))?;
+            if let Some(code) = zombie_status(pid) {
+                f.procs.push(FrozenProc {
+                    pid,
+                    ppid,
+                    tids: vec![pid],
+                    stop_signal: None,
+                    zombie: Some(code),
+                });
+                continue;
+            }
+            let (tids, stop) = match f.seize_process(pid) {
+                Ok(r) => r,
+                // A child that exited while we looked: it is a zombie now.
+                Err(_) if pid != root && zombie_status(pid).is_some() => {
+                    f.procs.push(FrozenProc {
+                        pid,
+                        ppid,
+                        tids: vec![pid],
+                        stop_signal: None,
+                        zombie: zombie_status(pid),
+                    });
+                    continue;
+                }
+                // A child that vanished entirely (reaped meanwhile).
+                Err(_) if pid != root && !std::path::Path::new(&format!("/proc/{pid}")).exists() => continue,
+                Err(e) => return Err(e.context(format!("Cannot freeze pid {pid}"))),
+            };
             let mut children = BTreeSet::new();
             for &t in &tids {
-                for c in proc::children(pid as u32, t as u32).with_context(|| format!("Cannot list children of pid {pid}"))? {
+                for c in proc::children(pid as u32, t as u32)
+                    .with_context(|| format!("Cannot list children of pid {pid}"))?
+                {
                     children.insert(c as i32);
                 }
             }
@@ -64,6 +92,7 @@ impl Frozen {
                 ppid,
                 tids,
                 stop_signal: stop,
+                zombie: None,
             });
             for c in children {
                 queue.push_back((c, pid));
@@ -102,9 +131,7 @@ impl Frozen {
         match ptrace::seize(Pid::from_raw(tid), ptrace::OPT_SUSPEND_SECCOMP) {
             Ok(()) => {}
             Err(Errno::ESRCH) => bail!("pid {tid} vanished while freezing"),
-            Err(Errno::EPERM) => bail!(
-                "pid {tid} cannot be traced (a zombie, already traced, or not ours to trace)"
-            ),
+            Err(Errno::EPERM) => bail!("pid {tid} cannot be traced (a zombie, already traced, or not ours to trace)"),
             Err(e) => return Err(e).with_context(|| format!("PTRACE_SEIZE of pid {tid}")),
         }
         self.seized.push(tid);
@@ -133,6 +160,18 @@ impl Frozen {
         for p in &self.procs {
             let _ = nix::sys::signal::kill(Pid::from_raw(p.pid), Signal::SIGKILL);
         }
+        // As their tracer we are told when each thread is gone; wait for
+        // that so the tree has really died when the dump returns.
+        for &t in &self.seized {
+            loop {
+                match nix::sys::wait::waitpid(Pid::from_raw(t), Some(nix::sys::wait::WaitPidFlag::__WALL)) {
+                    Ok(nix::sys::wait::WaitStatus::Exited(..)) | Ok(nix::sys::wait::WaitStatus::Signaled(..)) => break,
+                    Ok(_) => continue,
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(_) => break,
+                }
+            }
+        }
         self.armed = false;
     }
 
@@ -148,6 +187,12 @@ impl Frozen {
         }
         self.seized.clear();
     }
+}
+
+/// The raw exit status of `pid` if it is a zombie.
+fn zombie_status(pid: i32) -> Option<i32> {
+    let st = proc::stat::read(pid as u32).ok()?;
+    (st.state == 'Z').then_some(st.exit_code)
 }
 
 impl Drop for Frozen {

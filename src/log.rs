@@ -2,9 +2,9 @@
 //! errors also reach stderr through the CLI.
 
 use std::fs::OpenOptions;
+use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
@@ -71,7 +71,6 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for &'static Gated {
 }
 
 struct GatedWriter<'a>(&'a Mutex<std::fs::File>);
-
 
 impl Write for GatedWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

@@ -317,7 +317,10 @@ mod tests {
         for c in [X_YMM, X_PKRU, X_OPMASK, X_ZMM_HI256, X_HI16_ZMM] {
             if layout.has(c) {
                 let cc = layout.comps[c];
-                assert_eq!(&back[cc.offset..cc.offset + cc.size], &x[cc.offset..cc.offset + cc.size]);
+                assert_eq!(
+                    &back[cc.offset..cc.offset + cc.size],
+                    &x[cc.offset..cc.offset + cc.size]
+                );
             }
         }
     }

@@ -169,7 +169,18 @@ impl FileTable {
             // One open file description shared with an fd dumped before?
             let mut shared = None;
             for &(p2, fd2, d2, i2, id2) in &self.seen {
-                if d2 == dev && i2 == ino && sysc::kcmp(Pid::from_raw(pid), Pid::from_raw(p2), sysc::kcmp_type::FILE, fd as u64, fd2 as u64).map(|r| r == 0).unwrap_or(false) {
+                if d2 == dev
+                    && i2 == ino
+                    && sysc::kcmp(
+                        Pid::from_raw(pid),
+                        Pid::from_raw(p2),
+                        sysc::kcmp_type::FILE,
+                        fd as u64,
+                        fd2 as u64,
+                    )
+                    .map(|r| r == 0)
+                    .unwrap_or(false)
+                {
                     shared = Some(id2);
                     break;
                 }
@@ -224,7 +235,9 @@ impl FileTable {
                     });
                     (id, FD_TTY)
                 }
-                (None, FdKind::OtherTty) => bail!("pid {pid} fd {fd}: terminal {link} is not supported yet (only pseudo-terminal slaves)"),
+                (None, FdKind::OtherTty) => {
+                    bail!("pid {pid} fd {fd}: terminal {link} is not supported yet (only pseudo-terminal slaves)")
+                }
                 (None, FdKind::Pipe) => bail!("pid {pid} fd {fd}: pipes are not supported yet ({link})"),
                 (None, FdKind::Fifo) => bail!("pid {pid} fd {fd}: FIFOs are not supported yet ({link})"),
                 (None, FdKind::Socket) => bail!("pid {pid} fd {fd}: sockets are not supported yet ({link})"),
@@ -339,12 +352,17 @@ mod tests {
     fn classify_links() {
         assert_eq!(classify("pipe:[123]", None), FdKind::Pipe);
         assert_eq!(classify("socket:[9]", None), FdKind::Socket);
-        assert_eq!(classify("anon_inode:[eventfd]", None), FdKind::AnonInode("[eventfd]".into()));
+        assert_eq!(
+            classify("anon_inode:[eventfd]", None),
+            FdKind::AnonInode("[eventfd]".into())
+        );
         let md = fs::metadata("/dev/null").unwrap();
         assert_eq!(classify("/dev/null", Some(&md)), FdKind::CharDev);
         let md = fs::metadata("/").unwrap();
         assert_eq!(classify("/", Some(&md)), FdKind::Directory);
-        let md = fs::metadata("/etc/hostname").or_else(|_| fs::metadata("/etc/passwd")).unwrap();
+        let md = fs::metadata("/etc/hostname")
+            .or_else(|_| fs::metadata("/etc/passwd"))
+            .unwrap();
         assert_eq!(classify("/etc/passwd", Some(&md)), FdKind::Regular);
     }
 

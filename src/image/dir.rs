@@ -227,9 +227,7 @@ impl ImageDir {
     /// Full path of the file `name` (a plain file name, no slashes).
     pub fn file_path(&self, name: &str) -> Result<PathBuf> {
         if name.is_empty() || name == "." || name == ".." || name.contains('/') {
-            return Err(Error::BadName {
-                name: name.to_string(),
-            });
+            return Err(Error::BadName { name: name.to_string() });
         }
         Ok(self.path.join(name))
     }
@@ -241,8 +239,7 @@ impl ImageDir {
 
     /// Names of the regular files in the directory, sorted.
     pub fn files(&self) -> Result<Vec<String>> {
-        let rd =
-            fs::read_dir(&self.path).map_err(|e| Error::io("read directory", &self.path, e))?;
+        let rd = fs::read_dir(&self.path).map_err(|e| Error::io("read directory", &self.path, e))?;
         let mut v = Vec::new();
         for ent in rd {
             let ent = ent.map_err(|e| Error::io("read directory", &self.path, e))?;
@@ -271,8 +268,7 @@ impl ImageDir {
     pub fn write_bytes(&self, name: &str, bytes: &[u8]) -> Result<()> {
         let path = self.file_path(name)?;
         let mut f = create_0600(&path)?;
-        f.write_all(bytes)
-            .map_err(|e| Error::io("write", &path, e))?;
+        f.write_all(bytes).map_err(|e| Error::io("write", &path, e))?;
         self.record(name, bytes);
         Ok(())
     }
@@ -294,12 +290,7 @@ impl ImageDir {
 
     /// Writes `pagemap-<pid>.img`: the head, then the entries. Build the
     /// entries with [`super::pages::new_entry`] so both count fields are set.
-    pub fn write_pagemap(
-        &self,
-        name: &str,
-        head: &PagemapHead,
-        entries: &[PagemapEntry],
-    ) -> Result<()> {
+    pub fn write_pagemap(&self, name: &str, head: &PagemapHead, entries: &[PagemapEntry]) -> Result<()> {
         let mut w = ImageWriter::new(Kind::Pagemap);
         w.write_entry(head)?;
         for e in entries {
@@ -352,11 +343,7 @@ impl ImageDir {
     /// Reads a one-or-EOF image (CRIU's semantics for fs and mm): `None`
     /// if the file is absent or holds no entry, the entry if it holds
     /// exactly one.
-    pub fn read_single_opt<M: Message + Default>(
-        &self,
-        name: &str,
-        kind: Kind,
-    ) -> Result<Option<M>> {
+    pub fn read_single_opt<M: Message + Default>(&self, name: &str, kind: Kind) -> Result<Option<M>> {
         let data = match self.read_bytes(name) {
             Ok(d) => d,
             Err(Error::Missing { .. }) => return Ok(None),
@@ -395,9 +382,7 @@ impl ImageDir {
             Ok(m) => m.len(),
             // No pages file at all is fine when nothing is present.
             Err(e) if e.kind() == ErrorKind::NotFound && idx.pages_bytes == 0 => 0,
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                return Err(Error::Missing { path: pages })
-            }
+            Err(e) if e.kind() == ErrorKind::NotFound => return Err(Error::Missing { path: pages }),
             Err(e) => return Err(Error::io("stat", &pages, e)),
         };
         idx.check_size(size)?;
@@ -449,8 +434,7 @@ impl ImageDir {
         let tmp = self.file_path(".cryo.sums.tmp")?;
         let dst = self.file_path(names::MANIFEST)?;
         let mut f = create_0600(&tmp)?;
-        f.write_all(text.as_bytes())
-            .map_err(|e| Error::io("write", &tmp, e))?;
+        f.write_all(text.as_bytes()).map_err(|e| Error::io("write", &tmp, e))?;
         drop(f);
         fs::rename(&tmp, &dst).map_err(|e| Error::io("rename", &dst, e))
     }
@@ -487,8 +471,7 @@ impl ImageDir {
                 continue;
             }
             let mut parts = l.splitn(3, ' ');
-            let (Some(crc), Some(size), Some(name)) = (parts.next(), parts.next(), parts.next())
-            else {
+            let (Some(crc), Some(size), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
                 return Err(bad(lineno));
             };
             let crc = u32::from_str_radix(crc, 16).map_err(|_| bad(lineno))?;
@@ -516,9 +499,7 @@ impl ImageDir {
                 let file = self.display(name);
                 let data = match fs::read(self.file_path(name)?) {
                     Ok(d) => d,
-                    Err(e) if e.kind() == ErrorKind::NotFound => {
-                        return Err(Error::ManifestMissing { file })
-                    }
+                    Err(e) if e.kind() == ErrorKind::NotFound => return Err(Error::ManifestMissing { file }),
                     Err(e) => return Err(Error::io("read", &file, e)),
                 };
                 let size = data.len() as u64;

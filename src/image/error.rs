@@ -33,11 +33,7 @@ pub enum Error {
     UnknownMagic { file: String, magic: u32 },
     /// The u32 entry length is cut off by EOF.
     #[error("{file}: truncated at offset {offset}: entry length cut ({have} of 4 bytes)")]
-    TruncatedLength {
-        file: String,
-        offset: usize,
-        have: usize,
-    },
+    TruncatedLength { file: String, offset: usize, have: usize },
     /// The payload (or extra bytes) are cut off by EOF.
     #[error("{file}: truncated at offset {offset}: {what} cut ({have} of {need} bytes)")]
     TruncatedPayload {
@@ -97,25 +93,13 @@ pub enum Error {
     ManifestMissing { file: String },
     /// A file is shorter (or longer) than recorded in cryo.sums.
     #[error("{file}: truncated ({size} bytes, cryo.sums says {expected})")]
-    ManifestTruncated {
-        file: String,
-        size: u64,
-        expected: u64,
-    },
+    ManifestTruncated { file: String, size: u64, expected: u64 },
     /// A file is longer than recorded in cryo.sums.
     #[error("{file}: corrupted ({size} bytes, cryo.sums says {expected})")]
-    ManifestGrown {
-        file: String,
-        size: u64,
-        expected: u64,
-    },
+    ManifestGrown { file: String, size: u64, expected: u64 },
     /// A file's CRC32 differs from cryo.sums.
     #[error("{file}: corrupted (crc32 {crc:08x}, cryo.sums says {expected:08x})")]
-    Corrupted {
-        file: String,
-        crc: u32,
-        expected: u32,
-    },
+    Corrupted { file: String, crc: u32, expected: u32 },
     /// cryo.sums itself is damaged.
     #[error("{file}: corrupted manifest at line {line}")]
     BadManifest { file: String, line: usize },
@@ -137,14 +121,10 @@ pub enum Error {
         what: &'static str,
     },
     /// pages-N.img holds fewer bytes than its pagemap needs.
-    #[error(
-        "pages-{pages_id}.img is shorter than its pagemap ({size} bytes, pagemap needs {need})"
-    )]
+    #[error("pages-{pages_id}.img is shorter than its pagemap ({size} bytes, pagemap needs {need})")]
     PagesShort { pages_id: u32, size: u64, need: u64 },
     /// pages-N.img holds more bytes than its pagemap needs.
-    #[error(
-        "pages-{pages_id}.img is longer than its pagemap ({size} bytes, pagemap needs {need})"
-    )]
+    #[error("pages-{pages_id}.img is longer than its pagemap ({size} bytes, pagemap needs {need})")]
     PagesLong { pages_id: u32, size: u64, need: u64 },
 }
 

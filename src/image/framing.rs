@@ -96,10 +96,7 @@ impl<'a> ImageReader<'a> {
         let file = file.into();
         let header = kind.header();
         if data.len() < header.size() {
-            return Err(Error::NoHeader {
-                file,
-                size: data.len(),
-            });
+            return Err(Error::NoHeader { file, size: data.len() });
         }
         let first = u32_at(data, 0).unwrap_or(0);
         let (found, expected) = match header {
@@ -137,21 +134,13 @@ impl<'a> ImageReader<'a> {
     pub fn detect(file: impl Into<String>, data: &'a [u8]) -> Result<Self> {
         let file = file.into();
         let Some(first) = u32_at(data, 0) else {
-            return Err(Error::NoHeader {
-                file,
-                size: data.len(),
-            });
+            return Err(Error::NoHeader { file, size: data.len() });
         };
         let second = u32_at(data, 4);
         match Kind::detect(first, second) {
             Some(kind) => {
                 let pos = if kind == Kind::Inventory { 4 } else { 8 };
-                Ok(ImageReader {
-                    file,
-                    data,
-                    pos,
-                    kind,
-                })
+                Ok(ImageReader { file, data, pos, kind })
             }
             None => {
                 let magic = if first == IMG_COMMON_MAGIC || first == IMG_SERVICE_MAGIC {
@@ -228,14 +217,12 @@ impl<'a> ImageReader<'a> {
         let Some((offset, payload)) = self.next_payload()? else {
             return Ok(None);
         };
-        M::decode(payload)
-            .map(Some)
-            .map_err(|source| Error::Decode {
-                file: self.file.clone(),
-                offset,
-                message: short_name::<M>(),
-                source,
-            })
+        M::decode(payload).map(Some).map_err(|source| Error::Decode {
+            file: self.file.clone(),
+            offset,
+            message: short_name::<M>(),
+            source,
+        })
     }
 
     /// Decodes the next entry as `M`; EOF is an error.

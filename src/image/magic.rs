@@ -171,9 +171,7 @@ impl Kind {
             return Some(Kind::Inventory);
         }
         if first == IMG_COMMON_MAGIC || first == IMG_SERVICE_MAGIC {
-            return second
-                .and_then(Kind::from_magic)
-                .filter(|k| *k != Kind::Inventory);
+            return second.and_then(Kind::from_magic).filter(|k| *k != Kind::Inventory);
         }
         None
     }
@@ -245,10 +243,7 @@ pub const FOREIGN_MAGICS: &[(&str, u32)] = &[
 
 /// crit's name of a CRIU magic cryo does not decode.
 pub fn foreign_name(magic: u32) -> Option<&'static str> {
-    FOREIGN_MAGICS
-        .iter()
-        .find(|(_, m)| *m == magic)
-        .map(|(n, _)| *n)
+    FOREIGN_MAGICS.iter().find(|(_, m)| *m == magic).map(|(n, _)| *n)
 }
 
 #[cfg(test)]
@@ -280,14 +275,8 @@ mod tests {
     #[test]
     fn detect_by_magic() {
         assert_eq!(Kind::detect(0x5831_3116, None), Some(Kind::Inventory));
-        assert_eq!(
-            Kind::detect(IMG_COMMON_MAGIC, Some(0x5505_3847)),
-            Some(Kind::Core)
-        );
-        assert_eq!(
-            Kind::detect(IMG_SERVICE_MAGIC, Some(0x5709_3306)),
-            Some(Kind::Stats)
-        );
+        assert_eq!(Kind::detect(IMG_COMMON_MAGIC, Some(0x5505_3847)), Some(Kind::Core));
+        assert_eq!(Kind::detect(IMG_SERVICE_MAGIC, Some(0x5709_3306)), Some(Kind::Stats));
         assert_eq!(Kind::detect(IMG_COMMON_MAGIC, Some(0x5831_3116)), None);
         assert_eq!(Kind::detect(0x08ec_8348, Some(0)), None);
     }

@@ -113,9 +113,7 @@ impl PagemapIndex {
                 .and_then(|l| e.vaddr.checked_add(l))
                 .ok_or_else(|| bad("range overflows the address space"))?;
             if index > 0 && e.vaddr < prev_end {
-                return Err(bad(
-                    "not after the previous entry (unsorted or overlapping)",
-                ));
+                return Err(bad("not after the previous entry (unsorted or overlapping)"));
             }
             prev_end = end;
             let flags = entry_flags(e);
@@ -141,12 +139,7 @@ impl PagemapIndex {
     }
 
     /// [`build`](Self::build) plus the size check against the pages file.
-    pub fn new(
-        file: &str,
-        head: &PagemapHead,
-        entries: &[PagemapEntry],
-        pages_file_size: u64,
-    ) -> Result<Self> {
+    pub fn new(file: &str, head: &PagemapHead, entries: &[PagemapEntry], pages_file_size: u64) -> Result<Self> {
         let idx = Self::build(file, head, entries)?;
         idx.check_size(pages_file_size)?;
         Ok(idx)
@@ -211,10 +204,7 @@ mod tests {
         ];
         let idx = PagemapIndex::new("pagemap-1.img", &head(), &es, 19 * 4096).unwrap();
         let offs: Vec<_> = idx.runs.iter().map(|r| r.offset).collect();
-        assert_eq!(
-            offs,
-            [Some(0), Some(0x1000), None, Some(0xe000), Some(0x10000)]
-        );
+        assert_eq!(offs, [Some(0), Some(0x1000), None, Some(0xe000), Some(0x10000)]);
         assert_eq!(idx.pages_bytes, 19 * 4096);
         assert_eq!(idx.file_offset(0x10010), Some(0x1010));
         assert_eq!(idx.file_offset(0x20010), None);
@@ -254,8 +244,7 @@ mod tests {
         let over = [new_entry(0x1000, 2, 4), new_entry(0x2000, 1, 4)];
         let e = PagemapIndex::build("pagemap-9.img", &h, &over).unwrap_err();
         assert!(
-            e.to_string()
-                .starts_with("pagemap-9.img: pagemap entry 1 at 0x2000"),
+            e.to_string().starts_with("pagemap-9.img: pagemap entry 1 at 0x2000"),
             "{e}"
         );
         let unsorted = [new_entry(0x5000, 1, 4), new_entry(0x1000, 1, 4)];

@@ -12,9 +12,7 @@ use std::sync::OnceLock;
 
 use base64::Engine as _;
 use prost::Message as _;
-use prost_reflect::{
-    DescriptorPool, DynamicMessage, Kind as FieldKind, MessageDescriptor, Value as ReflectValue,
-};
+use prost_reflect::{DescriptorPool, DynamicMessage, Kind as FieldKind, MessageDescriptor, Value as ReflectValue};
 use serde_json::{json, Map, Value};
 
 use super::dir::names;
@@ -74,10 +72,7 @@ fn value_json(kind: &FieldKind, v: &ReflectValue) -> Value {
         ReflectValue::String(s) => json!(s),
         ReflectValue::Bytes(b) => json!(crit_base64(b)),
         ReflectValue::EnumNumber(n) => match kind {
-            FieldKind::Enum(e) => e
-                .get_value(*n)
-                .map(|ev| json!(ev.name()))
-                .unwrap_or_else(|| json!(n)),
+            FieldKind::Enum(e) => e.get_value(*n).map(|ev| json!(ev.name())).unwrap_or_else(|| json!(n)),
             _ => json!(n),
         },
         ReflectValue::Message(m) => message_json(m),
@@ -171,12 +166,10 @@ pub fn show_path(path: impl AsRef<Path>) -> Result<Value> {
         } else {
             match show_bytes(&p.display().to_string(), &data) {
                 Ok(v) => v,
-                Err(Error::UnknownMagic { .. } | Error::NoHeader { .. }) => {
-                    match foreign_kind(&data) {
-                        Some(m) => json!({"magic": m, "decoded": false, "size": data.len()}),
-                        None => raw,
-                    }
-                }
+                Err(Error::UnknownMagic { .. } | Error::NoHeader { .. }) => match foreign_kind(&data) {
+                    Some(m) => json!({"magic": m, "decoded": false, "size": data.len()}),
+                    None => raw,
+                },
                 Err(e) => json!({"error": e.to_string()}),
             }
         };

@@ -127,9 +127,7 @@ fn sample_core(tid: u32, leader: bool) -> CoreEntry {
                 ss_flags: 2,
             }),
             signals_p: Some(SignalQueueEntry {
-                signals: vec![SiginfoEntry {
-                    siginfo: vec![10; 128],
-                }],
+                signals: vec![SiginfoEntry { siginfo: vec![10; 128] }],
             }),
             creds: Some(creds()),
             comm: Some(format!("t{tid}")),
@@ -222,12 +220,8 @@ fn termios() -> TermiosEntry {
 /// Writes a small but complete image directory for pid 100 (threads 100
 /// and 101), with one pages file of 3 pages, a pipe with data and a pty.
 fn write_sample(dir: &ImageDir) {
-    dir.write_image(
-        names::INVENTORY,
-        Kind::Inventory,
-        &[new_inventory(ids(1, 1))],
-    )
-    .unwrap();
+    dir.write_image(names::INVENTORY, Kind::Inventory, &[new_inventory(ids(1, 1))])
+        .unwrap();
     dir.write_image(
         names::PSTREE,
         Kind::Pstree,
@@ -244,10 +238,8 @@ fn write_sample(dir: &ImageDir) {
         .unwrap();
     dir.write_image(&names::core(101), Kind::Core, &[sample_core(101, false)])
         .unwrap();
-    dir.write_image(&names::ids(100), Kind::Ids, &[ids(2, 2)])
-        .unwrap();
-    dir.write_image(&names::mm(100), Kind::Mm, &[sample_mm()])
-        .unwrap();
+    dir.write_image(&names::ids(100), Kind::Ids, &[ids(2, 2)]).unwrap();
+    dir.write_image(&names::mm(100), Kind::Mm, &[sample_mm()]).unwrap();
     dir.write_pagemap(
         &names::pagemap(100),
         &PagemapHead { pages_id: 1 },
@@ -300,22 +292,17 @@ fn write_sample(dir: &ImageDir) {
         reg(7, "/dev/pts/0", 2),
     ];
     dir.write_image(names::FILES, Kind::Files, &files).unwrap();
-    let fdinfo: Vec<FdinfoEntry> = [
-        (4, FdTypes::Tty, 0),
-        (2, FdTypes::Reg, 1),
-        (3, FdTypes::Pipe, 3),
-    ]
-    .into_iter()
-    .map(|(id, t, fd)| FdinfoEntry {
-        id,
-        flags: 0,
-        r#type: t as i32,
-        fd,
-        xattr_security_selinux: None,
-    })
-    .collect();
-    dir.write_image(&names::fdinfo(2), Kind::Fdinfo, &fdinfo)
-        .unwrap();
+    let fdinfo: Vec<FdinfoEntry> = [(4, FdTypes::Tty, 0), (2, FdTypes::Reg, 1), (3, FdTypes::Pipe, 3)]
+        .into_iter()
+        .map(|(id, t, fd)| FdinfoEntry {
+            id,
+            flags: 0,
+            r#type: t as i32,
+            fd,
+            xattr_security_selinux: None,
+        })
+        .collect();
+    dir.write_image(&names::fdinfo(2), Kind::Fdinfo, &fdinfo).unwrap();
     dir.write_pipes_data(
         names::PIPES_DATA,
         &[(
@@ -474,8 +461,8 @@ fn wire_bytes_match_criu() {
     assert_eq!(
         w.bytes(),
         [
-            0x19, 0x43, 0x56, 0x54, 0x30, 0x30, 0x27, 0x50, 0x12, 0, 0, 0, 0x08, 0x99, 0x81, 0x01,
-            0x10, 0x00, 0x18, 0x99, 0x81, 0x01, 0x20, 0x99, 0x81, 0x01, 0x28, 0x99, 0x81, 0x01
+            0x19, 0x43, 0x56, 0x54, 0x30, 0x30, 0x27, 0x50, 0x12, 0, 0, 0, 0x08, 0x99, 0x81, 0x01, 0x10, 0x00, 0x18,
+            0x99, 0x81, 0x01, 0x20, 0x99, 0x81, 0x01, 0x28, 0x99, 0x81, 0x01
         ]
     );
     let e = new_entry(0x5573_e118_a000, 1, PE_PRESENT);
@@ -561,15 +548,9 @@ fn wrong_and_foreign_magic() {
     // Random bytes: not an image at all.
     let junk = [0x48, 0x83, 0xec, 0x08, 0x48, 0x8b, 0x05, 0x7d, 1, 2, 3];
     let e = ImageReader::new("pages-1.img", &junk, Kind::Pstree).unwrap_err();
-    assert!(
-        e.to_string().contains("magic 0x08ec8348 is not PSTREE"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("magic 0x08ec8348 is not PSTREE"), "{e}");
     let e = ImageReader::detect("pages-1.img", &junk).unwrap_err();
-    assert_eq!(
-        e.to_string(),
-        "Unknown image magic 0x08ec8348 in pages-1.img"
-    );
+    assert_eq!(e.to_string(), "Unknown image magic 0x08ec8348 in pages-1.img");
     let e = ImageReader::new("short.img", &[0x19, 0x43], Kind::Pstree).unwrap_err();
     assert!(matches!(e, Error::NoHeader { size: 2, .. }));
 }
@@ -579,10 +560,7 @@ fn oversized_entry_and_garbage_payload() {
     let mut b = Kind::Pstree.header_bytes();
     b.extend_from_slice(&(100u32 << 20).to_le_bytes());
     let mut r = ImageReader::new("p.img", &b, Kind::Pstree).unwrap();
-    assert!(matches!(
-        r.next_payload(),
-        Err(Error::EntryTooBig { offset: 8, .. })
-    ));
+    assert!(matches!(r.next_payload(), Err(Error::EntryTooBig { offset: 8, .. })));
     let mut b = Kind::Pstree.header_bytes();
     b.extend_from_slice(&[2, 0, 0, 0, 0xff, 0xff]);
     let mut r = ImageReader::new("p.img", &b, Kind::Pstree).unwrap();
@@ -628,10 +606,7 @@ fn raw_extra_bytes() {
     let mut r = ImageReader::new("pd", &b[..b.len() - 1], Kind::PipesData).unwrap();
     let _: PipeDataEntry = r.read_one().unwrap();
     let e = r.read_raw(5).unwrap_err();
-    assert!(
-        e.to_string().contains("extra data cut (4 of 5 bytes)"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("extra data cut (4 of 5 bytes)"), "{e}");
 }
 
 // ---------------------------------------------------------------- directory
@@ -656,10 +631,7 @@ fn sample_directory_opens_and_reads_back() {
     assert_eq!(pd[0].1, b"hello-pipe");
     // Modes: directory 0700, files 0600.
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(
-        fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-        0o700
-    );
+    assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o700);
     for f in dir.files().unwrap() {
         let m = fs::metadata(p.join(&f)).unwrap().permissions().mode() & 0o777;
         assert_eq!(m, 0o600, "{f}");
@@ -679,27 +651,15 @@ fn one_or_eof_images() {
     assert_eq!(fs_.unwrap().cwd_id, 5);
     let none: Option<FsEntry> = dir.read_single_opt(&names::fs(999), Kind::Fs).unwrap();
     assert!(none.is_none());
-    dir.write_image::<FsEntry>(&names::fs(7), Kind::Fs, &[])
-        .unwrap();
+    dir.write_image::<FsEntry>(&names::fs(7), Kind::Fs, &[]).unwrap();
     let empty: Option<FsEntry> = dir.read_single_opt(&names::fs(7), Kind::Fs).unwrap();
     assert!(empty.is_none());
-    dir.write_image(
-        &names::fs(8),
-        Kind::Fs,
-        &[FsEntry::default(), FsEntry::default()],
-    )
-    .unwrap();
-    let e = dir
-        .read_single_opt::<FsEntry>(&names::fs(8), Kind::Fs)
-        .unwrap_err();
+    dir.write_image(&names::fs(8), Kind::Fs, &[FsEntry::default(), FsEntry::default()])
+        .unwrap();
+    let e = dir.read_single_opt::<FsEntry>(&names::fs(8), Kind::Fs).unwrap_err();
     assert!(matches!(e, Error::EntryCount { found: 2, .. }), "{e}");
-    let e = dir
-        .read_single::<FsEntry>(&names::fs(999), Kind::Fs)
-        .unwrap_err();
-    assert!(
-        e.to_string().ends_with("fs-999.img: image is missing"),
-        "{e}"
-    );
+    let e = dir.read_single::<FsEntry>(&names::fs(999), Kind::Fs).unwrap_err();
+    assert!(e.to_string().ends_with("fs-999.img: image is missing"), "{e}");
 }
 
 #[test]
@@ -713,15 +673,11 @@ fn open_errors() {
     assert!(matches!(ImageDir::create(&file), Err(Error::NotDir { .. })));
     let empty = t.path().join("empty");
     fs::create_dir(&empty).unwrap();
-    assert!(matches!(
-        ImageDir::open(&empty),
-        Err(Error::EmptyDir { .. })
-    ));
+    assert!(matches!(ImageDir::open(&empty), Err(Error::EmptyDir { .. })));
     fs::write(empty.join("core-1.img"), b"x").unwrap();
     let e = ImageDir::open(&empty).unwrap_err();
     assert!(
-        e.to_string()
-            .ends_with("not an image directory (no inventory.img)"),
+        e.to_string().ends_with("not an image directory (no inventory.img)"),
         "{e}"
     );
     let d = ImageDir::create(&empty).unwrap();
@@ -805,8 +761,7 @@ fn newer_format_is_refused() {
     let dir = ImageDir::create(&p).unwrap();
     let mut inv = new_inventory(ids(1, 1));
     inv.cryo_format = Some(CRYO_FORMAT + 1);
-    dir.write_image(names::INVENTORY, Kind::Inventory, &[inv])
-        .unwrap();
+    dir.write_image(names::INVENTORY, Kind::Inventory, &[inv]).unwrap();
     dir.finish_manifest().unwrap();
     let e = ImageDir::open(&p).unwrap_err();
     assert_eq!(
@@ -853,10 +808,7 @@ fn show_single_files() {
     assert_eq!(v["entries"][0]["mtype"], "X86_64");
     assert_eq!(v["entries"][0]["tc"]["comm"], "sleeper");
     assert_eq!(v["entries"][0]["thread_info"]["gpregs"]["mode"], "NATIVE");
-    assert_eq!(
-        v["entries"][0]["thread_info"]["gpregs"]["ip"],
-        0x7f00_0000_1234u64
-    );
+    assert_eq!(v["entries"][0]["thread_info"]["gpregs"]["ip"], 0x7f00_0000_1234u64);
     let v = show_path(p.join("pagemap-100.img")).unwrap();
     assert_eq!(v["entries"][0], serde_json::json!({"pages_id": 1}));
     assert_eq!(v["entries"][2]["nr_pages"], 2);
@@ -874,11 +826,7 @@ fn show_single_files() {
     assert_eq!(v["entries"][0]["lsmtype"], "NO_LSM");
     assert_eq!(v["entries"][0]["cryo_format"], 1);
     let e = show_path(p.join("pages-1.img")).unwrap_err();
-    assert!(
-        e.to_string()
-            .starts_with("Unknown image magic 0xabababab in "),
-        "{e}"
-    );
+    assert!(e.to_string().starts_with("Unknown image magic 0xabababab in "), "{e}");
 }
 
 #[test]
@@ -892,16 +840,10 @@ fn show_directory() {
     let b = fs::read(p.join("fs-100.img")).unwrap();
     fs::write(p.join("fs-100.img"), &b[..b.len() - 1]).unwrap();
     let v = show_path(&p).unwrap();
-    assert_eq!(
-        v["pages-1.img"],
-        serde_json::json!({"raw": true, "size": 12288})
-    );
+    assert_eq!(v["pages-1.img"], serde_json::json!({"raw": true, "size": 12288}));
     assert_eq!(v["unixsk.img"]["magic"], "UNIXSK");
     assert_eq!(v["unixsk.img"]["decoded"], false);
-    assert!(v["fs-100.img"]["error"]
-        .as_str()
-        .unwrap()
-        .contains("truncated"));
+    assert!(v["fs-100.img"]["error"].as_str().unwrap().contains("truncated"));
     assert_eq!(v["ids-100.img"]["entries"][0]["files_id"], 2);
     assert_eq!(v["tty-info.img"]["entries"][0]["type"], "PTY");
     assert_eq!(v["cryo.sums"]["raw"], true);
@@ -984,13 +926,7 @@ fn crit_decodes_our_images() {
     let v = crit_decode(&p.join("core-100.img"));
     assert_eq!(v["entries"][0]["mtype"], "X86_64");
     assert_eq!(v["entries"][0]["tc"]["comm"], "sleeper");
-    assert_eq!(
-        v["entries"][0]["tc"]["sigactions"]
-            .as_array()
-            .unwrap()
-            .len(),
-        62
-    );
+    assert_eq!(v["entries"][0]["tc"]["sigactions"].as_array().unwrap().len(), 62);
     assert_eq!(v["entries"][0]["thread_info"]["fpregs"]["mxcsr"], 0x1f80);
     let v = crit_decode(&p.join("core-101.img"));
     assert!(v["entries"][0].get("tc").is_none());
@@ -1048,28 +984,17 @@ fn crit_decodes_our_images() {
     for core in ["core-100.img", "core-101.img"] {
         let ours = strip(
             core,
-            &[
-                &["thread_core", "cg_set"],
-                &["thread_core", "creds", "cap_amb"],
-            ],
+            &[&["thread_core", "cg_set"], &["thread_core", "creds", "cap_amb"]],
         );
         assert_same(&ours, &crit_decode(&p.join(core)), core);
     }
     let ours = strip(
         "mm-100.img",
-        &[
-            &["cryo_vdso_size"],
-            &["cryo_vdso_hash"],
-            &["cryo_vvar_start"],
-        ],
+        &[&["cryo_vdso_size"], &["cryo_vdso_hash"], &["cryo_vvar_start"]],
     );
     assert_same(&ours, &crit_decode(&p.join("mm-100.img")), "mm-100.img");
     let ours = strip("inventory.img", &[&["cryo_format"]]);
-    assert_same(
-        &ours,
-        &crit_decode(&p.join("inventory.img")),
-        "inventory.img",
-    );
+    assert_same(&ours, &crit_decode(&p.join("inventory.img")), "inventory.img");
     // Pagemap: crit's `nr_pages` is our field 2 `compat_nr_pages`.
     let mut ours = strip("pagemap-100.img", &[&["nr_pages"]]);
     for e in ours["entries"].as_array_mut().unwrap().iter_mut().skip(1) {
@@ -1077,39 +1002,14 @@ fn crit_decodes_our_images() {
         let n = o.remove("compat_nr_pages").unwrap();
         o.insert("nr_pages".into(), n);
     }
-    assert_same(
-        &ours,
-        &crit_decode(&p.join("pagemap-100.img")),
-        "pagemap-100.img",
-    );
+    assert_same(&ours, &crit_decode(&p.join("pagemap-100.img")), "pagemap-100.img");
 
     // crit x needs cross-file consistency (pstree -> core tc, ids -> fdinfo -> files).
-    let out = Command::new("crit")
-        .arg("x")
-        .arg(&p)
-        .arg("ps")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("crit").arg("x").arg(&p).arg("ps").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("sleeper"));
-    let out = Command::new("crit")
-        .arg("x")
-        .arg(&p)
-        .arg("fds")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("crit").arg("x").arg(&p).arg("fds").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let fds = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        fds.contains("/tmp/data.txt") && fds.contains("pipe[4242]"),
-        "{fds}"
-    );
+    assert!(fds.contains("/tmp/data.txt") && fds.contains("pipe[4242]"), "{fds}");
 }

@@ -28,10 +28,7 @@ pub struct FdInfo {
 impl FdInfo {
     /// The first value of an extra key.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.extra
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.extra.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
     /// All values of a repeated extra key (epoll `tfd`, `inotify`, ...).
@@ -84,11 +81,7 @@ pub fn parse(text: &str) -> std::result::Result<FdInfo, ParseError> {
             _ => info.extra.push((key.to_string(), val.to_string())),
         }
     }
-    for (have, what) in [
-        (have_pos, "pos"),
-        (have_flags, "flags"),
-        (have_mnt, "mnt_id"),
-    ] {
+    for (have, what) in [(have_pos, "pos"), (have_flags, "flags"), (have_mnt, "mnt_id")] {
         if !have {
             return Err(ParseError::new(F, 0, format!("missing {what}")));
         }

@@ -98,10 +98,7 @@ impl Vma {
 
     /// The name given with `PR_SET_VMA_ANON_NAME`, from `[anon:name]`.
     pub fn anon_name(&self) -> Option<&str> {
-        self.path
-            .as_deref()?
-            .strip_prefix("[anon:")?
-            .strip_suffix(']')
+        self.path.as_deref()?.strip_prefix("[anon:")?.strip_suffix(']')
     }
 
     /// Not backed by a file (inode 0): heap, stacks, named or plain anon,
@@ -152,20 +149,12 @@ fn parse_line(file: &str, lineno: usize, line: &str) -> std::result::Result<Vma,
     let start = hex_u64(file, lineno, start)?;
     let end = hex_u64(file, lineno, end)?;
     if end < start {
-        return Err(ParseError::new(
-            file,
-            lineno,
-            format!("end before start in {range:?}"),
-        ));
+        return Err(ParseError::new(file, lineno, format!("end before start in {range:?}")));
     }
 
     let p = perms.as_bytes();
     if p.len() != 4 {
-        return Err(ParseError::new(
-            file,
-            lineno,
-            format!("bad perms {perms:?}"),
-        ));
+        return Err(ParseError::new(file, lineno, format!("bad perms {perms:?}")));
     }
     let mut prot = 0;
     for (i, (set, bit)) in [(b'r', PROT_READ), (b'w', PROT_WRITE), (b'x', PROT_EXEC)]
@@ -175,25 +164,13 @@ fn parse_line(file: &str, lineno: usize, line: &str) -> std::result::Result<Vma,
         match p[i] {
             c if c == set => prot |= bit,
             b'-' => {}
-            _ => {
-                return Err(ParseError::new(
-                    file,
-                    lineno,
-                    format!("bad perms {perms:?}"),
-                ))
-            }
+            _ => return Err(ParseError::new(file, lineno, format!("bad perms {perms:?}"))),
         }
     }
     let shared = match p[3] {
         b's' => true,
         b'p' => false,
-        _ => {
-            return Err(ParseError::new(
-                file,
-                lineno,
-                format!("bad perms {perms:?}"),
-            ))
-        }
+        _ => return Err(ParseError::new(file, lineno, format!("bad perms {perms:?}"))),
     };
 
     let (maj, min) = dev
@@ -251,11 +228,7 @@ pub fn parse_smaps(text: &str) -> std::result::Result<Vec<Vma>, ParseError> {
             continue;
         }
         let Some(vma) = out.last_mut() else {
-            return Err(ParseError::new(
-                "smaps",
-                lineno,
-                "field before any VMA header",
-            ));
+            return Err(ParseError::new("smaps", lineno, "field before any VMA header"));
         };
         if let Some(flags) = line.strip_prefix("VmFlags:") {
             vma.vmflags = flags.split_whitespace().map(str::to_string).collect();
@@ -323,10 +296,7 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
         assert_eq!(shm.file_path(), Some("/dev/zero"));
 
         let spaced = &v[7];
-        assert_eq!(
-            spaced.path.as_deref(),
-            Some("/tmp/my dir/data file.bin (deleted)")
-        );
+        assert_eq!(spaced.path.as_deref(), Some("/tmp/my dir/data file.bin (deleted)"));
         assert_eq!(spaced.file_path(), Some("/tmp/my dir/data file.bin"));
         assert!(spaced.deleted());
         assert_eq!((spaced.dev_major, spaced.dev_minor), (0, 0xb));

@@ -235,11 +235,7 @@ pub(crate) fn hex_u64(file: &str, line: usize, s: &str) -> std::result::Result<u
 }
 
 /// Parses a decimal number of any `FromStr` type.
-pub(crate) fn dec<T: std::str::FromStr>(
-    file: &str,
-    line: usize,
-    s: &str,
-) -> std::result::Result<T, ParseError> {
+pub(crate) fn dec<T: std::str::FromStr>(file: &str, line: usize, s: &str) -> std::result::Result<T, ParseError> {
     s.parse()
         .map_err(|_| ParseError::new(file, line, format!("bad number {s:?}")))
 }

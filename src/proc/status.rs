@@ -114,15 +114,9 @@ pub fn parse(text: &str) -> std::result::Result<Status, ParseError> {
             // only the tab after the colon is separator.
             "Name" => s.name = val.strip_prefix('\t').unwrap_or(val).to_string(),
             "Umask" => {
-                s.umask = u32::from_str_radix(v, 8)
-                    .map_err(|_| ParseError::new(F, n, format!("bad umask {v:?}")))?
+                s.umask = u32::from_str_radix(v, 8).map_err(|_| ParseError::new(F, n, format!("bad umask {v:?}")))?
             }
-            "State" => {
-                s.state = v
-                    .chars()
-                    .next()
-                    .ok_or_else(|| ParseError::new(F, n, "empty state"))?
-            }
+            "State" => s.state = v.chars().next().ok_or_else(|| ParseError::new(F, n, "empty state"))?,
             "Tgid" => s.tgid = dec(F, n, v)?,
             "Pid" => s.pid = dec(F, n, v)?,
             "PPid" => s.ppid = dec(F, n, v)?,

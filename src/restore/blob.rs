@@ -47,8 +47,8 @@ use std::arch::asm;
 use std::mem::{offset_of, size_of, ManuallyDrop};
 
 pub use cryo_restorer::abi::{
-    self, Args, Creds, ItimerVal, KSigAction, Madvise, PrctlMmMap, QueuedSignal, Range, Report,
-    Rseq, ThreadState, VmaMove,
+    self, Args, Creds, ItimerVal, KSigAction, Madvise, PrctlMmMap, QueuedSignal, Range, Report, Rseq, ThreadState,
+    VmaMove,
 };
 
 /// The flat restorer image.
@@ -237,11 +237,7 @@ pub enum BlobError {
     #[error("Blob area base {base:#x} is not page aligned or out of range")]
     Base { base: u64 },
     #[error("Unaligned or empty {what} range {start:#x}-{end:#x}")]
-    BadRange {
-        what: &'static str,
-        start: u64,
-        end: u64,
-    },
+    BadRange { what: &'static str, start: u64, end: u64 },
     #[error("Move destination {start:#x}-{end:#x} overlaps a kept range")]
     Overlap { start: u64, end: u64 },
     #[error("XSAVE image of {len} bytes is shorter than its header")]
@@ -454,10 +450,7 @@ pub fn prepare_xsave(img: &[u8]) -> Result<Vec<u8>> {
 
 /// Writes `v` at `off` into `buf`.
 fn put<T: Copy>(buf: &mut [u8], off: usize, v: &T) {
-    assert!(
-        off + size_of::<T>() <= buf.len(),
-        "blob area write out of bounds"
-    );
+    assert!(off + size_of::<T>() <= buf.len(), "blob area write out of bounds");
     // SAFETY: the bounds are checked above and write_unaligned has no
     // alignment requirement; T is a plain repr(C) value.
     unsafe { std::ptr::write_unaligned(buf.as_mut_ptr().add(off) as *mut T, *v) }
@@ -485,10 +478,7 @@ fn overlaps(a: &Range, b: &Range) -> bool {
 fn build(plan: &BlobPlan, base: u64) -> Result<(Vec<u8>, Layout)> {
     let lay = layout(plan);
     let total = lay.stack_top;
-    if base == 0
-        || base & (PAGE - 1) != 0
-        || base.checked_add(total as u64).is_none_or(|e| e > TASK_TOP)
-    {
+    if base == 0 || base & (PAGE - 1) != 0 || base.checked_add(total as u64).is_none_or(|e| e > TASK_TOP) {
         return Err(BlobError::Base { base });
     }
     let area = Range {
@@ -705,10 +695,7 @@ pub fn place(plan: &BlobPlan, base: u64) -> Result<PreparedBlob> {
     if p as u64 != base {
         // SAFETY: `p` is the mapping just created, of `len` bytes.
         unsafe { libc::munmap(p, len) };
-        return Err(BlobError::Moved {
-            base,
-            got: p as u64,
-        });
+        return Err(BlobError::Moved { base, got: p as u64 });
     }
     // SAFETY: the fresh mapping holds `len` writable bytes, as does `img`.
     unsafe { std::ptr::copy_nonoverlapping(img.as_ptr(), p as *mut u8, len) };
@@ -1089,10 +1076,7 @@ mod tests {
                 )
             };
             assert_ne!(p, libc::MAP_FAILED);
-            Map {
-                addr: p as u64,
-                len,
-            }
+            Map { addr: p as u64, len }
         }
 
         fn bytes(&mut self) -> &mut [u8] {
@@ -1248,14 +1232,7 @@ mod tests {
             iov_len: buf.len(),
         };
         // SAFETY: the kernel writes at most `iov_len` bytes into `buf`.
-        let r = unsafe {
-            libc::ptrace(
-                libc::PTRACE_GETREGSET,
-                pid,
-                NT_X86_XSTATE,
-                &mut iov as *mut libc::iovec,
-            )
-        };
+        let r = unsafe { libc::ptrace(libc::PTRACE_GETREGSET, pid, NT_X86_XSTATE, &mut iov as *mut libc::iovec) };
         assert_eq!(r, 0, "PTRACE_GETREGSET(NT_X86_XSTATE)");
         buf.truncate(iov.iov_len);
         buf
@@ -1298,10 +1275,7 @@ mod tests {
     fn parse_range(line: &str) -> (u64, u64) {
         let r = line.split_whitespace().next().unwrap();
         let (a, b) = r.split_once('-').unwrap();
-        (
-            u64::from_str_radix(a, 16).unwrap(),
-            u64::from_str_radix(b, 16).unwrap(),
-        )
+        (u64::from_str_radix(a, 16).unwrap(), u64::from_str_radix(b, 16).unwrap())
     }
 
     /// Fields of /proc/pid/stat, numbered as in proc(5) (index 1 = pid).
@@ -1313,14 +1287,8 @@ mod tests {
 
     fn status_field(pid: libc::pid_t, key: &str) -> String {
         let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        let line = s
-            .lines()
-            .find(|l| l.starts_with(&format!("{key}:")))
-            .unwrap();
-        line[key.len() + 1..]
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ")
+        let line = s.lines().find(|l| l.starts_with(&format!("{key}:"))).unwrap();
+        line[key.len() + 1..].split_whitespace().collect::<Vec<_>>().join(" ")
     }
 
     fn mm_for(code: u64, data: u64) -> PrctlMmMap {
@@ -1377,10 +1345,7 @@ mod tests {
             r(0x5800, 0x7000),
             r(0x8000, 0x9000),
         ]);
-        assert_eq!(
-            got,
-            vec![r(0x1000, 0x3000), r(0x5000, 0x7000), r(0x8000, 0x9000)]
-        );
+        assert_eq!(got, vec![r(0x1000, 0x3000), r(0x5000, 0x7000), r(0x8000, 0x9000)]);
     }
 
     fn read<T: Copy>(buf: &[u8], off: usize) -> T {
@@ -1433,10 +1398,7 @@ mod tests {
         assert_eq!(&img[..BLOB.len()], BLOB);
 
         let a: Args = read(&img, lay.args);
-        assert_eq!(
-            (a.magic, a.version, a.size),
-            (abi::ARGS_MAGIC, abi::ARGS_VERSION, 2560)
-        );
+        assert_eq!((a.magic, a.version, a.size), (abi::ARGS_MAGIC, abi::ARGS_VERSION, 2560));
         let keep: Vec<Range> = (0..a.nr_keep as usize)
             .map(|i| read(&img, (a.keep - base) as usize + i * 16))
             .collect();
@@ -1470,15 +1432,9 @@ mod tests {
         assert_eq!(a.thread.frame % 16, 0);
         assert_eq!(a.thread.frame, base + lay.frame as u64 + 8);
         let f: RtSigframe = read(&img, lay.frame);
-        assert_eq!(
-            f.uc.uc_flags,
-            UC_FP_XSTATE | UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS
-        );
+        assert_eq!(f.uc.uc_flags, UC_FP_XSTATE | UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS);
         let sc = f.uc.uc_mcontext;
-        assert_eq!(
-            (sc.rip, sc.rsp, sc.rax, sc.r15),
-            (0x1234, 0x5678, 0xaa, 0xff)
-        );
+        assert_eq!((sc.rip, sc.rsp, sc.rax, sc.r15), (0x1234, 0x5678, 0xaa, 0xff));
         assert_eq!((sc.cs, sc.ss), (0x33, 0x2b));
         assert_eq!(f.uc.uc_sigmask, 0x800);
         assert_eq!(f.uc.uc_stack.ss_flags, SS_DISABLE);
@@ -1509,10 +1465,7 @@ mod tests {
     fn build_rejects_bad_layouts() {
         let base = 0x7000_0000_0000;
         let mut plan = BlobPlan::default();
-        assert!(matches!(
-            build(&plan, base + 1),
-            Err(BlobError::Base { .. })
-        ));
+        assert!(matches!(build(&plan, base + 1), Err(BlobError::Base { .. })));
         plan.moves = vec![VmaMove {
             src: 0x4000_0000,
             dst: base,
@@ -1524,16 +1477,10 @@ mod tests {
             dst: 0x5000_0100,
             len: 0x1000,
         }];
-        assert!(matches!(
-            build(&plan, base),
-            Err(BlobError::BadRange { .. })
-        ));
+        assert!(matches!(build(&plan, base), Err(BlobError::BadRange { .. })));
         plan.moves = vec![];
         plan.xsave = Some(vec![0; 512]);
-        assert!(matches!(
-            build(&plan, base),
-            Err(BlobError::Xsave { len: 512 })
-        ));
+        assert!(matches!(build(&plan, base), Err(BlobError::Xsave { len: 512 })));
     }
 
     #[test]
@@ -1576,14 +1523,7 @@ mod tests {
         let conf = with_stopped_child(|pid| {
             let mut conf = [0u8; 24];
             // SAFETY: the kernel writes at most 24 bytes (the size passed).
-            let r = unsafe {
-                libc::ptrace(
-                    PTRACE_GET_RSEQ_CONFIGURATION,
-                    pid,
-                    24usize,
-                    conf.as_mut_ptr(),
-                )
-            };
+            let r = unsafe { libc::ptrace(PTRACE_GET_RSEQ_CONFIGURATION, pid, 24usize, conf.as_mut_ptr()) };
             assert_eq!(r, 24);
             conf
         });
@@ -1660,9 +1600,7 @@ mod tests {
         {
             let b = code_stage.bytes();
             b[..code.len()].copy_from_slice(&code);
-            let mut set = |off: usize, v: u64| {
-                b[table + off..table + off + 8].copy_from_slice(&v.to_le_bytes())
-            };
+            let mut set = |off: usize, v: u64| b[table + off..table + off + 8].copy_from_slice(&v.to_le_bytes());
             set(tbl::RAX, regs.rax);
             set(tbl::RBX, regs.rbx);
             set(tbl::RDI, regs.rdi);
@@ -1927,7 +1865,9 @@ mod tests {
 /// thread, which is verified in /proc before jumping (restore tasks are
 /// forked with clone3 from the single-threaded engine, so this holds).
 pub fn enter(p: PreparedBlob) -> ! {
-    let threads = std::fs::read_dir("/proc/thread-self/..").map(|d| d.count()).unwrap_or(0);
+    let threads = std::fs::read_dir("/proc/thread-self/..")
+        .map(|d| d.count())
+        .unwrap_or(0);
     if threads != 1 {
         crate::sys::rawfd::exit_now(cryo_restorer::abi::EXIT_BLOB_FAILED);
     }

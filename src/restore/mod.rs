@@ -109,7 +109,11 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
     let (shim_r, shim_w) = nix::unistd::pipe()?;
     let (ack_r, ack_w) = nix::unistd::pipe()?;
     let dirfd = fs::File::open(&opts.dir).with_context(|| format!("Cannot open {}", opts.dir.display()))?;
-    let tty = if opts.shell_job { Some(nix::unistd::dup(0).context("Cannot dup stdin for --shell-job")?) } else { None };
+    let tty = if opts.shell_job {
+        Some(nix::unistd::dup(0).context("Cannot dup stdin for --shell-job")?)
+    } else {
+        None
+    };
     let moved = |fd: RawFd, at: RawFd| -> Result<RawFd> {
         let n = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(at)).context("F_DUPFD")?;
         Ok(n)
@@ -140,12 +144,15 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
     if efds.tty >= 0 {
         let _ = nix::unistd::close(efds.tty);
     }
-    let guard = ShimGuard { pid: shim_pid, armed: true };
+    let guard = ShimGuard {
+        pid: shim_pid,
+        armed: true,
+    };
 
     wait_ready(&plan, &ready_r, &err_r).context("Stage Fork")?;
     debug!("all {} tasks ready", plan.tasks.len());
     // Release every task at once.
-    let go = vec![b'g'; plan.tasks.len()];
+    let go = vec![b'g'; plan.live_tasks()];
     nix::unistd::write(&go_w, &go).context("Cannot release the restored tasks")?;
     drop(go_w);
     // Let the shim drop its parent-death signal, and wait for it to say so.
@@ -157,18 +164,17 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
     }
     let restore_us = t0.elapsed().as_micros() as u64;
     let root_host_pid = shim::root_host_pid(shim_pid).unwrap_or(-1);
-    info!("restored: root pid {} in the new namespace, host pid {root_host_pid}", plan.tasks[0].pid);
+    info!(
+        "restored: root pid {} in the new namespace, host pid {root_host_pid}",
+        plan.tasks[0].pid
+    );
     let mut guard = guard;
     guard.armed = false;
     write_stats(&dir, restore_us, &plan);
     if let Some(pf) = &opts.pidfile {
         write_pidfile(pf, root_host_pid)?;
     }
-    let exit_code = if opts.detach {
-        None
-    } else {
-        Some(wait_shim(shim_pid)?)
-    };
+    let exit_code = if opts.detach { None } else { Some(wait_shim(shim_pid)?) };
     Ok(Restored {
         root_host_pid,
         shim_pid,
@@ -199,10 +205,11 @@ fn wait_ready(plan: &Plan, ready_r: &OwnedFd, err_r: &OwnedFd) -> Result<()> {
     let mut pending: Vec<u8> = Vec::new();
     let mut err_text = Vec::new();
     let mut err_open = true;
-    while ready < plan.tasks.len() {
+    let want = plan.live_tasks();
+    while ready < want {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            bail!("Timed out waiting for the restored tasks ({ready} of {} ready)", plan.tasks.len());
+            bail!("Timed out waiting for the restored tasks ({ready} of {want} ready)");
         }
         let mut fds = vec![PollFd::new(ready_r.as_fd_borrow(), PollFlags::POLLIN)];
         if err_open {
@@ -233,7 +240,7 @@ fn wait_ready(plan: &Plan, ready_r: &OwnedFd, err_r: &OwnedFd) -> Result<()> {
             let mut buf = [0u8; 512];
             let n = nix::unistd::read(ready_r.as_raw_fd(), &mut buf).context("read ready pipe")?;
             if n == 0 {
-                bail!("The restored tasks died before they were ready ({ready} of {} ready)", plan.tasks.len());
+                bail!("The restored tasks died before they were ready ({ready} of {want} ready)");
             }
             pending.extend_from_slice(&buf[..n]);
             while pending.len() >= 8 {

@@ -33,6 +33,8 @@ pub struct TaskImage {
     pub children: Vec<usize>,
     /// Index of the parent, None for the root.
     pub parent: Option<usize>,
+    /// A zombie: its raw wait status (nothing else is restored for it).
+    pub zombie: Option<i32>,
 }
 
 #[derive(Debug, Clone)]
@@ -114,6 +116,35 @@ impl Plan {
                 .into_iter()
                 .next()
                 .with_context(|| format!("{} is empty", image::names::core(pid as u32)))?;
+            if core
+                .tc
+                .as_ref()
+                .is_some_and(|tc| tc.task_state == crate::dump::TASK_ZOMBIE)
+            {
+                if i == 0 {
+                    bail!("{}: the tree's root is a zombie", image::names::core(pid as u32));
+                }
+                let code = core.tc.as_ref().map_or(0, |tc| tc.exit_code as i32);
+                index.insert(pid, tasks.len());
+                tasks.push(TaskImage {
+                    pid,
+                    ppid: e.ppid as i32,
+                    pgid: e.pgid as i32,
+                    sid: e.sid as i32,
+                    core,
+                    mm: Default::default(),
+                    pagemap: Vec::new(),
+                    page_offsets: Vec::new(),
+                    pages_file: String::new(),
+                    fs: Default::default(),
+                    fds: Vec::new(),
+                    xsave: Vec::new(),
+                    children: Vec::new(),
+                    parent,
+                    zombie: Some(code),
+                });
+                continue;
+            }
             validate_core(&core, pid)?;
             let fp = core
                 .thread_info
@@ -160,10 +191,19 @@ impl Plan {
                     bail!("{fdname}: fd {} listed twice", f.fd);
                 }
                 let Some(fe) = files.get(&f.id) else {
-                    bail!("{fdname}: fd {} refers to file id {}, which is not in files.img", f.fd, f.id);
+                    bail!(
+                        "{fdname}: fd {} refers to file id {}, which is not in files.img",
+                        f.fd,
+                        f.id
+                    );
                 };
                 if fe.r#type != f.r#type {
-                    bail!("{fdname}: fd {} has type {} but files.img says {}", f.fd, f.r#type, fe.r#type);
+                    bail!(
+                        "{fdname}: fd {} has type {} but files.img says {}",
+                        f.fd,
+                        f.r#type,
+                        fe.r#type
+                    );
                 }
                 match f.r#type {
                     crate::files::FD_REG => {}
@@ -175,7 +215,10 @@ impl Plan {
                             );
                         }
                     }
-                    t => bail!("{fdname}: fd {} has a file type ({t}) this cryo cannot restore yet", f.fd),
+                    t => bail!(
+                        "{fdname}: fd {} has a file type ({t}) this cryo cannot restore yet",
+                        f.fd
+                    ),
                 }
             }
             index.insert(pid, tasks.len());
@@ -194,6 +237,7 @@ impl Plan {
                 xsave,
                 children: Vec::new(),
                 parent,
+                zombie: None,
             });
         }
         for i in 0..tasks.len() {
@@ -219,6 +263,11 @@ impl Plan {
             .flat_map(|t| t.fds.iter().map(|f| f.fd as i32))
             .max()
             .unwrap_or(-1)
+    }
+
+    /// Tasks that run (and report ready from their blob): all but zombies.
+    pub fn live_tasks(&self) -> usize {
+        self.tasks.iter().filter(|t| t.zombie.is_none()).count()
     }
 
     pub fn pages_total(&self) -> u64 {
@@ -247,9 +296,7 @@ impl Plan {
         }
         for t in &self.tasks {
             let parent_sid = t.parent.map(|p| self.tasks[p].sid);
-            let ok = t.sid == t.pid
-                || Some(t.sid) == parent_sid
-                || (self.shell_job && !self.is_pid(t.sid));
+            let ok = t.sid == t.pid || Some(t.sid) == parent_sid || (self.shell_job && !self.is_pid(t.sid));
             if !ok {
                 bail!(
                     "pid {} is in session {} which neither it nor its parent leads; not supported yet",
@@ -279,7 +326,10 @@ fn validate_core(core: &pb::CoreEntry, pid: i32) -> Result<()> {
     if core.mtype != pb::core_entry::March::X8664 as i32 {
         bail!("{name}: the image is for another architecture (march {})", core.mtype);
     }
-    let ti = core.thread_info.as_ref().with_context(|| format!("{name}: no registers"))?;
+    let ti = core
+        .thread_info
+        .as_ref()
+        .with_context(|| format!("{name}: no registers"))?;
     let gp = &ti.gpregs;
     if gp.mode.unwrap_or(1) != 1 {
         bail!("{name}: 32-bit (compat) tasks are not supported");
@@ -287,7 +337,10 @@ fn validate_core(core: &pb::CoreEntry, pid: i32) -> Result<()> {
     if gp.cs != 0x33 || gp.ss != 0x2b {
         bail!("{name}: unexpected segment registers cs {:#x} ss {:#x}", gp.cs, gp.ss);
     }
-    let tc = core.tc.as_ref().with_context(|| format!("{name}: no task state (tc)"))?;
+    let tc = core
+        .tc
+        .as_ref()
+        .with_context(|| format!("{name}: no task state (tc)"))?;
     if tc.sigactions.len() != 62 {
         bail!("{name}: {} sigactions (expected 62)", tc.sigactions.len());
     }
@@ -313,7 +366,12 @@ fn own_vdso_facts() -> Option<(u64, u64, u64)> {
     Some((len as u64, crate::dump::fnv1a(&buf), vdso.start - vvar.start))
 }
 
-fn validate_mm(mm: &pb::MmEntry, pid: i32, files: &HashMap<u32, pb::FileEntry>, own: Option<(u64, u64, u64)>) -> Result<()> {
+fn validate_mm(
+    mm: &pb::MmEntry,
+    pid: i32,
+    files: &HashMap<u32, pb::FileEntry>,
+    own: Option<(u64, u64, u64)>,
+) -> Result<()> {
     let name = image::names::mm(pid as u32);
     let mut last_end = 0u64;
     let mut vdso_start = None;
@@ -325,7 +383,8 @@ fn validate_mm(mm: &pb::MmEntry, pid: i32, files: &HashMap<u32, pb::FileEntry>, 
             bail!("{name}: VMA {i} at {:#x} overlaps or is out of order", v.start);
         }
         last_end = v.end;
-        let kind = VmaKind::from_status(v.status).with_context(|| format!("{name}: VMA {i} has unknown status {:#x}", v.status))?;
+        let kind = VmaKind::from_status(v.status)
+            .with_context(|| format!("{name}: VMA {i} has unknown status {:#x}", v.status))?;
         match kind {
             VmaKind::FilePrivate | VmaKind::FileShared => {
                 let id = v.shmid as u32;
@@ -343,7 +402,10 @@ fn validate_mm(mm: &pb::MmEntry, pid: i32, files: &HashMap<u32, pb::FileEntry>, 
         bail!("{name}: exe file id {} is not in files.img", mm.exe_file_id);
     }
     if mm.mm_saved_auxv.len() > 64 || mm.mm_saved_auxv.len() % 2 != 0 {
-        bail!("{name}: {} auxv words (expected an even number up to 64)", mm.mm_saved_auxv.len());
+        bail!(
+            "{name}: {} auxv words (expected an even number up to 64)",
+            mm.mm_saved_auxv.len()
+        );
     }
     if let (Some(size), Some(hash), Some((own_size, own_hash, own_off))) = (mm.cryo_vdso_size, mm.cryo_vdso_hash, own) {
         if size != own_size || hash != own_hash {

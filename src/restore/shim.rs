@@ -55,8 +55,14 @@ fn shim_main(plan: &Plan, efds: EngineFds, ctl: (RawFd, RawFd), engine: Pid) -> 
     // it died before the line above, the ctl pipe reads EOF below.)
     let _ = engine;
     let _ = nix::sys::prctl::set_name(c"cryo-init");
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .context("Cannot make the mount namespace private")?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .context("Cannot make the mount namespace private")?;
     mount(
         Some("proc"),
         "/proc",

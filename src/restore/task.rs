@@ -11,7 +11,9 @@ use std::fs;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use anyhow::{bail, Context, Result};
-use cryo_restorer::abi::{Creds, ItimerVal, KSigAction, Madvise, PrctlMmMap, QueuedSignal, Range, ThreadState, VmaMove};
+use cryo_restorer::abi::{
+    Creds, ItimerVal, KSigAction, Madvise, PrctlMmMap, QueuedSignal, Range, ThreadState, VmaMove,
+};
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
 use nix::sys::stat::Mode;
@@ -55,6 +57,7 @@ fn restore_task(plan: &Plan, idx: usize, efds: EngineFds) -> Result<Infallible> 
         match sysc::clone3_with_pid(0, &[child.pid], libc::SIGCHLD as u64)
             .with_context(|| format!("Cannot create pid {} (clone3 with set_tid)", child.pid))?
         {
+            ForkResult::Child if child.zombie.is_some() => become_zombie(plan, c, efds),
             ForkResult::Child => run(plan, c, efds),
             ForkResult::Parent { child: got } if got.as_raw() != child.pid => {
                 bail!("clone3 gave pid {got} instead of {}", child.pid)
@@ -65,6 +68,26 @@ fn restore_task(plan: &Plan, idx: usize, efds: EngineFds) -> Result<Infallible> 
     let staged = stage_memory(plan, t, efds)?;
     set_rlimits(t);
     jump(plan, t, efds, staged)
+}
+
+/// A dumped zombie: take its session and group, then die the way it died.
+/// The restored parent collects the status with wait() as it would have.
+fn become_zombie(plan: &Plan, idx: usize, efds: EngineFds) -> ! {
+    crate::log::silence();
+    let t = &plan.tasks[idx];
+    if let Err(e) = set_session(plan, t, efds) {
+        report_error(efds.err_w, &format!("Restore of zombie pid {} failed: {e:#}", t.pid));
+        crate::sys::rawfd::exit_now(1);
+    }
+    let status = t.zombie.unwrap_or(0);
+    if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        if let Ok(s) = nix::sys::signal::Signal::try_from(sig) {
+            // SAFETY-free: resetting to SIG_DFL through nix's safe wrapper.
+            let _ = crate::sys::rawfd::default_and_raise(s);
+        }
+    }
+    crate::sys::rawfd::exit_now(libc::WEXITSTATUS(status))
 }
 
 fn set_session(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<()> {
@@ -133,7 +156,11 @@ fn setup_fds(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<()> {
     for f in &t.fds {
         let tmp = temps[&f.id];
         unistd::dup2(tmp, f.fd as RawFd).with_context(|| format!("dup2 to fd {}", f.fd))?;
-        let flags = if f.flags & 1 != 0 { FdFlag::FD_CLOEXEC } else { FdFlag::empty() };
+        let flags = if f.flags & 1 != 0 {
+            FdFlag::FD_CLOEXEC
+        } else {
+            FdFlag::empty()
+        };
         fcntl(f.fd as RawFd, FcntlArg::F_SETFD(flags))?;
     }
     for (_, tmp) in temps {
@@ -158,7 +185,10 @@ fn open_reg(fe: &pb::FileEntry) -> Result<OwnedFd> {
     if fe.r#type != FD_REG {
         bail!("file id {} has type {} (expected a regular file)", fe.id, fe.r#type);
     }
-    let reg = fe.reg.as_ref().with_context(|| format!("file id {} has no reg entry", fe.id))?;
+    let reg = fe
+        .reg
+        .as_ref()
+        .with_context(|| format!("file id {} has no reg entry", fe.id))?;
     let flags = OFlag::from_bits_truncate((reg.flags as i32 & REPLAY_FLAGS) | libc::O_NOCTTY);
     let fd = nix::fcntl::open(reg.name.as_str(), flags, Mode::empty())
         .with_context(|| format!("Cannot open {}", reg.name))?;
@@ -201,17 +231,16 @@ pub(crate) struct Staged {
 }
 
 fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
-    let staged_vmas: Vec<&pb::VmaEntry> = t
-        .mm
-        .vmas
-        .iter()
-        .filter(|v| {
-            matches!(
-                VmaKind::from_status(v.status),
-                Some(VmaKind::AnonPrivate | VmaKind::FilePrivate | VmaKind::FileShared)
-            )
-        })
-        .collect();
+    let staged_vmas: Vec<&pb::VmaEntry> =
+        t.mm.vmas
+            .iter()
+            .filter(|v| {
+                matches!(
+                    VmaKind::from_status(v.status),
+                    Some(VmaKind::AnonPrivate | VmaKind::FilePrivate | VmaKind::FileShared)
+                )
+            })
+            .collect();
     let staging_len: u64 = staged_vmas.iter().map(|v| v.end - v.start).sum();
     let blob_len = blob::area_size(&blob_counts(t, staged_vmas.len())) as u64;
     let blob_len = blob_len.div_ceil(PAGE_SIZE) * PAGE_SIZE;
@@ -228,8 +257,13 @@ fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
         end: base + blob_len + staging_len,
     };
 
-    let pages = nix::fcntl::openat(Some(efds.dir), t.pages_file.as_str(), OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
-        .with_context(|| format!("Cannot open {}", t.pages_file))?;
+    let pages = nix::fcntl::openat(
+        Some(efds.dir),
+        t.pages_file.as_str(),
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .with_context(|| format!("Cannot open {}", t.pages_file))?;
     let pages = crate::sys::rawfd::own(pages);
 
     let mut moves = Vec::with_capacity(staged_vmas.len());
@@ -264,7 +298,10 @@ fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
                 let (prot, fl) = if shared {
                     (v.prot as i32, libc::MAP_SHARED | libc::MAP_FIXED_NOREPLACE)
                 } else {
-                    (libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_FIXED_NOREPLACE)
+                    (
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_PRIVATE | libc::MAP_FIXED_NOREPLACE,
+                    )
                 };
                 mmap::mmap_at(at, len, prot, fl, Some(fd.as_fd()), v.pgoff)
                     .with_context(|| format!("Cannot map {} for {:#x}", reg.name, v.start))?;
@@ -312,8 +349,11 @@ fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
     }
     // Final protections of private mappings.
     for (v, &(_, _, st)) in staged_vmas.iter().zip(&stage_of) {
-        if VmaKind::from_status(v.status) != Some(VmaKind::FileShared) && v.prot as i32 != libc::PROT_READ | libc::PROT_WRITE {
-            mmap::mprotect(st, v.end - v.start, v.prot as i32).with_context(|| format!("mprotect for {:#x}", v.start))?;
+        if VmaKind::from_status(v.status) != Some(VmaKind::FileShared)
+            && v.prot as i32 != libc::PROT_READ | libc::PROT_WRITE
+        {
+            mmap::mprotect(st, v.end - v.start, v.prot as i32)
+                .with_context(|| format!("mprotect for {:#x}", v.start))?;
         }
     }
     Ok(Staged {
@@ -363,18 +403,39 @@ fn set_rlimits(t: &TaskImage) {
 fn blob_counts(t: &TaskImage, nr_moves: usize) -> BlobPlan {
     let mut p = BlobPlan::default();
     p.moves = vec![VmaMove::default(); nr_moves];
-    let madv = t.mm.vmas.iter().map(|v| v.madv.map_or(0, |m| m.count_ones() as usize)).sum();
+    let madv =
+        t.mm.vmas
+            .iter()
+            .map(|v| v.madv.map_or(0, |m| m.count_ones() as usize))
+            .sum();
     p.madvs = vec![Madvise::default(); madv];
     p.auxv = vec![0; t.mm.mm_saved_auxv.len() + 2];
     p.groups = vec![0; 64];
-    p.sigs = vec![QueuedSignal { shared: 0, signo: 0, info: [0; 128] }; count_sigs(t)];
+    p.sigs = vec![
+        QueuedSignal {
+            shared: 0,
+            signo: 0,
+            info: [0; 128]
+        };
+        count_sigs(t)
+    ];
     p.xsave = Some(t.xsave.clone());
     p
 }
 
 fn count_sigs(t: &TaskImage) -> usize {
-    let s = t.core.tc.as_ref().and_then(|tc| tc.signals_s.as_ref()).map_or(0, |q| q.signals.len());
-    let p = t.core.thread_core.as_ref().and_then(|tc| tc.signals_p.as_ref()).map_or(0, |q| q.signals.len());
+    let s = t
+        .core
+        .tc
+        .as_ref()
+        .and_then(|tc| tc.signals_s.as_ref())
+        .map_or(0, |q| q.signals.len());
+    let p = t
+        .core
+        .thread_core
+        .as_ref()
+        .and_then(|tc| tc.signals_p.as_ref())
+        .map_or(0, |q| q.signals.len());
     s + p
 }
 
@@ -425,7 +486,11 @@ fn jump(plan: &Plan, t: &TaskImage, efds: EngineFds, staged: Staged) -> Result<I
     if auxv.len() < 2 || auxv[auxv.len() - 2] != 0 {
         auxv.extend_from_slice(&[0, 0]);
     }
-    let exe_name = plan.files[&t.mm.exe_file_id].reg.as_ref().map(|r| r.name.clone()).unwrap_or_default();
+    let exe_name = plan.files[&t.mm.exe_file_id]
+        .reg
+        .as_ref()
+        .map(|r| r.name.clone())
+        .unwrap_or_default();
     let exe_fd = nix::fcntl::open(exe_name.as_str(), OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
         .with_context(|| format!("Cannot open the executable {exe_name}"))?;
     let mm = &t.mm;
@@ -450,7 +515,13 @@ fn jump(plan: &Plan, t: &TaskImage, efds: EngineFds, staged: Staged) -> Result<I
         .iter()
         .find(|v| VmaKind::from_status(v.status) == Some(VmaKind::Vvar))
         .map(|v| v.start);
-    let creds = thc.creds.as_ref().map(creds_for).unwrap_or(Ok((Creds { skip: 1, ..Default::default() }, vec![])))?;
+    let creds = thc.creds.as_ref().map(creds_for).unwrap_or(Ok((
+        Creds {
+            skip: 1,
+            ..Default::default()
+        },
+        vec![],
+    )))?;
     let sas = thc.sas.as_ref();
     let plan_b = BlobPlan {
         moves: staged.moves,
@@ -491,7 +562,12 @@ fn jump(plan: &Plan, t: &TaskImage, efds: EngineFds, staged: Staged) -> Result<I
     // Close what the restored task must not see: everything but its own
     // fds and the three the blob closes itself (ready, go, exe). The
     // error pipe goes too: from here on failures travel as blob reports.
-    let keep: Vec<RawFd> = t.fds.iter().map(|f| f.fd as RawFd).chain([efds.ready_w, efds.go_r, efds.err_w, exe_fd]).collect();
+    let keep: Vec<RawFd> = t
+        .fds
+        .iter()
+        .map(|f| f.fd as RawFd)
+        .chain([efds.ready_w, efds.go_r, efds.err_w, exe_fd])
+        .collect();
     for fd in proc::fds(std::process::id())? {
         if !keep.contains(&fd) {
             let _ = unistd::close(fd);
@@ -504,8 +580,8 @@ fn jump(plan: &Plan, t: &TaskImage, efds: EngineFds, staged: Staged) -> Result<I
 
 fn blob_regs(r: &crate::sys::ptrace::UserRegs) -> blob::UserRegs {
     blob::UserRegs::from_words(&[
-        r.r15, r.r14, r.r13, r.r12, r.bp, r.bx, r.r11, r.r10, r.r9, r.r8, r.ax, r.cx, r.dx, r.si, r.di, r.orig_ax, r.ip,
-        r.cs, r.flags, r.sp, r.ss, r.fs_base, r.gs_base, r.ds, r.es, r.fs, r.gs,
+        r.r15, r.r14, r.r13, r.r12, r.bp, r.bx, r.r11, r.r10, r.r9, r.r8, r.ax, r.cx, r.dx, r.si, r.di, r.orig_ax,
+        r.ip, r.cs, r.flags, r.sp, r.ss, r.fs_base, r.gs_base, r.ds, r.es, r.fs, r.gs,
     ])
 }
 

@@ -88,11 +88,7 @@ pub fn clone3_fork(
     let mut args = CloneArgs {
         flags,
         exit_signal,
-        set_tid: if set_tid.is_empty() {
-            0
-        } else {
-            set_tid.as_ptr() as u64
-        },
+        set_tid: if set_tid.is_empty() { 0 } else { set_tid.as_ptr() as u64 },
         set_tid_size: set_tid.len() as u64,
         ..Default::default()
     };
@@ -215,14 +211,7 @@ struct KcmpEpollSlot {
 /// `kcmp(pid1, pid2, KCMP_EPOLL_TFD, fd1, &slot)`—Compares file `fd1` of
 /// `pid1` with the target `tfd` (the `toff`-th registration of that fd)
 /// in epoll instance `efd` of `pid2`.
-pub fn kcmp_epoll_tfd(
-    pid1: Pid,
-    pid2: Pid,
-    fd1: i32,
-    efd: i32,
-    tfd: i32,
-    toff: u32,
-) -> nix::Result<i32> {
+pub fn kcmp_epoll_tfd(pid1: Pid, pid2: Pid, fd1: i32, efd: i32, tfd: i32, toff: u32) -> nix::Result<i32> {
     let slot = KcmpEpollSlot {
         efd: efd as u32,
         tfd: tfd as u32,

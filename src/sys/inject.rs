@@ -146,9 +146,7 @@ fn hash_bytes(b: &[u8]) -> u64 {
 
 /// Offset of the first `0f 05` in `code`.
 fn find_syscall(code: &[u8]) -> Option<u64> {
-    code.windows(2)
-        .position(|w| w == SYSCALL_INSN)
-        .map(|p| p as u64)
+    code.windows(2).position(|w| w == SYSCALL_INSN).map(|p| p as u64)
 }
 
 impl Injector {
@@ -186,13 +184,11 @@ impl Injector {
         };
         let len = vdso.len() as usize;
         let mut code = vec![0u8; len];
-        let n = vm::read_remote(tid, &[(vdso.start, len)], &mut code).map_err(|source| {
-            Error::Memory {
-                tid: tid.as_raw(),
-                addr: vdso.start,
-                len,
-                source,
-            }
+        let n = vm::read_remote(tid, &[(vdso.start, len)], &mut code).map_err(|source| Error::Memory {
+            tid: tid.as_raw(),
+            addr: vdso.start,
+            len,
+            source,
         })?;
         if n != len {
             return Ok(None);
@@ -230,12 +226,8 @@ impl Injector {
             .map_err(mem_err)?;
         let mut orig = [0u8; 2];
         mem.read_exact_at(&mut orig, vma.start).map_err(mem_err)?;
-        mem.write_all_at(&SYSCALL_INSN, vma.start)
-            .map_err(mem_err)?;
-        Ok(Patch {
-            addr: vma.start,
-            orig,
-        })
+        mem.write_all_at(&SYSCALL_INSN, vma.start).map_err(mem_err)?;
+        Ok(Patch { addr: vma.start, orig })
     }
 
     fn unpatch(&mut self) -> Result<()> {
@@ -362,8 +354,7 @@ impl Injector {
 
     /// Unmaps `[addr, addr + len)` in the thread's process.
     pub fn munmap(&mut self, addr: u64, len: u64) -> Result<()> {
-        self.syscall_ok(libc::SYS_munmap, [addr, len, 0, 0, 0, 0])
-            .map(drop)
+        self.syscall_ok(libc::SYS_munmap, [addr, len, 0, 0, 0, 0]).map(drop)
     }
 
     /// Start of [`SCRATCH_SIZE`] bytes of the thread's stack below the red
@@ -431,8 +422,7 @@ impl Injector {
                     WaitOutcome::Interrupted | WaitOutcome::GroupStop(_) => break,
                     WaitOutcome::Signal(_) => {
                         // Only unblockable signals can get here.
-                        let info =
-                            ptrace::get_siginfo(tid).map_err(ptrace_err(tid, "GETSIGINFO"))?;
+                        let info = ptrace::get_siginfo(tid).map_err(ptrace_err(tid, "GETSIGINFO"))?;
                         self.intercepted.push(info);
                         ptrace::cont(tid, 0).map_err(ptrace_err(tid, "CONT"))?;
                     }
@@ -463,10 +453,7 @@ impl Drop for Injector {
     fn drop(&mut self) {
         if !self.done {
             if let Err(e) = self.do_restore() {
-                tracing::warn!(
-                    tid = self.tid.as_raw(),
-                    "Failed to restore injected thread: {e}"
-                );
+                tracing::warn!(tid = self.tid.as_raw(), "Failed to restore injected thread: {e}");
             }
         }
     }

@@ -16,10 +16,10 @@ pub mod inject;
 pub mod ptrace;
 pub mod vm;
 
-#[cfg(test)]
-mod tests;
 pub mod cpu;
 pub mod mmap;
 pub mod probe;
 pub mod rawfd;
+#[cfg(test)]
+mod tests;
 pub mod tty;

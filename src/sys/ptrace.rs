@@ -130,9 +130,7 @@ impl WaitOutcome {
             0 if sig == (libc::SIGTRAP | 0x80) => WaitOutcome::SyscallStop,
             0 => WaitOutcome::Signal(sig),
             EVENT_STOP => match sig {
-                libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU => {
-                    WaitOutcome::GroupStop(sig)
-                }
+                libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU => WaitOutcome::GroupStop(sig),
                 _ => WaitOutcome::Interrupted,
             },
             _ => WaitOutcome::Event { event, sig },
@@ -150,12 +148,7 @@ impl WaitOutcome {
 /// # Safety
 /// For requests that take pointers, `addr`/`data` must point to live
 /// buffers of the size and mutability the request needs, for the call.
-unsafe fn req(
-    request: libc::c_uint,
-    tid: Pid,
-    addr: usize,
-    data: usize,
-) -> nix::Result<libc::c_long> {
+unsafe fn req(request: libc::c_uint, tid: Pid, addr: usize, data: usize) -> nix::Result<libc::c_long> {
     // SAFETY: forwarded from the caller's contract.
     let ret = unsafe {
         libc::ptrace(
@@ -256,14 +249,7 @@ fn get_regset(tid: Pid, note: u32, buf: &mut [u8]) -> nix::Result<usize> {
     // SAFETY: the kernel writes at most iov_len bytes to iov_base (`buf`,
     // alive and exclusively borrowed) and updates iov.iov_len (`iov` lives
     // on our stack for the call).
-    unsafe {
-        req(
-            PTRACE_GETREGSET,
-            tid,
-            note as usize,
-            &mut iov as *mut _ as usize,
-        )
-    }?;
+    unsafe { req(PTRACE_GETREGSET, tid, note as usize, &mut iov as *mut _ as usize) }?;
     Ok(iov.iov_len)
 }
 
@@ -275,15 +261,7 @@ fn set_regset(tid: Pid, note: u32, buf: &[u8]) -> nix::Result<()> {
     };
     // SAFETY: the kernel only reads iov_len bytes from `buf`, alive for the
     // call, and reads `iov` from our stack.
-    unsafe {
-        req(
-            PTRACE_SETREGSET,
-            tid,
-            note as usize,
-            &mut iov as *mut _ as usize,
-        )
-    }
-    .map(drop)
+    unsafe { req(PTRACE_SETREGSET, tid, note as usize, &mut iov as *mut _ as usize) }.map(drop)
 }
 
 /// General purpose registers (`PTRACE_GETREGSET`, `NT_PRSTATUS`).
@@ -292,12 +270,8 @@ pub fn get_regs(tid: Pid) -> nix::Result<UserRegs> {
     let mut regs = UserRegs::default();
     // SAFETY: UserRegs is repr(C), made only of u64 (no padding, every bit
     // pattern valid), so viewing it as bytes for the kernel to fill is sound.
-    let bytes = unsafe {
-        std::slice::from_raw_parts_mut(
-            (&mut regs as *mut UserRegs).cast::<u8>(),
-            size_of::<UserRegs>(),
-        )
-    };
+    let bytes =
+        unsafe { std::slice::from_raw_parts_mut((&mut regs as *mut UserRegs).cast::<u8>(), size_of::<UserRegs>()) };
     let n = get_regset(tid, NT_PRSTATUS, bytes)?;
     if n != size_of::<UserRegs>() {
         return Err(Errno::EIO);
@@ -310,12 +284,7 @@ pub fn get_regs(tid: Pid) -> nix::Result<UserRegs> {
 pub fn set_regs(tid: Pid, regs: &UserRegs) -> nix::Result<()> {
     // SAFETY: UserRegs is repr(C) plain u64 fields without padding, so its
     // bytes are initialized and may be read as a byte slice.
-    let bytes = unsafe {
-        std::slice::from_raw_parts(
-            (regs as *const UserRegs).cast::<u8>(),
-            size_of::<UserRegs>(),
-        )
-    };
+    let bytes = unsafe { std::slice::from_raw_parts((regs as *const UserRegs).cast::<u8>(), size_of::<UserRegs>()) };
     set_regset(tid, NT_PRSTATUS, bytes)
 }
 
@@ -465,14 +434,7 @@ pub fn seccomp_filter(tid: Pid, idx: u64) -> nix::Result<Option<Vec<u8>>> {
     // SAFETY: `buf` has room for `count` sock_filter entries, the length
     // the kernel just reported for this filter; attached filters are
     // immutable, so the kernel copies exactly that many.
-    let n = unsafe {
-        req(
-            PTRACE_SECCOMP_GET_FILTER,
-            tid,
-            idx as usize,
-            buf.as_mut_ptr() as usize,
-        )
-    }? as usize;
+    let n = unsafe { req(PTRACE_SECCOMP_GET_FILTER, tid, idx as usize, buf.as_mut_ptr() as usize) }? as usize;
     buf.truncate(n * 8);
     Ok(Some(buf))
 }

@@ -39,3 +39,17 @@ pub fn exit_now(code: i32) -> ! {
     // SAFETY: _exit never returns and touches no Rust state.
     unsafe { libc::_exit(code) }
 }
+
+/// Dies by `sig` with its default action (for recreating a zombie that
+/// was killed by a signal): the handler is reset, the signal unblocked,
+/// then raised.
+pub fn default_and_raise(sig: nix::sys::signal::Signal) -> nix::Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow};
+    let dfl = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    // SAFETY: installing SIG_DFL involves no Rust handler code.
+    unsafe { sigaction(sig, &dfl) }?;
+    let mut set = SigSet::empty();
+    set.add(sig);
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None)?;
+    nix::sys::signal::raise(sig)
+}

@@ -46,12 +46,7 @@ impl ChildGuard {
         loop {
             // SAFETY: `status` is a valid c_int for the call.
             let r = unsafe { libc::waitpid(self.pid.as_raw(), &mut status, libc::__WALL) };
-            assert_eq!(
-                r,
-                self.pid.as_raw(),
-                "waitpid: {}",
-                nix::errno::Errno::last()
-            );
+            assert_eq!(r, self.pid.as_raw(), "waitpid: {}", nix::errno::Errno::last());
             if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
                 self.reaped = true;
                 return status;
@@ -68,8 +63,7 @@ impl Drop for ChildGuard {
             // SAFETY: `status` is a valid c_int; we wait only for our own
             // child by pid.
             unsafe {
-                while libc::waitpid(self.pid.as_raw(), &mut status, libc::__WALL)
-                    == self.pid.as_raw()
+                while libc::waitpid(self.pid.as_raw(), &mut status, libc::__WALL) == self.pid.as_raw()
                     && !(libc::WIFEXITED(status) || libc::WIFSIGNALED(status))
                 {}
             }
@@ -179,9 +173,7 @@ fn freeze_inspect_inject_detach() {
     // SAFETY: the child only runs `child_main`, which sticks to
     // async-signal-safe calls and never returns.
     let pid = match unsafe { nix::unistd::fork() }.unwrap() {
-        ForkResult::Child => {
-            child_main(cmd_r.as_raw_fd(), reply_w.as_raw_fd(), region, pattern_ptr)
-        }
+        ForkResult::Child => child_main(cmd_r.as_raw_fd(), reply_w.as_raw_fd(), region, pattern_ptr),
         ForkResult::Parent { child } => child,
     };
     let mut child = ChildGuard::new(pid);
@@ -216,11 +208,7 @@ fn freeze_inspect_inject_detach() {
     assert_eq!(regs.fs_base, clone::arch_prctl_get_fs().unwrap());
 
     let xs = ptrace::get_xstate(pid).unwrap();
-    assert!(
-        xs.len() > 512 && xs.len() < 4096 * 4,
-        "xstate {} bytes",
-        xs.len()
-    );
+    assert!(xs.len() > 512 && xs.len() < 4096 * 4, "xstate {} bytes", xs.len());
     ptrace::set_xstate(pid, &xs).unwrap();
 
     let mask = ptrace::get_sigmask(pid).unwrap();
@@ -247,17 +235,11 @@ fn freeze_inspect_inject_detach() {
     assert_ne!(head, 0);
     assert_eq!(len, 24);
     let lim = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
-    assert_eq!(
-        clone::prlimit_get(pid, libc::RLIMIT_NOFILE as i32).unwrap(),
-        lim
-    );
+    assert_eq!(clone::prlimit_get(pid, libc::RLIMIT_NOFILE as i32).unwrap(), lim);
 
     // Memory: the child's copy of the pattern (with its own edit).
     let mut buf = vec![0u8; 20000];
-    let pairs = [
-        (pattern_ptr as u64, 10000),
-        (pattern_ptr as u64 + 10000, 10000),
-    ];
+    let pairs = [(pattern_ptr as u64, 10000), (pattern_ptr as u64 + 10000, 10000)];
     assert_eq!(vm::read_remote(pid, &pairs, &mut buf).unwrap(), 20000);
     assert_eq!(&buf[..4], b"CHLD");
     assert_eq!(&buf[4..], &pattern[4..]);
@@ -284,17 +266,7 @@ fn freeze_inspect_inject_detach() {
         .collect();
     assert_eq!(got, [(2, 3), (5, 6)]);
     assert!(runs.iter().all(|r| r.categories == category::PRESENT));
-    let present = vm::pagemap_scan(
-        &pm,
-        start,
-        end,
-        category::PRESENT,
-        0,
-        0,
-        category::PFNZERO,
-        0,
-    )
-    .unwrap();
+    let present = vm::pagemap_scan(&pm, start, end, category::PRESENT, 0, 0, category::PFNZERO, 0).unwrap();
     assert!(
         present
             .iter()
@@ -310,32 +282,10 @@ fn freeze_inspect_inject_detach() {
     let pidfd = clone::pidfd_open(pid).unwrap();
     let dup = clone::pidfd_getfd(&pidfd, cmd_r.as_raw_fd()).unwrap();
     let me = Pid::this();
-    let cmp =
-        |a: Pid, b: Pid, k, x: RawFd, y: RawFd| clone::kcmp(a, b, k, x as u64, y as u64).unwrap();
-    assert_eq!(
-        cmp(me, me, kcmp_type::FILE, dup.as_raw_fd(), cmd_r.as_raw_fd()),
-        0
-    );
-    assert_eq!(
-        cmp(
-            me,
-            pid,
-            kcmp_type::FILE,
-            cmd_r.as_raw_fd(),
-            cmd_r.as_raw_fd()
-        ),
-        0
-    );
-    assert_ne!(
-        cmp(
-            me,
-            pid,
-            kcmp_type::FILE,
-            cmd_r.as_raw_fd(),
-            reply_w.as_raw_fd()
-        ),
-        0
-    );
+    let cmp = |a: Pid, b: Pid, k, x: RawFd, y: RawFd| clone::kcmp(a, b, k, x as u64, y as u64).unwrap();
+    assert_eq!(cmp(me, me, kcmp_type::FILE, dup.as_raw_fd(), cmd_r.as_raw_fd()), 0);
+    assert_eq!(cmp(me, pid, kcmp_type::FILE, cmd_r.as_raw_fd(), cmd_r.as_raw_fd()), 0);
+    assert_ne!(cmp(me, pid, kcmp_type::FILE, cmd_r.as_raw_fd(), reply_w.as_raw_fd()), 0);
     assert_ne!(cmp(me, pid, kcmp_type::VM, 0, 0), 0);
     assert_eq!(cmp(pid, pid, kcmp_type::VM, 0, 0), 0);
     drop(dup);
@@ -345,49 +295,32 @@ fn freeze_inspect_inject_detach() {
     let mut inj = Injector::new(pid, &maps).unwrap();
     let vdso = maps.iter().find(|v| v.is_vdso()).unwrap();
     assert!(inj.syscall_ip >= vdso.start && inj.syscall_ip < vdso.end);
-    assert_eq!(
-        inj.syscall(libc::SYS_getpid, [0; 6]).unwrap(),
-        pid.as_raw() as i64
-    );
-    assert_eq!(
-        inj.syscall(libc::SYS_gettid, [0; 6]).unwrap(),
-        pid.as_raw() as i64
-    );
+    assert_eq!(inj.syscall(libc::SYS_getpid, [0; 6]).unwrap(), pid.as_raw() as i64);
+    assert_eq!(inj.syscall(libc::SYS_gettid, [0; 6]).unwrap(), pid.as_raw() as i64);
     let scratch = inj.scratch();
     assert_eq!(scratch % 16, 0);
     assert!(scratch + SCRATCH_SIZE as u64 <= regs.sp - 128);
     inj.write_mem(scratch, &[0xaa; 32]).unwrap();
     let r = inj
-        .syscall(
-            libc::SYS_rt_sigaction,
-            [libc::SIGUSR1 as u64, 0, scratch, 8, 0, 0],
-        )
+        .syscall(libc::SYS_rt_sigaction, [libc::SIGUSR1 as u64, 0, scratch, 8, 0, 0])
         .unwrap();
     assert_eq!(r, 0);
     let act = inj.read_mem(scratch, 32).unwrap();
     let word = |i: usize| u64::from_ne_bytes(act[i * 8..i * 8 + 8].try_into().unwrap());
-    assert_eq!(
-        word(0),
-        usr1_handler as *const () as usize as u64,
-        "sa_handler"
-    );
+    assert_eq!(word(0), usr1_handler as *const () as usize as u64, "sa_handler");
     assert_ne!(word(1) & libc::SA_RESTART as u64, 0, "sa_flags");
     // An error result comes back as -errno.
     assert_eq!(
         inj.syscall(libc::SYS_close, [9999, 0, 0, 0, 0, 0]).unwrap(),
         -(libc::EBADF as i64)
     );
-    assert!(inj
-        .syscall_ok(libc::SYS_close, [9999, 0, 0, 0, 0, 0])
-        .is_err());
+    assert!(inj.syscall_ok(libc::SYS_close, [9999, 0, 0, 0, 0, 0]).is_err());
     // Bigger scratch: a fresh mapping in the child, gone afterwards.
     let big = inj.mmap(3 * 4096).unwrap();
     inj.write_mem(big + 5000, b"hello").unwrap();
     assert_eq!(inj.read_mem(big + 5000, 5).unwrap(), b"hello");
     let child_maps = proc::maps::read(upid).unwrap();
-    assert!(child_maps
-        .iter()
-        .any(|v| v.start <= big && big + 3 * 4096 <= v.end));
+    assert!(child_maps.iter().any(|v| v.start <= big && big + 3 * 4096 <= v.end));
     inj.munmap(big, 3 * 4096).unwrap();
     assert!(inj.read_mem(big, 1).is_err());
     // Signals were blocked during injection and nothing was dequeued.
@@ -409,18 +342,13 @@ fn freeze_inspect_inject_detach() {
     assert_eq!(read_byte(reply_r.as_raw_fd()), 42);
 
     // Second round, ending with a detach.
-    wait_until("child blocked in read again", || {
-        blocked_syscall(pid) == Some(0)
-    });
+    wait_until("child blocked in read again", || blocked_syscall(pid) == Some(0));
     ptrace::interrupt(pid).unwrap();
     assert_eq!(ptrace::wait_stop(pid).unwrap(), WaitOutcome::Interrupted);
     let regs = ptrace::get_regs(pid).unwrap();
     assert_eq!((regs.orig_ax, regs.ax as i64), (0, -512));
     let mut inj = Injector::new(pid, &maps).unwrap();
-    assert_eq!(
-        inj.syscall(libc::SYS_getpid, [0; 6]).unwrap(),
-        pid.as_raw() as i64
-    );
+    assert_eq!(inj.syscall(libc::SYS_getpid, [0; 6]).unwrap(), pid.as_raw() as i64);
     inj.restore().unwrap();
     ptrace::detach(pid, 0).unwrap();
     write_byte(cmd_w.as_raw_fd(), 50);
@@ -445,20 +373,13 @@ fn group_stopped_task_stays_stopped() {
     };
     let _child = ChildGuard::new(pid);
     let upid = pid.as_raw() as u32;
-    wait_until("child in pause", || {
-        blocked_syscall(pid) == Some(libc::SYS_pause)
-    });
+    wait_until("child in pause", || blocked_syscall(pid) == Some(libc::SYS_pause));
     kill(pid, Signal::SIGSTOP).unwrap();
-    wait_until("child stopped", || {
-        proc::stat::read(upid).unwrap().state == 'T'
-    });
+    wait_until("child stopped", || proc::stat::read(upid).unwrap().state == 'T');
 
     ptrace::seize(pid, Options::PTRACE_O_TRACESYSGOOD).unwrap();
     ptrace::interrupt(pid).unwrap();
-    assert_eq!(
-        ptrace::wait_stop(pid).unwrap(),
-        WaitOutcome::GroupStop(libc::SIGSTOP)
-    );
+    assert_eq!(ptrace::wait_stop(pid).unwrap(), WaitOutcome::GroupStop(libc::SIGSTOP));
     let regs = ptrace::get_regs(pid).unwrap();
     let maps = proc::maps::read(upid).unwrap();
     let mut inj = Injector::new(pid, &maps).unwrap();
@@ -473,8 +394,7 @@ fn group_stopped_task_stays_stopped() {
     assert_eq!(proc::stat::read(upid).unwrap().state, 'T');
     kill(pid, Signal::SIGCONT).unwrap();
     wait_until("child running again", || {
-        proc::stat::read(upid).unwrap().state == 'S'
-            && blocked_syscall(pid) == Some(libc::SYS_pause)
+        proc::stat::read(upid).unwrap().state == 'S' && blocked_syscall(pid) == Some(libc::SYS_pause)
     });
 }
 
@@ -520,10 +440,7 @@ fn sigsuspend_mask_survives_injection() {
     let maps = proc::maps::read(upid).unwrap();
     let mut inj = Injector::new(pid, &maps).unwrap();
     // Without TRACESYSGOOD, syscall stops look like SIGTRAP stops.
-    assert_eq!(
-        inj.syscall(libc::SYS_getpid, [0; 6]).unwrap(),
-        pid.as_raw() as i64
-    );
+    assert_eq!(inj.syscall(libc::SYS_getpid, [0; 6]).unwrap(), pid.as_raw() as i64);
     assert_eq!(inj.final_sigmask(), o, "the pre-sigsuspend mask");
     inj.restore().unwrap();
     assert_eq!(ptrace::get_sigmask(pid).unwrap(), o);
@@ -532,8 +449,7 @@ fn sigsuspend_mask_survives_injection() {
     ptrace::detach(pid, 0).unwrap();
     // The restarted sigsuspend installs its temporary mask again.
     wait_until("sigsuspend restarted", || {
-        blocked_syscall(pid) == Some(libc::SYS_rt_sigsuspend)
-            && proc::status::read(upid).unwrap().sig_blk == t
+        blocked_syscall(pid) == Some(libc::SYS_rt_sigsuspend) && proc::status::read(upid).unwrap().sig_blk == t
     });
 }
 
@@ -549,8 +465,7 @@ fn clone3_exact_pids_in_new_pidns() {
     let _lock = FORK_MTX.lock().unwrap_or_else(|e| e.into_inner());
     let (r, w) = pipe();
     let wfd = w.as_raw_fd();
-    let res =
-        clone::clone3_with_pid(libc::CLONE_NEWPID as u64, &[1], libc::SIGCHLD as u64).unwrap();
+    let res = clone::clone3_with_pid(libc::CLONE_NEWPID as u64, &[1], libc::SIGCHLD as u64).unwrap();
     let init = match res {
         ForkResult::Child => {
             // Pid 1 of the new namespace: report, make pid 4242, reap it.

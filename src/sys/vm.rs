@@ -168,10 +168,8 @@ struct PmScanArg {
 const _: () = assert!(std::mem::size_of::<PmScanArg>() == 96);
 
 /// `_IOWR('f', 16, struct pm_scan_arg)`.
-const PAGEMAP_SCAN: libc::c_ulong = (3 << 30)
-    | ((std::mem::size_of::<PmScanArg>() as libc::c_ulong) << 16)
-    | ((b'f' as libc::c_ulong) << 8)
-    | 16;
+const PAGEMAP_SCAN: libc::c_ulong =
+    (3 << 30) | ((std::mem::size_of::<PmScanArg>() as libc::c_ulong) << 16) | ((b'f' as libc::c_ulong) << 8) | 16;
 
 /// Regions returned per ioctl call.
 const SCAN_BATCH: usize = 512;
@@ -222,9 +220,7 @@ pub fn pagemap_scan(
         let n = Errno::result(ret)? as usize;
         for r in &buf[..n.min(buf.len())] {
             match out.last_mut() {
-                Some(last) if last.end == r.start && last.categories == r.categories => {
-                    last.end = r.end
-                }
+                Some(last) if last.end == r.start && last.categories == r.categories => last.end = r.end,
                 _ => out.push(*r),
             }
         }
@@ -288,10 +284,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(n, 3000);
-        assert_eq!(
-            calls,
-            [(0, 1024, 1024), (1024, 1024, 1024), (2048, 952, 952)]
-        );
+        assert_eq!(calls, [(0, 1024, 1024), (1024, 1024, 1024), (2048, 952, 952)]);
 
         // A short read inside the second range resumes there, then a fault.
         let pairs = [(0x1000u64, 100usize), (0x9000, 100), (0x20000, 50)];
@@ -338,17 +331,7 @@ mod tests {
         }
         let pagemap = File::open("/proc/self/pagemap").unwrap();
         let end = start + 4 * 4096;
-        let guard = pagemap_scan(
-            &pagemap,
-            start,
-            end,
-            category::GUARD,
-            0,
-            0,
-            category::GUARD,
-            0,
-        )
-        .unwrap();
+        let guard = pagemap_scan(&pagemap, start, end, category::GUARD, 0, 0, category::GUARD, 0).unwrap();
         assert_eq!(
             guard,
             [PageRegion {
@@ -357,17 +340,7 @@ mod tests {
                 categories: category::GUARD
             }]
         );
-        let present = pagemap_scan(
-            &pagemap,
-            start,
-            end,
-            category::PRESENT,
-            0,
-            0,
-            category::PRESENT,
-            0,
-        )
-        .unwrap();
+        let present = pagemap_scan(&pagemap, start, end, category::PRESENT, 0, 0, category::PRESENT, 0).unwrap();
         assert_eq!(present.len(), 1);
         assert_eq!(present[0].start, start + 3 * 4096);
         let raw = read_pagemap(Pid::this(), start, end).unwrap();
