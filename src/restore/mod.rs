@@ -151,10 +151,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
 
     wait_ready(&plan, &ready_r, &err_r).context("Stage Fork")?;
     debug!("all {} tasks ready", plan.tasks.len());
-    // Release every task at once.
-    let go = vec![b'g'; plan.live_tasks()];
-    nix::unistd::write(&go_w, &go).context("Cannot release the restored tasks")?;
-    drop(go_w);
+    release(&plan, shim_pid, go_w).context("Stage Go")?;
     // Let the shim drop its parent-death signal, and wait for it to say so.
     nix::unistd::write(&shim_w, b"g").context("Cannot release the namespace init")?;
     let mut b = [0u8; 1];
@@ -181,6 +178,96 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
         exit_code,
         restore_us,
     })
+}
+
+/// Stage Go. Every restored thread is seized while it waits for its go
+/// byte, all are released at once, and each is followed to the end of its
+/// rt_sigreturn: there it is exactly in its dumped state, and the blob area
+/// (the mapping that holds the signal frame the task returned through) is
+/// unmapped with an injected munmap before the thread is detached. The
+/// restored address space thus holds exactly the dumped mappings.
+fn release(plan: &Plan, shim: i32, go_w: OwnedFd) -> Result<()> {
+    use crate::sys::ptrace::{self, SyscallInfo, WaitOutcome};
+    let tids = restored_tids(shim);
+    if tids.len() != plan.live_tasks() {
+        bail!("Found {} restored tasks, expected {}", tids.len(), plan.live_tasks());
+    }
+    let opts = nix::sys::ptrace::Options::PTRACE_O_TRACESYSGOOD;
+    for &t in &tids {
+        let p = Pid::from_raw(t);
+        ptrace::seize(p, opts).with_context(|| format!("Cannot seize restored pid {t}"))?;
+        ptrace::interrupt(p).with_context(|| format!("Cannot interrupt restored pid {t}"))?;
+        match ptrace::wait_stop(p)? {
+            WaitOutcome::Interrupted => {}
+            other => bail!("Restored pid {t} stopped unexpectedly: {other:?}"),
+        }
+        ptrace::syscall_step(p)?;
+    }
+    let go = vec![b'g'; plan.live_tasks()];
+    nix::unistd::write(&go_w, &go).context("Cannot release the restored tasks")?;
+    drop(go_w);
+    for &t in &tids {
+        let p = Pid::from_raw(t);
+        let mut last: Option<(u64, u64)> = None;
+        loop {
+            match ptrace::wait_stop(p)? {
+                WaitOutcome::SyscallStop => match ptrace::syscall_info(p)? {
+                    SyscallInfo::Entry { nr, sp } => {
+                        last = Some((nr, sp));
+                        ptrace::syscall_step(p)?;
+                    }
+                    SyscallInfo::Exit { .. } if last.map(|l| l.0) == Some(libc::SYS_rt_sigreturn as u64) => {
+                        let sp = last.map(|l| l.1).unwrap_or(0);
+                        unmap_blob(t, sp).with_context(|| format!("Cannot remove the restorer from pid {t}"))?;
+                        ptrace::detach(p, 0)?;
+                        break;
+                    }
+                    _ => ptrace::syscall_step(p)?,
+                },
+                WaitOutcome::Signal(sig) => ptrace::syscall_step_sig(p, sig)?,
+                WaitOutcome::Exited(code) => bail!("Restored pid {t} exited with {code} before it resumed"),
+                WaitOutcome::Killed { sig, .. } => bail!("Restored pid {t} was killed by signal {sig} before it resumed"),
+                _ => ptrace::syscall_step(p)?,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Unmaps the blob area (the mapping holding `sp`, the signal frame's
+/// address at rt_sigreturn) in stopped thread `tid`.
+fn unmap_blob(tid: i32, sp: u64) -> Result<()> {
+    let maps = crate::proc::maps::read(tid as u32)?;
+    let area = maps
+        .iter()
+        .find(|v| v.start <= sp && sp < v.end)
+        .with_context(|| format!("no mapping holds the restorer frame at {sp:#x}"))?;
+    let (start, len) = (area.start, area.end - area.start);
+    let mut inj = crate::sys::inject::Injector::new(Pid::from_raw(tid), &maps)?;
+    let r = inj.munmap(start, len);
+    inj.restore()?;
+    r?;
+    Ok(())
+}
+
+/// Host tids of the restored tasks that run (zombies excluded), found
+/// below the namespace init.
+fn restored_tids(shim: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut queue = vec![shim];
+    while let Some(p) = queue.pop() {
+        let tasks = crate::proc::threads(p as u32).unwrap_or_default();
+        for t in &tasks {
+            for c in crate::proc::children(p as u32, *t).unwrap_or_default() {
+                let state = crate::proc::stat::read(c).map(|s| s.state).unwrap_or('X');
+                if state != 'Z' && state != 'X' {
+                    out.push(c as i32);
+                    queue.push(c as i32);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Kills the namespace (through its init) unless disarmed.

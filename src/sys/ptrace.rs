@@ -481,3 +481,40 @@ mod tests {
         assert!(WaitOutcome::from_status(0).is_gone());
     }
 }
+
+/// What `PTRACE_GET_SYSCALL_INFO` says about a syscall stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyscallInfo {
+    /// Not at a syscall stop.
+    None,
+    /// Syscall-entry stop with the syscall number and stack pointer.
+    Entry { nr: u64, sp: u64 },
+    /// Syscall-exit stop with the return value.
+    Exit { rval: i64 },
+    Other,
+}
+
+/// `ptrace(PTRACE_GET_SYSCALL_INFO, tid, size, &info)`—Which syscall stop
+/// a thread is in (Linux 5.3).
+#[doc(alias = "PTRACE_GET_SYSCALL_INFO")]
+pub fn syscall_info(tid: Pid) -> nix::Result<SyscallInfo> {
+    // struct ptrace_syscall_info: op u8, pad[3], arch u32, ip u64, sp u64,
+    // then the union (entry: nr u64 + args; exit: rval s64 + is_error u8).
+    let mut buf = [0u64; 11];
+    // SAFETY: `buf` is a writable 88-byte buffer and its size is passed as
+    // `addr`, so the kernel writes at most that many bytes.
+    unsafe { req(0x420e, tid, std::mem::size_of_val(&buf), buf.as_mut_ptr() as usize) }?;
+    let op = (buf[0] & 0xff) as u8;
+    Ok(match op {
+        0 => SyscallInfo::None,
+        1 => SyscallInfo::Entry { nr: buf[3], sp: buf[2] },
+        2 => SyscallInfo::Exit { rval: buf[3] as i64 },
+        _ => SyscallInfo::Other,
+    })
+}
+
+/// `ptrace(PTRACE_SYSCALL, tid, 0, sig)`—Resumes to the next syscall stop,
+/// delivering `sig` (0 for none).
+pub fn syscall_step_sig(tid: Pid, sig: i32) -> nix::Result<()> {
+    req_plain(libc::PTRACE_SYSCALL, tid, 0, sig as usize)
+}
