@@ -765,3 +765,85 @@ fn shell_job_in_tmux_continues_in_another_terminal() {
     );
     check_steps(&after.iter().map(|n| n - after[0]).collect::<Vec<_>>()).unwrap_or_else(|e| panic!("{e}\n{screen}"));
 }
+
+#[test]
+fn dump_of_a_kernel_thread_fails_cleanly() {
+    require_root!();
+    // pid 2 is kthreadd: a task nobody may trace.
+    let sc = Scratch::new("kthread");
+    let out = run_cryo(&["dump", "-t", "2", "-D", s(&sc.img)]);
+    let err = one_line_error(&out, "dump of a kernel thread");
+    assert!(err.contains("pid 2"), "error should name pid 2: {err}");
+}
+
+#[test]
+fn dump_of_a_thread_id_names_its_process() {
+    require_root!();
+    // A tid that is not a process: our own second thread.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let h = std::thread::spawn(move || {
+        // SAFETY-free: gettid via libc.
+        tx.send(unsafe { libc::gettid() }).unwrap();
+        let _ = done_rx.recv();
+    });
+    let tid = rx.recv().unwrap();
+    let sc = Scratch::new("tid");
+    let out = run_cryo(&["dump", "-t", &tid.to_string(), "-D", s(&sc.img)]);
+    done_tx.send(()).unwrap();
+    h.join().unwrap();
+    let err = one_line_error(&out, "dump of a thread id");
+    assert!(
+        err.contains(&tid.to_string()) && err.contains("thread"),
+        "error should name the thread: {err}"
+    );
+}
+
+#[test]
+fn commands_refuse_to_run_without_root() {
+    require_root!();
+    let sc = Scratch::new("noroot");
+    for args in [
+        vec!["dump", "-t", "1", "-D", s(&sc.img)],
+        vec!["restore", "-D", s(&sc.img)],
+    ] {
+        let out = Command::new("setpriv")
+            .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "--"])
+            .arg(cryo_bin())
+            .args(&args)
+            .output()
+            .expect("setpriv");
+        let err = one_line_error(&out, &format!("{args:?} as nobody"));
+        assert!(err.contains("needs root"), "error should say root is needed: {err}");
+    }
+}
+
+#[test]
+fn images_are_private_and_foreign_dirs_are_refused() {
+    require_root!();
+    use std::os::unix::fs::PermissionsExt;
+    // A directory cryo creates itself is private.
+    let sc = Scratch::new("private");
+    std::fs::remove_dir(&sc.img).unwrap();
+    let log = sc.path("wl.log");
+    let mut w = Workload::spawn(bin!("memsum"), &["--mib", "1"], &log).expect("spawn");
+    w.wait_ready().unwrap_or_else(|e| panic!("{e}"));
+    dump(&sc, w.pid, &[]);
+    let dmode = std::fs::metadata(&sc.img).unwrap().permissions().mode() & 0o777;
+    assert_eq!(dmode, 0o700, "image directory mode");
+    for e in std::fs::read_dir(&sc.img).unwrap().flatten() {
+        let m = e.metadata().unwrap().permissions().mode() & 0o777;
+        assert_eq!(m, 0o600, "{} mode", e.path().display());
+    }
+    // A directory others can write to is refused, and nothing is started.
+    std::fs::set_permissions(&sc.img, std::fs::Permissions::from_mode(0o777)).unwrap();
+    restore_must_fail(&sc.img, &["can be written by users other than root"]);
+    // ...unless the user says to trust it.
+    let pf = sc.path("trusted.pid");
+    sc.cl.pidfile(&pf);
+    let out = run_cryo(&["restore", "-D", s(&sc.img), "-d", "--pidfile", s(&pf), "--trust-images"]);
+    assert!(out.status.success(), "trusted restore failed: {}", describe(&out));
+    let rpid: i32 = std::fs::read_to_string(&pf).unwrap().trim().parse().unwrap();
+    sc.cl.pid(rpid);
+    assert!(rpid > 0);
+}

@@ -226,7 +226,9 @@ fn release(plan: &Plan, shim: i32, go_w: OwnedFd) -> Result<()> {
                 },
                 WaitOutcome::Signal(sig) => ptrace::syscall_step_sig(p, sig)?,
                 WaitOutcome::Exited(code) => bail!("Restored pid {t} exited with {code} before it resumed"),
-                WaitOutcome::Killed { sig, .. } => bail!("Restored pid {t} was killed by signal {sig} before it resumed"),
+                WaitOutcome::Killed { sig, .. } => {
+                    bail!("Restored pid {t} was killed by signal {sig} before it resumed")
+                }
                 _ => ptrace::syscall_step(p)?,
             }
         }

@@ -488,9 +488,14 @@ pub enum SyscallInfo {
     /// Not at a syscall stop.
     None,
     /// Syscall-entry stop with the syscall number and stack pointer.
-    Entry { nr: u64, sp: u64 },
+    Entry {
+        nr: u64,
+        sp: u64,
+    },
     /// Syscall-exit stop with the return value.
-    Exit { rval: i64 },
+    Exit {
+        rval: i64,
+    },
     Other,
 }
 
