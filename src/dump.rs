@@ -286,12 +286,6 @@ fn dump_process(
     if status.seccomp != 0 {
         bail!("pid {pid} runs under seccomp; seccomp filters are not supported yet");
     }
-    if p.tids.len() > 1 {
-        bail!(
-            "pid {pid} has {} threads; multi-threaded processes are not supported yet",
-            p.tids.len()
-        );
-    }
 
     // Per-task facts that need the task's own context, by injection.
     let mut inj = Injector::new(Pid::from_raw(pid), &vmas)
@@ -370,18 +364,16 @@ fn dump_process(
         .with_context(|| format!("Cannot restore the registers of pid {pid}"))?;
     let inj_out = inj_res?;
 
-    // Registers.
-    let tid = pid;
-    let mut gp = ptrace::get_regs(Pid::from_raw(tid)).with_context(|| format!("PTRACE_GETREGSET of pid {tid}"))?;
-    regs::fixup_syscall_restart(&mut gp);
-    let xstate =
-        ptrace::get_xstate(Pid::from_raw(tid)).with_context(|| format!("Cannot read the FPU state of pid {tid}"))?;
-    let sigmask = ptrace::get_sigmask(Pid::from_raw(tid)).with_context(|| format!("PTRACE_GETSIGMASK of pid {tid}"))?;
-    let pending_p = ptrace::peek_siginfo(Pid::from_raw(tid), false)?;
-    let pending_s = ptrace::peek_siginfo(Pid::from_raw(tid), true)?;
-    let rseq = ptrace::get_rseq(Pid::from_raw(tid))?;
-    let (robust, robust_len) = sysc::get_robust_list(Pid::from_raw(tid))?;
-
+    // Per-thread state, the leader first.
+    let mut threads = Vec::with_capacity(p.tids.len());
+    for &tid in &p.tids {
+        let (sas, clear_tid) = if tid == pid {
+            (inj_out.sas, inj_out.clear_tid)
+        } else {
+            thread_injected(tid, &vmas)?
+        };
+        threads.push(dump_thread(pid, tid, layout, sas, clear_tid)?);
+    }
     // Files: exe, mapped files, fds, cwd/root.
     let exe = fs::read_link(format!("/proc/{pid}/exe")).with_context(|| format!("Cannot read /proc/{pid}/exe"))?;
     let exe_id = files.reg_path(&exe.to_string_lossy(), 0, 0)?;
@@ -461,14 +453,14 @@ fn dump_process(
     dir.write_pagemap(&image::names::pagemap(pid as u32), &head, &pagemap)?;
 
     // core.
-    let creds = creds_of(&status, inj_out.secbits);
-    let rlimits = (0..16)
+    let pending_s = ptrace::peek_siginfo(Pid::from_raw(pid), true)?;
+    let rlimits: Vec<pb::RlimitEntry> = (0..16)
         .map(|r| {
             let (cur, max) = sysc::prlimit_get(Pid::from_raw(pid), r).unwrap_or((u64::MAX, u64::MAX));
             pb::RlimitEntry { cur, max }
         })
         .collect();
-    let sigactions = (1..=NSIG)
+    let sigactions: Vec<pb::SaEntry> = (1..=NSIG)
         .filter(|&s| s != 9 && s != 19)
         .map(|s| {
             let a = inj_out.sigactions[s - 1];
@@ -491,14 +483,113 @@ fn dump_process(
     let siginfos = |v: &[[u8; 128]]| pb::SignalQueueEntry {
         signals: v.iter().map(|s| pb::SiginfoEntry { siginfo: s.to_vec() }).collect(),
     };
-    let (nice, policy) = sched_of(&stat);
     let task_state = if p.stop_signal.is_some() { 3 } else { 1 };
-    let core = pb::CoreEntry {
-        mtype: pb::core_entry::March::X8664 as i32,
-        thread_info: Some(pb::ThreadInfoX86 {
-            clear_tid_addr: inj_out.clear_tid,
-            gpregs: (regs::gpregs_to_pb(&gp)),
-            fpregs: (regs::fpregs_to_pb(&xstate, layout)),
+    for th in threads {
+        let leader = th.tid == pid;
+        let mut thread_core = th.thread_core;
+        if leader {
+            thread_core.blk_sigset = None;
+        }
+        let core = pb::CoreEntry {
+            mtype: pb::core_entry::March::X8664 as i32,
+            thread_info: Some(th.thread_info),
+            tc: leader.then(|| pb::TaskCoreEntry {
+                task_state,
+                exit_code: 0,
+                personality: read_num(pid, "personality", 16).unwrap_or(0) as u32,
+                flags: stat.flags,
+                blk_sigset: th.sigmask,
+                comm: stat.comm.clone(),
+                timers: Some(pb::TaskTimersEntry {
+                    real: (it(&inj_out.itimers[0])),
+                    virt: (it(&inj_out.itimers[1])),
+                    prof: (it(&inj_out.itimers[2])),
+                    posix: vec![],
+                }),
+                rlimits: Some(pb::TaskRlimitsEntry {
+                    rlimits: rlimits.clone(),
+                }),
+                signals_s: Some(siginfos(&pending_s)),
+                loginuid: read_num(pid, "loginuid", 10).map(|v| v as u32),
+                oom_score_adj: read_num(pid, "oom_score_adj", 10).map(|v| v as i32),
+                sigactions: sigactions.clone(),
+                child_subreaper: Some(inj_out.subreaper),
+                stop_signo: p.stop_signal.map(|s| s as u32),
+                ..Default::default()
+            }),
+            ids: None,
+            thread_core: Some(pb::ThreadCoreEntry {
+                pdeath_sig: if leader && inj_out.pdeathsig != 0 {
+                    Some(inj_out.pdeathsig)
+                } else {
+                    None
+                },
+                creds: Some(creds_of(&th.status, inj_out.secbits)),
+                ..thread_core
+            }),
+        };
+        dir.write_image(&image::names::core(th.tid as u32), Kind::Core, &[core])?;
+    }
+
+    let (pgid, sid) = (stat.pgrp, stat.session);
+    Ok(ProcOut { pgid, sid, fdinfo })
+}
+
+/// What is dumped of one thread.
+struct ThreadDump {
+    tid: i32,
+    thread_info: pb::ThreadInfoX86,
+    thread_core: pb::ThreadCoreEntry,
+    sigmask: u64,
+    status: proc::status::Status,
+}
+
+/// sigaltstack and clear_child_tid of a non-leader thread, by injection.
+fn thread_injected(tid: i32, vmas: &[proc::maps::Vma]) -> Result<((u64, u32, u64), u64)> {
+    let mut inj = Injector::new(Pid::from_raw(tid), vmas)
+        .with_context(|| format!("Cannot prepare syscall injection into thread {tid}"))?;
+    let res = (|| -> Result<((u64, u32, u64), u64)> {
+        let scratch = inj.scratch();
+        let mut sas = (0, libc::SS_DISABLE as u32, 0);
+        if inj.syscall(libc::SYS_sigaltstack, [0, scratch, 0, 0, 0, 0])? == 0 {
+            let b = inj.read_mem(scratch, 24)?;
+            sas = (
+                u64::from_le_bytes(b[0..8].try_into().unwrap()),
+                u32::from_le_bytes(b[8..12].try_into().unwrap()),
+                u64::from_le_bytes(b[16..24].try_into().unwrap()),
+            );
+        }
+        let mut clear_tid = 0;
+        if inj.syscall(libc::SYS_prctl, [libc::PR_GET_TID_ADDRESS as u64, scratch, 0, 0, 0, 0])? == 0 {
+            clear_tid = u64::from_le_bytes(inj.read_mem(scratch, 8)?[..8].try_into().unwrap());
+        }
+        Ok((sas, clear_tid))
+    })();
+    inj.restore()
+        .with_context(|| format!("Cannot restore the registers of thread {tid}"))?;
+    res
+}
+
+/// Registers, FPU, mask, pending signals, rseq, robust list, name and
+/// scheduling of one thread (stopped).
+fn dump_thread(pid: i32, tid: i32, layout: &XsaveLayout, sas: (u64, u32, u64), clear_tid: u64) -> Result<ThreadDump> {
+    let t = Pid::from_raw(tid);
+    let mut gp = ptrace::get_regs(t).with_context(|| format!("PTRACE_GETREGSET of thread {tid}"))?;
+    regs::fixup_syscall_restart(&mut gp);
+    let xstate = ptrace::get_xstate(t).with_context(|| format!("Cannot read the FPU state of thread {tid}"))?;
+    let sigmask = ptrace::get_sigmask(t).with_context(|| format!("PTRACE_GETSIGMASK of thread {tid}"))?;
+    let pending_p = ptrace::peek_siginfo(t, false)?;
+    let rseq = ptrace::get_rseq(t)?;
+    let (robust, robust_len) = sysc::get_robust_list(t)?;
+    let stat = proc::stat::read_task(pid as u32, tid as u32)?;
+    let status = proc::status::read_task(pid as u32, tid as u32)?;
+    let (nice, policy) = sched_of(&stat);
+    Ok(ThreadDump {
+        tid,
+        thread_info: pb::ThreadInfoX86 {
+            clear_tid_addr: clear_tid,
+            gpregs: regs::gpregs_to_pb(&gp),
+            fpregs: regs::fpregs_to_pb(&xstate, layout),
             tls: (12..15)
                 .map(|n| pb::UserDescT {
                     entry_number: n,
@@ -507,43 +598,24 @@ fn dump_process(
                     ..Default::default()
                 })
                 .collect(),
-        }),
-        tc: Some(pb::TaskCoreEntry {
-            task_state,
-            exit_code: 0,
-            personality: read_num(pid, "personality", 16).unwrap_or(0) as u32,
-            flags: stat.flags,
-            blk_sigset: sigmask,
-            comm: stat.comm.clone(),
-            timers: Some(pb::TaskTimersEntry {
-                real: (it(&inj_out.itimers[0])),
-                virt: (it(&inj_out.itimers[1])),
-                prof: (it(&inj_out.itimers[2])),
-                posix: vec![],
-            }),
-            rlimits: Some(pb::TaskRlimitsEntry { rlimits }),
-            signals_s: Some(siginfos(&pending_s)),
-            loginuid: read_num(pid, "loginuid", 10).map(|v| v as u32),
-            oom_score_adj: read_num(pid, "oom_score_adj", 10).map(|v| v as i32),
-            sigactions,
-            child_subreaper: Some(inj_out.subreaper),
-            stop_signo: p.stop_signal.map(|s| s as u32),
-            ..Default::default()
-        }),
-        ids: None,
-        thread_core: Some(pb::ThreadCoreEntry {
+        },
+        thread_core: pb::ThreadCoreEntry {
             futex_rla: robust,
             futex_rla_len: robust_len as u32,
             sched_nice: Some(nice),
             sched_policy: Some(policy),
+            blk_sigset: Some(sigmask),
             sas: Some(pb::ThreadSasEntry {
-                ss_sp: inj_out.sas.0,
-                ss_size: inj_out.sas.2,
-                ss_flags: inj_out.sas.1,
+                ss_sp: sas.0,
+                ss_size: sas.2,
+                ss_flags: sas.1,
             }),
-            pdeath_sig: (inj_out.pdeathsig != 0).then_some(inj_out.pdeathsig),
-            signals_p: Some(siginfos(&pending_p)),
-            creds: Some(creds),
+            signals_p: Some(pb::SignalQueueEntry {
+                signals: pending_p
+                    .iter()
+                    .map(|s| pb::SiginfoEntry { siginfo: s.to_vec() })
+                    .collect(),
+            }),
             comm: Some(stat.comm.clone()),
             rseq_entry: rseq.map(|r| pb::RseqEntry {
                 rseq_abi_pointer: r.ptr,
@@ -552,12 +624,10 @@ fn dump_process(
                 rseq_cs_pointer: None,
             }),
             ..Default::default()
-        }),
-    };
-    dir.write_image(&image::names::core(tid as u32), Kind::Core, &[core])?;
-
-    let (pgid, sid) = (stat.pgrp, stat.session);
-    Ok(ProcOut { pgid, sid, fdinfo })
+        },
+        sigmask,
+        status,
+    })
 }
 
 struct Injected {

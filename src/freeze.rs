@@ -161,8 +161,10 @@ impl Frozen {
             let _ = nix::sys::signal::kill(Pid::from_raw(p.pid), Signal::SIGKILL);
         }
         // As their tracer we are told when each thread is gone; wait for
-        // that so the tree has really died when the dump returns.
-        for &t in &self.seized {
+        // that so the tree has really died when the dump returns. Threads
+        // before their leader: a leader is reported only after the rest
+        // of its group.
+        for &t in self.seized.iter().rev() {
             loop {
                 match nix::sys::wait::waitpid(Pid::from_raw(t), Some(nix::sys::wait::WaitPidFlag::__WALL)) {
                     Ok(nix::sys::wait::WaitStatus::Exited(..)) | Ok(nix::sys::wait::WaitStatus::Signaled(..)) => break,

@@ -19,12 +19,17 @@
 //!  5. sets the mm fields and the exe link (PR_SET_MM_MAP with `mm`,
 //!     `auxv`, `exe_fd`), then closes `exe_fd`;
 //!  6. installs `sigactions`, `itimers`;
-//!  7. sets clear_child_tid, the robust list and rseq of the thread;
-//!  8. switches credentials (`creds`, unless `creds.skip != 0`);
-//!  9. reports on `ready_fd` (a [`Report`]), waits for one byte on `go_fd`
-//!     (EOF means the engine gave up: exit_group(1)), closes both;
-//! 10. queues `sigs` (pending signals, all signals are blocked by then);
-//! 11. sets fs_base/gs_base and calls rt_sigreturn with rsp = `frame`.
+//!  7. creates the other threads (`threads`, clone3 with their old tids,
+//!     each on its own stack in the blob area); every thread, the leader
+//!     included, then does 8 to 12 for itself:
+//!  8. sets clear_child_tid, the robust list, rseq and comm of the thread;
+//!  9. switches credentials (`creds`, unless `creds.skip != 0`);
+//! 10. reports on `ready_fd` (a [`Report`]) and waits for one byte on
+//!     `go_fd` (EOF means the engine gave up: exit_group(1)); the fds are
+//!     shared by all threads, so the engine closes them afterwards;
+//! 11. (leader only) queues `sigs` (pending signals, all signals are
+//!     blocked by then);
+//! 12. sets fs_base/gs_base and calls rt_sigreturn with rsp = its `frame`.
 //!
 //! On any failure the blob writes a [`Report`] with the step and errno to
 //! `ready_fd` and calls exit_group(`EXIT_BLOB_FAILED`).
@@ -33,7 +38,9 @@
 pub const ARGS_MAGIC: u64 = 0x7274_7372_6f79_7263;
 /// Bumped on every layout change; the engine and the blob are built from
 /// the same tree, the check only catches a stale build.
-pub const ARGS_VERSION: u32 = 1;
+pub const ARGS_VERSION: u32 = 2;
+/// Stack of each extra thread inside the blob area.
+pub const THREAD_STACK: u64 = 32 * 1024;
 /// Exit status of a task whose blob failed.
 pub const EXIT_BLOB_FAILED: i32 = 0x7e;
 
@@ -53,6 +60,7 @@ pub mod step {
     pub const SYNC: u32 = 12;
     pub const SIGQUEUE: u32 = 13;
     pub const SIGRETURN: u32 = 14;
+    pub const CLONE: u32 = 15;
     /// Sent with `errno == 0` when everything before the go wait worked.
     pub const READY: u32 = 0xff;
 }
@@ -167,6 +175,13 @@ pub struct Creds {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ThreadState {
+    /// Thread id in the restored pid namespace (set_tid of its clone3).
+    pub tid: u32,
+    pub _pad: u32,
+    /// Top of the thread's blob stack (extra threads only).
+    pub stack_top: u64,
+    /// Thread name (PR_SET_NAME), NUL padded; all zero leaves it alone.
+    pub comm: [u8; 16],
     pub fs_base: u64,
     pub gs_base: u64,
     /// set_tid_address(2) argument; 0 leaves it unset.
@@ -191,6 +206,9 @@ pub struct ThreadState {
 pub struct QueuedSignal {
     pub shared: u32,
     pub signo: u32,
+    /// Target thread (restored tid) of a per-thread signal; 0 = the leader.
+    pub tid: u32,
+    pub _pad: u32,
     pub info: [u8; 128],
 }
 
@@ -241,7 +259,11 @@ pub struct Args {
     /// ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF.
     pub itimers: [ItimerVal; 3],
 
+    /// The leader's state.
     pub thread: ThreadState,
+    /// [`ThreadState`] array of the other threads, `nr_threads` of them.
+    pub threads: u64,
+    pub nr_threads: u64,
     pub creds: Creds,
 
     /// [`QueuedSignal`] array.

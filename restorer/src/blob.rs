@@ -25,7 +25,7 @@ use core::mem::size_of;
 #[path = "abi.rs"]
 mod abi;
 
-use abi::{step, Args, Creds, Report, ARGS_MAGIC, ARGS_VERSION, EXIT_BLOB_FAILED};
+use abi::{step, Args, Creds, Report, ThreadState, ARGS_MAGIC, ARGS_VERSION, EXIT_BLOB_FAILED, THREAD_STACK};
 
 // ---------------------------------------------------------------------------
 // Raw syscalls (x86_64: number in rax, args in rdi rsi rdx r10 r8 r9; the
@@ -56,6 +56,7 @@ mod nr {
     pub const SET_ROBUST_LIST: usize = 273;
     pub const RT_TGSIGQUEUEINFO: usize = 297;
     pub const RSEQ: usize = 334;
+    pub const CLONE3: usize = 435;
 }
 
 #[inline(always)]
@@ -258,6 +259,24 @@ const EINTR: isize = 4;
 /// `sizeof(struct robust_list_head)`: set_robust_list insists on it even
 /// when clearing the list with a NULL head.
 const ROBUST_LIST_HEAD_LEN: usize = 24;
+const PR_SET_NAME: usize = 15;
+/// Threads share everything a POSIX thread shares.
+const CLONE_THREAD_FLAGS: u64 = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000; // VM FS FILES SIGHAND THREAD SYSVSEM
+
+/// The kernel's `struct clone_args` (up to set_tid_size).
+#[repr(C)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+}
 
 #[repr(C)]
 struct CapHeader {
@@ -458,8 +477,7 @@ impl Blob<'_> {
 
     /// Step 7. clear_child_tid and the robust list are always set, to NULL
     /// if not wanted: the engine's values point into its own (gone) TLS.
-    fn set_thread(&self) {
-        let t = &self.a.thread;
+    fn set_thread(&self, t: &ThreadState) {
         // SAFETY: only records the address; never fails.
         unsafe { syscall1(nr::SET_TID_ADDRESS, t.clear_tid_addr as usize) };
         let len = if t.robust_list == 0 {
@@ -484,6 +502,72 @@ impl Blob<'_> {
             };
             self.check(ret, step::THREAD);
         }
+        if t.comm[0] != 0 {
+            // SAFETY: `comm` is 16 bytes inside the kept Args/threads area;
+            // the kernel copies at most 16 bytes.
+            let ret = unsafe { syscall2(nr::PRCTL, PR_SET_NAME, t.comm.as_ptr() as usize) };
+            self.check(ret, step::THREAD);
+        }
+    }
+
+    /// Step 7: the other threads, with their old tids, each on its own
+    /// stack. A new thread starts in `thread_entry` with its index.
+    fn clone_threads(&self) {
+        for i in 0..self.a.nr_threads {
+            // SAFETY: `nr_threads` ThreadStates at `threads`, inside the area.
+            let t = unsafe { &*(self.a.threads as *const ThreadState).add(i as usize) };
+            let tid: i32 = t.tid as i32;
+            let ca = CloneArgs {
+                flags: CLONE_THREAD_FLAGS,
+                pidfd: 0,
+                child_tid: 0,
+                parent_tid: 0,
+                exit_signal: 0,
+                stack: t.stack_top - THREAD_STACK,
+                stack_size: THREAD_STACK,
+                tls: 0,
+                set_tid: &tid as *const i32 as u64,
+                set_tid_size: 1,
+            };
+            let ret: isize;
+            // SAFETY: clone3 with a stack inside the blob area that nothing
+            // else uses. The child starts after `syscall` with rax = 0, its
+            // own rsp and every other register as the parent had them: r12
+            // holds the Args pointer and r13 the index, which it passes to
+            // `thread_entry` (never returns). The parent continues with the
+            // new tid in rax.
+            unsafe {
+                asm!(
+                    "syscall",
+                    "test rax, rax",
+                    "jnz 2f",
+                    "mov rdi, r12",
+                    "mov rsi, r13",
+                    "and rsp, -16",
+                    "call {entry}",
+                    "ud2",
+                    "2:",
+                    entry = sym thread_entry,
+                    inlateout("rax") nr::CLONE3 as isize => ret,
+                    in("rdi") &ca as *const CloneArgs as usize,
+                    in("rsi") size_of::<CloneArgs>(),
+                    in("r12") self.a as *const Args as usize,
+                    in("r13") i as usize,
+                    lateout("rcx") _, lateout("r11") _,
+                );
+            }
+            self.check(ret, step::CLONE);
+        }
+    }
+
+    /// Steps 8 to 12 for an extra thread.
+    fn run_thread(&self, i: u64) -> ! {
+        // SAFETY: `i < nr_threads`, checked by the creator loop.
+        let t = unsafe { &*(self.a.threads as *const ThreadState).add(i as usize) };
+        self.set_thread(t);
+        self.set_creds();
+        self.sync_with_engine();
+        self.sigreturn(t)
     }
 
     fn prctl(&self, opt: usize, a2: usize, a3: usize) {
@@ -650,11 +734,8 @@ impl Blob<'_> {
             }
             break;
         }
-        // SAFETY: closing the engine's sync fds, which nothing else uses.
-        unsafe {
-            syscall1(nr::CLOSE, self.a.ready_fd as usize);
-            syscall1(nr::CLOSE, self.a.go_fd as usize);
-        }
+        // The fds stay open: the other threads still need them. The engine
+        // closes them once every thread is through its sigreturn.
     }
 
     /// Step 10. All signals are blocked, so they stay pending until the
@@ -676,7 +757,8 @@ impl Blob<'_> {
                 if s.shared != 0 {
                     syscall3(nr::RT_SIGQUEUEINFO, pid, s.signo as usize, info)
                 } else {
-                    syscall4(nr::RT_TGSIGQUEUEINFO, pid, tid, s.signo as usize, info)
+                    let target = if s.tid == 0 { tid } else { s.tid as usize };
+                    syscall4(nr::RT_TGSIGQUEUEINFO, pid, target, s.signo as usize, info)
                 }
             };
             self.check(ret, step::SIGQUEUE);
@@ -684,8 +766,7 @@ impl Blob<'_> {
     }
 
     /// Step 11.
-    fn sigreturn(&self) -> ! {
-        let t = &self.a.thread;
+    fn sigreturn(&self, t: &ThreadState) -> ! {
         // SAFETY: sets our own fs base; nothing in the blob uses TLS.
         let ret = unsafe { syscall2(nr::ARCH_PRCTL, ARCH_SET_FS, t.fs_base as usize) };
         self.check(ret, step::SIGRETURN);
@@ -720,12 +801,20 @@ impl Blob<'_> {
         self.map_vdso();
         self.set_mm();
         self.set_signals_and_timers();
-        self.set_thread();
+        self.clone_threads();
+        self.set_thread(&a.thread);
         self.set_creds();
         self.sync_with_engine();
         self.queue_signals();
-        self.sigreturn()
+        self.sigreturn(&a.thread)
     }
+}
+
+/// Where a thread created by `clone_threads` starts (on its own stack).
+extern "C" fn thread_entry(args: *const Args, i: u64) -> ! {
+    // SAFETY: the creator passed its own, valid Args pointer.
+    let a = unsafe { &*args };
+    Blob { a }.run_thread(i)
 }
 
 /// The entry point, at offset 0 of the flat image. Called with

@@ -200,6 +200,20 @@ pub struct BlobPlan {
     /// Blocked signals after the sigreturn (bit n-1 = signal n).
     pub sigmask: u64,
     pub altstack: SigAltStack,
+    /// The process's other threads (the leader is described above).
+    pub threads: Vec<ThreadPlan>,
+}
+
+/// One extra thread: its state and the registers it returns to.
+#[derive(Clone, Debug, Default)]
+pub struct ThreadPlan {
+    /// `frame`, `stack_top`, `fs_base` and `gs_base` are filled in by
+    /// [`place`].
+    pub state: ThreadState,
+    pub regs: UserRegs,
+    pub xsave: Option<Vec<u8>>,
+    pub sigmask: u64,
+    pub altstack: SigAltStack,
 }
 
 impl Default for BlobPlan {
@@ -228,6 +242,7 @@ impl Default for BlobPlan {
             xsave: None,
             sigmask: 0,
             altstack: SigAltStack::default(),
+            threads: Vec::new(),
         }
     }
 }
@@ -344,7 +359,29 @@ struct Layout {
     sigs: usize,
     frame: usize,
     fpstate: usize,
-    stack_top: usize,
+    /// The extra threads' ThreadState array.
+    threads: usize,
+    /// Top of the leader's blob stack.
+    leader_top: usize,
+    /// Size of the whole area (the extra threads' slots follow the
+    /// leader's stack).
+    total: usize,
+}
+
+/// Offsets of one extra thread's frame, fpstate and stack top.
+fn thread_slots(plan: &BlobPlan, start: usize) -> (Vec<(usize, usize, usize)>, usize) {
+    let mut at = start;
+    let mut out = Vec::with_capacity(plan.threads.len());
+    for t in &plan.threads {
+        let frame = align(at, 16) + 8;
+        let fp = align(frame + size_of::<RtSigframe>(), 64);
+        let fp_len = t.xsave.as_ref().map_or(0, |x| x.len() + 4);
+        let stack_base = align(fp + fp_len, PAGE as usize);
+        let top = stack_base + abi::THREAD_STACK as usize;
+        out.push((frame, fp, top));
+        at = top;
+    }
+    (out, at)
 }
 
 fn layout(plan: &BlobPlan) -> Layout {
@@ -363,7 +400,10 @@ fn layout(plan: &BlobPlan) -> Layout {
     let frame = align(sigs + plan.sigs.len() * size_of::<QueuedSignal>(), 16) + 8;
     let fpstate = align(frame + size_of::<RtSigframe>(), 64);
     let fp_len = plan.xsave.as_ref().map_or(0, |x| x.len() + 4);
-    let stack = align(fpstate + fp_len, PAGE as usize);
+    let threads = align(fpstate + fp_len, 16);
+    let stack = align(threads + plan.threads.len() * size_of::<ThreadState>(), PAGE as usize);
+    let leader_top = stack + STACK_SIZE;
+    let (_, end) = thread_slots(plan, leader_top);
     Layout {
         args,
         keep,
@@ -374,13 +414,15 @@ fn layout(plan: &BlobPlan) -> Layout {
         sigs,
         frame,
         fpstate,
-        stack_top: stack + STACK_SIZE,
+        threads,
+        leader_top,
+        total: leader_top.max(end),
     }
 }
 
 /// Bytes the blob area for `plan` needs (a multiple of the page size).
 pub fn area_size(plan: &BlobPlan) -> usize {
-    layout(plan).stack_top
+    layout(plan).total
 }
 
 /// Sorts `ranges` and merges overlapping or touching ones; empty ranges go.
@@ -469,6 +511,68 @@ fn check_range(what: &'static str, start: u64, end: u64) -> Result<()> {
     Ok(())
 }
 
+/// Writes an rt_sigframe at `frame` (and the prepared XSAVE image at
+/// `fp`) that returns to `r` with `sigmask` and `altstack`.
+#[allow(clippy::too_many_arguments)]
+fn write_frame(
+    buf: &mut [u8],
+    base: u64,
+    frame: usize,
+    fp: usize,
+    r: &UserRegs,
+    xsave: Option<&[u8]>,
+    sigmask: u64,
+    altstack: &SigAltStack,
+) {
+    let mut uc_flags = UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS;
+    let mut fpstate = 0;
+    if let Some(x) = xsave {
+        buf[fp..fp + x.len()].copy_from_slice(x);
+        uc_flags |= UC_FP_XSTATE;
+        fpstate = base + fp as u64;
+    }
+    let f = RtSigframe {
+        pretcode: 0,
+        uc: UContext {
+            uc_flags,
+            uc_link: 0,
+            uc_stack: StackT {
+                ss_sp: altstack.sp,
+                ss_flags: altstack.flags,
+                _pad: 0,
+                ss_size: altstack.size,
+            },
+            uc_mcontext: SigContext {
+                r8: r.r8,
+                r9: r.r9,
+                r10: r.r10,
+                r11: r.r11,
+                r12: r.r12,
+                r13: r.r13,
+                r14: r.r14,
+                r15: r.r15,
+                rdi: r.rdi,
+                rsi: r.rsi,
+                rbp: r.rbp,
+                rbx: r.rbx,
+                rdx: r.rdx,
+                rax: r.rax,
+                rcx: r.rcx,
+                rsp: r.rsp,
+                rip: r.rip,
+                eflags: r.eflags,
+                cs: USER_CS,
+                ss: USER_SS,
+                fpstate,
+                ..SigContext::default()
+            },
+            uc_sigmask: sigmask,
+        },
+        info: [0; 128],
+    };
+    put(buf, frame, &f);
+}
+
 fn overlaps(a: &Range, b: &Range) -> bool {
     a.start < b.end && b.start < a.end
 }
@@ -477,7 +581,7 @@ fn overlaps(a: &Range, b: &Range) -> bool {
 /// mapped).
 fn build(plan: &BlobPlan, base: u64) -> Result<(Vec<u8>, Layout)> {
     let lay = layout(plan);
-    let total = lay.stack_top;
+    let total = lay.total;
     if base == 0 || base & (PAGE - 1) != 0 || base.checked_add(total as u64).is_none_or(|e| e > TASK_TOP) {
         return Err(BlobError::Base { base });
     }
@@ -536,53 +640,29 @@ fn build(plan: &BlobPlan, base: u64) -> Result<(Vec<u8>, Layout)> {
     put_all(&mut buf, lay.sigs, &plan.sigs);
 
     let r = &plan.regs;
-    let mut uc_flags = UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS;
-    let mut fpstate = 0;
-    if let Some(x) = &xsave {
-        buf[lay.fpstate..lay.fpstate + x.len()].copy_from_slice(x);
-        uc_flags |= UC_FP_XSTATE;
-        fpstate = at(lay.fpstate);
+    write_frame(
+        &mut buf,
+        base,
+        lay.frame,
+        lay.fpstate,
+        r,
+        xsave.as_deref(),
+        plan.sigmask,
+        &plan.altstack,
+    );
+    let (slots, _) = thread_slots(plan, lay.leader_top);
+    let mut states = Vec::with_capacity(plan.threads.len());
+    for (t, &(frame, fp, top)) in plan.threads.iter().zip(&slots) {
+        let x = t.xsave.as_deref().map(prepare_xsave).transpose()?;
+        write_frame(&mut buf, base, frame, fp, &t.regs, x.as_deref(), t.sigmask, &t.altstack);
+        let mut st = t.state;
+        st.frame = at(frame) + 8;
+        st.stack_top = at(top);
+        st.fs_base = t.regs.fs_base;
+        st.gs_base = t.regs.gs_base;
+        states.push(st);
     }
-    let frame = RtSigframe {
-        pretcode: 0,
-        uc: UContext {
-            uc_flags,
-            uc_link: 0,
-            uc_stack: StackT {
-                ss_sp: plan.altstack.sp,
-                ss_flags: plan.altstack.flags,
-                _pad: 0,
-                ss_size: plan.altstack.size,
-            },
-            uc_mcontext: SigContext {
-                r8: r.r8,
-                r9: r.r9,
-                r10: r.r10,
-                r11: r.r11,
-                r12: r.r12,
-                r13: r.r13,
-                r14: r.r14,
-                r15: r.r15,
-                rdi: r.rdi,
-                rsi: r.rsi,
-                rbp: r.rbp,
-                rbx: r.rbx,
-                rdx: r.rdx,
-                rax: r.rax,
-                rcx: r.rcx,
-                rsp: r.rsp,
-                rip: r.rip,
-                eflags: r.eflags,
-                cs: USER_CS,
-                ss: USER_SS,
-                fpstate,
-                ..SigContext::default()
-            },
-            uc_sigmask: plan.sigmask,
-        },
-        info: [0; 128],
-    };
-    put(&mut buf, lay.frame, &frame);
+    put_all(&mut buf, lay.threads, &states);
 
     let mut mm = plan.mm;
     mm.auxv = at(lay.auxv);
@@ -617,6 +697,8 @@ fn build(plan: &BlobPlan, base: u64) -> Result<(Vec<u8>, Layout)> {
         sigaction_mask: plan.sigaction_mask,
         itimers: plan.itimers,
         thread,
+        threads: at(lay.threads),
+        nr_threads: plan.threads.len() as u64,
         creds,
         sigs: at(lay.sigs),
         nr_sigs: plan.sigs.len() as u64,
@@ -703,7 +785,7 @@ pub fn place(plan: &BlobPlan, base: u64) -> Result<PreparedBlob> {
         base,
         len,
         args: base + lay.args as u64,
-        stack_top: base + lay.stack_top as u64,
+        stack_top: base + lay.leader_top as u64,
     })
 }
 
@@ -1398,7 +1480,7 @@ mod tests {
         assert_eq!(&img[..BLOB.len()], BLOB);
 
         let a: Args = read(&img, lay.args);
-        assert_eq!((a.magic, a.version, a.size), (abi::ARGS_MAGIC, abi::ARGS_VERSION, 2560));
+        assert_eq!((a.magic, a.version, a.size), (abi::ARGS_MAGIC, abi::ARGS_VERSION, 2608));
         let keep: Vec<Range> = (0..a.nr_keep as usize)
             .map(|i| read(&img, (a.keep - base) as usize + i * 16))
             .collect();
@@ -1449,7 +1531,7 @@ mod tests {
         assert_eq!(rd32(&img, fp + SW_BYTES + 16), 1000);
         assert_eq!(rd32(&img, fp + 1000), FP_XSTATE_MAGIC2);
         // The stack sits above everything else.
-        assert!(lay.stack_top - STACK_SIZE >= fp + 1004);
+        assert!(lay.leader_top - STACK_SIZE >= fp + 1004);
     }
 
     #[test]
@@ -1660,11 +1742,15 @@ mod tests {
             sigs: vec![
                 QueuedSignal {
                     shared: 0,
+                    tid: 0,
+                    _pad: 0,
                     signo: SIGUSR2,
                     info: siginfo(SIGUSR2, SIVAL),
                 },
                 QueuedSignal {
                     shared: 1,
+                    tid: 0,
+                    _pad: 0,
                     signo: SIGWINCH,
                     info: siginfo(SIGWINCH, 0),
                 },

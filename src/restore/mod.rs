@@ -151,7 +151,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
 
     wait_ready(&plan, &ready_r, &err_r).context("Stage Fork")?;
     debug!("all {} tasks ready", plan.tasks.len());
-    release(&plan, shim_pid, go_w).context("Stage Go")?;
+    release(&plan, shim_pid, go_w, efds).context("Stage Go")?;
     // Let the shim drop its parent-death signal, and wait for it to say so.
     nix::unistd::write(&shim_w, b"g").context("Cannot release the namespace init")?;
     let mut b = [0u8; 1];
@@ -186,14 +186,15 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
 /// (the mapping that holds the signal frame the task returned through) is
 /// unmapped with an injected munmap before the thread is detached. The
 /// restored address space thus holds exactly the dumped mappings.
-fn release(plan: &Plan, shim: i32, go_w: OwnedFd) -> Result<()> {
+fn release(plan: &Plan, shim: i32, go_w: OwnedFd, efds: EngineFds) -> Result<()> {
     use crate::sys::ptrace::{self, SyscallInfo, WaitOutcome};
-    let tids = restored_tids(shim);
-    if tids.len() != plan.live_tasks() {
-        bail!("Found {} restored tasks, expected {}", tids.len(), plan.live_tasks());
+    let procs = restored_procs(shim);
+    let n: usize = procs.iter().map(Vec::len).sum();
+    if n != plan.live_threads() {
+        bail!("Found {n} restored threads, expected {}", plan.live_threads());
     }
     let opts = nix::sys::ptrace::Options::PTRACE_O_TRACESYSGOOD;
-    for &t in &tids {
+    for &t in procs.iter().flatten() {
         let p = Pid::from_raw(t);
         ptrace::seize(p, opts).with_context(|| format!("Cannot seize restored pid {t}"))?;
         ptrace::interrupt(p).with_context(|| format!("Cannot interrupt restored pid {t}"))?;
@@ -203,42 +204,51 @@ fn release(plan: &Plan, shim: i32, go_w: OwnedFd) -> Result<()> {
         }
         ptrace::syscall_step(p)?;
     }
-    let go = vec![b'g'; plan.live_tasks()];
+    let go = vec![b'g'; n];
     nix::unistd::write(&go_w, &go).context("Cannot release the restored tasks")?;
     drop(go_w);
-    for &t in &tids {
-        let p = Pid::from_raw(t);
-        let mut last: Option<(u64, u64)> = None;
-        loop {
-            match ptrace::wait_stop(p)? {
-                WaitOutcome::SyscallStop => match ptrace::syscall_info(p)? {
-                    SyscallInfo::Entry { nr, sp } => {
-                        last = Some((nr, sp));
-                        ptrace::syscall_step(p)?;
-                    }
-                    SyscallInfo::Exit { .. } if last.map(|l| l.0) == Some(libc::SYS_rt_sigreturn as u64) => {
-                        let sp = last.map(|l| l.1).unwrap_or(0);
-                        unmap_blob(t, sp).with_context(|| format!("Cannot remove the restorer from pid {t}"))?;
-                        ptrace::detach(p, 0)?;
-                        break;
+    for tids in &procs {
+        let mut frame_sp = 0;
+        for &t in tids {
+            let p = Pid::from_raw(t);
+            let mut last: Option<(u64, u64)> = None;
+            loop {
+                match ptrace::wait_stop(p)? {
+                    WaitOutcome::SyscallStop => match ptrace::syscall_info(p)? {
+                        SyscallInfo::Entry { nr, sp } => {
+                            last = Some((nr, sp));
+                            ptrace::syscall_step(p)?;
+                        }
+                        // Through rt_sigreturn: the thread is in its dumped
+                        // state. It stays stopped until its process is done.
+                        SyscallInfo::Exit { .. } if last.map(|l| l.0) == Some(libc::SYS_rt_sigreturn as u64) => {
+                            frame_sp = last.map(|l| l.1).unwrap_or(0);
+                            break;
+                        }
+                        _ => ptrace::syscall_step(p)?,
+                    },
+                    WaitOutcome::Signal(sig) => ptrace::syscall_step_sig(p, sig)?,
+                    WaitOutcome::Exited(code) => bail!("Restored pid {t} exited with {code} before it resumed"),
+                    WaitOutcome::Killed { sig, .. } => {
+                        bail!("Restored pid {t} was killed by signal {sig} before it resumed")
                     }
                     _ => ptrace::syscall_step(p)?,
-                },
-                WaitOutcome::Signal(sig) => ptrace::syscall_step_sig(p, sig)?,
-                WaitOutcome::Exited(code) => bail!("Restored pid {t} exited with {code} before it resumed"),
-                WaitOutcome::Killed { sig, .. } => {
-                    bail!("Restored pid {t} was killed by signal {sig} before it resumed")
                 }
-                _ => ptrace::syscall_step(p)?,
             }
+        }
+        // Every thread of the process is through: drop the restorer.
+        cleanup_process(tids[0], frame_sp, efds)
+            .with_context(|| format!("Cannot remove the restorer from pid {}", tids[0]))?;
+        for &t in tids {
+            ptrace::detach(Pid::from_raw(t), 0)?;
         }
     }
     Ok(())
 }
 
-/// Unmaps the blob area (the mapping holding `sp`, the signal frame's
-/// address at rt_sigreturn) in stopped thread `tid`.
-fn unmap_blob(tid: i32, sp: u64) -> Result<()> {
+/// In stopped thread `tid`: closes the sync fds and unmaps the blob area
+/// (the mapping holding `sp`, a signal frame's address at rt_sigreturn).
+fn cleanup_process(tid: i32, sp: u64, efds: EngineFds) -> Result<()> {
     let maps = crate::proc::maps::read(tid as u32)?;
     let area = maps
         .iter()
@@ -246,15 +256,20 @@ fn unmap_blob(tid: i32, sp: u64) -> Result<()> {
         .with_context(|| format!("no mapping holds the restorer frame at {sp:#x}"))?;
     let (start, len) = (area.start, area.end - area.start);
     let mut inj = crate::sys::inject::Injector::new(Pid::from_raw(tid), &maps)?;
-    let r = inj.munmap(start, len);
+    let r = (|| -> Result<()> {
+        for fd in [efds.ready_w, efds.go_r] {
+            inj.syscall(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0])?;
+        }
+        inj.munmap(start, len)?;
+        Ok(())
+    })();
     inj.restore()?;
-    r?;
-    Ok(())
+    r
 }
 
-/// Host tids of the restored tasks that run (zombies excluded), found
-/// below the namespace init.
-fn restored_tids(shim: i32) -> Vec<i32> {
+/// Host tids of the restored processes that run (zombies excluded), found
+/// below the namespace init; per process, the leader first.
+fn restored_procs(shim: i32) -> Vec<Vec<i32>> {
     let mut out = Vec::new();
     let mut queue = vec![shim];
     while let Some(p) = queue.pop() {
@@ -263,7 +278,13 @@ fn restored_tids(shim: i32) -> Vec<i32> {
             for c in crate::proc::children(p as u32, *t).unwrap_or_default() {
                 let state = crate::proc::stat::read(c).map(|s| s.state).unwrap_or('X');
                 if state != 'Z' && state != 'X' {
-                    out.push(c as i32);
+                    let mut tids: Vec<i32> = crate::proc::threads(c)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|x| x as i32)
+                        .collect();
+                    tids.sort_by_key(|&x| (x != c as i32, x));
+                    out.push(tids);
                     queue.push(c as i32);
                 }
             }
@@ -294,7 +315,7 @@ fn wait_ready(plan: &Plan, ready_r: &OwnedFd, err_r: &OwnedFd) -> Result<()> {
     let mut pending: Vec<u8> = Vec::new();
     let mut err_text = Vec::new();
     let mut err_open = true;
-    let want = plan.live_tasks();
+    let want = plan.live_threads();
     while ready < want {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {

@@ -35,6 +35,16 @@ pub struct TaskImage {
     pub parent: Option<usize>,
     /// A zombie: its raw wait status (nothing else is restored for it).
     pub zombie: Option<i32>,
+    /// The process's other threads (the leader's state is `core`).
+    pub threads: Vec<ThreadImage>,
+}
+
+/// A non-leader thread.
+#[derive(Debug, Clone)]
+pub struct ThreadImage {
+    pub tid: i32,
+    pub core: pb::CoreEntry,
+    pub xsave: Vec<u8>,
 }
 
 #[derive(Debug, Clone)]
@@ -97,8 +107,11 @@ impl Plan {
             if e.threads.first() != Some(&e.pid) {
                 bail!(what("the first thread is not the process itself"));
             }
-            if e.threads.len() > 1 {
-                bail!(what("multi-threaded processes are not supported yet"));
+            let mut seen_tid = HashSet::new();
+            for &t in &e.threads {
+                if t == 0 || !seen_tid.insert(t) || i64::from(t) >= pid_max {
+                    bail!(what(&format!("bad or duplicate thread id {t}")));
+                }
             }
             let parent = if i == 0 {
                 if e.ppid != 0 {
@@ -142,6 +155,7 @@ impl Plan {
                     children: Vec::new(),
                     parent,
                     zombie: Some(code),
+                    threads: Vec::new(),
                 });
                 continue;
             }
@@ -238,6 +252,7 @@ impl Plan {
                 children: Vec::new(),
                 parent,
                 zombie: None,
+                threads: load_threads(dir, &e.threads[1..], &layout)?,
             });
         }
         for i in 0..tasks.len() {
@@ -265,9 +280,19 @@ impl Plan {
             .unwrap_or(-1)
     }
 
-    /// Tasks that run (and report ready from their blob): all but zombies.
+    /// Tasks that run: all but zombies.
     pub fn live_tasks(&self) -> usize {
         self.tasks.iter().filter(|t| t.zombie.is_none()).count()
+    }
+
+    /// Threads that report ready from the blob: every thread of every
+    /// live task.
+    pub fn live_threads(&self) -> usize {
+        self.tasks
+            .iter()
+            .filter(|t| t.zombie.is_none())
+            .map(|t| 1 + t.threads.len())
+            .sum()
     }
 
     pub fn pages_total(&self) -> u64 {
@@ -315,6 +340,41 @@ impl Plan {
         }
         Ok(())
     }
+}
+
+fn load_threads(dir: &ImageDir, tids: &[u32], layout: &XsaveLayout) -> Result<Vec<ThreadImage>> {
+    let mut out = Vec::with_capacity(tids.len());
+    for &tid in tids {
+        let name = image::names::core(tid);
+        let core: pb::CoreEntry = dir
+            .read_image::<pb::CoreEntry>(&name, Kind::Core)?
+            .into_iter()
+            .next()
+            .with_context(|| format!("{name} is empty"))?;
+        if core.mtype != pb::core_entry::March::X8664 as i32 {
+            bail!("{name}: the image is for another architecture (march {})", core.mtype);
+        }
+        if core.tc.is_some() || core.ids.is_some() {
+            bail!("{name}: a thread's core carries process state (tc or ids)");
+        }
+        let ti = core
+            .thread_info
+            .as_ref()
+            .with_context(|| format!("{name}: no registers"))?;
+        if ti.gpregs.cs != 0x33 || ti.gpregs.ss != 0x2b {
+            bail!("{name}: unexpected segment registers");
+        }
+        if core.thread_core.is_none() {
+            bail!("{name}: no thread state");
+        }
+        let xsave = regs::fpregs_from_pb(&ti.fpregs, layout).map_err(|m| anyhow::anyhow!("{name}: {m}"))?;
+        out.push(ThreadImage {
+            tid: tid as i32,
+            core,
+            xsave,
+        });
+    }
+    Ok(out)
 }
 
 pub fn pages_of(e: &pb::PagemapEntry) -> u64 {

@@ -415,12 +415,67 @@ fn blob_counts(t: &TaskImage, nr_moves: usize) -> BlobPlan {
         QueuedSignal {
             shared: 0,
             signo: 0,
+            tid: 0,
+            _pad: 0,
             info: [0; 128]
         };
         count_sigs(t)
     ];
     p.xsave = Some(t.xsave.clone());
+    p.threads = thread_plans(t);
     p
+}
+
+/// 16 NUL-padded bytes of a thread name.
+fn comm_bytes(name: &str) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    let b = name.as_bytes();
+    let n = b.len().min(15);
+    c[..n].copy_from_slice(&b[..n]);
+    c
+}
+
+fn thread_state(tid: i32, ti: &pb::ThreadInfoX86, thc: &pb::ThreadCoreEntry, comm: &str) -> ThreadState {
+    ThreadState {
+        tid: tid as u32,
+        comm: comm_bytes(comm),
+        clear_tid_addr: ti.clear_tid_addr,
+        robust_list: thc.futex_rla,
+        robust_len: u64::from(thc.futex_rla_len),
+        rseq_ptr: thc.rseq_entry.as_ref().map_or(0, |r| r.rseq_abi_pointer),
+        rseq_len: thc.rseq_entry.as_ref().map_or(0, |r| r.rseq_abi_size),
+        rseq_sig: thc.rseq_entry.as_ref().map_or(0, |r| r.signature),
+        ..Default::default()
+    }
+}
+
+fn altstack_of(thc: &pb::ThreadCoreEntry) -> blob::SigAltStack {
+    thc.sas
+        .as_ref()
+        .map_or(blob::SigAltStack::default(), |s| blob::SigAltStack {
+            sp: s.ss_sp,
+            size: s.ss_size,
+            flags: s.ss_flags as i32,
+        })
+}
+
+/// The blob's view of the non-leader threads.
+fn thread_plans(t: &TaskImage) -> Vec<blob::ThreadPlan> {
+    t.threads
+        .iter()
+        .map(|th| {
+            let ti = th.core.thread_info.as_ref().expect("validated");
+            let thc = th.core.thread_core.as_ref().expect("validated");
+            let gp = regs::gpregs_from_pb(&ti.gpregs);
+            blob::ThreadPlan {
+                state: thread_state(th.tid, ti, thc, thc.comm.as_deref().unwrap_or("")),
+                regs: blob_regs(&gp),
+                xsave: Some(th.xsave.clone()),
+                sigmask: thc.blk_sigset.unwrap_or(0),
+                altstack: altstack_of(thc),
+            }
+        })
+        .collect()
 }
 
 fn count_sigs(t: &TaskImage) -> usize {
@@ -470,17 +525,27 @@ fn jump(plan: &Plan, t: &TaskImage, efds: EngineFds, staged: Staged) -> Result<I
         }
     }
     let mut sigs = Vec::new();
-    let mut push_sigs = |q: Option<&pb::SignalQueueEntry>, shared: u32| {
+    let mut push_sigs = |q: Option<&pb::SignalQueueEntry>, shared: u32, tid: u32| {
         for s in q.map(|q| q.signals.as_slice()).unwrap_or(&[]) {
             let mut info = [0u8; 128];
             let n = s.siginfo.len().min(128);
             info[..n].copy_from_slice(&s.siginfo[..n]);
             let signo = u32::from_le_bytes(info[0..4].try_into().unwrap());
-            sigs.push(QueuedSignal { shared, signo, info });
+            sigs.push(QueuedSignal {
+                shared,
+                signo,
+                tid,
+                _pad: 0,
+                info,
+            });
         }
     };
-    push_sigs(tc.signals_s.as_ref(), 1);
-    push_sigs(thc.signals_p.as_ref(), 0);
+    push_sigs(tc.signals_s.as_ref(), 1, 0);
+    push_sigs(thc.signals_p.as_ref(), 0, 0);
+    for th in &t.threads {
+        let q = th.core.thread_core.as_ref().and_then(|c| c.signals_p.as_ref());
+        push_sigs(q, 0, th.tid as u32);
+    }
 
     let mut auxv = t.mm.mm_saved_auxv.clone();
     if auxv.len() < 2 || auxv[auxv.len() - 2] != 0 {
@@ -522,7 +587,6 @@ fn jump(plan: &Plan, t: &TaskImage, efds: EngineFds, staged: Staged) -> Result<I
         },
         vec![],
     )))?;
-    let sas = thc.sas.as_ref();
     let plan_b = BlobPlan {
         moves: staged.moves,
         madvs: staged.madvs,
@@ -534,17 +598,7 @@ fn jump(plan: &Plan, t: &TaskImage, efds: EngineFds, staged: Staged) -> Result<I
         sigactions,
         sigaction_mask,
         itimers,
-        thread: ThreadState {
-            fs_base: gp.fs_base,
-            gs_base: gp.gs_base,
-            clear_tid_addr: ti.clear_tid_addr,
-            robust_list: thc.futex_rla,
-            robust_len: u64::from(thc.futex_rla_len),
-            rseq_ptr: thc.rseq_entry.as_ref().map_or(0, |r| r.rseq_abi_pointer),
-            rseq_len: thc.rseq_entry.as_ref().map_or(0, |r| r.rseq_abi_size),
-            rseq_sig: thc.rseq_entry.as_ref().map_or(0, |r| r.signature),
-            frame: 0,
-        },
+        thread: thread_state(t.pid, ti, thc, thc.comm.as_deref().unwrap_or(&tc.comm)),
         creds: creds.0,
         groups: creds.1,
         sigs,
@@ -553,11 +607,8 @@ fn jump(plan: &Plan, t: &TaskImage, efds: EngineFds, staged: Staged) -> Result<I
         regs: blob_regs(&gp),
         xsave: Some(t.xsave.clone()),
         sigmask: tc.blk_sigset,
-        altstack: sas.map_or(blob::SigAltStack::default(), |s| blob::SigAltStack {
-            sp: s.ss_sp,
-            size: s.ss_size,
-            flags: s.ss_flags as i32,
-        }),
+        altstack: altstack_of(thc),
+        threads: thread_plans(t),
     };
     // Close what the restored task must not see: everything but its own
     // fds and the three the blob closes itself (ready, go, exe). The
