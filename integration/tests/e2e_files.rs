@@ -54,10 +54,12 @@ fn assert_cryo_ok(out: &Output, what: &str, logfile: &Path) {
     );
 }
 
-fn dump(sc: &Scratch, pid: i32) {
+fn dump(sc: &Scratch, pid: i32, extra: &[&str]) {
     let pid = pid.to_string();
     let log = sc.path("dump.log");
-    let out = run_cryo(&["dump", "-t", &pid, "-D", s(&sc.img), "-o", s(&log), "-v4"]);
+    let mut args = vec!["dump", "-t", &pid, "-D", s(&sc.img), "-o", s(&log), "-v4"];
+    args.extend_from_slice(extra);
+    let out = run_cryo(&args);
     assert_cryo_ok(&out, "cryo dump", &log);
 }
 
@@ -160,7 +162,7 @@ fn roundtrip(tag: &str, bin: &Path, args: &[&str]) -> (String, Vec<String>, Scra
     let mut w = Workload::spawn(bin, args, &log).expect("spawn workload");
     w.wait_ready().unwrap_or_else(|e| panic!("{e}"));
     std::thread::sleep(Duration::from_millis(100));
-    dump(&sc, w.pid);
+    dump(&sc, w.pid, &[]);
     let st = w
         .wait_exit(GONE_TIMEOUT)
         .unwrap_or_else(|| panic!("original pid {} still runs after dump", w.pid));
@@ -217,4 +219,62 @@ fn fdshare_roundtrip() {
     assert_eq!(remap["entries"][0]["remap_type"], "GHOST", "{remap}");
     // The unlinked file did not come back under its name.
     assert!(!d.path().join("ghost.dat").exists());
+}
+
+// ---- 2. pipes and FIFOs ------------------------------------------------------
+
+#[test]
+fn pipes_plain_passes_and_detects_an_extra_byte() {
+    let d = TempDir::new("pipes-plain");
+    expect_plain_pass(bin!("pipes"), &["--dir", s(d.path())]);
+    let d = TempDir::new("pipes-plain-bad");
+    expect_plain_fail(
+        bin!("pipes"),
+        &["--dir", s(d.path()), "--corrupt"],
+        "pipe A holds 200001 bytes",
+    );
+}
+
+#[test]
+fn pipes_roundtrip() {
+    root_only!();
+    let d = TempDir::new("pipes-files");
+    let (v, images, sc) = roundtrip("pipes", bin!("pipes"), &["--dir", s(d.path())]);
+    assert!(v.starts_with("PASS"), "{v}");
+    let log = sc.path("wl.log");
+    let passes = cryo_integration::log_lines(&log)
+        .iter()
+        .filter(|l| l.starts_with("MEMBER ") && l.contains(" PASS"))
+        .count();
+    assert_eq!(passes, 2, "{}", log_tail(&log, 20));
+    for must in ["pipes-data.img", "fifo-data.img"] {
+        assert!(images.contains(&must.to_string()), "no {must} in {images:?}");
+    }
+    // crit sees the data: pipe A's 200000 bytes with its 1 MiB size.
+    let pd = crit_json(&sc.img.join("pipes-data.img"));
+    let entries = pd["entries"].as_array().expect("entries");
+    assert!(
+        entries.iter().any(|e| e["bytes"] == 200000 && e["size"] == 1048576),
+        "{pd}"
+    );
+    let fd = crit_json(&sc.img.join("fifo-data.img"));
+    assert_eq!(fd["entries"][0]["bytes"], 3000, "{fd}");
+}
+
+#[test]
+fn pipes_dump_leaves_the_data_in_place() {
+    root_only!();
+    // --leave-running: the original must still find every byte after the
+    // dump read its pipes.
+    let d = TempDir::new("pipes-leave");
+    let sc = Scratch::new("pipes-leave");
+    let log = sc.path("wl.log");
+    let mut w = Workload::spawn(bin!("pipes"), &["--dir", s(d.path())], &log).expect("spawn");
+    w.wait_ready().unwrap_or_else(|e| panic!("{e}"));
+    dump(&sc, w.pid, &["--leave-running"]);
+    assert!(pid_running(w.pid), "--leave-running must leave the original running");
+    w.usr1().expect("SIGUSR1");
+    let v = wait_for_verdict(&log, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(v.starts_with("PASS"), "{v}");
+    assert_eq!(w.wait_exit(GONE_TIMEOUT).and_then(|s| s.code()), Some(0));
 }

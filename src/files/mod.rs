@@ -21,6 +21,7 @@ use crate::proc;
 use crate::proc::fdinfo::FdInfo;
 use crate::sys::{clone as sysc, tty as systty};
 
+pub mod pipe;
 pub mod reg;
 pub mod restore;
 
@@ -313,8 +314,8 @@ impl FileTable {
             FdKind::OtherTty => {
                 bail!("pid {pid} fd {fd}: terminal {link} is not supported yet (only pseudo-terminal slaves)")
             }
-            FdKind::Pipe => bail!("pid {pid} fd {fd}: pipes are not supported yet ({link})"),
-            FdKind::Fifo => bail!("pid {pid} fd {fd}: FIFOs are not supported yet ({link})"),
+            FdKind::Pipe => (pipe::dump_pipe(self, f)?, FD_PIPE),
+            FdKind::Fifo => (pipe::dump_fifo(self, f)?, FD_FIFO),
             FdKind::Socket => bail!("pid {pid} fd {fd}: sockets are not supported yet ({link})"),
             FdKind::AnonInode(k) => bail!("pid {pid} fd {fd}: {k} descriptors are not supported (anon_inode:{k})"),
             FdKind::Other(_) => bail!("pid {pid} fd {fd}: unsupported file kind ({link})"),

@@ -20,7 +20,7 @@ use anyhow::{bail, Context, Result};
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::unistd;
 
-use super::{reg, FD_REG, FD_TTY};
+use super::{pipe, reg, FD_FIFO, FD_PIPE, FD_REG, FD_TTY};
 use crate::image::{names, pb, ImageDir, Kind};
 use crate::proc;
 use crate::restore::{EngineFds, Plan};
@@ -33,6 +33,10 @@ pub struct Extra {
     pub ghosts: HashMap<u32, reg::Ghost>,
     /// remap id of each REG entry that is a ghost.
     pub ghost_of: HashMap<u32, u32>,
+    /// Pipe contents and sizes by pipe id.
+    pub pipe_data: HashMap<u32, pipe::PipeData>,
+    /// FIFO contents and sizes by pipe id.
+    pub fifo_data: HashMap<u32, pipe::PipeData>,
 }
 
 /// Reads the images that go with files.img.
@@ -72,11 +76,20 @@ pub fn load(dir: &ImageDir, files: &HashMap<u32, pb::FileEntry>) -> Result<Extra
             x.ghost_of.insert(r.orig_id, r.remap_id);
         }
     }
+    x.pipe_data = pipe::load_data(dir, names::PIPES_DATA, Kind::PipesData)?;
+    x.fifo_data = pipe::load_data(dir, names::FIFO_DATA, Kind::FifoData)?;
     Ok(x)
 }
 
 /// Checks one fdinfo entry against its file entry (Stage Load).
-pub fn check_fd(fdname: &str, pid: i32, f: &pb::FdinfoEntry, fe: &pb::FileEntry, shell_job: bool) -> Result<()> {
+pub fn check_fd(
+    fdname: &str,
+    pid: i32,
+    f: &pb::FdinfoEntry,
+    fe: &pb::FileEntry,
+    files: &HashMap<u32, pb::FileEntry>,
+    shell_job: bool,
+) -> Result<()> {
     if fe.r#type != f.r#type {
         bail!(
             "{fdname}: fd {} has type {} but files.img says {}",
@@ -85,8 +98,24 @@ pub fn check_fd(fdname: &str, pid: i32, f: &pb::FdinfoEntry, fe: &pb::FileEntry,
             fe.r#type
         );
     }
+    let missing = || {
+        anyhow::anyhow!(
+            "files.img: file id {} of type {} has no entry for its type",
+            fe.id,
+            fe.r#type
+        )
+    };
     match f.r#type {
         FD_REG if fe.reg.is_some() => {}
+        FD_PIPE => {
+            fe.pipe.as_ref().ok_or_else(missing)?;
+        }
+        FD_FIFO => {
+            let regf = fe.fifo.as_ref().ok_or_else(missing)?.regf_id;
+            if !regf.and_then(|r| files.get(&r)).is_some_and(|r| r.reg.is_some()) {
+                bail!("files.img: FIFO file id {} has no path entry", fe.id);
+            }
+        }
         FD_TTY if fe.tty.is_some() => {
             if !shell_job {
                 bail!(
@@ -115,6 +144,10 @@ enum GroupKey {
     Single(u32),
     /// Every description of one ghost file (by remap id).
     Ghost(u32),
+    /// Every description of one pipe (by pipe id).
+    Pipe(u32),
+    /// Every description of one FIFO (by pipe id).
+    Fifo(u32),
 }
 
 #[derive(Debug)]
@@ -134,9 +167,14 @@ struct Layout {
 }
 
 fn group_key(plan: &Plan, id: u32) -> GroupKey {
-    match plan.fx.ghost_of.get(&id) {
-        Some(&g) => GroupKey::Ghost(g),
-        None => GroupKey::Single(id),
+    let fe = &plan.files[&id];
+    if let Some(&g) = plan.fx.ghost_of.get(&id) {
+        return GroupKey::Ghost(g);
+    }
+    match (fe.r#type, &fe.pipe, &fe.fifo) {
+        (FD_PIPE, Some(p), _) => GroupKey::Pipe(p.pipe_id),
+        (FD_FIFO, _, Some(f)) => GroupKey::Fifo(f.pipe_id),
+        _ => GroupKey::Single(id),
     }
 }
 
@@ -232,6 +270,8 @@ fn create(plan: &Plan, g: &Group, lay: &Layout, efds: EngineFds) -> Result<Vec<(
                 out.push((id, reg::open(&plan.files[&id], Some(gfd.as_raw_fd()))?));
             }
         }
+        GroupKey::Pipe(p) => out = pipe::create_pipe(&plan.files, &g.ids, plan.fx.pipe_data.get(&p))?,
+        GroupKey::Fifo(p) => out = pipe::create_fifo(&plan.files, &g.ids, plan.fx.fifo_data.get(&p))?,
         GroupKey::Single(id) => {
             let fe = &plan.files[&id];
             let fd = match fe.r#type {

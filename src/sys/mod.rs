@@ -19,6 +19,7 @@ pub mod vm;
 #[cfg(test)]
 mod tests;
 pub mod cpu;
+pub mod fdops;
 pub mod mmap;
 pub mod probe;
 pub mod rawfd;
