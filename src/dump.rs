@@ -220,10 +220,7 @@ fn write_images(opts: &DumpOpts, dir: &ImageDir, frozen: &Frozen, stats: &mut Du
         });
     }
     dir.write_image("pstree.img", Kind::Pstree, &pstree)?;
-    dir.write_image("files.img", Kind::Files, &files.entries)?;
-    if !files.tty_infos.is_empty() {
-        dir.write_image("tty-info.img", Kind::TtyInfo, &files.tty_infos)?;
-    }
+    files.write_images(dir)?;
     dir.write_image("seccomp.img", Kind::Seccomp, &[pb::SeccompEntry::default()])?;
     let now = |clk| {
         let ts = nix::time::clock_gettime(clk).unwrap_or(nix::sys::time::TimeSpec::new(0, 0));

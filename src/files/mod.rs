@@ -1,26 +1,42 @@
 //! Open files: the fd table of each task and the shared `files.img`.
 //!
-//! Dump side: every fd is classified from the object behind
-//! `/proc/PID/fd/N`; fds that share one open file description (dup, fork
-//! inheritance) are found with kcmp(KCMP_FILE) and get one file id. Restore
-//! side: see `restore::task` (each task reopens its files by path, or takes
-//! a description it inherited from its parent when the ids match).
+//! Dump side ([`FileTable::dump_fds`]): every fd is classified from the
+//! object behind `/proc/PID/fd/N`; fds that share one open file
+//! description (dup, fork inheritance, SCM_RIGHTS) are found with
+//! kcmp(KCMP_FILE) and get one file id. Each kind has its own module that
+//! holds both its dump and its restore side (`reg`, `pipe`, ...). Restore
+//! side: [`restore`] creates every description once, in the lowest common
+//! ancestor of the tasks that use it, and hands it down by fork.
 
 use std::collections::HashMap;
 use std::fs;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 use anyhow::{bail, Context, Result};
 use nix::unistd::Pid;
 
-use crate::image::pb;
+use crate::image::{self, pb, ImageDir, Kind};
 use crate::proc;
+use crate::proc::fdinfo::FdInfo;
 use crate::sys::{clone as sysc, tty as systty};
+
+pub mod pipe;
+pub mod reg;
+pub mod restore;
 
 /// fd_types values (image-format.md §3.15).
 pub const FD_REG: i32 = 1;
+pub const FD_PIPE: i32 = 2;
+pub const FD_FIFO: i32 = 3;
+pub const FD_UNIXSK: i32 = 5;
+pub const FD_EVENTFD: i32 = 6;
+pub const FD_EVENTPOLL: i32 = 7;
+pub const FD_INOTIFY: i32 = 8;
+pub const FD_SIGNALFD: i32 = 9;
 pub const FD_TTY: i32 = 11;
+pub const FD_TIMERFD: i32 = 17;
+pub const FD_MEMFD: i32 = 18;
 
 const UNIX98_PTY_SLAVE_MAJOR: u64 = 136;
 const TTYAUX_MAJOR: u64 = 5;
@@ -31,6 +47,8 @@ const TTY_MAJOR: u64 = 4;
 pub enum FdKind {
     Regular,
     Directory,
+    /// An O_PATH descriptor (of any file type): only the path matters.
+    Path,
     /// A character device that is not a terminal (/dev/null, /dev/zero...).
     CharDev,
     /// A pty slave (/dev/pts/N) with its index.
@@ -51,8 +69,9 @@ pub fn minor(rdev: u64) -> u64 {
     libc::minor(rdev) as u64
 }
 
-/// Classifies an fd from the link text and the metadata of its target.
-pub fn classify(link: &str, md: Option<&fs::Metadata>) -> FdKind {
+/// Classifies an fd from the link text, the metadata of its target and
+/// its open flags.
+pub fn classify(link: &str, md: Option<&fs::Metadata>, flags: u32) -> FdKind {
     if link.starts_with("pipe:[") {
         return FdKind::Pipe;
     }
@@ -61,6 +80,9 @@ pub fn classify(link: &str, md: Option<&fs::Metadata>) -> FdKind {
     }
     if let Some(rest) = link.strip_prefix("anon_inode:") {
         return FdKind::AnonInode(rest.to_string());
+    }
+    if flags & libc::O_PATH as u32 != 0 && link.starts_with('/') {
+        return FdKind::Path;
     }
     let Some(md) = md else {
         return FdKind::Other(link.to_string());
@@ -90,7 +112,34 @@ pub fn classify(link: &str, md: Option<&fs::Metadata>) -> FdKind {
     }
 }
 
-/// The dump-wide table of file objects (files.img) and ttys (tty-info.img).
+/// One fd being dumped, with what /proc says about it.
+pub(crate) struct FdCtx<'a> {
+    pub pid: i32,
+    pub fd: i32,
+    /// readlink of /proc/PID/fd/N.
+    pub link: &'a str,
+    /// stat of /proc/PID/fd/N (the object behind it), if it worked.
+    pub md: Option<&'a fs::Metadata>,
+    pub info: &'a FdInfo,
+    /// File status flags (F_GETFL) without O_CLOEXEC.
+    pub flags: u32,
+}
+
+impl FdCtx<'_> {
+    /// `/proc/PID/fd/N`.
+    pub fn proc_path(&self) -> String {
+        format!("/proc/{}/fd/{}", self.pid, self.fd)
+    }
+}
+
+/// An extra image the file dumpers produce, written at the end.
+pub(crate) struct ExtraImage {
+    pub name: String,
+    pub bytes: Vec<u8>,
+}
+
+/// The dump-wide table of file objects (files.img), ttys (tty-info.img)
+/// and the images that go with them (ghost files, pipe data...).
 #[derive(Default)]
 pub struct FileTable {
     pub entries: Vec<pb::FileEntry>,
@@ -99,10 +148,21 @@ pub struct FileTable {
     by_path: HashMap<String, u32>,
     /// (pid, fd, dev, ino, id) of every fd dumped so far, for kcmp.
     seen: Vec<(i32, i32, u64, u64, u32)>,
+    /// fd_types of every file id given to an fd.
+    types: HashMap<u32, i32>,
     tty_info_by_rdev: HashMap<u64, u32>,
+    pidfds: HashMap<i32, OwnedFd>,
+    /// Ghost files by (dev, ino): their remap id.
+    ghost_ids: HashMap<(u64, u64), u32>,
+    remaps: Vec<pb::RemapFilePathEntry>,
+    pipe_data: Vec<(pb::PipeDataEntry, Vec<u8>)>,
+    fifo_data: Vec<(pb::PipeDataEntry, Vec<u8>)>,
+    /// Pipe inodes whose data was taken already.
+    pipes_done: std::collections::HashSet<u64>,
+    extra_images: Vec<ExtraImage>,
 }
 
-fn fown0() -> pb::FownEntry {
+pub(crate) fn fown0() -> pb::FownEntry {
     pb::FownEntry {
         uid: 0,
         euid: 0,
@@ -113,9 +173,20 @@ fn fown0() -> pb::FownEntry {
 }
 
 impl FileTable {
-    fn new_id(&mut self) -> u32 {
+    pub(crate) fn new_id(&mut self) -> u32 {
         self.next_id += 1;
         self.next_id
+    }
+
+    /// A duplicate of fd `fd` of the (frozen) task `pid`: the same open
+    /// file description, close-on-exec in cryo.
+    pub(crate) fn dup_fd(&mut self, pid: i32, fd: i32) -> Result<OwnedFd> {
+        if !self.pidfds.contains_key(&pid) {
+            let p = sysc::pidfd_open(Pid::from_raw(pid)).with_context(|| format!("pidfd_open of pid {pid}"))?;
+            self.pidfds.insert(pid, p);
+        }
+        let p = &self.pidfds[&pid];
+        sysc::pidfd_getfd(p.as_fd(), fd).with_context(|| format!("pidfd_getfd of pid {pid} fd {fd}"))
     }
 
     /// A REG entry for a path not tied to an open fd (exe, mapped file,
@@ -161,7 +232,7 @@ impl FileTable {
             };
             let md = fs::metadata(&lpath).ok();
             let info = proc::fdinfo::read(pid as u32, fd)?;
-            let kind = classify(&link, md.as_ref());
+            let kind = classify(&link, md.as_ref(), info.flags);
             let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
             let flags = info.flags & !(libc::O_CLOEXEC as u32);
             let (dev, ino) = md.as_ref().map(|m| (m.dev(), m.ino())).unwrap_or((0, 0));
@@ -185,67 +256,19 @@ impl FileTable {
                     break;
                 }
             }
-            let (id, ty) = match (shared, &kind) {
-                (Some(id), FdKind::PtySlave(_)) => (id, FD_TTY),
-                (Some(id), _) => (id, FD_REG),
-                (None, FdKind::Regular | FdKind::Directory | FdKind::CharDev) => {
-                    if link.ends_with(" (deleted)") {
-                        bail!("pid {pid} fd {fd}: the file {link} was deleted; unlinked files are not supported yet");
-                    }
-                    let id = self.new_id();
-                    self.entries.push(pb::FileEntry {
-                        r#type: FD_REG,
-                        id,
-                        reg: Some(pb::RegFileEntry {
-                            id,
-                            flags,
-                            pos: info.pos,
-                            fown: (fown0()),
-                            name: link.clone(),
-                            size: md.as_ref().filter(|m| m.is_file()).map(|m| m.len()),
-                            mode: md.as_ref().map(|m| m.mode()),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    });
-                    (id, FD_REG)
-                }
-                (None, FdKind::PtySlave(index)) => {
-                    let md = md.as_ref().expect("pty has metadata");
-                    let owned_by_tree = stat.tty_nr as u64 == md.rdev() && stat.session == pid as u32;
-                    if !shell_job && !owned_by_tree {
-                        bail!(
-                            "pid {pid} fd {fd} is the terminal {link}, which belongs to a session outside the dumped tree; pass --shell-job"
-                        );
-                    }
-                    let info_id = self.tty_info(*index, &link, md, stat)?;
-                    let regf = self.reg_path(&link, 0, 0)?;
-                    let id = self.new_id();
-                    self.entries.push(pb::FileEntry {
-                        r#type: FD_TTY,
-                        id,
-                        tty: Some(pb::TtyFileEntry {
-                            id,
-                            tty_info_id: info_id,
-                            flags,
-                            fown: (fown0()),
-                            regf_id: Some(regf),
-                        }),
-                        ..Default::default()
-                    });
-                    (id, FD_TTY)
-                }
-                (None, FdKind::OtherTty) => {
-                    bail!("pid {pid} fd {fd}: terminal {link} is not supported yet (only pseudo-terminal slaves)")
-                }
-                (None, FdKind::Pipe) => bail!("pid {pid} fd {fd}: pipes are not supported yet ({link})"),
-                (None, FdKind::Fifo) => bail!("pid {pid} fd {fd}: FIFOs are not supported yet ({link})"),
-                (None, FdKind::Socket) => bail!("pid {pid} fd {fd}: sockets are not supported yet ({link})"),
-                (None, FdKind::AnonInode(k)) => {
-                    bail!("pid {pid} fd {fd}: {k} descriptors are not supported yet")
-                }
-                (None, FdKind::Other(_)) => bail!("pid {pid} fd {fd}: unsupported file kind ({link})"),
+            let ctx = FdCtx {
+                pid,
+                fd,
+                link: &link,
+                md: md.as_ref(),
+                info: &info,
+                flags,
             };
+            let (id, ty) = match shared {
+                Some(id) => (id, self.types[&id]),
+                None => self.dump_one(&ctx, &kind, shell_job, stat)?,
+            };
+            self.types.insert(id, ty);
             self.seen.push((pid, fd, dev, ino, id));
             out.push(pb::FdinfoEntry {
                 id,
@@ -256,6 +279,77 @@ impl FileTable {
             });
         }
         Ok(out)
+    }
+
+    /// Dumps a description seen for the first time; returns its id and type.
+    fn dump_one(&mut self, f: &FdCtx, kind: &FdKind, shell_job: bool, stat: &proc::stat::Stat) -> Result<(u32, i32)> {
+        let (pid, fd, link) = (f.pid, f.fd, f.link);
+        Ok(match kind {
+            FdKind::Regular | FdKind::Directory | FdKind::CharDev | FdKind::Path => (reg::dump(self, f)?, FD_REG),
+            FdKind::PtySlave(index) => {
+                let md = f.md.expect("pty has metadata");
+                let owned_by_tree = stat.tty_nr as u64 == md.rdev() && stat.session == pid as u32;
+                if !shell_job && !owned_by_tree {
+                    bail!(
+                        "pid {pid} fd {fd} is the terminal {link}, which belongs to a session outside the dumped tree; pass --shell-job"
+                    );
+                }
+                let info_id = self.tty_info(*index, link, md, stat)?;
+                let regf = self.reg_path(link, 0, 0)?;
+                let id = self.new_id();
+                self.entries.push(pb::FileEntry {
+                    r#type: FD_TTY,
+                    id,
+                    tty: Some(pb::TtyFileEntry {
+                        id,
+                        tty_info_id: info_id,
+                        flags: f.flags,
+                        fown: (fown0()),
+                        regf_id: Some(regf),
+                    }),
+                    ..Default::default()
+                });
+                (id, FD_TTY)
+            }
+            FdKind::OtherTty => {
+                bail!("pid {pid} fd {fd}: terminal {link} is not supported yet (only pseudo-terminal slaves)")
+            }
+            FdKind::Pipe => (pipe::dump_pipe(self, f)?, FD_PIPE),
+            FdKind::Fifo => (pipe::dump_fifo(self, f)?, FD_FIFO),
+            FdKind::Socket => bail!("pid {pid} fd {fd}: sockets are not supported yet ({link})"),
+            FdKind::AnonInode(k) => bail!("pid {pid} fd {fd}: {k} descriptors are not supported (anon_inode:{k})"),
+            FdKind::Other(_) => bail!("pid {pid} fd {fd}: unsupported file kind ({link})"),
+        })
+    }
+
+    /// Writes files.img and every image that goes with the file entries
+    /// (tty-info, remap-fpath, ghost files, pipe and FIFO data...).
+    pub fn write_images(&self, dir: &ImageDir) -> Result<()> {
+        dir.write_image(image::names::FILES, Kind::Files, &self.entries)?;
+        if !self.tty_infos.is_empty() {
+            dir.write_image(image::names::TTY_INFO, Kind::TtyInfo, &self.tty_infos)?;
+        }
+        if !self.remaps.is_empty() {
+            dir.write_image(image::names::REMAP_FPATH, Kind::RemapFpath, &self.remaps)?;
+        }
+        for (name, kind, items) in [
+            (image::names::PIPES_DATA, Kind::PipesData, &self.pipe_data),
+            (image::names::FIFO_DATA, Kind::FifoData, &self.fifo_data),
+        ] {
+            if items.is_empty() {
+                continue;
+            }
+            let mut w = image::ImageWriter::new(kind);
+            for (e, data) in items {
+                w.write_entry(e)?;
+                w.write_raw(data);
+            }
+            dir.save(name, w)?;
+        }
+        for x in &self.extra_images {
+            dir.write_bytes(&x.name, &x.bytes)?;
+        }
+        Ok(())
     }
 
     fn tty_info(&mut self, index: u32, path: &str, md: &fs::Metadata, stat: &proc::stat::Stat) -> Result<u32> {
@@ -350,20 +444,21 @@ mod tests {
 
     #[test]
     fn classify_links() {
-        assert_eq!(classify("pipe:[123]", None), FdKind::Pipe);
-        assert_eq!(classify("socket:[9]", None), FdKind::Socket);
+        assert_eq!(classify("pipe:[123]", None, 0), FdKind::Pipe);
+        assert_eq!(classify("socket:[9]", None, 0), FdKind::Socket);
         assert_eq!(
-            classify("anon_inode:[eventfd]", None),
+            classify("anon_inode:[eventfd]", None, 2),
             FdKind::AnonInode("[eventfd]".into())
         );
         let md = fs::metadata("/dev/null").unwrap();
-        assert_eq!(classify("/dev/null", Some(&md)), FdKind::CharDev);
+        assert_eq!(classify("/dev/null", Some(&md), 1), FdKind::CharDev);
+        assert_eq!(classify("/dev/null", Some(&md), libc::O_PATH as u32), FdKind::Path);
         let md = fs::metadata("/").unwrap();
-        assert_eq!(classify("/", Some(&md)), FdKind::Directory);
+        assert_eq!(classify("/", Some(&md), 0), FdKind::Directory);
         let md = fs::metadata("/etc/hostname")
             .or_else(|_| fs::metadata("/etc/passwd"))
             .unwrap();
-        assert_eq!(classify("/etc/passwd", Some(&md)), FdKind::Regular);
+        assert_eq!(classify("/etc/passwd", Some(&md), 0), FdKind::Regular);
     }
 
     #[test]

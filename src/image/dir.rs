@@ -39,6 +39,14 @@ pub mod names {
     pub const TTY_DATA: &str = "tty-data.img";
     /// Unread pipe contents.
     pub const PIPES_DATA: &str = "pipes-data.img";
+    /// Unread FIFO contents.
+    pub const FIFO_DATA: &str = "fifo-data.img";
+    /// Files whose path is stood in for (ghost files).
+    pub const REMAP_FPATH: &str = "remap-fpath.img";
+    /// Queued socket messages.
+    pub const SK_QUEUES: &str = "sk-queues.img";
+    /// memfd inodes.
+    pub const MEMFD: &str = "memfd.img";
     /// Seccomp filters.
     pub const SECCOMP: &str = "seccomp.img";
     /// Dump statistics (service header).
@@ -75,6 +83,10 @@ pub mod names {
     /// `fs-<pid>.img`.
     pub fn fs(pid: u32) -> String {
         format!("fs-{pid}.img")
+    }
+    /// `ghost-file-<id in hex>.img`.
+    pub fn ghost_file(id: u32) -> String {
+        format!("ghost-file-{id:x}.img")
     }
     /// `timens-<id>.img` (0 = the dumper's time namespace).
     pub fn timens(id: u32) -> String {

@@ -49,11 +49,16 @@ pub enum Kind {
     Seccomp,
     Timens,
     Stats,
+    FifoData,
+    RemapFpath,
+    GhostFile,
+    SkQueues,
+    MemfdInode,
 }
 
 impl Kind {
     /// All kinds, in table order.
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 20] = [
         Kind::Inventory,
         Kind::Pstree,
         Kind::Core,
@@ -69,6 +74,11 @@ impl Kind {
         Kind::Seccomp,
         Kind::Timens,
         Kind::Stats,
+        Kind::FifoData,
+        Kind::RemapFpath,
+        Kind::GhostFile,
+        Kind::SkQueues,
+        Kind::MemfdInode,
     ];
 
     /// The image's own magic (the second u32 for common/service headers).
@@ -89,6 +99,11 @@ impl Kind {
             Kind::Seccomp => 0x6441_3049,
             Kind::Timens => 0x4311_4433,
             Kind::Stats => 0x5709_3306,
+            Kind::FifoData => 0x5933_3054,
+            Kind::RemapFpath => 0x5913_3954,
+            Kind::GhostFile => 0x5258_3605,
+            Kind::SkQueues => 0x5626_4026,
+            Kind::MemfdInode => 0x4845_3499,
         }
     }
 
@@ -131,12 +146,18 @@ impl Kind {
             Kind::Seccomp => "SECCOMP",
             Kind::Timens => "TIMENS",
             Kind::Stats => "STATS",
+            Kind::FifoData => "FIFO_DATA",
+            Kind::RemapFpath => "REMAP_FPATH",
+            Kind::GhostFile => "GHOST_FILE",
+            Kind::SkQueues => "SK_QUEUES",
+            Kind::MemfdInode => "MEMFD_INODE",
         }
     }
 
     /// Protobuf message name (in package `cryo.images`) of the entries.
     /// For PAGEMAP this is the type of entries after the first
-    /// (`pagemap_head`).
+    /// (`pagemap_head`); for GHOST_FILE the type of the first entry (the
+    /// chunks that may follow are `ghost_chunk_entry`).
     pub const fn message(self) -> &'static str {
         match self {
             Kind::Inventory => "inventory_entry",
@@ -154,6 +175,11 @@ impl Kind {
             Kind::Seccomp => "seccomp_entry",
             Kind::Timens => "timens_entry",
             Kind::Stats => "stats_entry",
+            Kind::FifoData => "pipe_data_entry",
+            Kind::RemapFpath => "remap_file_path_entry",
+            Kind::GhostFile => "ghost_file_entry",
+            Kind::SkQueues => "sk_packet_entry",
+            Kind::MemfdInode => "memfd_inode_entry",
         }
     }
 
@@ -189,14 +215,12 @@ pub const FOREIGN_MAGICS: &[(&str, u32)] = &[
     ("VMAS", 0x5412_3737),
     ("PIPES", 0x5651_3555),
     ("FIFO", 0x5836_4939),
-    ("FIFO_DATA", 0x5933_3054),
     ("SIGACT", 0x5534_4201),
     ("UNIXSK", 0x5437_3943),
     ("INETSK", 0x5644_3851),
     ("PACKETSK", 0x6045_4618),
     ("ITIMERS", 0x5746_4056),
     ("POSIX_TIMERS", 0x5260_3957),
-    ("SK_QUEUES", 0x5626_4026),
     ("UTSNS", 0x5447_3203),
     ("CREDS", 0x5402_3547),
     ("IPC_VAR", 0x5311_5007),
@@ -205,8 +229,6 @@ pub const FOREIGN_MAGICS: &[(&str, u32)] = &[
     ("IPCNS_SEM", 0x5957_3019),
     ("REG_FILES", 0x5036_3636),
     ("EXT_FILES", 0x5925_5641),
-    ("REMAP_FPATH", 0x5913_3954),
-    ("GHOST_FILE", 0x5258_3605),
     ("TCP_STREAM", 0x5146_5506),
     ("EVENTFD_FILE", 0x4452_3722),
     ("EVENTPOLL_FILE", 0x4502_3858),
@@ -232,7 +254,6 @@ pub const FOREIGN_MAGICS: &[(&str, u32)] = &[
     ("USERNS", 0x5547_4906),
     ("BINFMT_MISC", 0x6734_3323),
     ("AUTOFS", 0x4935_3943),
-    ("MEMFD_INODE", 0x4845_3499),
     ("PIDNS", 0x6115_7326),
     ("BPFMAP_FILE", 0x5750_6142),
     ("BPFMAP_DATA", 0x6432_4033),

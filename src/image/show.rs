@@ -19,7 +19,7 @@ use super::dir::names;
 use super::error::{Error, Result};
 use super::framing::ImageReader;
 use super::magic::{foreign_name, Kind, IMG_COMMON_MAGIC, IMG_SERVICE_MAGIC};
-use super::pb::PipeDataEntry;
+use super::pb::{GhostChunkEntry, GhostFileEntry, PipeDataEntry, SkPacketEntry};
 
 static FDS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/images.fds"));
 
@@ -100,16 +100,31 @@ pub fn show_bytes(file: &str, data: &[u8]) -> Result<Value> {
     let mut entries = Vec::new();
     while let Some((offset, payload)) = r.next_payload()? {
         let index = entries.len();
-        let message = if kind == Kind::Pagemap && index == 0 {
-            "pagemap_head"
-        } else {
-            kind.message()
+        let message = match (kind, index) {
+            (Kind::Pagemap, 0) => "pagemap_head",
+            (Kind::GhostFile, i) if i > 0 => "ghost_chunk_entry",
+            _ => kind.message(),
         };
         let mut v = decode_entry(file, offset, message, payload)?;
-        if kind == Kind::PipesData {
-            // Decodes cleanly: decode_entry just accepted the payload.
-            let n = PipeDataEntry::decode(payload).map(|e| e.bytes).unwrap_or(0);
-            let extra = r.read_raw(n as usize)?;
+        // Each payload below decodes cleanly: decode_entry just accepted it.
+        let extra_len = match (kind, index) {
+            (Kind::PipesData | Kind::FifoData, _) => {
+                Some(PipeDataEntry::decode(payload).map(|e| e.bytes as usize).unwrap_or(0))
+            }
+            (Kind::SkQueues, _) => Some(SkPacketEntry::decode(payload).map(|e| e.length as usize).unwrap_or(0)),
+            (Kind::GhostFile, 0) => {
+                let chunks = GhostFileEntry::decode(payload)
+                    .ok()
+                    .and_then(|g| g.chunks)
+                    .unwrap_or(false);
+                // Without chunks the content runs to EOF.
+                (!chunks).then(|| data.len() - r.offset())
+            }
+            (Kind::GhostFile, _) => Some(GhostChunkEntry::decode(payload).map(|c| c.len as usize).unwrap_or(0)),
+            _ => None,
+        };
+        if let Some(n) = extra_len {
+            let extra = r.read_raw(n)?;
             if let Value::Object(o) = &mut v {
                 o.insert("extra".into(), Value::String(crit_base64(extra)));
             }

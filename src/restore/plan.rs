@@ -52,6 +52,8 @@ pub struct Plan {
     pub tasks: Vec<TaskImage>,
     pub files: HashMap<u32, pb::FileEntry>,
     pub ttys: HashMap<u32, pb::TtyInfoEntry>,
+    /// What the file restore needs besides files.img (ghosts, pipe data...).
+    pub fx: crate::files::restore::Extra,
     pub shell_job: bool,
     pub layout: XsaveLayout,
 }
@@ -81,6 +83,7 @@ impl Plan {
         } else {
             HashMap::new()
         };
+        let fx = crate::files::restore::load(dir, &files)?;
         let layout = xsave_layout();
         let pid_max: i64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
             .ok()
@@ -211,29 +214,7 @@ impl Plan {
                         f.id
                     );
                 };
-                if fe.r#type != f.r#type {
-                    bail!(
-                        "{fdname}: fd {} has type {} but files.img says {}",
-                        f.fd,
-                        f.r#type,
-                        fe.r#type
-                    );
-                }
-                match f.r#type {
-                    crate::files::FD_REG => {}
-                    crate::files::FD_TTY => {
-                        if !opts.shell_job {
-                            bail!(
-                                "pid {pid} fd {} is a terminal of the dumping session; restore with --shell-job",
-                                f.fd
-                            );
-                        }
-                    }
-                    t => bail!(
-                        "{fdname}: fd {} has a file type ({t}) this cryo cannot restore yet",
-                        f.fd
-                    ),
-                }
+                crate::files::restore::check_fd(&fdname, pid, f, fe, &files, opts.shell_job)?;
             }
             index.insert(pid, tasks.len());
             tasks.push(TaskImage {
@@ -264,6 +245,7 @@ impl Plan {
             tasks,
             files,
             ttys,
+            fx,
             shell_job: opts.shell_job,
             layout,
         };

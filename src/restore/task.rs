@@ -5,16 +5,15 @@
 //! numbers, sharing descriptions inherited from the parent) → cwd, root,
 //! umask → fork the children → stage memory → rlimits → blob.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fs;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, RawFd};
 
 use anyhow::{bail, Context, Result};
 use cryo_restorer::abi::{
     Creds, ItimerVal, KSigAction, Madvise, PrctlMmMap, QueuedSignal, Range, ThreadState, VmaMove,
 };
-use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+use nix::fcntl::OFlag;
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
 use nix::sys::stat::Mode;
 use nix::unistd::{self, ForkResult, Pid};
@@ -22,7 +21,6 @@ use nix::unistd::{self, ForkResult, Pid};
 use super::blob::{self, BlobPlan};
 use super::plan::{pages_of, Plan, TaskImage};
 use super::{report_error, EngineFds};
-use crate::files::{FD_REG, FD_TTY};
 use crate::image::pb;
 use crate::mem::{self, VmaKind, PAGE_SIZE, PE_PRESENT};
 use crate::proc;
@@ -50,7 +48,7 @@ fn restore_task(plan: &Plan, idx: usize, efds: EngineFds) -> Result<Infallible> 
     // task's own mask.
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), None).context("sigprocmask")?;
     set_session(plan, t, efds)?;
-    setup_fds(plan, t, efds)?;
+    crate::files::restore::setup_fds(plan, idx, efds)?;
     setup_fs(plan, t)?;
     for &c in &t.children {
         let child = &plan.tasks[c];
@@ -114,93 +112,6 @@ fn set_session(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<()> {
 
 fn unsafe_borrow(fd: RawFd) -> BorrowedFd<'static> {
     crate::sys::rawfd::borrow(fd)
-}
-
-/// Puts every fd of the task at its number. Descriptions shared with the
-/// parent (same file id) are taken from the inherited table, others are
-/// opened anew.
-fn setup_fds(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<()> {
-    let inherited: HashMap<u32, RawFd> = match t.parent {
-        Some(p) => plan.tasks[p].fds.iter().map(|f| (f.id, f.fd as RawFd)).collect(),
-        None => HashMap::new(),
-    };
-    let mut temps: HashMap<u32, RawFd> = HashMap::new();
-    let mut next = efds.tmp_base;
-    for f in &t.fds {
-        if temps.contains_key(&f.id) {
-            continue;
-        }
-        let tmp = if let Some(&src) = inherited.get(&f.id) {
-            fcntl(src, FcntlArg::F_DUPFD(next)).with_context(|| format!("dup of inherited fd {src}"))?
-        } else if f.r#type == FD_TTY {
-            if efds.tty < 0 {
-                bail!("fd {} is a terminal but no terminal was given (--shell-job)", f.fd);
-            }
-            fcntl(efds.tty, FcntlArg::F_DUPFD(next)).context("dup of the terminal")?
-        } else {
-            let fe = &plan.files[&f.id];
-            let owned = open_reg(fe).with_context(|| format!("fd {}", f.fd))?;
-            let tmp = fcntl(owned.as_raw_fd(), FcntlArg::F_DUPFD(next)).context("F_DUPFD")?;
-            drop(owned);
-            tmp
-        };
-        next = tmp + 1;
-        temps.insert(f.id, tmp);
-    }
-    // Close everything inherited below the engine's descriptors.
-    for fd in proc::fds(std::process::id())? {
-        if fd < efds.high {
-            let _ = unistd::close(fd);
-        }
-    }
-    for f in &t.fds {
-        let tmp = temps[&f.id];
-        unistd::dup2(tmp, f.fd as RawFd).with_context(|| format!("dup2 to fd {}", f.fd))?;
-        let flags = if f.flags & 1 != 0 {
-            FdFlag::FD_CLOEXEC
-        } else {
-            FdFlag::empty()
-        };
-        fcntl(f.fd as RawFd, FcntlArg::F_SETFD(flags))?;
-    }
-    for (_, tmp) in temps {
-        let _ = unistd::close(tmp);
-    }
-    Ok(())
-}
-
-/// Open flags that are replayed; creation flags are never replayed.
-const REPLAY_FLAGS: i32 = libc::O_ACCMODE
-    | libc::O_APPEND
-    | libc::O_NONBLOCK
-    | libc::O_DIRECT
-    | libc::O_NOATIME
-    | libc::O_LARGEFILE
-    | libc::O_DIRECTORY
-    | libc::O_PATH
-    | libc::O_SYNC
-    | libc::O_DSYNC;
-
-fn open_reg(fe: &pb::FileEntry) -> Result<OwnedFd> {
-    if fe.r#type != FD_REG {
-        bail!("file id {} has type {} (expected a regular file)", fe.id, fe.r#type);
-    }
-    let reg = fe
-        .reg
-        .as_ref()
-        .with_context(|| format!("file id {} has no reg entry", fe.id))?;
-    let flags = OFlag::from_bits_truncate((reg.flags as i32 & REPLAY_FLAGS) | libc::O_NOCTTY);
-    let fd = nix::fcntl::open(reg.name.as_str(), flags, Mode::empty())
-        .with_context(|| format!("Cannot open {}", reg.name))?;
-    // SAFETY-free: nix returns a raw fd we own from here on.
-    let owned = crate::sys::rawfd::own(fd);
-    if reg.pos != 0 {
-        match nix::unistd::lseek(owned.as_raw_fd(), reg.pos as i64, nix::unistd::Whence::SeekSet) {
-            Ok(_) | Err(nix::errno::Errno::ESPIPE) => {}
-            Err(e) => return Err(e).with_context(|| format!("lseek {} to {}", reg.name, reg.pos)),
-        }
-    }
-    Ok(owned)
 }
 
 fn setup_fs(plan: &Plan, t: &TaskImage) -> Result<()> {

@@ -17,6 +17,7 @@ pub mod ptrace;
 pub mod vm;
 
 pub mod cpu;
+pub mod fdops;
 pub mod mmap;
 pub mod probe;
 pub mod rawfd;

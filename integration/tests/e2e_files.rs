@@ -1,0 +1,280 @@
+//! End-to-end tests of open files, pipes, sockets and the other fd kinds.
+//!
+//! Each workload first runs without cryo (it must PASS, and with
+//! `--corrupt` it must FAIL: its checks can fail). Then it is dumped with
+//! the real cryo binary, restored with `-d --pidfile`, told to verify
+//! itself with SIGUSR1, and judged by its PASS/FAIL line; `crit decode`
+//! must read every image of the dump. Processes are killed by pid at the
+//! end ([`Cleanup`]). The cryo runs need root; without it they SKIP.
+
+use cryo_integration::{
+    bin, describe, is_root, log_tail, pid_running, read_pidfile, run_cryo, s, signal, skip, wait_for_nth_verdict,
+    wait_for_verdict, wait_pid_exited, Cleanup, TempDir, Workload, LINE_TIMEOUT,
+};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+const GONE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A test's scratch space: images in `img/`, logs beside them, and the
+/// Cleanup guard (dropped first, so it reads the pidfiles before the
+/// directory goes).
+struct Scratch {
+    cl: Cleanup,
+    tmp: TempDir,
+    img: PathBuf,
+}
+
+impl Scratch {
+    fn new(tag: &str) -> Scratch {
+        let tmp = TempDir::new(tag);
+        let img = tmp.join("img");
+        std::fs::create_dir_all(&img).expect("mkdir img");
+        Scratch {
+            cl: Cleanup::new(),
+            tmp,
+            img,
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.tmp.join(name)
+    }
+}
+
+fn assert_cryo_ok(out: &Output, what: &str, logfile: &Path) {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n--- {} (tail) ---\n{}",
+        describe(out),
+        logfile.display(),
+        log_tail(logfile, 30)
+    );
+}
+
+fn dump(sc: &Scratch, pid: i32, extra: &[&str]) {
+    let pid = pid.to_string();
+    let log = sc.path("dump.log");
+    let mut args = vec!["dump", "-t", &pid, "-D", s(&sc.img), "-o", s(&log), "-v4"];
+    args.extend_from_slice(extra);
+    let out = run_cryo(&args);
+    assert_cryo_ok(&out, "cryo dump", &log);
+}
+
+fn restore_detached(sc: &Scratch, tag: &str) -> i32 {
+    let pf = sc.path(&format!("pidfile-{tag}"));
+    sc.cl.pidfile(&pf);
+    let log = sc.path(&format!("restore-{tag}.log"));
+    let out = run_cryo(&[
+        "restore",
+        "-D",
+        s(&sc.img),
+        "-d",
+        "--pidfile",
+        s(&pf),
+        "-o",
+        s(&log),
+        "-v4",
+    ]);
+    assert_cryo_ok(&out, "cryo restore -d", &log);
+    read_pidfile(&pf).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Every image of the dump decodes with crit; returns the image names.
+fn crit_decodes_all(img: &Path) -> Vec<String> {
+    let crit = Path::new("/usr/bin/crit");
+    assert!(
+        crit.exists(),
+        "/usr/bin/crit is missing: run hack/setup (Debian package criu)"
+    );
+    let mut names = Vec::new();
+    let mut failures = Vec::new();
+    for e in std::fs::read_dir(img).expect("read image dir").flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".img") || name.starts_with("pages-") {
+            continue;
+        }
+        let out = Command::new(crit)
+            .args(["decode", "-i", s(&e.path())])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run crit");
+        let json: Result<serde_json::Value, _> = serde_json::from_slice(&out.stdout);
+        if !out.status.success() || json.is_err() {
+            failures.push(format!("{name}: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        }
+        names.push(name);
+    }
+    assert!(failures.is_empty(), "crit decode failed:\n{}", failures.join("\n"));
+    names.sort();
+    names
+}
+
+/// `crit decode` of one image as JSON.
+fn crit_json(path: &Path) -> serde_json::Value {
+    let out = Command::new("/usr/bin/crit")
+        .args(["decode", "-i", s(path)])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run crit");
+    assert!(
+        out.status.success(),
+        "crit decode {}: {}",
+        path.display(),
+        describe(&out)
+    );
+    serde_json::from_slice(&out.stdout).expect("crit JSON")
+}
+
+/// Runs a workload without cryo: READY, SIGUSR1, and its verdict.
+fn run_plain(bin: &Path, args: &[&str]) -> (Result<String, String>, Option<i32>) {
+    let dir = TempDir::new("wlplain");
+    let log = dir.join("log");
+    let mut w = Workload::spawn(bin, args, &log).expect("spawn workload");
+    w.wait_ready().unwrap_or_else(|e| panic!("{e}"));
+    std::thread::sleep(Duration::from_millis(50));
+    w.usr1().expect("SIGUSR1");
+    let v = wait_for_verdict(&log, LINE_TIMEOUT);
+    let st = w.wait_exit(GONE_TIMEOUT).expect("workload exits");
+    (v, st.code())
+}
+
+fn expect_plain_pass(bin: &Path, args: &[&str]) {
+    let (v, code) = run_plain(bin, args);
+    v.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(code, Some(0));
+}
+
+fn expect_plain_fail(bin: &Path, args: &[&str], what: &str) {
+    let (v, code) = run_plain(bin, args);
+    let e = v.expect_err("the corrupted workload must FAIL");
+    assert!(e.contains(what), "FAIL should mention {what:?}: {e}");
+    assert_eq!(code, Some(1));
+}
+
+/// The common cycle: spawn, READY, dump (kills), crit, restore -d,
+/// SIGUSR1, PASS. Returns the verdict, the image names and the scratch.
+fn roundtrip(tag: &str, bin: &Path, args: &[&str]) -> (String, Vec<String>, Scratch) {
+    let sc = Scratch::new(tag);
+    let log = sc.path("wl.log");
+    let mut w = Workload::spawn(bin, args, &log).expect("spawn workload");
+    w.wait_ready().unwrap_or_else(|e| panic!("{e}"));
+    std::thread::sleep(Duration::from_millis(100));
+    dump(&sc, w.pid, &[]);
+    let st = w
+        .wait_exit(GONE_TIMEOUT)
+        .unwrap_or_else(|| panic!("original pid {} still runs after dump", w.pid));
+    assert!(
+        st.signal().is_some(),
+        "original should have been killed by cryo: {st:?}"
+    );
+    let images = crit_decodes_all(&sc.img);
+    let rpid = restore_detached(&sc, "1");
+    assert!(pid_running(rpid), "restored pid {rpid} is not running");
+    signal(rpid, libc::SIGUSR1).unwrap_or_else(|e| panic!("{e}"));
+    let v = wait_for_nth_verdict(&log, 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        wait_pid_exited(rpid, GONE_TIMEOUT),
+        "restored pid {rpid} did not exit after its verdict"
+    );
+    (v, images, sc)
+}
+
+macro_rules! root_only {
+    () => {
+        if !is_root() {
+            skip("needs root (run `sudo hack/test`)");
+            return;
+        }
+    };
+}
+
+// ---- 1. shared descriptions, ghost files, paths and devices --------------
+
+#[test]
+fn fdshare_plain_passes_and_detects_a_split_description() {
+    let d = TempDir::new("fdshare-plain");
+    expect_plain_pass(bin!("fdshare"), &["--dir", s(d.path())]);
+    let d = TempDir::new("fdshare-plain-bad");
+    expect_plain_fail(bin!("fdshare"), &["--dir", s(d.path()), "--corrupt"], "expected 104");
+}
+
+#[test]
+fn fdshare_roundtrip() {
+    root_only!();
+    let d = TempDir::new("fdshare-files");
+    let (v, images, sc) = roundtrip("fdshare", bin!("fdshare"), &["--dir", s(d.path())]);
+    assert!(v.contains("S=40,41"), "{v}");
+    let log = sc.path("wl.log");
+    let passes = cryo_integration::log_lines(&log)
+        .iter()
+        .filter(|l| l.starts_with("MEMBER ") && l.contains(" PASS"))
+        .count();
+    assert_eq!(passes, 2, "{}", log_tail(&log, 20));
+    assert!(images.iter().any(|n| n.starts_with("ghost-file-")), "{images:?}");
+    assert!(images.contains(&"remap-fpath.img".to_string()), "{images:?}");
+    let remap = crit_json(&sc.img.join("remap-fpath.img"));
+    assert_eq!(remap["entries"][0]["remap_type"], "GHOST", "{remap}");
+    // The unlinked file did not come back under its name.
+    assert!(!d.path().join("ghost.dat").exists());
+}
+
+// ---- 2. pipes and FIFOs ------------------------------------------------------
+
+#[test]
+fn pipes_plain_passes_and_detects_an_extra_byte() {
+    let d = TempDir::new("pipes-plain");
+    expect_plain_pass(bin!("pipes"), &["--dir", s(d.path())]);
+    let d = TempDir::new("pipes-plain-bad");
+    expect_plain_fail(
+        bin!("pipes"),
+        &["--dir", s(d.path()), "--corrupt"],
+        "pipe A holds 200001 bytes",
+    );
+}
+
+#[test]
+fn pipes_roundtrip() {
+    root_only!();
+    let d = TempDir::new("pipes-files");
+    let (v, images, sc) = roundtrip("pipes", bin!("pipes"), &["--dir", s(d.path())]);
+    assert!(v.starts_with("PASS"), "{v}");
+    let log = sc.path("wl.log");
+    let passes = cryo_integration::log_lines(&log)
+        .iter()
+        .filter(|l| l.starts_with("MEMBER ") && l.contains(" PASS"))
+        .count();
+    assert_eq!(passes, 2, "{}", log_tail(&log, 20));
+    for must in ["pipes-data.img", "fifo-data.img"] {
+        assert!(images.contains(&must.to_string()), "no {must} in {images:?}");
+    }
+    // crit sees the data: pipe A's 200000 bytes with its 1 MiB size.
+    let pd = crit_json(&sc.img.join("pipes-data.img"));
+    let entries = pd["entries"].as_array().expect("entries");
+    assert!(
+        entries.iter().any(|e| e["bytes"] == 200000 && e["size"] == 1048576),
+        "{pd}"
+    );
+    let fd = crit_json(&sc.img.join("fifo-data.img"));
+    assert_eq!(fd["entries"][0]["bytes"], 3000, "{fd}");
+}
+
+#[test]
+fn pipes_dump_leaves_the_data_in_place() {
+    root_only!();
+    // --leave-running: the original must still find every byte after the
+    // dump read its pipes.
+    let d = TempDir::new("pipes-leave");
+    let sc = Scratch::new("pipes-leave");
+    let log = sc.path("wl.log");
+    let mut w = Workload::spawn(bin!("pipes"), &["--dir", s(d.path())], &log).expect("spawn");
+    w.wait_ready().unwrap_or_else(|e| panic!("{e}"));
+    dump(&sc, w.pid, &["--leave-running"]);
+    assert!(pid_running(w.pid), "--leave-running must leave the original running");
+    w.usr1().expect("SIGUSR1");
+    let v = wait_for_verdict(&log, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(v.starts_with("PASS"), "{v}");
+    assert_eq!(w.wait_exit(GONE_TIMEOUT).and_then(|s| s.code()), Some(0));
+}

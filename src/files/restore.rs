@@ -1,0 +1,363 @@
+//! Restore of the fd tables: every open file description is created once
+//! and put at its fd numbers in every task that uses it.
+//!
+//! Descriptions are created in *groups* (what one call creates together:
+//! both ends of a pipe, a socketpair, all descriptions of one ghost file,
+//! or just one file) by the *owner* of the group: the lowest common
+//! ancestor of every task that uses one of its descriptions (or watches
+//! one through an epoll). The owner parks each description at a fixed
+//! *slot* fd number (`tmp_base + index`, above every fd the tree uses),
+//! where every descendant finds it after fork. Each task then closes the
+//! table it inherited and dup2s its own fds from the slots. The slots are
+//! closed in `jump` (everything but the task's fds), after the children
+//! have been forked, so no extra reference survives into the restored
+//! tree.
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use anyhow::{bail, Context, Result};
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+use nix::unistd;
+
+use super::{pipe, reg, FD_FIFO, FD_PIPE, FD_REG, FD_TTY};
+use crate::image::{names, pb, ImageDir, Kind};
+use crate::proc;
+use crate::restore::{EngineFds, Plan};
+
+/// Everything besides files.img that the file restore needs, read and
+/// checked at Stage Load.
+#[derive(Debug, Clone, Default)]
+pub struct Extra {
+    /// Ghost file contents by remap id (the N of ghost-file-N.img).
+    pub ghosts: HashMap<u32, reg::Ghost>,
+    /// remap id of each REG entry that is a ghost.
+    pub ghost_of: HashMap<u32, u32>,
+    /// Pipe contents and sizes by pipe id.
+    pub pipe_data: HashMap<u32, pipe::PipeData>,
+    /// FIFO contents and sizes by pipe id.
+    pub fifo_data: HashMap<u32, pipe::PipeData>,
+}
+
+/// Reads the images that go with files.img.
+pub fn load(dir: &ImageDir, files: &HashMap<u32, pb::FileEntry>) -> Result<Extra> {
+    let mut x = Extra::default();
+    if dir.exists(names::REMAP_FPATH) {
+        let remaps: Vec<pb::RemapFilePathEntry> = dir.read_image(names::REMAP_FPATH, Kind::RemapFpath)?;
+        for r in remaps {
+            if r.remap_type != Some(pb::RemapType::Ghost as i32) {
+                bail!(
+                    "{}: file id {} has a remap of a kind this cryo cannot restore",
+                    names::REMAP_FPATH,
+                    r.orig_id
+                );
+            }
+            match files.get(&r.orig_id) {
+                Some(fe) if fe.r#type == FD_REG => {}
+                _ => bail!(
+                    "{}: file id {} is not a regular file in files.img",
+                    names::REMAP_FPATH,
+                    r.orig_id
+                ),
+            }
+            if !x.ghosts.contains_key(&r.remap_id) {
+                let name = names::ghost_file(r.remap_id);
+                let data = dir.read_bytes(&name)?;
+                let path = dir.path().join(&name).display().to_string();
+                let g = reg::parse_ghost(&path, &data)?;
+                if g.entry.mode & libc::S_IFMT != libc::S_IFREG {
+                    bail!(
+                        "{path}: only regular ghost files can be restored (mode {:o})",
+                        g.entry.mode
+                    );
+                }
+                x.ghosts.insert(r.remap_id, g);
+            }
+            x.ghost_of.insert(r.orig_id, r.remap_id);
+        }
+    }
+    x.pipe_data = pipe::load_data(dir, names::PIPES_DATA, Kind::PipesData)?;
+    x.fifo_data = pipe::load_data(dir, names::FIFO_DATA, Kind::FifoData)?;
+    Ok(x)
+}
+
+/// Checks one fdinfo entry against its file entry (Stage Load).
+pub fn check_fd(
+    fdname: &str,
+    pid: i32,
+    f: &pb::FdinfoEntry,
+    fe: &pb::FileEntry,
+    files: &HashMap<u32, pb::FileEntry>,
+    shell_job: bool,
+) -> Result<()> {
+    if fe.r#type != f.r#type {
+        bail!(
+            "{fdname}: fd {} has type {} but files.img says {}",
+            f.fd,
+            f.r#type,
+            fe.r#type
+        );
+    }
+    let missing = || {
+        anyhow::anyhow!(
+            "files.img: file id {} of type {} has no entry for its type",
+            fe.id,
+            fe.r#type
+        )
+    };
+    match f.r#type {
+        FD_REG if fe.reg.is_some() => {}
+        FD_PIPE => {
+            fe.pipe.as_ref().ok_or_else(missing)?;
+        }
+        FD_FIFO => {
+            let regf = fe.fifo.as_ref().ok_or_else(missing)?.regf_id;
+            if !regf.and_then(|r| files.get(&r)).is_some_and(|r| r.reg.is_some()) {
+                bail!("files.img: FIFO file id {} has no path entry", fe.id);
+            }
+        }
+        FD_TTY if fe.tty.is_some() => {
+            if !shell_job {
+                bail!(
+                    "pid {pid} fd {} is a terminal of the dumping session; restore with --shell-job",
+                    f.fd
+                );
+            }
+        }
+        FD_REG | FD_TTY => bail!(
+            "files.img: file id {} of type {} has no entry for its type",
+            fe.id,
+            fe.r#type
+        ),
+        t => bail!(
+            "{fdname}: fd {} has a file type ({t}) this cryo cannot restore yet",
+            f.fd
+        ),
+    }
+    Ok(())
+}
+
+/// What is created together by one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum GroupKey {
+    /// One description on its own.
+    Single(u32),
+    /// Every description of one ghost file (by remap id).
+    Ghost(u32),
+    /// Every description of one pipe (by pipe id).
+    Pipe(u32),
+    /// Every description of one FIFO (by pipe id).
+    Fifo(u32),
+}
+
+#[derive(Debug)]
+struct Group {
+    key: GroupKey,
+    ids: Vec<u32>,
+    owner: usize,
+}
+
+/// Where every description is parked, and who creates it.
+#[derive(Debug)]
+struct Layout {
+    slot: HashMap<u32, RawFd>,
+    groups: Vec<Group>,
+    /// First fd number above the slots, for temporaries.
+    scratch: RawFd,
+}
+
+fn group_key(plan: &Plan, id: u32) -> GroupKey {
+    let fe = &plan.files[&id];
+    if let Some(&g) = plan.fx.ghost_of.get(&id) {
+        return GroupKey::Ghost(g);
+    }
+    match (fe.r#type, &fe.pipe, &fe.fifo) {
+        (FD_PIPE, Some(p), _) => GroupKey::Pipe(p.pipe_id),
+        (FD_FIFO, _, Some(f)) => GroupKey::Fifo(f.pipe_id),
+        _ => GroupKey::Single(id),
+    }
+}
+
+fn depth(parents: &[Option<usize>], mut t: usize) -> usize {
+    let mut d = 0;
+    while let Some(p) = parents[t] {
+        t = p;
+        d += 1;
+    }
+    d
+}
+
+/// Lowest common ancestor of a non-empty set of tasks, given each task's
+/// parent index (None for the root).
+fn lca(parents: &[Option<usize>], tasks: impl IntoIterator<Item = usize>) -> usize {
+    let mut it = tasks.into_iter();
+    let mut a = it.next().expect("a group has users");
+    for mut b in it {
+        let (mut da, mut db) = (depth(parents, a), depth(parents, b));
+        while da > db {
+            a = parents[a].expect("deeper task has a parent");
+            da -= 1;
+        }
+        while db > da {
+            b = parents[b].expect("deeper task has a parent");
+            db -= 1;
+        }
+        while a != b {
+            a = parents[a].expect("tasks share the root");
+            b = parents[b].expect("tasks share the root");
+        }
+    }
+    a
+}
+
+impl Layout {
+    fn compute(plan: &Plan, base: RawFd) -> Layout {
+        // Users of every id.
+        let mut users: BTreeMap<u32, BTreeMap<usize, ()>> = BTreeMap::new();
+        for (i, t) in plan.tasks.iter().enumerate() {
+            for f in &t.fds {
+                users.entry(f.id).or_default().insert(i, ());
+            }
+        }
+        let mut slot = HashMap::new();
+        for (n, id) in users.keys().enumerate() {
+            slot.insert(*id, base + n as RawFd);
+        }
+        let mut by_key: BTreeMap<GroupKey, (Vec<u32>, BTreeMap<usize, ()>)> = BTreeMap::new();
+        for (id, u) in &users {
+            let g = by_key.entry(group_key(plan, *id)).or_default();
+            g.0.push(*id);
+            g.1.extend(u.iter().map(|(k, _)| (*k, ())));
+        }
+        let parents: Vec<Option<usize>> = plan.tasks.iter().map(|t| t.parent).collect();
+        let groups = by_key
+            .into_iter()
+            .map(|(key, (ids, u))| Group {
+                key,
+                ids,
+                owner: lca(&parents, u.into_keys()),
+            })
+            .collect();
+        Layout {
+            scratch: base + users.len() as RawFd + 1,
+            slot,
+            groups,
+        }
+    }
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard one, so that the slots fit
+/// (the task's own limits are set later, before the blob).
+fn raise_nofile() {
+    if let Ok((_, hard)) = crate::sys::clone::prlimit_get(nix::unistd::Pid::from_raw(0), libc::RLIMIT_NOFILE as i32) {
+        let _ = crate::sys::clone::prlimit_set(nix::unistd::Pid::from_raw(0), libc::RLIMIT_NOFILE as i32, hard, hard);
+    }
+}
+
+/// Creates the descriptions of one group; returns them by file id.
+fn create(plan: &Plan, g: &Group, lay: &Layout, efds: EngineFds) -> Result<Vec<(u32, OwnedFd)>> {
+    let mut out = Vec::with_capacity(g.ids.len());
+    match g.key {
+        GroupKey::Ghost(remap) => {
+            let ghost = &plan.fx.ghosts[&remap];
+            let name = plan.files[&g.ids[0]]
+                .reg
+                .as_ref()
+                .map(|r| r.name.as_str())
+                .unwrap_or("?");
+            let gfd = reg::make_ghost(ghost, name)?;
+            for &id in &g.ids {
+                out.push((id, reg::open(&plan.files[&id], Some(gfd.as_raw_fd()))?));
+            }
+        }
+        GroupKey::Pipe(p) => out = pipe::create_pipe(&plan.files, &g.ids, plan.fx.pipe_data.get(&p))?,
+        GroupKey::Fifo(p) => out = pipe::create_fifo(&plan.files, &g.ids, plan.fx.fifo_data.get(&p))?,
+        GroupKey::Single(id) => {
+            let fe = &plan.files[&id];
+            let fd = match fe.r#type {
+                FD_REG => reg::open(fe, None)?,
+                FD_TTY => {
+                    if efds.tty < 0 {
+                        bail!("file id {id} is a terminal but no terminal was given (--shell-job)");
+                    }
+                    let n = fcntl(efds.tty, FcntlArg::F_DUPFD_CLOEXEC(lay.scratch)).context("dup of the terminal")?;
+                    crate::sys::rawfd::own(n)
+                }
+                t => bail!("file id {id} has a type ({t}) this cryo cannot restore yet"),
+            };
+            out.push((id, fd));
+        }
+    }
+    Ok(out)
+}
+
+/// Parks freshly created descriptions at their slots. All are first
+/// moved above the slots, so that none sits on a slot another one is
+/// about to take.
+fn park(made: Vec<(u32, OwnedFd)>, lay: &Layout) -> Result<()> {
+    let mut moved = Vec::with_capacity(made.len());
+    for (id, fd) in made {
+        let n = fcntl(fd.as_raw_fd(), FcntlArg::F_DUPFD_CLOEXEC(lay.scratch)).context("F_DUPFD")?;
+        drop(fd);
+        moved.push((id, crate::sys::rawfd::own(n)));
+    }
+    for (id, fd) in moved {
+        let s = lay.slot[&id];
+        unistd::dup2(fd.as_raw_fd(), s).with_context(|| format!("dup2 to slot {s}"))?;
+    }
+    Ok(())
+}
+
+/// Puts every fd of task `idx` at its number (see the module doc).
+pub(crate) fn setup_fds(plan: &Plan, idx: usize, efds: EngineFds) -> Result<()> {
+    raise_nofile();
+    let lay = Layout::compute(plan, efds.tmp_base);
+    let t = &plan.tasks[idx];
+    let mut mine: Vec<&Group> = lay.groups.iter().filter(|g| g.owner == idx).collect();
+    mine.sort_by_key(|g| g.key);
+    for g in mine {
+        let made = create(plan, g, &lay, efds).with_context(|| match g.ids.as_slice() {
+            [id] => format!("file id {id}"),
+            ids => format!("file ids {ids:?}"),
+        })?;
+        park(made, &lay)?;
+    }
+    // Close everything inherited below the engine's descriptors.
+    for fd in proc::fds(std::process::id())? {
+        if fd < efds.high {
+            let _ = unistd::close(fd);
+        }
+    }
+    for f in &t.fds {
+        let s = lay.slot[&f.id];
+        unistd::dup2(s, f.fd as RawFd).with_context(|| format!("dup2 to fd {}", f.fd))?;
+        let flags = if f.flags & 1 != 0 {
+            FdFlag::FD_CLOEXEC
+        } else {
+            FdFlag::empty()
+        };
+        fcntl(f.fd as RawFd, FcntlArg::F_SETFD(flags))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lca;
+
+    #[test]
+    fn lowest_common_ancestor() {
+        //      0
+        //    1   2
+        //   3 4    5
+        //  6
+        let parents = [None, Some(0), Some(0), Some(1), Some(1), Some(2), Some(3)];
+        assert_eq!(lca(&parents, [6]), 6);
+        assert_eq!(lca(&parents, [6, 4]), 1);
+        assert_eq!(lca(&parents, [4, 6]), 1);
+        assert_eq!(lca(&parents, [3, 6]), 3);
+        assert_eq!(lca(&parents, [6, 5]), 0);
+        assert_eq!(lca(&parents, [3, 4, 6, 1]), 1);
+        assert_eq!(lca(&parents, [2, 5]), 2);
+    }
+}
