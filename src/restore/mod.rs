@@ -239,11 +239,54 @@ fn release(plan: &Plan, shim: i32, go_w: OwnedFd, efds: EngineFds) -> Result<()>
         // Every thread of the process is through: drop the restorer.
         cleanup_process(tids[0], frame_sp, efds)
             .with_context(|| format!("Cannot remove the restorer from pid {}", tids[0]))?;
+        // Scheduling per thread, from outside, and job-control state.
+        let image = ns_pid(tids[0]).and_then(|p| plan.tasks.iter().find(|t| t.pid == p));
+        let mut stop = 0;
+        if let Some(img) = image {
+            for &t in tids {
+                let Some(ns) = ns_pid(t) else { continue };
+                let core = if ns == img.pid {
+                    Some(&img.core)
+                } else {
+                    img.threads.iter().find(|th| th.tid == ns).map(|th| &th.core)
+                };
+                if let Some(thc) = core.and_then(|c| c.thread_core.as_ref()) {
+                    let policy = thc.sched_policy.unwrap_or(0);
+                    let nice = thc.sched_nice.unwrap_or(0);
+                    if policy != 0 || nice != 0 {
+                        if let Err(e) = crate::sys::rawfd::set_sched(t, nice, policy, thc.sched_prio.unwrap_or(0)) {
+                            warn!("pid {ns}: cannot restore scheduling (policy {policy}, nice {nice}): {e}");
+                        }
+                    }
+                }
+            }
+            if img.core.tc.as_ref().is_some_and(|tc| tc.task_state == 3) {
+                stop = img
+                    .core
+                    .tc
+                    .as_ref()
+                    .and_then(|tc| tc.stop_signo)
+                    .unwrap_or(libc::SIGSTOP as u32) as i32;
+            }
+        }
         for &t in tids {
             ptrace::detach(Pid::from_raw(t), 0)?;
         }
+        if stop != 0 {
+            // The task was stopped by job control when dumped: stop it again.
+            let _ = nix::sys::signal::kill(
+                Pid::from_raw(tids[0]),
+                Signal::try_from(stop).unwrap_or(Signal::SIGSTOP),
+            );
+        }
     }
     Ok(())
+}
+
+/// The innermost pid of host pid `pid` (its pid in the restored namespace).
+fn ns_pid(pid: i32) -> Option<i32> {
+    let st = crate::proc::status::read(pid as u32).ok()?;
+    st.nspid.last().map(|&p| p as i32)
 }
 
 /// In stopped thread `tid`: closes the sync fds and unmaps the blob area

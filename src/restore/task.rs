@@ -65,6 +65,7 @@ fn restore_task(plan: &Plan, idx: usize, efds: EngineFds) -> Result<Infallible> 
     }
     let staged = stage_memory(plan, t, efds)?;
     set_rlimits(t);
+    set_task_attrs(t)?;
     jump(plan, t, efds, staged)
 }
 
@@ -294,6 +295,30 @@ pub(crate) fn find_hole(busy: &mut [(u64, u64)], need: u64) -> Option<u64> {
         cand = cand.max(e);
     }
     (cand + need <= TOP).then_some(cand)
+}
+
+/// Process attributes that survive the blob (they live in the task, not
+/// in its address space): personality, parent-death signal, child
+/// subreaper, THP and dumpable flags. Scheduling is set per thread by the
+/// engine once the threads exist (`restore::release`).
+fn set_task_attrs(t: &TaskImage) -> Result<()> {
+    let tc = t.core.tc.as_ref().expect("validated");
+    let thc = t.core.thread_core.as_ref().expect("validated");
+    crate::sys::rawfd::set_personality(tc.personality).context("personality")?;
+    if let Some(sig) = thc.pdeath_sig.filter(|&s| s != 0) {
+        let s = nix::sys::signal::Signal::try_from(sig as i32).context("pdeathsig")?;
+        nix::sys::prctl::set_pdeathsig(s).context("PR_SET_PDEATHSIG")?;
+    }
+    if tc.child_subreaper == Some(true) {
+        nix::sys::prctl::set_child_subreaper(true).context("PR_SET_CHILD_SUBREAPER")?;
+    }
+    if t.mm.thp_disabled == Some(true) {
+        nix::sys::prctl::set_thp_disable(true).context("PR_SET_THP_DISABLE")?;
+    }
+    if let Some(d) = t.mm.dumpable {
+        let _ = nix::sys::prctl::set_dumpable(d == 1);
+    }
+    Ok(())
 }
 
 fn set_rlimits(t: &TaskImage) {

@@ -53,3 +53,24 @@ pub fn default_and_raise(sig: nix::sys::signal::Signal) -> nix::Result<()> {
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None)?;
     nix::sys::signal::raise(sig)
 }
+
+/// `personality(p)` for the calling process (the restored execution
+/// domain and flags such as ADDR_NO_RANDOMIZE).
+pub fn set_personality(p: u32) -> nix::Result<()> {
+    // SAFETY: personality takes an integer and touches no memory.
+    let r = unsafe { libc::personality(p as libc::c_ulong) };
+    nix::errno::Errno::result(r).map(drop)
+}
+
+/// Nice value and scheduling policy of thread `tid` (from outside).
+pub fn set_sched(tid: i32, nice: i32, policy: u32, prio: u32) -> nix::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: prio as i32,
+    };
+    // SAFETY: `param` is a valid sched_param read by the kernel.
+    let r = unsafe { libc::sched_setscheduler(tid, policy as i32, &param) };
+    nix::errno::Errno::result(r)?;
+    // SAFETY: setpriority takes integers only.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
+    nix::errno::Errno::result(r).map(drop)
+}
