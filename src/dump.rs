@@ -284,6 +284,12 @@ fn dump_process(
         bail!("pid {pid} runs under seccomp; seccomp filters are not supported yet");
     }
 
+    let timers = fs::read_to_string(format!("/proc/{pid}/timers"))
+        .ok()
+        .map(|t| proc::timers::parse(&t))
+        .transpose()
+        .with_context(|| format!("Cannot parse /proc/{pid}/timers"))?
+        .unwrap_or_default();
     // Per-task facts that need the task's own context, by injection.
     let mut inj = Injector::new(Pid::from_raw(pid), &vmas)
         .with_context(|| format!("Cannot prepare syscall injection into pid {pid}"))?;
@@ -339,6 +345,30 @@ fn dump_process(
             out.clear_tid = u64::from_le_bytes(b[0..8].try_into().unwrap());
         }
         out.brk = inj.syscall(libc::SYS_brk, [0; 6])? as u64;
+        for t in &timers {
+            let r = inj.syscall(libc::SYS_timer_gettime, [t.id as u64, scratch, 0, 0, 0, 0])?;
+            if r < 0 {
+                bail!("timer_gettime({}) in pid {pid} failed: errno {}", t.id, -r);
+            }
+            let b = inj.read_mem(scratch, 32)?;
+            let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
+            let overrun = inj
+                .syscall(libc::SYS_timer_getoverrun, [t.id as u64, 0, 0, 0, 0, 0])?
+                .max(0) as u32;
+            out.posix.push(pb::PosixTimerEntry {
+                it_id: t.id as u32,
+                clock_id: t.clock as u32,
+                si_signo: t.signo as u32,
+                it_sigev_notify: t.notify as u32,
+                sival_ptr: t.sival,
+                overrun,
+                isec: w(0),
+                insec: w(1),
+                vsec: w(2),
+                vnsec: w(3),
+                notify_thread_id: (t.notify & libc::SIGEV_THREAD_ID != 0).then_some(t.notify_id),
+            });
+        }
         out.dumpable = inj.syscall(libc::SYS_prctl, [libc::PR_GET_DUMPABLE as u64, 0, 0, 0, 0, 0])?;
         out.thp_disabled = inj.syscall(libc::SYS_prctl, [libc::PR_GET_THP_DISABLE as u64, 0, 0, 0, 0, 0])? == 1;
         out.secbits = inj
@@ -501,7 +531,7 @@ fn dump_process(
                     real: (it(&inj_out.itimers[0])),
                     virt: (it(&inj_out.itimers[1])),
                     prof: (it(&inj_out.itimers[2])),
-                    posix: vec![],
+                    posix: inj_out.posix.clone(),
                 }),
                 rlimits: Some(pb::TaskRlimitsEntry {
                     rlimits: rlimits.clone(),
@@ -639,6 +669,7 @@ struct Injected {
     secbits: u32,
     pdeathsig: u32,
     subreaper: bool,
+    posix: Vec<pb::PosixTimerEntry>,
 }
 
 impl Default for Injected {
@@ -654,6 +685,7 @@ impl Default for Injected {
             secbits: 0,
             pdeathsig: 0,
             subreaper: false,
+            posix: Vec::new(),
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod fdinfo;
 pub mod maps;
 pub mod stat;
 pub mod status;
+pub mod timers;
 
 use std::ffi::OsString;
 use std::fs;

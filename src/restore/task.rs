@@ -318,6 +318,32 @@ fn set_task_attrs(t: &TaskImage) -> Result<()> {
     if let Some(d) = t.mm.dumpable {
         let _ = nix::sys::prctl::set_dumpable(d == 1);
     }
+    let posix = tc.timers.as_ref().map(|tm| tm.posix.as_slice()).unwrap_or(&[]);
+    if !posix.is_empty() {
+        let timers: Vec<crate::sys::rawfd::PosixTimerSpec> = posix
+            .iter()
+            .map(|p| {
+                let tid = p.notify_thread_id.unwrap_or(0);
+                if tid != 0 && tid != t.pid {
+                    bail!(
+                        "POSIX timer {} notifies thread {tid}, which is not the leader: not supported yet",
+                        p.it_id
+                    );
+                }
+                Ok(crate::sys::rawfd::PosixTimerSpec {
+                    id: p.it_id as i32,
+                    clock: p.clock_id as i32,
+                    signo: p.si_signo as i32,
+                    notify: p.it_sigev_notify as i32,
+                    sival: p.sival_ptr,
+                    tid,
+                    interval: (p.isec as i64, p.insec as i64),
+                    value: (p.vsec as i64, p.vnsec as i64),
+                })
+            })
+            .collect::<Result<_>>()?;
+        crate::sys::rawfd::create_posix_timers(&timers).context("Cannot recreate the POSIX timers")?;
+    }
     Ok(())
 }
 

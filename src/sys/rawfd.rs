@@ -74,3 +74,115 @@ pub fn set_sched(tid: i32, nice: i32, policy: u32, prio: u32) -> nix::Result<()>
     let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
     nix::errno::Errno::result(r).map(drop)
 }
+
+/// A POSIX timer to recreate with its old id.
+#[derive(Debug, Clone, Copy)]
+pub struct PosixTimerSpec {
+    pub id: i32,
+    pub clock: i32,
+    pub signo: i32,
+    pub notify: i32,
+    pub sival: u64,
+    pub tid: i32,
+    pub interval: (i64, i64),
+    pub value: (i64, i64),
+}
+
+/// The kernel's `struct sigevent` (64 bytes on x86_64).
+#[repr(C)]
+struct KSigevent {
+    value: u64,
+    signo: i32,
+    notify: i32,
+    tid: i32,
+    _pad: [i32; 11],
+}
+
+const PR_TIMER_CREATE_RESTORE_IDS: i32 = 77;
+
+fn timer_create(clock: i32, sev: &KSigevent, want: i32) -> nix::Result<i32> {
+    let mut id: i32 = want;
+    // SAFETY: `sev` is a valid sigevent and `id` a writable timer_t the
+    // kernel reads (in restore-ids mode) and writes.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_timer_create,
+            clock,
+            sev as *const KSigevent,
+            &mut id as *mut i32,
+        )
+    };
+    nix::errno::Errno::result(r)?;
+    Ok(id)
+}
+
+fn timer_delete(id: i32) {
+    // SAFETY: integer argument only.
+    unsafe { libc::syscall(libc::SYS_timer_delete, id) };
+}
+
+/// Recreates POSIX timers with their old ids (PR_TIMER_CREATE_RESTORE_IDS
+/// when the kernel has it, else by creating and deleting placeholder
+/// timers until the id counter reaches each wanted id), then arms them.
+pub fn create_posix_timers(timers: &[PosixTimerSpec]) -> nix::Result<()> {
+    let mut sorted: Vec<&PosixTimerSpec> = timers.iter().collect();
+    sorted.sort_by_key(|t| t.id);
+    // SAFETY: prctl with integer arguments.
+    let restore_ids = unsafe { libc::prctl(PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0) } == 0;
+    let mut placeholders = Vec::new();
+    for t in &sorted {
+        let sev = KSigevent {
+            value: t.sival,
+            signo: t.signo,
+            notify: t.notify,
+            tid: t.tid,
+            _pad: [0; 11],
+        };
+        let got = if restore_ids {
+            timer_create(t.clock, &sev, t.id)?
+        } else {
+            loop {
+                let got = timer_create(t.clock, &sev, 0)?;
+                if got >= t.id {
+                    break got;
+                }
+                placeholders.push(got);
+            }
+        };
+        if got != t.id {
+            timer_delete(got);
+            return Err(nix::errno::Errno::EEXIST);
+        }
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: t.interval.0,
+                tv_nsec: t.interval.1,
+            },
+            it_value: libc::timespec {
+                tv_sec: t.value.0,
+                tv_nsec: t.value.1,
+            },
+        };
+        if t.value != (0, 0) {
+            // SAFETY: `spec` is a valid itimerspec; old value not wanted.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_timer_settime,
+                    t.id,
+                    0,
+                    &spec as *const libc::itimerspec,
+                    0usize,
+                )
+            };
+            nix::errno::Errno::result(r)?;
+        }
+    }
+    for p in placeholders {
+        timer_delete(p);
+    }
+    if restore_ids {
+        // SAFETY: prctl with integer arguments.
+        unsafe { libc::prctl(PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0) };
+    }
+    Ok(())
+}
