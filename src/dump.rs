@@ -180,6 +180,7 @@ fn write_images(opts: &DumpOpts, dir: &ImageDir, frozen: &Frozen, stats: &mut Du
 
     let mut files = FileTable::default();
     let mut pstree = Vec::new();
+    let mut seccomp: Vec<pb::SeccompFilter> = Vec::new();
     for p in &frozen.procs {
         if let Some(code) = p.zombie {
             let stat = proc::stat::read(p.pid as u32)?;
@@ -197,7 +198,7 @@ fn write_images(opts: &DumpOpts, dir: &ImageDir, frozen: &Frozen, stats: &mut Du
             });
             continue;
         }
-        let pd = dump_process(opts, dir, p, &layout, &mut ids, &mut files, stats)
+        let pd = dump_process(opts, dir, p, &layout, &mut ids, &mut files, stats, &mut seccomp)
             .with_context(|| format!("Dump of pid {} failed", p.pid))?;
         let ns = ns_inodes(p.pid)?;
         for k in ["pid", "net", "ipc", "uts", "mnt", "user", "cgroup"] {
@@ -221,7 +222,13 @@ fn write_images(opts: &DumpOpts, dir: &ImageDir, frozen: &Frozen, stats: &mut Du
     }
     dir.write_image("pstree.img", Kind::Pstree, &pstree)?;
     files.write_images(dir)?;
-    dir.write_image("seccomp.img", Kind::Seccomp, &[pb::SeccompEntry::default()])?;
+    dir.write_image(
+        "seccomp.img",
+        Kind::Seccomp,
+        &[pb::SeccompEntry {
+            seccomp_filters: seccomp,
+        }],
+    )?;
     let now = |clk| {
         let ts = nix::time::clock_gettime(clk).unwrap_or(nix::sys::time::TimeSpec::new(0, 0));
         pb::Timespec {
@@ -275,14 +282,39 @@ fn dump_process(
     ids: &mut Ids,
     files: &mut FileTable,
     stats: &mut DumpStats,
+    seccomp: &mut Vec<pb::SeccompFilter>,
 ) -> Result<ProcOut> {
     let pid = p.pid;
     let stat = proc::stat::read(pid as u32)?;
     let status = proc::status::read(pid as u32)?;
     let vmas = proc::maps::read_smaps(pid as u32)?;
-    if status.seccomp != 0 {
-        bail!("pid {pid} runs under seccomp; seccomp filters are not supported yet");
-    }
+    // Seccomp: the leader's filter chain (newest first from ptrace) is
+    // appended to seccomp.img oldest first, each pointing at its `prev`.
+    let (seccomp_mode, seccomp_top) = match status.seccomp {
+        0 => (None, None),
+        1 => (Some(1), None),
+        _ => {
+            let mut chain = Vec::new();
+            let mut idx = 0;
+            while let Some(f) = ptrace::seccomp_filter(Pid::from_raw(pid), idx)
+                .with_context(|| format!("PTRACE_SECCOMP_GET_FILTER of pid {pid}"))?
+            {
+                chain.push(f);
+                idx += 1;
+            }
+            let mut top = None;
+            for f in chain.into_iter().rev() {
+                let i = seccomp.len() as u32;
+                seccomp.push(pb::SeccompFilter {
+                    filter: f,
+                    prev: top,
+                    flags: None,
+                });
+                top = Some(i);
+            }
+            (Some(2), top)
+        }
+    };
 
     let timers = fs::read_to_string(format!("/proc/{pid}/timers"))
         .ok()
@@ -552,6 +584,8 @@ fn dump_process(
                     None
                 },
                 creds: Some(creds_of(&th.status, inj_out.secbits)),
+                seccomp_mode,
+                seccomp_filter: seccomp_top,
                 ..thread_core
             }),
         };

@@ -27,8 +27,11 @@
 //! 10. reports on `ready_fd` (a [`Report`]) and waits for one byte on
 //!     `go_fd` (EOF means the engine gave up: exit_group(1)); the fds are
 //!     shared by all threads, so the engine closes them afterwards;
-//! 11. (leader only) queues `sigs` (pending signals, all signals are
-//!     blocked by then);
+//! 11. (leader only) installs the seccomp filters (`seccomp`, oldest
+//!     first, with TSYNC so every thread gets them; the engine traces the
+//!     threads with PTRACE_O_SUSPEND_SECCOMP until they are through
+//!     rt_sigreturn) or strict mode, then queues `sigs` (pending signals;
+//!     all signals are blocked by then);
 //! 12. sets fs_base/gs_base and calls rt_sigreturn with rsp = its `frame`.
 //!
 //! On any failure the blob writes a [`Report`] with the step and errno to
@@ -38,7 +41,7 @@
 pub const ARGS_MAGIC: u64 = 0x7274_7372_6f79_7263;
 /// Bumped on every layout change; the engine and the blob are built from
 /// the same tree, the check only catches a stale build.
-pub const ARGS_VERSION: u32 = 2;
+pub const ARGS_VERSION: u32 = 3;
 /// Stack of each extra thread inside the blob area.
 pub const THREAD_STACK: u64 = 32 * 1024;
 /// Exit status of a task whose blob failed.
@@ -61,6 +64,7 @@ pub mod step {
     pub const SIGQUEUE: u32 = 13;
     pub const SIGRETURN: u32 = 14;
     pub const CLONE: u32 = 15;
+    pub const SECCOMP: u32 = 16;
     /// Sent with `errno == 0` when everything before the go wait worked.
     pub const READY: u32 = 0xff;
 }
@@ -212,6 +216,15 @@ pub struct QueuedSignal {
     pub info: [u8; 128],
 }
 
+/// One classic BPF seccomp program: `len` 8-byte `sock_filter`s at `insns`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SeccompFilter {
+    pub insns: u64,
+    pub len: u32,
+    pub flags: u32,
+}
+
 /// The engine's own rseq registration, undone by the blob first.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -269,4 +282,10 @@ pub struct Args {
     /// [`QueuedSignal`] array.
     pub sigs: u64,
     pub nr_sigs: u64,
+
+    /// 0: none, 1: strict mode, 2: the `seccomp` filters.
+    pub seccomp_mode: u64,
+    /// [`SeccompFilter`] array, oldest first.
+    pub seccomp: u64,
+    pub nr_seccomp: u64,
 }

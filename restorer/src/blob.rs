@@ -25,7 +25,7 @@ use core::mem::size_of;
 #[path = "abi.rs"]
 mod abi;
 
-use abi::{step, Args, Creds, Report, ThreadState, ARGS_MAGIC, ARGS_VERSION, EXIT_BLOB_FAILED, THREAD_STACK};
+use abi::{step, Args, Creds, Report, SeccompFilter, ThreadState, ARGS_MAGIC, ARGS_VERSION, EXIT_BLOB_FAILED, THREAD_STACK};
 
 // ---------------------------------------------------------------------------
 // Raw syscalls (x86_64: number in rax, args in rdi rsi rdx r10 r8 r9; the
@@ -57,6 +57,7 @@ mod nr {
     pub const RT_TGSIGQUEUEINFO: usize = 297;
     pub const RSEQ: usize = 334;
     pub const CLONE3: usize = 435;
+    pub const SECCOMP: usize = 317;
 }
 
 #[inline(always)]
@@ -765,6 +766,33 @@ impl Blob<'_> {
         }
     }
 
+    /// Step 11a: seccomp, synchronised to every thread.
+    fn install_seccomp(&self) {
+        match self.a.seccomp_mode {
+            0 => {}
+            1 => {
+                // PR_SET_SECCOMP (22), SECCOMP_MODE_STRICT (1).
+                // SAFETY: integer arguments only.
+                let ret = unsafe { syscall5(nr::PRCTL, 22, 1, 0, 0, 0) };
+                self.check(ret, step::SECCOMP);
+            }
+            _ => {
+                for i in 0..self.a.nr_seccomp {
+                    // SAFETY: `nr_seccomp` filters at `seccomp`, in the area.
+                    let f = unsafe { &*(self.a.seccomp as *const SeccompFilter).add(i as usize) };
+                    // struct sock_fprog { unsigned short len; struct sock_filter *filter; }
+                    let prog: [u64; 2] = [f.len as u64, f.insns];
+                    // SECCOMP_SET_MODE_FILTER (1) with TSYNC (1) plus the
+                    // filter's own flags.
+                    // SAFETY: `prog` describes `len` instructions inside the
+                    // area; the kernel copies them.
+                    let ret = unsafe { syscall3(nr::SECCOMP, 1, 1 | f.flags as usize, prog.as_ptr() as usize) };
+                    self.check(ret, step::SECCOMP);
+                }
+            }
+        }
+    }
+
     /// Step 11.
     fn sigreturn(&self, t: &ThreadState) -> ! {
         // SAFETY: sets our own fs base; nothing in the blob uses TLS.
@@ -805,6 +833,7 @@ impl Blob<'_> {
         self.set_thread(&a.thread);
         self.set_creds();
         self.sync_with_engine();
+        self.install_seccomp();
         self.queue_signals();
         self.sigreturn(&a.thread)
     }

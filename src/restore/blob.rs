@@ -202,6 +202,10 @@ pub struct BlobPlan {
     pub altstack: SigAltStack,
     /// The process's other threads (the leader is described above).
     pub threads: Vec<ThreadPlan>,
+    /// 0 none, 1 strict, 2 filters.
+    pub seccomp_mode: u64,
+    /// BPF programs (raw sock_filter bytes) and flags, oldest first.
+    pub seccomp: Vec<(Vec<u8>, u32)>,
 }
 
 /// One extra thread: its state and the registers it returns to.
@@ -243,6 +247,8 @@ impl Default for BlobPlan {
             sigmask: 0,
             altstack: SigAltStack::default(),
             threads: Vec::new(),
+            seccomp_mode: 0,
+            seccomp: Vec::new(),
         }
     }
 }
@@ -361,6 +367,9 @@ struct Layout {
     fpstate: usize,
     /// The extra threads' ThreadState array.
     threads: usize,
+    /// SeccompFilter array, then the programs.
+    seccomp: usize,
+    seccomp_progs: usize,
     /// Top of the leader's blob stack.
     leader_top: usize,
     /// Size of the whole area (the extra threads' slots follow the
@@ -401,7 +410,10 @@ fn layout(plan: &BlobPlan) -> Layout {
     let fpstate = align(frame + size_of::<RtSigframe>(), 64);
     let fp_len = plan.xsave.as_ref().map_or(0, |x| x.len() + 4);
     let threads = align(fpstate + fp_len, 16);
-    let stack = align(threads + plan.threads.len() * size_of::<ThreadState>(), PAGE as usize);
+    let seccomp = align(threads + plan.threads.len() * size_of::<ThreadState>(), 16);
+    let seccomp_progs = align(seccomp + plan.seccomp.len() * size_of::<abi::SeccompFilter>(), 16);
+    let progs_len: usize = plan.seccomp.iter().map(|p| align(p.0.len(), 8)).sum();
+    let stack = align(seccomp_progs + progs_len, PAGE as usize);
     let leader_top = stack + STACK_SIZE;
     let (_, end) = thread_slots(plan, leader_top);
     Layout {
@@ -415,6 +427,8 @@ fn layout(plan: &BlobPlan) -> Layout {
         frame,
         fpstate,
         threads,
+        seccomp,
+        seccomp_progs,
         leader_top,
         total: leader_top.max(end),
     }
@@ -663,6 +677,18 @@ fn build(plan: &BlobPlan, base: u64) -> Result<(Vec<u8>, Layout)> {
         states.push(st);
     }
     put_all(&mut buf, lay.threads, &states);
+    let mut filters = Vec::with_capacity(plan.seccomp.len());
+    let mut off = lay.seccomp_progs;
+    for (prog, flags) in &plan.seccomp {
+        buf[off..off + prog.len()].copy_from_slice(prog);
+        filters.push(abi::SeccompFilter {
+            insns: at(off),
+            len: (prog.len() / 8) as u32,
+            flags: *flags,
+        });
+        off += align(prog.len(), 8);
+    }
+    put_all(&mut buf, lay.seccomp, &filters);
 
     let mut mm = plan.mm;
     mm.auxv = at(lay.auxv);
@@ -702,6 +728,9 @@ fn build(plan: &BlobPlan, base: u64) -> Result<(Vec<u8>, Layout)> {
         creds,
         sigs: at(lay.sigs),
         nr_sigs: plan.sigs.len() as u64,
+        seccomp_mode: plan.seccomp_mode,
+        seccomp: at(lay.seccomp),
+        nr_seccomp: plan.seccomp.len() as u64,
     };
     put(&mut buf, lay.args, &args);
     Ok((buf, lay))

@@ -193,7 +193,9 @@ fn release(plan: &Plan, shim: i32, go_w: OwnedFd, efds: EngineFds) -> Result<()>
     if n != plan.live_threads() {
         bail!("Found {n} restored threads, expected {}", plan.live_threads());
     }
-    let opts = nix::sys::ptrace::Options::PTRACE_O_TRACESYSGOOD;
+    // Seccomp filters the blob installs must not apply until the thread
+    // is back in its own code: suspend them while we trace.
+    let opts = nix::sys::ptrace::Options::PTRACE_O_TRACESYSGOOD | ptrace::OPT_SUSPEND_SECCOMP;
     for &t in procs.iter().flatten() {
         let p = Pid::from_raw(t);
         ptrace::seize(p, opts).with_context(|| format!("Cannot seize restored pid {t}"))?;

@@ -50,6 +50,8 @@ pub struct ThreadImage {
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub tasks: Vec<TaskImage>,
+    /// seccomp.img's filters (absent file: none).
+    pub seccomp: Vec<pb::SeccompFilter>,
     pub files: HashMap<u32, pb::FileEntry>,
     pub ttys: HashMap<u32, pb::TtyInfoEntry>,
     /// What the file restore needs besides files.img (ghosts, pipe data...).
@@ -241,8 +243,18 @@ impl Plan {
                 tasks[p].children.push(i);
             }
         }
+        let seccomp = if dir.exists("seccomp.img") {
+            dir.read_image::<pb::SeccompEntry>("seccomp.img", Kind::Seccomp)?
+                .into_iter()
+                .next()
+                .map(|e| e.seccomp_filters)
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         let plan = Plan {
             tasks,
+            seccomp,
             files,
             ttys,
             fx,
@@ -260,6 +272,34 @@ impl Plan {
             .flat_map(|t| t.fds.iter().map(|f| f.fd as i32))
             .max()
             .unwrap_or(-1)
+    }
+
+    /// The seccomp chain of a task, oldest filter first.
+    pub fn seccomp_chain(&self, t: &TaskImage) -> Result<(u64, Vec<(Vec<u8>, u32)>)> {
+        let Some(thc) = t.core.thread_core.as_ref() else {
+            return Ok((0, Vec::new()));
+        };
+        match thc.seccomp_mode.unwrap_or(0) {
+            0 => Ok((0, Vec::new())),
+            1 => Ok((1, Vec::new())),
+            _ => {
+                let mut chain = Vec::new();
+                let mut cur = thc.seccomp_filter;
+                while let Some(i) = cur {
+                    let f = self
+                        .seccomp
+                        .get(i as usize)
+                        .with_context(|| format!("pid {}: seccomp filter {i} is not in seccomp.img", t.pid))?;
+                    if f.filter.is_empty() || f.filter.len() % 8 != 0 || chain.len() > 512 {
+                        bail!("seccomp.img: filter {i} is malformed");
+                    }
+                    chain.push((f.filter.clone(), f.flags.unwrap_or(0)));
+                    cur = f.prev;
+                }
+                chain.reverse();
+                Ok((2, chain))
+            }
+        }
     }
 
     /// Tasks that run: all but zombies.

@@ -154,7 +154,7 @@ fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
             })
             .collect();
     let staging_len: u64 = staged_vmas.iter().map(|v| v.end - v.start).sum();
-    let blob_len = blob::area_size(&blob_counts(t, staged_vmas.len())) as u64;
+    let blob_len = blob::area_size(&blob_counts(plan, t, staged_vmas.len())) as u64;
     let blob_len = blob_len.div_ceil(PAGE_SIZE) * PAGE_SIZE;
     let need = blob_len + staging_len + PAGE_SIZE;
 
@@ -362,7 +362,7 @@ fn set_rlimits(t: &TaskImage) {
 }
 
 /// Counts the blob needs to size its area (the addresses come later).
-fn blob_counts(t: &TaskImage, nr_moves: usize) -> BlobPlan {
+fn blob_counts(plan: &Plan, t: &TaskImage, nr_moves: usize) -> BlobPlan {
     let mut p = BlobPlan::default();
     p.moves = vec![VmaMove::default(); nr_moves];
     let madv =
@@ -385,6 +385,7 @@ fn blob_counts(t: &TaskImage, nr_moves: usize) -> BlobPlan {
     ];
     p.xsave = Some(t.xsave.clone());
     p.threads = thread_plans(t);
+    p.seccomp = plan.seccomp_chain(t).map(|c| c.1).unwrap_or_default();
     p
 }
 
@@ -549,6 +550,7 @@ fn jump(plan: &Plan, t: &TaskImage, efds: EngineFds, staged: Staged) -> Result<I
         },
         vec![],
     )))?;
+    let seccomp = plan.seccomp_chain(t)?;
     let plan_b = BlobPlan {
         moves: staged.moves,
         madvs: staged.madvs,
@@ -571,6 +573,8 @@ fn jump(plan: &Plan, t: &TaskImage, efds: EngineFds, staged: Staged) -> Result<I
         sigmask: tc.blk_sigset,
         altstack: altstack_of(thc),
         threads: thread_plans(t),
+        seccomp_mode: seccomp.0,
+        seccomp: seccomp.1,
     };
     // Close what the restored task must not see: everything but its own
     // fds and the three the blob closes itself (ready, go, exe). The
