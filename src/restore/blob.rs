@@ -1509,7 +1509,10 @@ mod tests {
         assert_eq!(&img[..BLOB.len()], BLOB);
 
         let a: Args = read(&img, lay.args);
-        assert_eq!((a.magic, a.version, a.size), (abi::ARGS_MAGIC, abi::ARGS_VERSION, 2608));
+        assert_eq!(
+            (a.magic, a.version, a.size),
+            (abi::ARGS_MAGIC, abi::ARGS_VERSION, size_of::<Args>() as u64)
+        );
         let keep: Vec<Range> = (0..a.nr_keep as usize)
             .map(|i| read(&img, (a.keep - base) as usize + i * 16))
             .collect();
