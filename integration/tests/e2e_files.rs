@@ -278,3 +278,41 @@ fn pipes_dump_leaves_the_data_in_place() {
     assert!(v.starts_with("PASS"), "{v}");
     assert_eq!(w.wait_exit(GONE_TIMEOUT).and_then(|s| s.code()), Some(0));
 }
+
+// ---- 3. unix sockets ---------------------------------------------------------
+
+#[test]
+fn unixsk_plain_passes_and_detects_a_lost_byte() {
+    let d = TempDir::new("unixsk-plain");
+    expect_plain_pass(bin!("unixsk"), &["--dir", s(d.path())]);
+    let d = TempDir::new("unixsk-plain-bad");
+    expect_plain_fail(bin!("unixsk"), &["--dir", s(d.path()), "--corrupt"], "s2:");
+}
+
+#[test]
+fn unixsk_roundtrip() {
+    root_only!();
+    let d = TempDir::new("unixsk-files");
+    let (v, images, sc) = roundtrip("unixsk", bin!("unixsk"), &["--dir", s(d.path())]);
+    assert!(v.starts_with("PASS"), "{v}");
+    let log = sc.path("wl.log");
+    let passes = cryo_integration::log_lines(&log)
+        .iter()
+        .filter(|l| l.starts_with("MEMBER ") && l.contains(" PASS"))
+        .count();
+    assert_eq!(passes, 2, "{}", log_tail(&log, 20));
+    assert!(images.contains(&"sk-queues.img".to_string()), "{images:?}");
+    let files = crit_json(&sc.img.join("files.img"));
+    let usk: Vec<&serde_json::Value> = files["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "UNIXSK")
+        .collect();
+    assert!(usk.len() >= 12, "{} unix sockets in files.img", usk.len());
+    let q = crit_json(&sc.img.join("sk-queues.img"));
+    assert!(
+        q["entries"].as_array().unwrap().iter().any(|e| e["length"] == 5000),
+        "{q}"
+    );
+}
