@@ -8,8 +8,8 @@
 //! end ([`Cleanup`]). The cryo runs need root; without it they SKIP.
 
 use cryo_integration::{
-    bin, describe, is_root, log_tail, pid_running, read_pidfile, run_cryo, s, signal, skip, wait_for_nth_verdict,
-    wait_for_verdict, wait_pid_exited, Cleanup, TempDir, Workload, LINE_TIMEOUT,
+    bin, describe, is_root, log_tail, one_line_error, pid_running, read_pidfile, run_cryo, s, signal, skip,
+    wait_for_nth_verdict, wait_for_verdict, wait_pid_exited, Cleanup, TempDir, Workload, LINE_TIMEOUT,
 };
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -277,4 +277,98 @@ fn pipes_dump_leaves_the_data_in_place() {
     let v = wait_for_verdict(&log, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     assert!(v.starts_with("PASS"), "{v}");
     assert_eq!(w.wait_exit(GONE_TIMEOUT).and_then(|s| s.code()), Some(0));
+}
+
+// ---- 3. unix sockets ---------------------------------------------------------
+
+#[test]
+fn unixsk_plain_passes_and_detects_a_lost_byte() {
+    let d = TempDir::new("unixsk-plain");
+    expect_plain_pass(bin!("unixsk"), &["--dir", s(d.path())]);
+    let d = TempDir::new("unixsk-plain-bad");
+    expect_plain_fail(bin!("unixsk"), &["--dir", s(d.path()), "--corrupt"], "s2:");
+}
+
+#[test]
+fn unixsk_roundtrip() {
+    root_only!();
+    let d = TempDir::new("unixsk-files");
+    let (v, images, sc) = roundtrip("unixsk", bin!("unixsk"), &["--dir", s(d.path())]);
+    assert!(v.starts_with("PASS"), "{v}");
+    let log = sc.path("wl.log");
+    let passes = cryo_integration::log_lines(&log)
+        .iter()
+        .filter(|l| l.starts_with("MEMBER ") && l.contains(" PASS"))
+        .count();
+    assert_eq!(passes, 2, "{}", log_tail(&log, 20));
+    assert!(images.contains(&"sk-queues.img".to_string()), "{images:?}");
+    let files = crit_json(&sc.img.join("files.img"));
+    let usk: Vec<&serde_json::Value> = files["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "UNIXSK")
+        .collect();
+    assert!(usk.len() >= 12, "{} unix sockets in files.img", usk.len());
+    let q = crit_json(&sc.img.join("sk-queues.img"));
+    assert!(
+        q["entries"].as_array().unwrap().iter().any(|e| e["length"] == 5000),
+        "{q}"
+    );
+}
+
+// ---- kinds cryo does not dump ----------------------------------------------
+
+/// Dumps a badfd workload holding `kind` at fd 33: the dump must fail with
+/// one line naming the pid, the fd and `what`, write no complete image,
+/// and leave the workload running and intact.
+fn unsupported_kind_fails_cleanly(kind: &str, what: &str) {
+    let sc = Scratch::new(&format!("bad-{kind}"));
+    let log = sc.path("wl.log");
+    let mut w = Workload::spawn(bin!("badfd"), &["--kind", kind], &log).expect("spawn");
+    w.wait_ready().unwrap_or_else(|e| panic!("{e}"));
+    let pid = w.pid.to_string();
+    let out = run_cryo(&["dump", "-t", &pid, "-D", s(&sc.img)]);
+    let err = one_line_error(&out, &format!("dump of a {kind} descriptor"));
+    for must in [format!("pid {pid}"), "fd 33".to_string(), what.to_string()] {
+        assert!(err.contains(&must), "the error should contain {must:?}: {err}");
+    }
+    assert!(
+        !sc.img.join("inventory.img").exists(),
+        "a failed dump left an inventory.img"
+    );
+    assert!(pid_running(w.pid), "the tree must run on after a failed dump");
+    std::thread::sleep(Duration::from_millis(50));
+    w.usr1().expect("SIGUSR1");
+    let v = wait_for_verdict(&log, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(v.starts_with("PASS"), "{v}");
+    assert_eq!(w.wait_exit(GONE_TIMEOUT).and_then(|s| s.code()), Some(0));
+}
+
+#[test]
+fn badfd_plain_passes_and_detects_a_closed_fd() {
+    expect_plain_pass(bin!("badfd"), &["--kind", "inet"]);
+    expect_plain_fail(bin!("badfd"), &["--kind", "inet", "--corrupt"], "fd 33 is None");
+}
+
+#[test]
+fn dump_of_an_inet_socket_fails_cleanly() {
+    root_only!();
+    unsupported_kind_fails_cleanly("inet", "inet datagram sockets are not supported");
+}
+
+#[test]
+fn dump_of_a_netlink_socket_fails_cleanly() {
+    root_only!();
+    unsupported_kind_fails_cleanly("netlink", "netlink raw sockets are not supported");
+}
+
+#[test]
+fn dump_of_an_io_uring_fails_cleanly() {
+    root_only!();
+    if std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").is_ok_and(|v| v.trim() == "2") {
+        skip("io_uring is disabled on this kernel");
+        return;
+    }
+    unsupported_kind_fails_cleanly("io_uring", "[io_uring]");
 }

@@ -24,6 +24,7 @@ use crate::sys::{clone as sysc, tty as systty};
 pub mod pipe;
 pub mod reg;
 pub mod restore;
+pub mod unix;
 
 /// fd_types values (image-format.md §3.15).
 pub const FD_REG: i32 = 1;
@@ -160,6 +161,10 @@ pub struct FileTable {
     /// Pipe inodes whose data was taken already.
     pipes_done: std::collections::HashSet<u64>,
     extra_images: Vec<ExtraImage>,
+    /// Every unix socket of the net namespace (sock_diag), on first use.
+    unix_diag: Option<HashMap<u32, unix::Diag>>,
+    unix_dumped: Vec<unix::Dumped>,
+    sk_queues: Vec<(pb::SkPacketEntry, Vec<u8>)>,
 }
 
 pub(crate) fn fown0() -> pb::FownEntry {
@@ -316,7 +321,7 @@ impl FileTable {
             }
             FdKind::Pipe => (pipe::dump_pipe(self, f)?, FD_PIPE),
             FdKind::Fifo => (pipe::dump_fifo(self, f)?, FD_FIFO),
-            FdKind::Socket => bail!("pid {pid} fd {fd}: sockets are not supported yet ({link})"),
+            FdKind::Socket => (unix::dump(self, f)?, FD_UNIXSK),
             FdKind::AnonInode(k) => bail!("pid {pid} fd {fd}: {k} descriptors are not supported (anon_inode:{k})"),
             FdKind::Other(_) => bail!("pid {pid} fd {fd}: unsupported file kind ({link})"),
         })
@@ -325,12 +330,21 @@ impl FileTable {
     /// Writes files.img and every image that goes with the file entries
     /// (tty-info, remap-fpath, ghost files, pipe and FIFO data...).
     pub fn write_images(&self, dir: &ImageDir) -> Result<()> {
+        unix::check_peers(self)?;
         dir.write_image(image::names::FILES, Kind::Files, &self.entries)?;
         if !self.tty_infos.is_empty() {
             dir.write_image(image::names::TTY_INFO, Kind::TtyInfo, &self.tty_infos)?;
         }
         if !self.remaps.is_empty() {
             dir.write_image(image::names::REMAP_FPATH, Kind::RemapFpath, &self.remaps)?;
+        }
+        if !self.sk_queues.is_empty() {
+            let mut w = image::ImageWriter::new(Kind::SkQueues);
+            for (e, data) in &self.sk_queues {
+                w.write_entry(e)?;
+                w.write_raw(data);
+            }
+            dir.save(image::names::SK_QUEUES, w)?;
         }
         for (name, kind, items) in [
             (image::names::PIPES_DATA, Kind::PipesData, &self.pipe_data),

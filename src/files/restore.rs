@@ -20,7 +20,7 @@ use anyhow::{bail, Context, Result};
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::unistd;
 
-use super::{pipe, reg, FD_FIFO, FD_PIPE, FD_REG, FD_TTY};
+use super::{pipe, reg, unix, FD_FIFO, FD_PIPE, FD_REG, FD_TTY, FD_UNIXSK};
 use crate::image::{names, pb, ImageDir, Kind};
 use crate::proc;
 use crate::restore::{EngineFds, Plan};
@@ -37,6 +37,8 @@ pub struct Extra {
     pub pipe_data: HashMap<u32, pipe::PipeData>,
     /// FIFO contents and sizes by pipe id.
     pub fifo_data: HashMap<u32, pipe::PipeData>,
+    /// Queued socket messages by the socket's file id.
+    pub sk_queues: HashMap<u32, Vec<Vec<u8>>>,
 }
 
 /// Reads the images that go with files.img.
@@ -78,6 +80,28 @@ pub fn load(dir: &ImageDir, files: &HashMap<u32, pb::FileEntry>) -> Result<Extra
     }
     x.pipe_data = pipe::load_data(dir, names::PIPES_DATA, Kind::PipesData)?;
     x.fifo_data = pipe::load_data(dir, names::FIFO_DATA, Kind::FifoData)?;
+    if dir.exists(names::SK_QUEUES) {
+        let bytes = dir.read_bytes(names::SK_QUEUES)?;
+        let path = dir.path().join(names::SK_QUEUES).display().to_string();
+        let mut r = crate::image::ImageReader::new(&path, &bytes, Kind::SkQueues)?;
+        while let Some(e) = r.next_entry::<pb::SkPacketEntry>()? {
+            let data = r.read_raw(e.length as usize)?.to_vec();
+            match files.get(&e.id_for) {
+                Some(fe) if fe.usk.is_some() => {}
+                _ => bail!(
+                    "{path}: messages for file id {}, which is not a unix socket in files.img",
+                    e.id_for
+                ),
+            }
+            if !e.scm.is_empty() {
+                bail!(
+                    "{path}: a message of file id {} carries control data; not supported",
+                    e.id_for
+                );
+            }
+            x.sk_queues.entry(e.id_for).or_default().push(data);
+        }
+    }
     Ok(x)
 }
 
@@ -109,6 +133,16 @@ pub fn check_fd(
         FD_REG if fe.reg.is_some() => {}
         FD_PIPE => {
             fe.pipe.as_ref().ok_or_else(missing)?;
+        }
+        FD_UNIXSK => {
+            let u = fe.usk.as_ref().ok_or_else(missing)?;
+            if ![libc::SOCK_STREAM, libc::SOCK_DGRAM, libc::SOCK_SEQPACKET].contains(&(u.r#type as i32)) {
+                bail!(
+                    "files.img: unix socket file id {} has type {}, which cannot be restored",
+                    fe.id,
+                    u.r#type
+                );
+            }
         }
         FD_FIFO => {
             let regf = fe.fifo.as_ref().ok_or_else(missing)?.regf_id;
@@ -148,6 +182,8 @@ enum GroupKey {
     Pipe(u32),
     /// Every description of one FIFO (by pipe id).
     Fifo(u32),
+    /// Unix sockets linked by connections (by the smallest inode).
+    Unix(u32),
 }
 
 #[derive(Debug)]
@@ -166,8 +202,11 @@ struct Layout {
     scratch: RawFd,
 }
 
-fn group_key(plan: &Plan, id: u32) -> GroupKey {
+fn group_key(plan: &Plan, id: u32, unix_comp: &HashMap<u32, u32>) -> GroupKey {
     let fe = &plan.files[&id];
+    if let Some(&c) = unix_comp.get(&id) {
+        return GroupKey::Unix(c);
+    }
     if let Some(&g) = plan.fx.ghost_of.get(&id) {
         return GroupKey::Ghost(g);
     }
@@ -223,9 +262,15 @@ impl Layout {
         for (n, id) in users.keys().enumerate() {
             slot.insert(*id, base + n as RawFd);
         }
+        let unix_ids: Vec<u32> = users
+            .keys()
+            .copied()
+            .filter(|id| plan.files[id].r#type == FD_UNIXSK)
+            .collect();
+        let unix_comp = unix::components(&plan.files, &unix_ids);
         let mut by_key: BTreeMap<GroupKey, (Vec<u32>, BTreeMap<usize, ()>)> = BTreeMap::new();
         for (id, u) in &users {
-            let g = by_key.entry(group_key(plan, *id)).or_default();
+            let g = by_key.entry(group_key(plan, *id, &unix_comp)).or_default();
             g.0.push(*id);
             g.1.extend(u.iter().map(|(k, _)| (*k, ())));
         }
@@ -272,6 +317,7 @@ fn create(plan: &Plan, g: &Group, lay: &Layout, efds: EngineFds) -> Result<Vec<(
         }
         GroupKey::Pipe(p) => out = pipe::create_pipe(&plan.files, &g.ids, plan.fx.pipe_data.get(&p))?,
         GroupKey::Fifo(p) => out = pipe::create_fifo(&plan.files, &g.ids, plan.fx.fifo_data.get(&p))?,
+        GroupKey::Unix(_) => out = unix::create_group(&plan.files, &g.ids, &plan.fx.sk_queues)?,
         GroupKey::Single(id) => {
             let fe = &plan.files[&id];
             let fd = match fe.r#type {

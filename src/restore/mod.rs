@@ -382,9 +382,13 @@ fn wait_ready(plan: &Plan, ready_r: &OwnedFd, err_r: &OwnedFd) -> Result<()> {
             } else {
                 err_text.extend_from_slice(&buf[..n]);
                 // Let a multi-part message arrive, then fail.
-                std::thread::sleep(Duration::from_millis(20));
-                if let Ok(n) = nix::unistd::read(err_r.as_raw_fd(), &mut buf) {
-                    err_text.extend_from_slice(&buf[..n]);
+                // (Poll first: other tasks hold the pipe open, a bare
+                // read would block when nothing more comes.)
+                let mut more = [PollFd::new(err_r.as_fd_borrow(), PollFlags::POLLIN)];
+                if poll(&mut more, PollTimeout::from(20u16)).unwrap_or(0) > 0 {
+                    if let Ok(n) = nix::unistd::read(err_r.as_raw_fd(), &mut buf) {
+                        err_text.extend_from_slice(&buf[..n]);
+                    }
                 }
                 let msg = String::from_utf8_lossy(&err_text);
                 let first = msg.lines().next().unwrap_or("").trim().to_string();
