@@ -100,6 +100,60 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
     Ok(stats)
 }
 
+/// Pids as the dumped tree sees them. A tree in our pid namespace keeps
+/// its host pids; a tree that is its own pid namespace (its root is pid 1
+/// there) is described with the pids of that namespace.
+pub struct PidView {
+    /// Index into the NSpid/NSpgid/NSsid lists.
+    level: usize,
+    pub own_ns: bool,
+}
+
+impl PidView {
+    fn of_tree(root: i32) -> Result<PidView> {
+        let me = proc::status::read(std::process::id())?;
+        let r = proc::status::read(root as u32).with_context(|| format!("Cannot read /proc/{root}/status"))?;
+        let mine = me.nspid.len().max(1) - 1;
+        match r.nspid.len().max(1) - 1 {
+            l if l == mine => Ok(PidView {
+                level: l,
+                own_ns: false,
+            }),
+            l if l == mine + 1 && r.nspid.last() == Some(&1) => Ok(PidView { level: l, own_ns: true }),
+            _ => bail!("pid {root} is inside a pid namespace it does not lead; dump that namespace's init instead"),
+        }
+    }
+    fn get(&self, host: i32, which: &str) -> Result<u32> {
+        if !self.own_ns {
+            let st = proc::status::read(host as u32)?;
+            return Ok(match which {
+                "pid" => host as u32,
+                "pgid" => *st.nspgid.get(self.level).unwrap_or(&0),
+                _ => *st.nssid.get(self.level).unwrap_or(&0),
+            });
+        }
+        let st = proc::status::read(host as u32)?;
+        let list = match which {
+            "pid" => &st.nspid,
+            "pgid" => &st.nspgid,
+            _ => &st.nssid,
+        };
+        match list.get(self.level) {
+            Some(&v) => Ok(v),
+            None => bail!("pid {host} is not in the dumped pid namespace"),
+        }
+    }
+    pub fn pid(&self, host: i32) -> Result<u32> {
+        self.get(host, "pid")
+    }
+    pub fn pgid(&self, host: i32) -> Result<u32> {
+        self.get(host, "pgid")
+    }
+    pub fn sid(&self, host: i32) -> Result<u32> {
+        self.get(host, "sid")
+    }
+}
+
 /// Dump-wide id counters (files, kernel objects, namespaces, pages files).
 struct Ids {
     next_obj: u32,
@@ -169,12 +223,13 @@ fn write_images(opts: &DumpOpts, dir: &ImageDir, frozen: &Frozen, stats: &mut Du
     let root_ids = kobj_ids(&mut ids, &own_ns, true);
 
     let root = &frozen.procs[0];
-    let root_stat = proc::stat::read(root.pid as u32)?;
-    if !opts.shell_job && root_stat.session != root.pid as u32 {
+    let view = PidView::of_tree(root.pid)?;
+    let root_sid = view.sid(root.pid)?;
+    if !opts.shell_job && root_sid != view.pid(root.pid)? {
         bail!(
             "pid {} is not a session leader (its session is {}); it was started from a shell: pass --shell-job",
             root.pid,
-            root_stat.session
+            root_sid
         );
     }
 
@@ -182,26 +237,27 @@ fn write_images(opts: &DumpOpts, dir: &ImageDir, frozen: &Frozen, stats: &mut Du
     let mut pstree = Vec::new();
     let mut seccomp: Vec<pb::SeccompFilter> = Vec::new();
     for p in &frozen.procs {
+        let vpid = view.pid(p.pid)?;
+        let vppid = if p.ppid == 0 { 0 } else { view.pid(p.ppid)? };
         if let Some(code) = p.zombie {
             let stat = proc::stat::read(p.pid as u32)?;
-            dir.write_image(
-                &image::names::core(p.pid as u32),
-                Kind::Core,
-                &[zombie_core(&stat, code)],
-            )?;
+            dir.write_image(&image::names::core(vpid), Kind::Core, &[zombie_core(&stat, code)])?;
             pstree.push(pb::PstreeEntry {
-                pid: p.pid as u32,
-                ppid: p.ppid as u32,
-                pgid: stat.pgrp,
-                sid: stat.session,
-                threads: vec![p.pid as u32],
+                pid: vpid,
+                ppid: vppid,
+                pgid: view.pgid(p.pid)?,
+                sid: view.sid(p.pid)?,
+                threads: vec![vpid],
             });
             continue;
         }
-        let pd = dump_process(opts, dir, p, &layout, &mut ids, &mut files, stats, &mut seccomp)
+        let pd = dump_process(opts, dir, p, &view, &layout, &mut ids, &mut files, stats, &mut seccomp)
             .with_context(|| format!("Dump of pid {} failed", p.pid))?;
         let ns = ns_inodes(p.pid)?;
         for k in ["pid", "net", "ipc", "uts", "mnt", "user", "cgroup"] {
+            if k == "pid" && view.own_ns {
+                continue;
+            }
             if ns[k] != own_ns[k] {
                 bail!(
                     "pid {} is in its own {k} namespace; namespaces are not supported yet",
@@ -210,14 +266,14 @@ fn write_images(opts: &DumpOpts, dir: &ImageDir, frozen: &Frozen, stats: &mut Du
             }
         }
         let kids = kobj_ids(&mut ids, &ns, false);
-        dir.write_image(&image::names::ids(p.pid as u32), Kind::Ids, &[kids.clone()])?;
+        dir.write_image(&image::names::ids(vpid), Kind::Ids, &[kids.clone()])?;
         dir.write_image(&image::names::fdinfo(kids.files_id), Kind::Fdinfo, &pd.fdinfo)?;
         pstree.push(pb::PstreeEntry {
-            pid: p.pid as u32,
-            ppid: if p.ppid == 0 { 0 } else { p.ppid as u32 },
+            pid: vpid,
+            ppid: vppid,
             pgid: pd.pgid,
             sid: pd.sid,
-            threads: p.tids.iter().map(|&t| t as u32).collect(),
+            threads: p.tids.iter().map(|&t| view.pid(t)).collect::<Result<_>>()?,
         });
     }
     dir.write_image("pstree.img", Kind::Pstree, &pstree)?;
@@ -278,6 +334,7 @@ fn dump_process(
     opts: &DumpOpts,
     dir: &ImageDir,
     p: &FrozenProc,
+    view: &PidView,
     layout: &XsaveLayout,
     ids: &mut Ids,
     files: &mut FileTable,
@@ -285,6 +342,7 @@ fn dump_process(
     seccomp: &mut Vec<pb::SeccompFilter>,
 ) -> Result<ProcOut> {
     let pid = p.pid;
+    let vpid = view.pid(pid)?;
     let stat = proc::stat::read(pid as u32)?;
     let status = proc::status::read(pid as u32)?;
     let vmas = proc::maps::read_smaps(pid as u32)?;
@@ -464,7 +522,7 @@ fn dump_process(
     let cwd_id = files.reg_path(&cwd.to_string_lossy(), 0, 0)?;
     let root_id = files.reg_path(&root.to_string_lossy(), 0, 0)?;
     dir.write_image(
-        &image::names::fs(pid as u32),
+        &image::names::fs(vpid),
         Kind::Fs,
         &[pb::FsEntry {
             cwd_id,
@@ -498,7 +556,7 @@ fn dump_process(
         cryo_vdso_hash: vdso_hash,
         cryo_vvar_start: vvar_start,
     };
-    dir.write_image(&image::names::mm(pid as u32), Kind::Mm, &[mm])?;
+    dir.write_image(&image::names::mm(vpid), Kind::Mm, &[mm])?;
 
     // Memory pages.
     let t = Instant::now();
@@ -509,7 +567,7 @@ fn dump_process(
     stats.pages_written += written;
     stats.memwrite_us += write_us;
     stats.memdump_us += t.elapsed().as_micros() as u64;
-    dir.write_pagemap(&image::names::pagemap(pid as u32), &head, &pagemap)?;
+    dir.write_pagemap(&image::names::pagemap(vpid), &head, &pagemap)?;
 
     // core.
     let pending_s = ptrace::peek_siginfo(Pid::from_raw(pid), true)?;
@@ -589,10 +647,10 @@ fn dump_process(
                 ..thread_core
             }),
         };
-        dir.write_image(&image::names::core(th.tid as u32), Kind::Core, &[core])?;
+        dir.write_image(&image::names::core(view.pid(th.tid)?), Kind::Core, &[core])?;
     }
 
-    let (pgid, sid) = (stat.pgrp, stat.session);
+    let (pgid, sid) = (view.pgid(pid)?, view.sid(pid)?);
     Ok(ProcOut { pgid, sid, fdinfo })
 }
 

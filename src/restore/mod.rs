@@ -136,7 +136,14 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
     }
     drop((ready_w, go_r, err_w, dirfd, shim_r, ack_w));
 
-    let shim_pid = shim::spawn(&plan, efds, shim_ctl).context("Stage Shim")?;
+    // A tree that was its own pid namespace comes back as one (its root is
+    // pid 1 again); any other tree gets an init of ours as pid 1.
+    let own_ns = plan.tasks[0].pid == 1;
+    let shim_pid = if own_ns {
+        shim::spawn_root(&plan, efds).context("Stage Fork")?
+    } else {
+        shim::spawn(&plan, efds, shim_ctl).context("Stage Shim")?
+    };
     // The engine keeps only the ends it reads or writes.
     for fd in [efds.ready_w, efds.go_r, efds.err_w, efds.dir, shim_ctl.0, shim_ctl.1] {
         let _ = nix::unistd::close(fd);
@@ -151,16 +158,22 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
 
     wait_ready(&plan, &ready_r, &err_r).context("Stage Fork")?;
     debug!("all {} tasks ready", plan.tasks.len());
-    release(&plan, shim_pid, go_w, efds).context("Stage Go")?;
-    // Let the shim drop its parent-death signal, and wait for it to say so.
-    nix::unistd::write(&shim_w, b"g").context("Cannot release the namespace init")?;
-    let mut b = [0u8; 1];
-    match nix::unistd::read(ack_r.as_raw_fd(), &mut b) {
-        Ok(1) => {}
-        _ => bail!("The namespace init died after the restore"),
+    release(&plan, shim_pid, own_ns, go_w, efds).context("Stage Go")?;
+    if !own_ns {
+        // Let the shim drop its parent-death signal, and wait for it to say so.
+        nix::unistd::write(&shim_w, b"g").context("Cannot release the namespace init")?;
+        let mut b = [0u8; 1];
+        match nix::unistd::read(ack_r.as_raw_fd(), &mut b) {
+            Ok(1) => {}
+            _ => bail!("The namespace init died after the restore"),
+        }
     }
     let restore_us = t0.elapsed().as_micros() as u64;
-    let root_host_pid = shim::root_host_pid(shim_pid).unwrap_or(-1);
+    let root_host_pid = if own_ns {
+        shim_pid
+    } else {
+        shim::root_host_pid(shim_pid).unwrap_or(-1)
+    };
     info!(
         "restored: root pid {} in the new namespace, host pid {root_host_pid}",
         plan.tasks[0].pid
@@ -186,9 +199,9 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
 /// (the mapping that holds the signal frame the task returned through) is
 /// unmapped with an injected munmap before the thread is detached. The
 /// restored address space thus holds exactly the dumped mappings.
-fn release(plan: &Plan, shim: i32, go_w: OwnedFd, efds: EngineFds) -> Result<()> {
+fn release(plan: &Plan, shim: i32, own_ns: bool, go_w: OwnedFd, efds: EngineFds) -> Result<()> {
     use crate::sys::ptrace::{self, SyscallInfo, WaitOutcome};
-    let procs = restored_procs(shim);
+    let procs = restored_procs(shim, own_ns);
     let n: usize = procs.iter().map(Vec::len).sum();
     if n != plan.live_threads() {
         bail!("Found {n} restored threads, expected {}", plan.live_threads());
@@ -314,9 +327,18 @@ fn cleanup_process(tid: i32, sp: u64, efds: EngineFds) -> Result<()> {
 
 /// Host tids of the restored processes that run (zombies excluded), found
 /// below the namespace init; per process, the leader first.
-fn restored_procs(shim: i32) -> Vec<Vec<i32>> {
+fn restored_procs(shim: i32, include_shim: bool) -> Vec<Vec<i32>> {
     let mut out = Vec::new();
     let mut queue = vec![shim];
+    if include_shim {
+        let mut tids: Vec<i32> = crate::proc::threads(shim as u32)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|x| x as i32)
+            .collect();
+        tids.sort_by_key(|&x| (x != shim, x));
+        out.push(tids);
+    }
     while let Some(p) = queue.pop() {
         let tasks = crate::proc::threads(p as u32).unwrap_or_default();
         for t in &tasks {

@@ -123,6 +123,49 @@ fn shim_main(plan: &Plan, efds: EngineFds, ctl: (RawFd, RawFd), engine: Pid) -> 
     }
 }
 
+/// For a tree that was its own pid namespace (its root is pid 1): the
+/// root itself is forked into a fresh pid and mount namespace, where it is
+/// pid 1 again; no init of ours is needed. Returns its host pid.
+pub(crate) fn spawn_root(plan: &Plan, efds: EngineFds) -> Result<i32> {
+    let flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS) as u64;
+    match sysc::clone3_with_pid(flags, &[], libc::SIGCHLD as u64).context("Cannot create the pid namespace (clone3)")? {
+        ForkResult::Child => {
+            let r = (|| -> Result<()> {
+                // Dies with the engine until the restored state takes over.
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).context("PR_SET_PDEATHSIG")?;
+                mount_proc()
+            })();
+            if let Err(e) = r {
+                report_error(efds.err_w, &format!("Restore of pid 1 failed: {e:#}"));
+                crate::sys::rawfd::exit_now(1);
+            }
+            task::run(plan, 0, efds)
+        }
+        ForkResult::Parent { child } => Ok(child.as_raw()),
+    }
+}
+
+/// A private mount propagation and a /proc of the new pid namespace.
+fn mount_proc() -> Result<()> {
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .context("Cannot make the mount namespace private")?;
+    mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .context("Cannot mount /proc in the new namespace")?;
+    Ok(())
+}
+
 /// Host pid of the restored root: the shim's only child.
 pub(crate) fn root_host_pid(shim: i32) -> Option<i32> {
     let s = std::fs::read_to_string(format!("/proc/{shim}/task/{shim}/children")).ok()?;

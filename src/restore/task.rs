@@ -305,10 +305,12 @@ fn set_task_attrs(t: &TaskImage) -> Result<()> {
     let tc = t.core.tc.as_ref().expect("validated");
     let thc = t.core.thread_core.as_ref().expect("validated");
     crate::sys::rawfd::set_personality(tc.personality).context("personality")?;
-    if let Some(sig) = thc.pdeath_sig.filter(|&s| s != 0) {
-        let s = nix::sys::signal::Signal::try_from(sig as i32).context("pdeathsig")?;
-        nix::sys::prctl::set_pdeathsig(s).context("PR_SET_PDEATHSIG")?;
-    }
+    // Always set: a namespace root was given SIGKILL by us until now.
+    let pdeath = match thc.pdeath_sig.filter(|&s| s != 0) {
+        Some(sig) => Some(nix::sys::signal::Signal::try_from(sig as i32).context("pdeathsig")?),
+        None => None,
+    };
+    nix::sys::prctl::set_pdeathsig(pdeath).context("PR_SET_PDEATHSIG")?;
     if tc.child_subreaper == Some(true) {
         nix::sys::prctl::set_child_subreaper(true).context("PR_SET_CHILD_SUBREAPER")?;
     }
