@@ -703,6 +703,20 @@ fn dump_thread(pid: i32, tid: i32, layout: &XsaveLayout, sas: (u64, u32, u64), c
     let stat = proc::stat::read_task(pid as u32, tid as u32)?;
     let status = proc::status::read_task(pid as u32, tid as u32)?;
     let (nice, policy) = sched_of(&stat);
+    let affinity = nix::sched::sched_getaffinity(t)
+        .map(|set| {
+            let mut words = vec![0u64; nix::sched::CpuSet::count().div_ceil(64)];
+            for cpu in 0..nix::sched::CpuSet::count() {
+                if set.is_set(cpu).unwrap_or(false) {
+                    words[cpu / 64] |= 1 << (cpu % 64);
+                }
+            }
+            while words.last() == Some(&0) {
+                words.pop();
+            }
+            words
+        })
+        .unwrap_or_default();
     Ok(ThreadDump {
         tid,
         thread_info: pb::ThreadInfoX86 {
@@ -736,6 +750,7 @@ fn dump_thread(pid: i32, tid: i32, layout: &XsaveLayout, sas: (u64, u32, u64), c
                     .collect(),
             }),
             comm: Some(stat.comm.clone()),
+            cryo_cpu_affinity: affinity,
             rseq_entry: rseq.map(|r| pb::RseqEntry {
                 rseq_abi_pointer: r.ptr,
                 rseq_abi_size: r.len,

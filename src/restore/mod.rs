@@ -266,6 +266,19 @@ fn release(plan: &Plan, shim: i32, own_ns: bool, go_w: OwnedFd, efds: EngineFds)
                     img.threads.iter().find(|th| th.tid == ns).map(|th| &th.core)
                 };
                 if let Some(thc) = core.and_then(|c| c.thread_core.as_ref()) {
+                    if !thc.cryo_cpu_affinity.is_empty() {
+                        let mut set = nix::sched::CpuSet::new();
+                        for (w, bits) in thc.cryo_cpu_affinity.iter().enumerate() {
+                            for b in 0..64 {
+                                if bits & (1 << b) != 0 {
+                                    let _ = set.set(w * 64 + b);
+                                }
+                            }
+                        }
+                        if let Err(e) = nix::sched::sched_setaffinity(Pid::from_raw(t), &set) {
+                            warn!("pid {ns}: cannot restore the CPU affinity: {e}");
+                        }
+                    }
                     let policy = thc.sched_policy.unwrap_or(0);
                     let nice = thc.sched_nice.unwrap_or(0);
                     if policy != 0 || nice != 0 {
