@@ -155,6 +155,9 @@ pub fn vma_entry(v: &Vma, file_id: Option<u32>) -> pb::VmaEntry {
     if growsdown {
         flags |= libc::MAP_GROWSDOWN as u32;
     }
+    if v.vmflags.iter().any(|f| f == "lo") {
+        flags |= libc::MAP_LOCKED as u32;
+    }
     let file = matches!(kind, VmaKind::FilePrivate | VmaKind::FileShared);
     let madv = madv_from_vmflags(&v.vmflags);
     pb::VmaEntry {

@@ -268,6 +268,12 @@ fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
                 .with_context(|| format!("mprotect for {:#x}", v.start))?;
         }
     }
+    // mlock'ed mappings: lock the staged copy; mremap keeps VM_LOCKED.
+    for (v, &(_, _, st)) in staged_vmas.iter().zip(&stage_of) {
+        if v.flags & libc::MAP_LOCKED as u32 != 0 {
+            mmap::mlock(st, v.end - v.start).with_context(|| format!("mlock for {:#x}", v.start))?;
+        }
+    }
     Ok(Staged {
         region,
         blob_base,

@@ -70,3 +70,10 @@ pub fn pread_to(fd: BorrowedFd, addr: u64, len: u64, off: u64) -> nix::Result<()
     }
     Ok(())
 }
+
+/// `mlock(addr, len)` of a staging range we own.
+pub fn mlock(addr: u64, len: u64) -> nix::Result<()> {
+    // SAFETY: as for `mprotect`: only ranges created by `mmap_at`; mlock
+    // does not change their contents.
+    Errno::result(unsafe { libc::mlock(addr as *const _, len as usize) }).map(drop)
+}
