@@ -12,6 +12,7 @@
 //! Everything that needs root is gated with [`require_root!`], which skips
 //! loudly.
 
+pub mod probe;
 pub mod wl;
 
 use std::fs::File;
@@ -37,10 +38,7 @@ pub fn is_root() -> bool {
 
 /// The name of the running test (libtest names each test's thread after it).
 pub fn current_test_name() -> String {
-    std::thread::current()
-        .name()
-        .unwrap_or("<unknown test>")
-        .to_string()
+    std::thread::current().name().unwrap_or("<unknown test>").to_string()
 }
 
 /// Prints `SKIP <test>: <why>` straight to the process's stderr (not through
@@ -103,8 +101,7 @@ impl TempDir {
         let n = TMP_SEQ.fetch_add(1, Ordering::SeqCst);
         let path = std::env::temp_dir().join(format!("cryo-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path)
-            .unwrap_or_else(|e| panic!("Cannot create {}: {e}", path.display()));
+        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("Cannot create {}: {e}", path.display()));
         TempDir { path }
     }
 
@@ -149,10 +146,7 @@ pub struct Workload {
 impl Workload {
     /// Starts `bin args... --log log`.
     pub fn spawn(bin: &Path, args: &[&str], log: &Path) -> std::io::Result<Workload> {
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)?;
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
         let err = out.try_clone()?;
         let mut cmd = Command::new(bin);
         cmd.args(args)
@@ -187,10 +181,7 @@ impl Workload {
     pub fn wait_ready(&self) -> Result<(), String> {
         let line = wait_for_line(&self.log, "READY ", LINE_TIMEOUT)?;
         if line.trim() != format!("READY {}", self.pid) {
-            return Err(format!(
-                "READY line {line:?} does not name pid {}",
-                self.pid
-            ));
+            return Err(format!("READY line {line:?} does not name pid {}", self.pid));
         }
         Ok(())
     }
@@ -232,10 +223,7 @@ impl Drop for Workload {
 pub fn signal(pid: i32, sig: i32) -> Result<(), String> {
     // SAFETY: kill has no memory effects.
     if unsafe { libc::kill(pid, sig) } != 0 {
-        return Err(format!(
-            "kill({pid}, {sig}): {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(format!("kill({pid}, {sig}): {}", std::io::Error::last_os_error()));
     }
     Ok(())
 }
@@ -367,10 +355,7 @@ impl Cleanup {
 
     /// Registers a pid to kill at the end.
     pub fn pid(&self, pid: i32) {
-        self.pids
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(pid);
+        self.pids.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
     }
 
     /// Registers a pidfile whose pid (if the file exists then) is killed.
@@ -393,12 +378,7 @@ impl Cleanup {
 impl Drop for Cleanup {
     fn drop(&mut self) {
         let mut pids: Vec<i32> = self.pids.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        for pf in self
-            .pidfiles
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
+        for pf in self.pidfiles.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             if let Ok(pid) = read_pidfile(pf) {
                 pids.push(pid);
             }
@@ -406,12 +386,7 @@ impl Drop for Cleanup {
         for pid in pids {
             kill_pid(pid);
         }
-        for sock in self
-            .tmux_sockets
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
+        for sock in self.tmux_sockets.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             let _ = Command::new("tmux")
                 .args(["-L", sock, "kill-server"])
                 .stdin(Stdio::null())
@@ -424,8 +399,7 @@ impl Drop for Cleanup {
 
 /// Reads a pidfile written by `cryo restore --pidfile`.
 pub fn read_pidfile(path: &Path) -> Result<i32, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("Cannot read pidfile {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("Cannot read pidfile {}: {e}", path.display()))?;
     text.trim()
         .parse::<i32>()
         .ok()
@@ -436,10 +410,7 @@ pub fn read_pidfile(path: &Path) -> Result<i32, String> {
 /// All lines of a log (lossy UTF-8; missing file = no lines).
 pub fn log_lines(log: &Path) -> Vec<String> {
     match std::fs::read(log) {
-        Ok(b) => String::from_utf8_lossy(&b)
-            .lines()
-            .map(str::to_string)
-            .collect(),
+        Ok(b) => String::from_utf8_lossy(&b).lines().map(str::to_string).collect(),
         Err(_) => Vec::new(),
     }
 }
@@ -453,10 +424,7 @@ pub fn log_tail(log: &Path, n: usize) -> String {
 
 /// Number of lines starting with `prefix`.
 pub fn count_lines(log: &Path, prefix: &str) -> usize {
-    log_lines(log)
-        .iter()
-        .filter(|l| l.starts_with(prefix))
-        .count()
+    log_lines(log).iter().filter(|l| l.starts_with(prefix)).count()
 }
 
 /// Waits for the first line starting with `prefix`; returns it.
@@ -465,18 +433,10 @@ pub fn wait_for_line(log: &Path, prefix: &str, timeout: Duration) -> Result<Stri
 }
 
 /// Waits until `n` lines start with `prefix`; returns the n-th.
-pub fn wait_for_nth_line(
-    log: &Path,
-    prefix: &str,
-    n: usize,
-    timeout: Duration,
-) -> Result<String, String> {
+pub fn wait_for_nth_line(log: &Path, prefix: &str, n: usize, timeout: Duration) -> Result<String, String> {
     let end = Instant::now() + timeout;
     loop {
-        let found: Vec<String> = log_lines(log)
-            .into_iter()
-            .filter(|l| l.starts_with(prefix))
-            .collect();
+        let found: Vec<String> = log_lines(log).into_iter().filter(|l| l.starts_with(prefix)).collect();
         if found.len() >= n {
             return Ok(found[n - 1].clone());
         }
@@ -507,10 +467,7 @@ pub fn wait_for_nth_verdict(log: &Path, n: usize, timeout: Duration) -> Result<S
             .filter(|l| l.starts_with("PASS") || l.starts_with("FAIL"))
             .collect();
         if let Some(f) = verdicts.iter().find(|l| l.starts_with("FAIL")) {
-            return Err(format!(
-                "Workload failed: {f}\nlog tail:\n{}",
-                log_tail(log, 15)
-            ));
+            return Err(format!("Workload failed: {f}\nlog tail:\n{}", log_tail(log, 15)));
         }
         if verdicts.len() >= n {
             return Ok(verdicts[n - 1].clone());
@@ -538,10 +495,7 @@ pub fn step_numbers(log: &Path) -> Vec<u64> {
 /// immediate repetition (the step in flight at dump time).
 pub fn check_steps(steps: &[u64]) -> Result<(), String> {
     if steps.first() != Some(&0) {
-        return Err(format!(
-            "steps do not start at 0: {:?}",
-            &steps[..steps.len().min(5)]
-        ));
+        return Err(format!("steps do not start at 0: {:?}", &steps[..steps.len().min(5)]));
     }
     let mut repeats = 0;
     for w in steps.windows(2) {

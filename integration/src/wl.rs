@@ -190,8 +190,7 @@ impl Args {
 
     /// The value of `--name` or die with a usage message.
     pub fn required(&self, name: &str) -> String {
-        self.value(name)
-            .unwrap_or_else(|| die(&format!("missing --{name}")))
+        self.value(name).unwrap_or_else(|| die(&format!("missing --{name}")))
     }
 
     /// `--name` parsed as a number, or `default`.
@@ -217,11 +216,7 @@ pub struct Rng(u64);
 impl Rng {
     /// A generator seeded with `seed` (0 is mapped to a fixed non-zero seed).
     pub fn new(seed: u64) -> Rng {
-        Rng(if seed == 0 {
-            0x9E37_79B9_7F4A_7C15
-        } else {
-            seed
-        })
+        Rng(if seed == 0 { 0x9E37_79B9_7F4A_7C15 } else { seed })
     }
 
     /// The next 64-bit value.

@@ -9,10 +9,9 @@
 //! These tests need root and a working engine.
 
 use cryo_integration::{
-    assert_ok, bin, check_steps, count_lines, cryo_bin, describe, log_tail, one_line_error,
-    pid_running, read_pidfile, require_root, run_cryo, run_cryo_reaped, s, signal, step_numbers,
-    wait_for_line, wait_for_nth_verdict, wait_pid_exited, Captured, Cleanup, TempDir, Workload,
-    CRYO_TIMEOUT, LINE_TIMEOUT,
+    assert_ok, bin, check_steps, count_lines, cryo_bin, describe, log_tail, one_line_error, pid_running, read_pidfile,
+    require_root, run_cryo, run_cryo_reaped, s, signal, step_numbers, wait_for_line, wait_for_nth_verdict,
+    wait_pid_exited, Captured, Cleanup, TempDir, Workload, CRYO_TIMEOUT, LINE_TIMEOUT,
 };
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -244,11 +243,7 @@ fn leave_running_then_two_restores_at_once() {
             s(&rlog),
             "-v4",
         ];
-        runs.push((
-            Captured::spawn(&cryo_bin(), &args, Stdio::null(), None),
-            pf,
-            rlog,
-        ));
+        runs.push((Captured::spawn(&cryo_bin(), &args, Stdio::null(), None), pf, rlog));
     }
     let mut rpids = Vec::new();
     for (run, pf, rlog) in runs {
@@ -386,10 +381,7 @@ fn crit_decodes_every_image() {
         })
         .collect();
     for must in ["inventory.img", "pstree.img"] {
-        assert!(
-            images.iter().any(|p| p.ends_with(must)),
-            "no {must} among {images:?}"
-        );
+        assert!(images.iter().any(|p| p.ends_with(must)), "no {must} among {images:?}");
     }
     let mut failures = Vec::new();
     for img in &images {
@@ -407,11 +399,7 @@ fn crit_decodes_every_image() {
             ));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "crit decode failed:\n{}",
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "crit decode failed:\n{}", failures.join("\n"));
 }
 
 /// True if some number in `v` under a key containing "pid" equals `pid`.
@@ -439,13 +427,8 @@ fn show_prints_json_with_the_pid() {
     for target in [sc.img.clone(), sc.img.join("pstree.img")] {
         let out = run_cryo(&["show", s(&target)]);
         assert_ok(&out, &format!("cryo show {}", target.display()));
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "cryo show {} is not JSON ({e}): {}",
-                target.display(),
-                describe(&out)
-            )
-        });
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("cryo show {} is not JSON ({e}): {}", target.display(), describe(&out)));
         assert!(
             json_has_pid(&v, w.pid as i64, false),
             "cryo show {} does not mention pid {}: {}",
@@ -468,10 +451,7 @@ fn dump_of_a_missing_pid_fails_cleanly() {
     c.wait().expect("wait true");
     let out = run_cryo(&["dump", "-t", &pid.to_string(), "-D", s(&sc.img)]);
     let err = one_line_error(&out, "dump of a missing pid");
-    assert!(
-        err.contains(&pid.to_string()),
-        "error should name pid {pid}: {err}"
-    );
+    assert!(err.contains(&pid.to_string()), "error should name pid {pid}: {err}");
 }
 
 /// Restores `dir` under the reaper and checks: non-zero exit, one line on
@@ -481,10 +461,7 @@ fn restore_must_fail(dir: &Path, names: &[&str]) {
     let pf = tmp.join("pidfile");
     let cl = Cleanup::new();
     cl.pidfile(&pf);
-    let (out, left) = run_cryo_reaped(
-        bin!("reaper"),
-        &["restore", "-D", s(dir), "-d", "--pidfile", s(&pf)],
-    );
+    let (out, left) = run_cryo_reaped(bin!("reaper"), &["restore", "-D", s(dir), "-d", "--pidfile", s(&pf)]);
     let err = one_line_error(&out, &format!("restore from {}", dir.display()));
     assert!(
         names.iter().any(|n| err.contains(n)),
@@ -495,10 +472,7 @@ fn restore_must_fail(dir: &Path, names: &[&str]) {
         "a failed restore wrote the pidfile: {:?}",
         std::fs::read_to_string(&pf)
     );
-    assert!(
-        left.is_empty(),
-        "the failed restore left processes behind: {left:?}"
-    );
+    assert!(left.is_empty(), "the failed restore left processes behind: {left:?}");
 }
 
 #[test]
@@ -672,11 +646,7 @@ impl Tmux {
         let socket = format!("cryo-e2e-{tag}-{}-{n}", std::process::id());
         cl.tmux(&socket);
         let conf = tmp.join(&format!("tmux-{tag}.conf"));
-        std::fs::write(
-            &conf,
-            "set -g remain-on-exit on\nset -g history-limit 10000\n",
-        )
-        .unwrap();
+        std::fs::write(&conf, "set -g remain-on-exit on\nset -g history-limit 10000\n").unwrap();
         Tmux { socket, conf }
     }
 
@@ -779,19 +749,17 @@ fn shell_job_in_tmux_continues_in_another_terminal() {
             "-v4",
         ],
     );
-    let screen =
-        wait_screen(&b, "b", |s| screen_steps(s).contains(&(last + 3))).unwrap_or_else(|s| {
-            panic!(
-                "screen B does not count on from step {last}:\n{s}\n--- restore log ---\n{}",
-                log_tail(&rlog, 30)
-            )
-        });
+    let screen = wait_screen(&b, "b", |s| screen_steps(s).contains(&(last + 3))).unwrap_or_else(|s| {
+        panic!(
+            "screen B does not count on from step {last}:\n{s}\n--- restore log ---\n{}",
+            log_tail(&rlog, 30)
+        )
+    });
     let after = screen_steps(&screen);
     assert_eq!(
         after.first(),
         Some(&(last + 1)),
         "screen A ended at step {last}; screen B:\n{screen}"
     );
-    check_steps(&after.iter().map(|n| n - after[0]).collect::<Vec<_>>())
-        .unwrap_or_else(|e| panic!("{e}\n{screen}"));
+    check_steps(&after.iter().map(|n| n - after[0]).collect::<Vec<_>>()).unwrap_or_else(|e| panic!("{e}\n{screen}"));
 }

@@ -4,8 +4,8 @@
 //! neither root nor a working engine.
 
 use cryo_integration::{
-    bin, check_steps, count_lines, run_cryo_reaped, s, step_numbers, wait_for_line,
-    wait_for_verdict, Captured, TempDir, Workload, LINE_TIMEOUT,
+    bin, check_steps, count_lines, run_cryo_reaped, s, step_numbers, wait_for_line, wait_for_verdict, Captured,
+    TempDir, Workload, LINE_TIMEOUT,
 };
 use std::path::Path;
 use std::process::Stdio;
@@ -54,11 +54,7 @@ fn memsum_passes() {
 
 #[test]
 fn memsum_detects_a_flipped_byte() {
-    expect_fail(
-        bin!("memsum"),
-        &["--mib", "2", "--corrupt-after-ready"],
-        "anon MiB 1",
-    );
+    expect_fail(bin!("memsum"), &["--mib", "2", "--corrupt-after-ready"], "anon MiB 1");
 }
 
 #[test]
@@ -76,8 +72,7 @@ fn memsum_word_passes_and_mismatch_fails() {
 fn counter_counts_consecutively_and_passes() {
     let dir = TempDir::new("wl");
     let log = dir.join("log");
-    let mut w =
-        Workload::spawn(bin!("counter"), &["--interval-ms", "10"], &log).expect("spawn counter");
+    let mut w = Workload::spawn(bin!("counter"), &["--interval-ms", "10"], &log).expect("spawn counter");
     w.wait_ready().unwrap_or_else(|e| panic!("{e}"));
     wait_for_line(&log, "step 5", LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     w.usr1().expect("SIGUSR1");

@@ -95,8 +95,7 @@ fn main() {
     let p = |n: &str| format!("{dir}/{n}");
     let ro_data: Vec<u8> = (0..RO_LEN).map(pattern).collect();
     std::fs::write(p("ro.dat"), &ro_data).unwrap_or_else(|_| wl::die("write ro.dat"));
-    std::fs::write(p("cloexec.dat"), b"cloexec data\n")
-        .unwrap_or_else(|_| wl::die("write cloexec.dat"));
+    std::fs::write(p("cloexec.dat"), b"cloexec data\n").unwrap_or_else(|_| wl::die("write cloexec.dat"));
 
     let ro = open(&p("ro.dat"), libc::O_RDONLY);
     if lseek(ro, 42, libc::SEEK_SET) != 42 {
@@ -112,21 +111,14 @@ fn main() {
         wl::die("write append.log");
     }
 
-    let rw = open(
-        &p("sparse.dat"),
-        libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC,
-    );
+    let rw = open(&p("sparse.dat"), libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC);
     // SAFETY: ftruncate/pwrite on our own fd with a valid buffer.
     unsafe {
         if libc::ftruncate(rw, SPARSE_LEN) != 0 {
             wl::die("ftruncate sparse.dat");
         }
-        if libc::pwrite(
-            rw,
-            SPARSE_MARK.as_ptr().cast(),
-            SPARSE_MARK.len(),
-            SPARSE_MARK_AT,
-        ) != SPARSE_MARK.len() as isize
+        if libc::pwrite(rw, SPARSE_MARK.as_ptr().cast(), SPARSE_MARK.len(), SPARSE_MARK_AT)
+            != SPARSE_MARK.len() as isize
         {
             wl::die("pwrite sparse.dat");
         }
@@ -187,10 +179,7 @@ fn main() {
             offset: 3,
         },
     ];
-    let table: Vec<String> = expect
-        .iter()
-        .map(|e| format!("{}={}", e.name, e.fd))
-        .collect();
+    let table: Vec<String> = expect.iter().map(|e| format!("{}={}", e.name, e.fd)).collect();
     log.line(&format!("FDS {}", table.join(" ")));
     log.ready();
 
@@ -215,17 +204,11 @@ fn main() {
         }
         let fl = fcntl(e.fd, libc::F_GETFL) & (libc::O_ACCMODE | libc::O_APPEND);
         if fl != e.fl {
-            problems.push(format!(
-                "{} fd {}: flags {fl:#o} != {:#o}",
-                e.name, e.fd, e.fl
-            ));
+            problems.push(format!("{} fd {}: flags {fl:#o} != {:#o}", e.name, e.fd, e.fl));
         }
         let off = lseek(e.fd, 0, libc::SEEK_CUR);
         if off != e.offset {
-            problems.push(format!(
-                "{} fd {}: offset {off} != {}",
-                e.name, e.fd, e.offset
-            ));
+            problems.push(format!("{} fd {}: offset {off} != {}", e.name, e.fd, e.offset));
         }
         match (fd_ident(e.fd), path_ident(&e.path)) {
             (Some((d, i, _)), Some(want)) if (d, i) == want => {}
@@ -254,10 +237,7 @@ fn main() {
     let n = unsafe { libc::write(app, b"second\n".as_ptr().cast(), 7) };
     let content = std::fs::read(p("append.log")).unwrap_or_default();
     if n != 7 || content != b"first\nsecond\n" {
-        problems.push(format!(
-            "append.log is {:?}",
-            String::from_utf8_lossy(&content)
-        ));
+        problems.push(format!("append.log is {:?}", String::from_utf8_lossy(&content)));
     }
 
     // The sparse file kept its size and its mark.

@@ -92,8 +92,6 @@ fn main() {
         }
         wl::sleep_ms(10);
     }
-    let code = status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
     std::process::exit(code);
 }

@@ -77,9 +77,7 @@ fn member(log: &Log, name: &str, seed: u64, ready_w: i32, grandchild: bool, corr
             member(log, &name, seed + 0x100, ready_w, false, false);
         }
     }
-    log.line(&format!(
-        "MEMBER {name} pid={pid} ppid={ppid} pgrp={pgrp} sid={sid}"
-    ));
+    log.line(&format!("MEMBER {name} pid={pid} ppid={ppid} pgrp={pgrp} sid={sid}"));
     // SAFETY: writing one byte from a valid buffer.
     if unsafe { libc::write(ready_w, b"r".as_ptr().cast(), 1) } != 1 {
         wl::die("write ready pipe");
