@@ -810,6 +810,11 @@ impl Only {
         self.on.iter().any(|c| c == name)
     }
 
+    /// Disables `name` (for checks that do not apply to a configuration).
+    pub fn remove(&mut self, name: &str) {
+        self.on.retain(|c| c != name);
+    }
+
     /// The enabled names, comma-separated.
     pub fn list(&self) -> String {
         self.on.join(",")
