@@ -16,7 +16,7 @@
 
 use crate::wl::{self, Args};
 use std::fmt::Debug;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 /// Page size (x86_64).
 pub const PAGE: usize = 4096;
@@ -285,8 +285,9 @@ static SIG_FLAG: [AtomicBool; 65] = [const { AtomicBool::new(false) }; 65];
 static SIG_COUNT: [AtomicU32; 65] = [const { AtomicU32::new(0) }; 65];
 static SIG_PID: [AtomicI32; 65] = [const { AtomicI32::new(0) }; 65];
 static SIG_CODE: [AtomicI32; 65] = [const { AtomicI32::new(0) }; 65];
-/// Thread ids the flag handler ran on, in order (at most 256).
-static HIT_TIDS: [AtomicI32; 256] = [const { AtomicI32::new(0) }; 256];
+/// (thread id << 32 | signal) of every run of the flag handler, in order
+/// (at most 256).
+static HIT_TIDS: [AtomicU64; 256] = [const { AtomicU64::new(0) }; 256];
 static HIT_N: AtomicUsize = AtomicUsize::new(0);
 
 extern "C" fn flag_handler(sig: libc::c_int, info: *mut libc::siginfo_t, _uc: *mut libc::c_void) {
@@ -311,7 +312,7 @@ extern "C" fn flag_handler(sig: libc::c_int, info: *mut libc::siginfo_t, _uc: *m
     }
     let i = HIT_N.fetch_add(1, Ordering::SeqCst);
     if i < HIT_TIDS.len() {
-        HIT_TIDS[i].store(gettid(), Ordering::SeqCst);
+        HIT_TIDS[i].store(((gettid() as u64) << 32) | (sig as u32 as u64), Ordering::SeqCst);
     }
 }
 
@@ -344,10 +345,19 @@ pub fn flag_sender(sig: i32) -> (i32, i32) {
     )
 }
 
-/// True if the flag handler ran on thread `tid`.
+/// True if the flag handler ran on thread `tid` (for any signal).
 pub fn handler_ran_on(tid: i32) -> bool {
     let n = HIT_N.load(Ordering::SeqCst).min(HIT_TIDS.len());
-    HIT_TIDS[..n].iter().any(|t| t.load(Ordering::SeqCst) == tid)
+    HIT_TIDS[..n]
+        .iter()
+        .any(|t| (t.load(Ordering::SeqCst) >> 32) as i32 == tid)
+}
+
+/// True if the flag handler ran on thread `tid` for `sig`.
+pub fn handler_ran_for(tid: i32, sig: i32) -> bool {
+    let want = ((tid as u64) << 32) | (sig as u32 as u64);
+    let n = HIT_N.load(Ordering::SeqCst).min(HIT_TIDS.len());
+    HIT_TIDS[..n].iter().any(|t| t.load(Ordering::SeqCst) == want)
 }
 
 /// A siginfo as the kernel fills it (128 bytes), with accessors for the
