@@ -322,6 +322,12 @@ pub fn install_flag(sig: i32, extra: i32) {
     set_action(sig, flag_handler as *const () as usize, libc::SA_SIGINFO | extra, &[]);
 }
 
+/// The address of the flag handler (an SA_SIGINFO handler), for
+/// [`set_action`] with a mask of one's own.
+pub fn flag_handler_addr() -> usize {
+    flag_handler as *const () as usize
+}
+
 /// True once the flag handler has run for `sig`.
 pub fn flag(sig: i32) -> bool {
     SIG_FLAG[sig as usize].load(Ordering::SeqCst)
