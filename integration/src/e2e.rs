@@ -14,8 +14,8 @@
 //! /proc.
 
 use crate::{
-    describe, log_tail, pid_running, read_pidfile, run_cryo, s, signal, wait_for_line, wait_for_nth_verdict,
-    wait_pid_exited, Cleanup, TempDir, Workload, LINE_TIMEOUT,
+    cryo_bin, describe, log_tail, pid_running, read_pidfile, s, signal, wait_for_line, wait_for_nth_verdict,
+    wait_pid_exited, Captured, Cleanup, TempDir, Workload, LINE_TIMEOUT,
 };
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -56,9 +56,25 @@ impl Scratch {
     }
 }
 
+/// How long one cryo dump or restore of these (small) workloads may take
+/// before the test kills it and reports a hang.
+pub const CRYO_STEP_TIMEOUT: Duration = Duration::from_secs(25);
+
+/// Runs `cryo args...` (stdin /dev/null), killed after [`CRYO_STEP_TIMEOUT`].
+pub fn run_cryo_step(args: &[&str]) -> Output {
+    Captured::spawn(&cryo_bin(), args, Stdio::null(), None).finish(CRYO_STEP_TIMEOUT)
+}
+
 fn cryo_failure(what: &str, step: &str, out: &Output, logfile: &Path) -> String {
     let err = String::from_utf8_lossy(&out.stderr);
-    let first = err.lines().next().unwrap_or("").trim();
+    let first = match err.lines().next().map(str::trim) {
+        Some(l) if !l.is_empty() => l.to_string(),
+        _ if out.status.signal() == Some(libc::SIGKILL) => format!(
+            "no error output: cryo was killed after {} s (hung?)",
+            CRYO_STEP_TIMEOUT.as_secs()
+        ),
+        _ => "no error output".to_string(),
+    };
     format!(
         "[{what}] {step} failed: {first}\n{}\n--- {} (tail) ---\n{}",
         describe(out),
@@ -74,7 +90,7 @@ pub fn dump(sc: &Scratch, pid: i32, extra: &[&str], what: &str) {
     let log = sc.path("dump.log");
     let mut args = vec!["dump", "-t", &pid, "-D", s(&sc.img), "-o", s(&log), "-v4"];
     args.extend_from_slice(extra);
-    let out = run_cryo(&args);
+    let out = run_cryo_step(&args);
     if !out.status.success() {
         panic!("{}", cryo_failure(what, &format!("cryo dump -t {pid}"), &out, &log));
     }
@@ -86,7 +102,7 @@ pub fn restore(sc: &Scratch, tag: &str, what: &str) -> i32 {
     let pf = sc.path(&format!("pidfile-{tag}"));
     sc.cl.pidfile(&pf);
     let log = sc.path(&format!("restore-{tag}.log"));
-    let out = run_cryo(&[
+    let out = run_cryo_step(&[
         "restore",
         "-D",
         s(&sc.img),

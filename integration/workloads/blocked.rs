@@ -272,9 +272,13 @@ fn task(call: &str, ctx: &Ctx, g: i32) -> Vec<String> {
 }
 
 /// The child G that `wait4` waits for: idles until SIGUSR2, exits 7.
-fn fork_waitee() -> i32 {
+/// `close_fd` is a setup pipe end it must not keep open.
+fn fork_waitee(close_fd: Option<i32>) -> i32 {
     let g = probe::fork();
     if g == 0 {
+        if let Some(fd) = close_fd {
+            probe::close(fd);
+        }
         let m = !probe::sigbit(libc::SIGUSR2) & !probe::sigbit(libc::SIGKILL);
         probe::sigprocmask(libc::SIG_SETMASK, Some(m));
         while !probe::flag(libc::SIGUSR2) {
@@ -315,7 +319,7 @@ fn main() {
     let mut tasks: Vec<(&'static str, i32, i32)> = Vec::new();
     let mut handles = Vec::new();
     if !procs {
-        let g = if calls.contains(&"wait4") { fork_waitee() } else { 0 };
+        let g = if calls.contains(&"wait4") { fork_waitee(None) } else { 0 };
         let (tx, rx) = std::sync::mpsc::channel::<(&'static str, i32)>();
         for &call in &calls {
             let tx = tx.clone();
@@ -344,7 +348,7 @@ fn main() {
             let pid = probe::fork();
             if pid == 0 {
                 pipe.close_r();
-                let g = if call == "wait4" { fork_waitee() } else { 0 };
+                let g = if call == "wait4" { fork_waitee(Some(pipe.w)) } else { 0 };
                 set_task_mask(call, ctx);
                 pipe.send(k as i32, wl::getpid());
                 pipe.send(k as i32 + 100, g);
