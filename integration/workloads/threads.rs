@@ -340,7 +340,7 @@ fn mask_for(i: usize) -> u64 {
     let mut m = 0u64;
     for b in 0..7 {
         if (i >> b) & 1 != 0 {
-            m |= probe::sigbit(probe::sigrtmin() + 2 + b as i32);
+            m |= probe::sigbit(probe::sigrtmin() + 2 + b);
         }
     }
     match i % 3 {
@@ -359,7 +359,7 @@ fn mxcsr_for(i: usize) -> u32 {
     if i % 2 == 1 {
         mx |= 0x8000;
     }
-    if i % 3 == 0 {
+    if i.is_multiple_of(3) {
         mx |= 0x40;
     }
     mx
