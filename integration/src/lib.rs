@@ -12,6 +12,9 @@
 //! Everything that needs root is gated with [`require_root!`], which skips
 //! loudly.
 
+pub mod e2e;
+pub mod member;
+pub mod probe;
 pub mod wl;
 
 use std::fs::File;
@@ -360,6 +363,16 @@ pub struct Cleanup {
     pids: Mutex<Vec<i32>>,
     pidfiles: Mutex<Vec<PathBuf>>,
     tmux_sockets: Mutex<Vec<String>>,
+    /// (pid, start time) of tree members: killed only if the pid still
+    /// names the same process.
+    trees: Mutex<Vec<(i32, u64)>>,
+}
+
+/// The start time of `pid` (field 22 of /proc/PID/stat, in clock ticks).
+pub fn proc_starttime(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let close = stat.rfind(')')?;
+    stat[close + 1..].split_whitespace().nth(19)?.parse().ok()
 }
 
 impl Cleanup {
@@ -381,6 +394,17 @@ impl Cleanup {
             .push(path.to_path_buf());
     }
 
+    /// Registers `root` and all its current descendants (with their start
+    /// times, so that a pid reused later is left alone).
+    pub fn tree(&self, root: i32) {
+        let mut t = self.trees.lock().unwrap_or_else(|e| e.into_inner());
+        for pid in e2e::tree_of(root) {
+            if let Some(st) = proc_starttime(pid) {
+                t.push((pid, st));
+            }
+        }
+    }
+
     /// Registers a tmux socket name (`tmux -L NAME`) whose server is killed.
     pub fn tmux(&self, socket: &str) {
         self.tmux_sockets
@@ -400,6 +424,15 @@ impl Drop for Cleanup {
         }
         for pid in pids {
             kill_pid(pid);
+        }
+        for &(pid, st) in self.trees.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            if pid > 1 && proc_starttime(pid) == Some(st) {
+                // SAFETY: kill has no memory effects; the start time shows
+                // the pid still names the process registered.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
         }
         for sock in self.tmux_sockets.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             let _ = Command::new("tmux")
