@@ -702,7 +702,7 @@ fn dump_thread(pid: i32, tid: i32, layout: &XsaveLayout, sas: (u64, u32, u64), c
     let (robust, robust_len) = sysc::get_robust_list(t)?;
     let stat = proc::stat::read_task(pid as u32, tid as u32)?;
     let status = proc::status::read_task(pid as u32, tid as u32)?;
-    let (nice, policy) = sched_of(&stat);
+    let (nice, policy, prio) = sched_of(tid, &stat);
     let affinity = nix::sched::sched_getaffinity(t)
         .map(|set| {
             let mut words = vec![0u64; nix::sched::CpuSet::count().div_ceil(64)];
@@ -737,6 +737,7 @@ fn dump_thread(pid: i32, tid: i32, layout: &XsaveLayout, sas: (u64, u32, u64), c
             futex_rla_len: robust_len as u32,
             sched_nice: Some(nice),
             sched_policy: Some(policy),
+            sched_prio: (prio != 0).then_some(prio),
             blk_sigset: Some(sigmask),
             sas: Some(pb::ThreadSasEntry {
                 ss_sp: sas.0,
@@ -819,8 +820,10 @@ pub fn fnv1a(b: &[u8]) -> u64 {
     h
 }
 
-fn sched_of(stat: &proc::stat::Stat) -> (i32, u32) {
-    (stat.nice as i32, stat.policy)
+/// Nice value, policy (with SCHED_RESET_ON_FORK) and RT priority.
+fn sched_of(tid: i32, stat: &proc::stat::Stat) -> (i32, u32, u32) {
+    let (policy, prio) = crate::sys::rawfd::get_sched(tid).unwrap_or((stat.policy, 0));
+    (stat.nice as i32, policy, prio)
 }
 
 /// Reads a number from /proc/PID/<name> (in the given radix).

@@ -100,6 +100,8 @@ pub fn madv_from_vmflags(flags: &[String]) -> u64 {
     let mut m = 0u64;
     for f in flags {
         let bit = match f.as_str() {
+            "rr" => 1, // MADV_RANDOM
+            "sr" => 2, // MADV_SEQUENTIAL
             "dc" => MADV_DONTFORK,
             "mg" => MADV_MERGEABLE,
             "hg" => MADV_HUGEPAGE,
@@ -170,6 +172,8 @@ pub fn vma_entry(v: &Vma, file_id: Option<u32>) -> pb::VmaEntry {
         status,
         fd: -1,
         madv: (madv != 0).then_some(madv),
+        cryo_lock_onfault: v.vmflags.iter().any(|f| f == "lf").then_some(true),
+        cryo_guards: Vec::new(),
         fdflags: file.then_some(if v.shared && v.prot & libc::PROT_WRITE as u32 != 0 {
             libc::O_RDWR as u32
         } else {

@@ -124,12 +124,14 @@ fn setup_fs(plan: &Plan, t: &TaskImage) -> Result<()> {
             .name
             .clone())
     };
+    // Both paths are as the dumper saw them (from its own root): enter the
+    // working directory first, then change the root.
     let root = path(t.fs.root_id)?;
+    let cwd = path(t.fs.cwd_id)?;
+    unistd::chdir(cwd.as_str()).with_context(|| format!("Cannot enter the working directory {cwd}"))?;
     if root != "/" {
         unistd::chroot(root.as_str()).with_context(|| format!("chroot {root}"))?;
     }
-    let cwd = path(t.fs.cwd_id)?;
-    unistd::chdir(cwd.as_str()).with_context(|| format!("Cannot enter the working directory {cwd}"))?;
     nix::sys::stat::umask(Mode::from_bits_truncate(t.fs.umask.unwrap_or(0o022)));
     Ok(())
 }
@@ -234,6 +236,24 @@ fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
                     advice,
                 });
             }
+            // Huge pages wanted: collapse now rather than waiting for
+            // khugepaged (best effort).
+            if m & (1 << 14) != 0 {
+                madvs.push(Madvise {
+                    addr: v.start,
+                    len,
+                    advice: 25,
+                });
+            }
+        }
+        for g in v.cryo_guards.chunks(2) {
+            if let [gs, ge] = *g {
+                madvs.push(Madvise {
+                    addr: gs,
+                    len: ge - gs,
+                    advice: 102, // MADV_GUARD_INSTALL
+                });
+            }
         }
         at += len;
     }
@@ -271,7 +291,8 @@ fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
     // mlock'ed mappings: lock the staged copy; mremap keeps VM_LOCKED.
     for (v, &(_, _, st)) in staged_vmas.iter().zip(&stage_of) {
         if v.flags & libc::MAP_LOCKED as u32 != 0 {
-            mmap::mlock(st, v.end - v.start).with_context(|| format!("mlock for {:#x}", v.start))?;
+            mmap::mlock(st, v.end - v.start, v.cryo_lock_onfault == Some(true))
+                .with_context(|| format!("mlock for {:#x}", v.start))?;
         }
     }
     Ok(Staged {

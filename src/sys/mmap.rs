@@ -71,9 +71,11 @@ pub fn pread_to(fd: BorrowedFd, addr: u64, len: u64, off: u64) -> nix::Result<()
     Ok(())
 }
 
-/// `mlock(addr, len)` of a staging range we own.
-pub fn mlock(addr: u64, len: u64) -> nix::Result<()> {
+/// `mlock2(addr, len, onfault ? MLOCK_ONFAULT : 0)` of a staging range we
+/// own.
+pub fn mlock(addr: u64, len: u64, onfault: bool) -> nix::Result<()> {
+    let flags: libc::c_int = if onfault { 1 } else { 0 };
     // SAFETY: as for `mprotect`: only ranges created by `mmap_at`; mlock
     // does not change their contents.
-    Errno::result(unsafe { libc::mlock(addr as *const _, len as usize) }).map(drop)
+    Errno::result(unsafe { libc::syscall(libc::SYS_mlock2, addr, len as usize, flags) }).map(drop)
 }

@@ -186,3 +186,15 @@ pub fn create_posix_timers(timers: &[PosixTimerSpec]) -> nix::Result<()> {
     }
     Ok(())
 }
+
+/// Policy (with SCHED_RESET_ON_FORK) and RT priority of thread `tid`.
+pub fn get_sched(tid: i32) -> nix::Result<(u32, u32)> {
+    // SAFETY: integer argument only.
+    let policy = unsafe { libc::sched_getscheduler(tid) };
+    nix::errno::Errno::result(policy)?;
+    let mut p = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `p` is a valid, writable sched_param.
+    let r = unsafe { libc::sched_getparam(tid, &mut p) };
+    nix::errno::Errno::result(r)?;
+    Ok((policy as u32, p.sched_priority as u32))
+}
