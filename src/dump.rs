@@ -495,6 +495,8 @@ fn dump_process(
     let exe = fs::read_link(format!("/proc/{pid}/exe")).with_context(|| format!("Cannot read /proc/{pid}/exe"))?;
     let exe_id = files.reg_path(&exe.to_string_lossy(), 0, 0)?;
     let mut vma_entries = Vec::with_capacity(vmas.len());
+    let pagemap =
+        fs::File::open(format!("/proc/{pid}/pagemap")).with_context(|| format!("Cannot open /proc/{pid}/pagemap"))?;
     for v in &vmas {
         let kind = VmaKind::of(v);
         let file_id = match kind {
@@ -512,7 +514,24 @@ fn dump_process(
             ),
             _ => None,
         };
-        vma_entries.push(mem::vma_entry(v, file_id));
+        let mut e = mem::vma_entry(v, file_id);
+        if kind.dumps_pages() {
+            for g in vm::pagemap_scan(
+                &pagemap,
+                v.start,
+                v.end,
+                vm::category::GUARD,
+                0,
+                0,
+                vm::category::GUARD,
+                0,
+            )
+            .unwrap_or_default()
+            {
+                e.cryo_guards.extend([g.start, g.end]);
+            }
+        }
+        vma_entries.push(e);
     }
     let fdinfo = files
         .dump_fds(pid, opts.shell_job, &stat)
@@ -878,35 +897,16 @@ fn dump_pages(
         if !kind.dumps_pages() {
             continue;
         }
-        if v.prot & libc::PROT_READ as u32 == 0 {
-            // PROT_NONE memory can hold data only if it was readable once;
-            // process_vm_readv cannot read it. Rare: guard pages.
-            let rs = vm::pagemap_scan(
-                &pagemap,
-                v.start,
-                v.end,
-                vm::category::PFNZERO | vm::category::FILE,
-                vm::category::PFNZERO | vm::category::FILE,
-                vm::category::PRESENT | vm::category::SWAPPED,
-                vm::category::PRESENT | vm::category::SWAPPED,
-                0,
-            )?;
-            if !rs.is_empty() {
-                bail!(
-                    "pid {pid} has data in unreadable (PROT_NONE) memory at {:#x}-{:#x}; not supported yet",
-                    v.start,
-                    v.end
-                );
-            }
-            continue;
-        }
         scanned += (v.end - v.start) / PAGE_SIZE;
+        // Present or swapped, not the zero page, not still backed by the
+        // file, not a guard region (those are recorded in the VMA).
+        let skip = vm::category::PFNZERO | vm::category::FILE | vm::category::GUARD;
         let rs = vm::pagemap_scan(
             &pagemap,
             v.start,
             v.end,
-            vm::category::PFNZERO | vm::category::FILE,
-            vm::category::PFNZERO | vm::category::FILE,
+            skip,
+            skip,
             vm::category::PRESENT | vm::category::SWAPPED,
             vm::category::PRESENT | vm::category::SWAPPED,
             0,
@@ -924,42 +924,9 @@ fn dump_pages(
         }
     }
     let name = image::names::pages(pages_id);
-    let mut out = dir.create_raw(&name)?;
+    let out = dir.create_raw(&name)?;
     let total: u64 = runs.iter().map(|r| r.1).sum();
-    let mut write_us = 0u64;
-    // Copy in chunks of up to 64 MiB (and 1024 iovecs, the kernel's limit).
-    const CHUNK: usize = 64 << 20;
-    let mut buf = vec![0u8; CHUNK.min(total as usize).max(PAGE_SIZE as usize)];
-    let mut i = 0;
-    while i < runs.len() {
-        let mut iov = Vec::new();
-        let mut len = 0usize;
-        while i < runs.len() && iov.len() < 1024 {
-            let (start, rlen) = runs[i];
-            let room = buf.len() - len;
-            if room == 0 {
-                break;
-            }
-            let take = (rlen as usize).min(room);
-            iov.push((start, take));
-            len += take;
-            if take < rlen as usize {
-                runs[i] = (start + take as u64, rlen - take as u64);
-                break;
-            }
-            i += 1;
-        }
-        let got = vm::read_remote(Pid::from_raw(pid), &iov, &mut buf[..len])
-            .with_context(|| format!("Cannot read the memory of pid {pid}"))?;
-        if got != len {
-            bail!("Short read of the memory of pid {pid}: {got} of {len} bytes");
-        }
-        let tw = Instant::now();
-        out.write_all(&buf[..len])
-            .with_context(|| format!("Cannot write {name}"))?;
-        write_us += tw.elapsed().as_micros() as u64;
-    }
-    out.flush()?;
+    let write_us = copy_runs(pid, &runs, out, &name)?;
     Ok((
         pb::PagemapHead { pages_id },
         entries,
@@ -967,6 +934,191 @@ fn dump_pages(
         total / PAGE_SIZE,
         write_us,
     ))
+}
+
+/// Reads the part of `iov` from byte `skip` on through /proc/PID/mem
+/// (FOLL_FORCE: PROT_NONE memory too) into `out`; returns bytes read.
+fn read_forced(pid: i32, iov: &[(u64, usize)], skip: usize, out: &mut [u8]) -> Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mem = fs::File::open(format!("/proc/{pid}/mem")).with_context(|| format!("Cannot open /proc/{pid}/mem"))?;
+    let mut pos = 0usize; // offset in the concatenated iovecs
+    let mut done = 0usize;
+    for &(addr, len) in iov {
+        let end = pos + len;
+        if end > skip {
+            let from = skip.max(pos) - pos;
+            let n = len - from;
+            mem.read_exact_at(&mut out[done..done + n], addr + from as u64)
+                .with_context(|| format!("Cannot read pid {pid} memory at {:#x}", addr + from as u64))?;
+            done += n;
+        }
+        pos = end;
+    }
+    Ok(done)
+}
+
+/// Bytes read from the task per process_vm_readv call: small enough that a
+/// chunk is still in the CPU cache when it is written out, large enough to
+/// keep the syscalls few.
+const COPY_CHUNK: usize = 1 << 20;
+/// Chunks in flight between the reading and the writing thread.
+const COPY_BUFS: usize = 4;
+
+/// Splits the remote `runs` (start, length) into chunks of at most
+/// [`COPY_CHUNK`] bytes and [`vm::IOV_MAX`] iovecs, in order.
+fn copy_chunks(runs: &[(u64, u64)]) -> Vec<Vec<(u64, usize)>> {
+    let mut chunks = Vec::new();
+    let mut iov: Vec<(u64, usize)> = Vec::new();
+    let mut len = 0usize;
+    for &(start, rlen) in runs {
+        let (mut start, mut rlen) = (start, rlen as usize);
+        while rlen > 0 {
+            if len == COPY_CHUNK || iov.len() == vm::IOV_MAX {
+                chunks.push(std::mem::take(&mut iov));
+                len = 0;
+            }
+            let take = rlen.min(COPY_CHUNK - len);
+            iov.push((start, take));
+            len += take;
+            start += take as u64;
+            rlen -= take;
+        }
+    }
+    if !iov.is_empty() {
+        chunks.push(iov);
+    }
+    chunks
+}
+
+/// Copies the remote `runs` of `pid`, in order, to `out` (the pages file
+/// `name`). One chunk is read with process_vm_readv while a writer thread
+/// writes the previous one. Returns the time spent in writes, in us.
+fn copy_runs(pid: i32, runs: &[(u64, u64)], mut out: fs::File, name: &str) -> Result<u64> {
+    let chunks = copy_chunks(runs);
+    let read = |iov: &[(u64, usize)], buf: &mut Vec<u8>| -> Result<()> {
+        let len: usize = iov.iter().map(|r| r.1).sum();
+        buf.resize(len, 0);
+        let mut got = vm::read_remote(Pid::from_raw(pid), iov, buf)
+            .with_context(|| format!("Cannot read the memory of pid {pid}"))?;
+        if got < len {
+            // process_vm_readv stops at memory the task cannot read itself
+            // (PROT_NONE); /proc/PID/mem reads it the way a debugger does.
+            got += read_forced(pid, iov, got, &mut buf[got..])?;
+        }
+        if got != len {
+            bail!("Short read of the memory of pid {pid}: {got} of {len} bytes");
+        }
+        Ok(())
+    };
+    let write = |out: &mut fs::File, buf: &[u8]| -> Result<u64> {
+        let tw = Instant::now();
+        out.write_all(buf).with_context(|| format!("Cannot write {name}"))?;
+        Ok(tw.elapsed().as_micros() as u64)
+    };
+    if chunks.len() <= 1 {
+        let mut buf = Vec::new();
+        let mut write_us = 0;
+        for iov in &chunks {
+            read(iov, &mut buf)?;
+            write_us += write(&mut out, &buf)?;
+        }
+        return Ok(write_us);
+    }
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(COPY_BUFS);
+    let (free_tx, free_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(COPY_BUFS);
+    for _ in 0..COPY_BUFS {
+        free_tx.send(Vec::with_capacity(COPY_CHUNK)).expect("receiver alive");
+    }
+    std::thread::scope(|s| {
+        let writer = s.spawn(move || -> Result<u64> {
+            let mut write_us = 0;
+            for buf in full_rx {
+                write_us += write(&mut out, &buf)?;
+                // The reader may be gone already (it failed): nothing to do.
+                let _ = free_tx.send(buf);
+            }
+            Ok(write_us)
+        });
+        let mut res = Ok(());
+        for iov in &chunks {
+            let Ok(mut buf) = free_rx.recv() else { break };
+            if let Err(e) = read(iov, &mut buf) {
+                res = Err(e);
+                break;
+            }
+            if full_tx.send(buf).is_err() {
+                break; // the writer failed; its error is returned below
+            }
+        }
+        drop(full_tx);
+        let written = writer.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        res.and(written)
+    })
+}
+
+#[cfg(test)]
+mod copy_tests {
+    use super::*;
+
+    #[test]
+    fn chunks_split_runs_by_size_and_iovec_count() {
+        let c = COPY_CHUNK as u64;
+        // One run of 2.5 chunks: three chunks, the last one short.
+        let chunks = copy_chunks(&[(0x10000, 2 * c + c / 2)]);
+        assert_eq!(
+            chunks,
+            vec![
+                vec![(0x10000, COPY_CHUNK)],
+                vec![(0x10000 + c, COPY_CHUNK)],
+                vec![(0x10000 + 2 * c, COPY_CHUNK / 2)]
+            ]
+        );
+        // A run crossing a chunk boundary is split there.
+        let chunks = copy_chunks(&[(0x1000, c - 0x1000), (0x80_0000, 0x3000)]);
+        assert_eq!(
+            chunks,
+            vec![
+                vec![(0x1000, COPY_CHUNK - 0x1000), (0x80_0000, 0x1000)],
+                vec![(0x80_1000, 0x2000)]
+            ]
+        );
+        // Many small runs: at most IOV_MAX iovecs per chunk.
+        let runs: Vec<(u64, u64)> = (0..(vm::IOV_MAX as u64 + 10)).map(|i| (i * 0x2000, 16)).collect();
+        let chunks = copy_chunks(&runs);
+        assert_eq!(chunks.iter().map(Vec::len).collect::<Vec<_>>(), [vm::IOV_MAX, 10]);
+        let all: Vec<(u64, usize)> = chunks.concat();
+        assert_eq!(all, runs.iter().map(|&(a, l)| (a, l as usize)).collect::<Vec<_>>());
+        assert!(copy_chunks(&[]).is_empty());
+    }
+
+    #[test]
+    fn copy_runs_writes_remote_memory_in_order() {
+        // Our own memory stands in for the task's.
+        let data: Vec<u8> = (0..3 * COPY_CHUNK + 5000).map(|i| (i % 251) as u8).collect();
+        let base = data.as_ptr() as u64;
+        let runs = [
+            (base + 100, 5000u64),
+            (base + 7000, (2 * COPY_CHUNK) as u64),
+            (base + 9, 3),
+        ];
+        let tmp = std::env::temp_dir().join(format!("cryo-copy-runs-{}", std::process::id()));
+        let out = fs::File::create(&tmp).unwrap();
+        copy_runs(std::process::id() as i32, &runs, out, "test").unwrap();
+        let got = fs::read(&tmp).unwrap();
+        let _ = fs::remove_file(&tmp);
+        let mut want = Vec::new();
+        for &(a, l) in &runs {
+            let o = (a - base) as usize;
+            want.extend_from_slice(&data[o..o + l as usize]);
+        }
+        assert_eq!(got.len(), want.len());
+        assert!(got == want);
+        // An unreadable range fails instead of writing a short file.
+        let out = fs::File::create(&tmp).unwrap();
+        let err = copy_runs(std::process::id() as i32, &[(base, 4096), (0x1000, 4096)], out, "test");
+        let _ = fs::remove_file(&tmp);
+        assert!(err.is_err());
+    }
 }
 
 fn write_stats(dir: &ImageDir, s: &DumpStats) -> Result<()> {
