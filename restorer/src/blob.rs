@@ -572,6 +572,7 @@ impl Blob<'_> {
         self.set_thread(t);
         self.set_creds();
         self.sync_with_engine();
+        self.queue_signals(false);
         self.sigreturn(t)
     }
 
@@ -745,7 +746,10 @@ impl Blob<'_> {
 
     /// Step 10. All signals are blocked, so they stay pending until the
     /// sigreturn installs the saved mask.
-    fn queue_signals(&self) {
+    /// The calling thread queues its own per-thread signals (the kernel
+    /// lets a task forge a kill()-style siginfo only for itself); the
+    /// leader also queues the process-wide ones.
+    fn queue_signals(&self, leader: bool) {
         if self.a.nr_sigs == 0 {
             return;
         }
@@ -756,14 +760,23 @@ impl Blob<'_> {
         for i in 0..self.a.nr_sigs {
             // SAFETY: `nr_sigs` entries at `sigs`, inside the blob area.
             let s = unsafe { &*(self.a.sigs as *const abi::QueuedSignal).add(i as usize) };
+            let mine = if s.shared != 0 {
+                leader
+            } else if s.tid == 0 {
+                leader
+            } else {
+                s.tid as usize == tid
+            };
+            if !mine {
+                continue;
+            }
             let info = s.info.as_ptr() as usize;
             // SAFETY: `info` is a 128-byte siginfo inside the blob area.
             let ret = unsafe {
                 if s.shared != 0 {
                     syscall3(nr::RT_SIGQUEUEINFO, pid, s.signo as usize, info)
                 } else {
-                    let target = if s.tid == 0 { tid } else { s.tid as usize };
-                    syscall4(nr::RT_TGSIGQUEUEINFO, pid, target, s.signo as usize, info)
+                    syscall4(nr::RT_TGSIGQUEUEINFO, pid, tid, s.signo as usize, info)
                 }
             };
             self.check(ret, step::SIGQUEUE);
@@ -838,7 +851,7 @@ impl Blob<'_> {
         self.set_creds();
         self.sync_with_engine();
         self.install_seccomp();
-        self.queue_signals();
+        self.queue_signals(true);
         self.sigreturn(&a.thread)
     }
 }

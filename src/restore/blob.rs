@@ -1980,16 +1980,14 @@ mod tests {
 ///
 /// The two conditions of `jump` are checked here: a `PreparedBlob` can
 /// only come from [`place`], and the calling process must have exactly one
-/// thread, which is verified in /proc before jumping (restore tasks are
-/// forked with clone3 from the single-threaded engine, so this holds).
-pub fn enter(p: PreparedBlob) -> ! {
-    let threads = std::fs::read_dir("/proc/thread-self/..")
-        .map(|d| d.count())
-        .unwrap_or(0);
+/// thread: `threads` is the count the caller read from /proc (restore
+/// tasks are forked with clone3 from the single-threaded engine, so this
+/// holds).
+pub fn enter(p: PreparedBlob, threads: usize) -> ! {
     if threads != 1 {
         crate::sys::rawfd::exit_now(cryo_restorer::abi::EXIT_BLOB_FAILED);
     }
-    // SAFETY: single-threaded (checked just above) and `p` was built by
-    // `place` for this process's plan.
+    // SAFETY: single-threaded (counted by the caller in /proc before any
+    // chroot) and `p` was built by `place` for this process's plan.
     unsafe { jump(p) }
 }

@@ -22,6 +22,7 @@ mod plan;
 mod shim;
 mod task;
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -158,7 +159,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
 
     wait_ready(&plan, &ready_r, &err_r).context("Stage Fork")?;
     debug!("all {} tasks ready", plan.tasks.len());
-    release(&plan, shim_pid, own_ns, go_w, efds).context("Stage Go")?;
+    release(&plan, shim_pid, own_ns, go_w, &ready_r, efds).context("Stage Go")?;
     if !own_ns {
         // Let the shim drop its parent-death signal, and wait for it to say so.
         nix::unistd::write(&shim_w, b"g").context("Cannot release the namespace init")?;
@@ -199,9 +200,9 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
 /// (the mapping that holds the signal frame the task returned through) is
 /// unmapped with an injected munmap before the thread is detached. The
 /// restored address space thus holds exactly the dumped mappings.
-fn release(plan: &Plan, shim: i32, own_ns: bool, go_w: OwnedFd, efds: EngineFds) -> Result<()> {
+fn release(plan: &Plan, shim: i32, own_ns: bool, go_w: OwnedFd, ready_r: &OwnedFd, efds: EngineFds) -> Result<()> {
     use crate::sys::ptrace::{self, SyscallInfo, WaitOutcome};
-    let procs = restored_procs(shim, own_ns);
+    let procs = restored_procs(plan, shim, own_ns);
     let n: usize = procs.iter().map(Vec::len).sum();
     if n != plan.live_threads() {
         bail!("Found {n} restored threads, expected {}", plan.live_threads());
@@ -222,35 +223,55 @@ fn release(plan: &Plan, shim: i32, own_ns: bool, go_w: OwnedFd, efds: EngineFds)
     let go = vec![b'g'; n];
     nix::unistd::write(&go_w, &go).context("Cannot release the restored tasks")?;
     drop(go_w);
-    for tids in &procs {
-        let mut frame_sp = 0;
-        for &t in tids {
+    // Follow every thread to the exit of its rt_sigreturn; threads of one
+    // process run concurrently, so poll them all.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last: HashMap<i32, (u64, u64)> = HashMap::new();
+    let mut frame_sp: HashMap<i32, u64> = HashMap::new();
+    let mut pending: Vec<i32> = procs.iter().flatten().copied().collect();
+    while !pending.is_empty() {
+        let mut progressed = false;
+        let mut i = 0;
+        while i < pending.len() {
+            let t = pending[i];
             let p = Pid::from_raw(t);
-            let mut last: Option<(u64, u64)> = None;
-            loop {
-                match ptrace::wait_stop(p)? {
-                    WaitOutcome::SyscallStop => match ptrace::syscall_info(p)? {
-                        SyscallInfo::Entry { nr, sp } => {
-                            last = Some((nr, sp));
-                            ptrace::syscall_step(p)?;
-                        }
-                        // Through rt_sigreturn: the thread is in its dumped
-                        // state. It stays stopped until its process is done.
-                        SyscallInfo::Exit { .. } if last.map(|l| l.0) == Some(libc::SYS_rt_sigreturn as u64) => {
-                            frame_sp = last.map(|l| l.1).unwrap_or(0);
-                            break;
-                        }
-                        _ => ptrace::syscall_step(p)?,
-                    },
-                    WaitOutcome::Signal(sig) => ptrace::syscall_step_sig(p, sig)?,
-                    WaitOutcome::Exited(code) => bail!("Restored pid {t} exited with {code} before it resumed"),
-                    WaitOutcome::Killed { sig, .. } => {
-                        bail!("Restored pid {t} was killed by signal {sig} before it resumed")
+            let Some(ev) = ptrace::try_wait_stop(p)? else {
+                i += 1;
+                continue;
+            };
+            progressed = true;
+            match ev {
+                WaitOutcome::SyscallStop => match ptrace::syscall_info(p)? {
+                    SyscallInfo::Entry { nr, sp } => {
+                        last.insert(t, (nr, sp));
+                        ptrace::syscall_step(p)?;
+                    }
+                    // Through rt_sigreturn: the thread is in its dumped
+                    // state. It stays stopped until its process is done.
+                    SyscallInfo::Exit { .. } if last.get(&t).map(|l| l.0) == Some(libc::SYS_rt_sigreturn as u64) => {
+                        frame_sp.insert(t, last[&t].1);
+                        pending.swap_remove(i);
+                        continue;
                     }
                     _ => ptrace::syscall_step(p)?,
+                },
+                WaitOutcome::Signal(sig) => ptrace::syscall_step_sig(p, sig)?,
+                WaitOutcome::Exited(_) | WaitOutcome::Killed { .. } => {
+                    let why = blob_failure(ready_r).unwrap_or_else(|| format!("{ev:?}"));
+                    bail!("Restored pid {t} died before it resumed: {why}");
                 }
+                _ => ptrace::syscall_step(p)?,
             }
         }
+        if !progressed {
+            if Instant::now() > deadline {
+                bail!("Timed out waiting for {} restored threads to resume", pending.len());
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+    for tids in &procs {
+        let frame_sp = frame_sp.get(&tids[0]).copied().unwrap_or(0);
         // Every thread of the process is through: drop the restorer.
         cleanup_process(tids[0], frame_sp, efds)
             .with_context(|| format!("Cannot remove the restorer from pid {}", tids[0]))?;
@@ -317,6 +338,25 @@ fn ns_pid(pid: i32) -> Option<i32> {
     st.nspid.last().map(|&p| p as i32)
 }
 
+/// A blob failure report waiting on the ready pipe, as text.
+fn blob_failure(ready_r: &OwnedFd) -> Option<String> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let _ = fcntl(ready_r.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
+    let mut b = [0u8; 8];
+    match nix::unistd::read(ready_r.as_raw_fd(), &mut b) {
+        Ok(8) => {
+            let step = u32::from_le_bytes(b[0..4].try_into().ok()?);
+            let errno = i32::from_le_bytes(b[4..8].try_into().ok()?);
+            Some(format!(
+                "the restorer failed at step {step} ({}): {}",
+                step_name(step),
+                nix::errno::Errno::from_raw(errno)
+            ))
+        }
+        _ => None,
+    }
+}
+
 /// In stopped thread `tid`: closes the sync fds and unmaps the blob area
 /// (the mapping holding `sp`, a signal frame's address at rt_sigreturn).
 fn cleanup_process(tid: i32, sp: u64, efds: EngineFds) -> Result<()> {
@@ -340,7 +380,9 @@ fn cleanup_process(tid: i32, sp: u64, efds: EngineFds) -> Result<()> {
 
 /// Host tids of the restored processes that run (zombies excluded), found
 /// below the namespace init; per process, the leader first.
-fn restored_procs(shim: i32, include_shim: bool) -> Vec<Vec<i32>> {
+fn restored_procs(plan: &Plan, shim: i32, include_shim: bool) -> Vec<Vec<i32>> {
+    let zombie =
+        |host: u32| ns_pid(host as i32).is_some_and(|ns| plan.tasks.iter().any(|t| t.pid == ns && t.zombie.is_some()));
     let mut out = Vec::new();
     let mut queue = vec![shim];
     if include_shim {
@@ -357,7 +399,7 @@ fn restored_procs(shim: i32, include_shim: bool) -> Vec<Vec<i32>> {
         for t in &tasks {
             for c in crate::proc::children(p as u32, *t).unwrap_or_default() {
                 let state = crate::proc::stat::read(c).map(|s| s.state).unwrap_or('X');
-                if state != 'Z' && state != 'X' {
+                if state != 'Z' && state != 'X' && !zombie(c) {
                     let mut tids: Vec<i32> = crate::proc::threads(c)
                         .unwrap_or_default()
                         .into_iter()

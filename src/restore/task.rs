@@ -125,13 +125,10 @@ fn setup_fs(plan: &Plan, t: &TaskImage) -> Result<()> {
             .clone())
     };
     // Both paths are as the dumper saw them (from its own root): enter the
-    // working directory first, then change the root.
-    let root = path(t.fs.root_id)?;
+    // working directory now; the root changes last, right before the blob
+    // (the engine side still needs /proc until then).
     let cwd = path(t.fs.cwd_id)?;
     unistd::chdir(cwd.as_str()).with_context(|| format!("Cannot enter the working directory {cwd}"))?;
-    if root != "/" {
-        unistd::chroot(root.as_str()).with_context(|| format!("chroot {root}"))?;
-    }
     nix::sys::stat::umask(Mode::from_bits_truncate(t.fs.umask.unwrap_or(0o022)));
     Ok(())
 }
@@ -619,9 +616,18 @@ fn jump(plan: &Plan, t: &TaskImage, efds: EngineFds, staged: Staged) -> Result<I
             let _ = unistd::close(fd);
         }
     }
+    let threads = fs::read_dir("/proc/thread-self/..").map(|d| d.count()).unwrap_or(0);
+    let root = plan.files[&t.fs.root_id]
+        .reg
+        .as_ref()
+        .map(|r| r.name.clone())
+        .unwrap_or_else(|| "/".into());
+    if root != "/" {
+        unistd::chroot(root.as_str()).with_context(|| format!("chroot {root}"))?;
+    }
     let prepared = blob::place(&plan_b, staged.blob_base).context("Cannot place the restorer blob")?;
     let _ = unistd::close(efds.err_w);
-    blob::enter(prepared)
+    blob::enter(prepared, threads)
 }
 
 fn blob_regs(r: &crate::sys::ptrace::UserRegs) -> blob::UserRegs {

@@ -523,3 +523,19 @@ pub fn syscall_info(tid: Pid) -> nix::Result<SyscallInfo> {
 pub fn syscall_step_sig(tid: Pid, sig: i32) -> nix::Result<()> {
     req_plain(libc::PTRACE_SYSCALL, tid, 0, sig as usize)
 }
+
+/// Like [`wait_stop`] but without blocking: `None` while `tid` has nothing
+/// to report.
+pub fn try_wait_stop(tid: Pid) -> nix::Result<Option<WaitOutcome>> {
+    let mut status = 0;
+    loop {
+        // SAFETY: `status` is a valid, writable c_int for the whole call.
+        let ret = unsafe { libc::waitpid(tid.as_raw(), &mut status, libc::__WALL | libc::WNOHANG) };
+        match Errno::result(ret) {
+            Ok(0) => return Ok(None),
+            Ok(_) => return Ok(Some(WaitOutcome::from_status(status))),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
