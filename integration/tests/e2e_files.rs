@@ -317,6 +317,39 @@ fn unixsk_roundtrip() {
     );
 }
 
+// ---- 4. eventfd, signalfd, timerfd, epoll ---------------------------------
+
+#[test]
+fn anonfds_plain_passes_and_detects_a_drained_eventfd() {
+    expect_plain_pass(bin!("anonfds"), &[]);
+    expect_plain_fail(bin!("anonfds"), &["--corrupt"], "eventfd E1 reads");
+}
+
+#[test]
+fn anonfds_roundtrip() {
+    root_only!();
+    let (v, _images, sc) = roundtrip("anonfds", bin!("anonfds"), &[]);
+    assert!(v.starts_with("PASS"), "{v}");
+    let log = sc.path("wl.log");
+    assert!(
+        cryo_integration::log_lines(&log)
+            .iter()
+            .any(|l| l.starts_with("MEMBER c PASS")),
+        "{}",
+        log_tail(&log, 20)
+    );
+    let files = crit_json(&sc.img.join("files.img"));
+    let kinds: Vec<&str> = files["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    for k in ["EVENTFD", "SIGNALFD", "TIMERFD", "EVENTPOLL"] {
+        assert!(kinds.contains(&k), "no {k} in files.img: {kinds:?}");
+    }
+}
+
 // ---- kinds cryo does not dump ----------------------------------------------
 
 /// Dumps a badfd workload holding `kind` at fd 33: the dump must fail with

@@ -21,6 +21,7 @@ use crate::proc;
 use crate::proc::fdinfo::FdInfo;
 use crate::sys::{clone as sysc, tty as systty};
 
+pub mod anon;
 pub mod pipe;
 pub mod reg;
 pub mod restore;
@@ -322,7 +323,13 @@ impl FileTable {
             FdKind::Pipe => (pipe::dump_pipe(self, f)?, FD_PIPE),
             FdKind::Fifo => (pipe::dump_fifo(self, f)?, FD_FIFO),
             FdKind::Socket => (unix::dump(self, f)?, FD_UNIXSK),
-            FdKind::AnonInode(k) => bail!("pid {pid} fd {fd}: {k} descriptors are not supported (anon_inode:{k})"),
+            FdKind::AnonInode(k) => match k.as_str() {
+                "[eventfd]" => (anon::dump_eventfd(self, f)?, FD_EVENTFD),
+                "[signalfd]" => (anon::dump_signalfd(self, f)?, FD_SIGNALFD),
+                "[timerfd]" => (anon::dump_timerfd(self, f)?, FD_TIMERFD),
+                "[eventpoll]" => (anon::dump_epoll(self, f)?, FD_EVENTPOLL),
+                _ => bail!("pid {pid} fd {fd}: {k} descriptors are not supported (anon_inode:{k})"),
+            },
             FdKind::Other(_) => bail!("pid {pid} fd {fd}: unsupported file kind ({link})"),
         })
     }

@@ -20,7 +20,10 @@ use anyhow::{bail, Context, Result};
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::unistd;
 
-use super::{pipe, reg, unix, FD_FIFO, FD_PIPE, FD_REG, FD_TTY, FD_UNIXSK};
+use super::{
+    anon, pipe, reg, unix, FD_EVENTFD, FD_EVENTPOLL, FD_FIFO, FD_PIPE, FD_REG, FD_SIGNALFD, FD_TIMERFD, FD_TTY,
+    FD_UNIXSK,
+};
 use crate::image::{names, pb, ImageDir, Kind};
 use crate::proc;
 use crate::restore::{EngineFds, Plan};
@@ -134,6 +137,18 @@ pub fn check_fd(
         FD_PIPE => {
             fe.pipe.as_ref().ok_or_else(missing)?;
         }
+        FD_EVENTFD => {
+            fe.efd.as_ref().ok_or_else(missing)?;
+        }
+        FD_SIGNALFD => {
+            fe.sgfd.as_ref().ok_or_else(missing)?;
+        }
+        FD_TIMERFD => {
+            fe.tfd.as_ref().ok_or_else(missing)?;
+        }
+        FD_EVENTPOLL => {
+            fe.epfd.as_ref().ok_or_else(missing)?;
+        }
         FD_UNIXSK => {
             let u = fe.usk.as_ref().ok_or_else(missing)?;
             if ![libc::SOCK_STREAM, libc::SOCK_DGRAM, libc::SOCK_SEQPACKET].contains(&(u.r#type as i32)) {
@@ -191,6 +206,9 @@ struct Group {
     key: GroupKey,
     ids: Vec<u32>,
     owner: usize,
+    /// Creation order inside the owner: 0, or for an epoll one more than
+    /// the epolls it watches.
+    order: u32,
 }
 
 /// Where every description is parked, and who creates it.
@@ -200,6 +218,8 @@ struct Layout {
     groups: Vec<Group>,
     /// First fd number above the slots, for temporaries.
     scratch: RawFd,
+    /// For each epoll id: registered fd number → file id of the target.
+    epoll_targets: HashMap<u32, HashMap<u32, u32>>,
 }
 
 fn group_key(plan: &Plan, id: u32, unix_comp: &HashMap<u32, u32>) -> GroupKey {
@@ -249,13 +269,67 @@ fn lca(parents: &[Option<usize>], tasks: impl IntoIterator<Item = usize>) -> usi
     a
 }
 
+/// The targets of every epoll: its registrations' fd numbers are those
+/// of the first task (in tree order) that has the epoll, as at dump.
+fn epoll_targets(plan: &Plan) -> Result<HashMap<u32, HashMap<u32, u32>>> {
+    let mut out: HashMap<u32, HashMap<u32, u32>> = HashMap::new();
+    for t in &plan.tasks {
+        for f in &t.fds {
+            if f.r#type != FD_EVENTPOLL || out.contains_key(&f.id) {
+                continue;
+            }
+            let ep = plan.files[&f.id].epfd.as_ref().context("no eventpoll entry")?;
+            let mut m = HashMap::new();
+            for r in &ep.tfd {
+                let target = t.fds.iter().find(|x| x.fd == r.tfd).with_context(|| {
+                    format!(
+                        "epoll file id {} watches fd {} that pid {} does not have",
+                        f.id, r.tfd, t.pid
+                    )
+                })?;
+                m.insert(r.tfd, target.id);
+            }
+            out.insert(f.id, m);
+        }
+    }
+    Ok(out)
+}
+
 impl Layout {
-    fn compute(plan: &Plan, base: RawFd) -> Layout {
-        // Users of every id.
+    fn compute(plan: &Plan, base: RawFd) -> Result<Layout> {
+        // Users of every id; an epoll's users use its targets too.
         let mut users: BTreeMap<u32, BTreeMap<usize, ()>> = BTreeMap::new();
         for (i, t) in plan.tasks.iter().enumerate() {
             for f in &t.fds {
                 users.entry(f.id).or_default().insert(i, ());
+            }
+        }
+        let epoll_targets = epoll_targets(plan)?;
+        loop {
+            let mut changed = false;
+            for (ep, targets) in &epoll_targets {
+                let add: Vec<usize> = users[ep].keys().copied().collect();
+                for t in targets.values() {
+                    let u = users.entry(*t).or_default();
+                    for &a in &add {
+                        changed |= u.insert(a, ()).is_none();
+                    }
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        // Epoll nesting depth, for the creation order.
+        let mut depth: HashMap<u32, u32> = HashMap::new();
+        for _ in 0..=epoll_targets.len() {
+            for (ep, targets) in &epoll_targets {
+                let d = 1 + targets
+                    .values()
+                    .map(|t| depth.get(t).copied().unwrap_or(0))
+                    .max()
+                    .unwrap_or(0);
+                depth.insert(*ep, d);
             }
         }
         let mut slot = HashMap::new();
@@ -278,16 +352,22 @@ impl Layout {
         let groups = by_key
             .into_iter()
             .map(|(key, (ids, u))| Group {
+                order: ids
+                    .iter()
+                    .map(|i| depth.get(i).copied().unwrap_or(0))
+                    .max()
+                    .unwrap_or(0),
                 key,
                 ids,
                 owner: lca(&parents, u.into_keys()),
             })
             .collect();
-        Layout {
+        Ok(Layout {
             scratch: base + users.len() as RawFd + 1,
             slot,
             groups,
-        }
+            epoll_targets,
+        })
     }
 }
 
@@ -329,6 +409,14 @@ fn create(plan: &Plan, g: &Group, lay: &Layout, efds: EngineFds) -> Result<Vec<(
                     let n = fcntl(efds.tty, FcntlArg::F_DUPFD_CLOEXEC(lay.scratch)).context("dup of the terminal")?;
                     crate::sys::rawfd::own(n)
                 }
+                FD_EVENTFD => anon::create_eventfd(fe.efd.as_ref().context("no eventfd entry")?)?,
+                FD_SIGNALFD => anon::create_signalfd(fe.sgfd.as_ref().context("no signalfd entry")?)?,
+                FD_TIMERFD => anon::create_timerfd(fe.tfd.as_ref().context("no timerfd entry")?)?,
+                FD_EVENTPOLL => {
+                    let ep = fe.epfd.as_ref().context("no eventpoll entry")?;
+                    let targets = &lay.epoll_targets[&id];
+                    anon::create_epoll(ep, |tfd| targets.get(&tfd).map(|t| lay.slot[t]), lay.scratch)?
+                }
                 t => bail!("file id {id} has a type ({t}) this cryo cannot restore yet"),
             };
             out.push((id, fd));
@@ -357,10 +445,10 @@ fn park(made: Vec<(u32, OwnedFd)>, lay: &Layout) -> Result<()> {
 /// Puts every fd of task `idx` at its number (see the module doc).
 pub(crate) fn setup_fds(plan: &Plan, idx: usize, efds: EngineFds) -> Result<()> {
     raise_nofile();
-    let lay = Layout::compute(plan, efds.tmp_base);
+    let lay = Layout::compute(plan, efds.tmp_base)?;
     let t = &plan.tasks[idx];
     let mut mine: Vec<&Group> = lay.groups.iter().filter(|g| g.owner == idx).collect();
-    mine.sort_by_key(|g| g.key);
+    mine.sort_by_key(|g| (g.order, g.key));
     for g in mine {
         let made = create(plan, g, &lay, efds).with_context(|| match g.ids.as_slice() {
             [id] => format!("file id {id}"),
