@@ -350,6 +350,37 @@ fn anonfds_roundtrip() {
     }
 }
 
+#[test]
+fn memfd_plain_passes_and_detects_a_changed_byte() {
+    expect_plain_pass(bin!("memfd"), &[]);
+    expect_plain_fail(bin!("memfd"), &["--corrupt"], "m1 content differs");
+}
+
+#[test]
+fn memfd_roundtrip() {
+    root_only!();
+    let (v, images, sc) = roundtrip("memfd", bin!("memfd"), &[]);
+    assert!(v.starts_with("PASS"), "{v}");
+    let log = sc.path("wl.log");
+    assert!(
+        cryo_integration::log_lines(&log)
+            .iter()
+            .any(|l| l.starts_with("MEMBER c PASS")),
+        "{}",
+        log_tail(&log, 20)
+    );
+    assert!(images.contains(&"memfd.img".to_string()), "{images:?}");
+    let m = crit_json(&sc.img.join("memfd.img"));
+    let names: Vec<&str> = m["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    assert!(names.contains(&"cryo-data") && names.contains(&"cryo-plain"), "{m}");
+    assert!(images.iter().any(|n| n.starts_with("pagemap-shmem-")), "{images:?}");
+}
+
 // ---- kinds cryo does not dump ----------------------------------------------
 
 /// Dumps a badfd workload holding `kind` at fd 33: the dump must fail with

@@ -22,6 +22,7 @@ use crate::proc::fdinfo::FdInfo;
 use crate::sys::{clone as sysc, tty as systty};
 
 pub mod anon;
+pub mod memfd;
 pub mod pipe;
 pub mod reg;
 pub mod restore;
@@ -166,6 +167,11 @@ pub struct FileTable {
     unix_diag: Option<HashMap<u32, unix::Diag>>,
     unix_dumped: Vec<unix::Dumped>,
     sk_queues: Vec<(pb::SkPacketEntry, Vec<u8>)>,
+    /// memfd inodes by (dev, ino): their inode id.
+    memfd_inodes: HashMap<(u64, u64), u32>,
+    memfd_entries: Vec<pb::MemfdInodeEntry>,
+    /// Raw files (memfd pages), not in the manifest.
+    raw_images: Vec<ExtraImage>,
 }
 
 pub(crate) fn fown0() -> pb::FownEntry {
@@ -291,6 +297,7 @@ impl FileTable {
     fn dump_one(&mut self, f: &FdCtx, kind: &FdKind, shell_job: bool, stat: &proc::stat::Stat) -> Result<(u32, i32)> {
         let (pid, fd, link) = (f.pid, f.fd, f.link);
         Ok(match kind {
+            FdKind::Regular if memfd::is_memfd(link) => (memfd::dump(self, f)?, FD_MEMFD),
             FdKind::Regular | FdKind::Directory | FdKind::CharDev | FdKind::Path => (reg::dump(self, f)?, FD_REG),
             FdKind::PtySlave(index) => {
                 let md = f.md.expect("pty has metadata");
@@ -367,8 +374,17 @@ impl FileTable {
             }
             dir.save(name, w)?;
         }
+        if !self.memfd_entries.is_empty() {
+            dir.write_image(image::names::MEMFD, Kind::MemfdInode, &self.memfd_entries)?;
+        }
         for x in &self.extra_images {
             dir.write_bytes(&x.name, &x.bytes)?;
+        }
+        for x in &self.raw_images {
+            use std::io::Write;
+            let mut f = dir.create_raw(&x.name)?;
+            f.write_all(&x.bytes)
+                .with_context(|| format!("Cannot write {}", x.name))?;
         }
         Ok(())
     }

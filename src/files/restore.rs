@@ -21,8 +21,8 @@ use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::unistd;
 
 use super::{
-    anon, pipe, reg, unix, FD_EVENTFD, FD_EVENTPOLL, FD_FIFO, FD_PIPE, FD_REG, FD_SIGNALFD, FD_TIMERFD, FD_TTY,
-    FD_UNIXSK,
+    anon, memfd, pipe, reg, unix, FD_EVENTFD, FD_EVENTPOLL, FD_FIFO, FD_MEMFD, FD_PIPE, FD_REG, FD_SIGNALFD,
+    FD_TIMERFD, FD_TTY, FD_UNIXSK,
 };
 use crate::image::{names, pb, ImageDir, Kind};
 use crate::proc;
@@ -42,6 +42,8 @@ pub struct Extra {
     pub fifo_data: HashMap<u32, pipe::PipeData>,
     /// Queued socket messages by the socket's file id.
     pub sk_queues: HashMap<u32, Vec<Vec<u8>>>,
+    /// memfd inodes (with their content) by inode id.
+    pub memfds: HashMap<u32, memfd::Inode>,
 }
 
 /// Reads the images that go with files.img.
@@ -105,6 +107,19 @@ pub fn load(dir: &ImageDir, files: &HashMap<u32, pb::FileEntry>) -> Result<Extra
             x.sk_queues.entry(e.id_for).or_default().push(data);
         }
     }
+    x.memfds = memfd::load(dir)?;
+    for fe in files.values() {
+        if let Some(m) = &fe.memfd {
+            if !x.memfds.contains_key(&m.inode_id) {
+                bail!(
+                    "files.img: memfd file id {} refers to inode {}, which is not in {}",
+                    fe.id,
+                    m.inode_id,
+                    names::MEMFD
+                );
+            }
+        }
+    }
     Ok(x)
 }
 
@@ -139,6 +154,9 @@ pub fn check_fd(
         }
         FD_EVENTFD => {
             fe.efd.as_ref().ok_or_else(missing)?;
+        }
+        FD_MEMFD => {
+            fe.memfd.as_ref().ok_or_else(missing)?;
         }
         FD_SIGNALFD => {
             fe.sgfd.as_ref().ok_or_else(missing)?;
@@ -199,6 +217,8 @@ enum GroupKey {
     Fifo(u32),
     /// Unix sockets linked by connections (by the smallest inode).
     Unix(u32),
+    /// Every description of one memfd (by inode id).
+    Memfd(u32),
 }
 
 #[derive(Debug)]
@@ -233,6 +253,7 @@ fn group_key(plan: &Plan, id: u32, unix_comp: &HashMap<u32, u32>) -> GroupKey {
     match (fe.r#type, &fe.pipe, &fe.fifo) {
         (FD_PIPE, Some(p), _) => GroupKey::Pipe(p.pipe_id),
         (FD_FIFO, _, Some(f)) => GroupKey::Fifo(f.pipe_id),
+        (FD_MEMFD, _, _) if fe.memfd.is_some() => GroupKey::Memfd(fe.memfd.as_ref().map_or(0, |m| m.inode_id)),
         _ => GroupKey::Single(id),
     }
 }
@@ -398,6 +419,7 @@ fn create(plan: &Plan, g: &Group, lay: &Layout, efds: EngineFds) -> Result<Vec<(
         GroupKey::Pipe(p) => out = pipe::create_pipe(&plan.files, &g.ids, plan.fx.pipe_data.get(&p))?,
         GroupKey::Fifo(p) => out = pipe::create_fifo(&plan.files, &g.ids, plan.fx.fifo_data.get(&p))?,
         GroupKey::Unix(_) => out = unix::create_group(&plan.files, &g.ids, &plan.fx.sk_queues)?,
+        GroupKey::Memfd(i) => out = memfd::create(&plan.files, &g.ids, &plan.fx.memfds[&i])?,
         GroupKey::Single(id) => {
             let fe = &plan.files[&id];
             let fd = match fe.r#type {
