@@ -381,6 +381,30 @@ fn memfd_roundtrip() {
     assert!(images.iter().any(|n| n.starts_with("pagemap-shmem-")), "{images:?}");
 }
 
+#[test]
+fn inotify_plain_passes_and_detects_a_lost_watch() {
+    let d = TempDir::new("inotify-plain");
+    expect_plain_pass(bin!("inotify"), &["--dir", s(d.path())]);
+    let d = TempDir::new("inotify-plain-bad");
+    expect_plain_fail(bin!("inotify"), &["--dir", s(d.path()), "--corrupt"], "watches");
+}
+
+#[test]
+fn inotify_roundtrip() {
+    root_only!();
+    let d = TempDir::new("inotify-files");
+    let (v, _images, sc) = roundtrip("inotify", bin!("inotify"), &["--dir", s(d.path())]);
+    assert!(v.starts_with("PASS"), "{v}");
+    let files = crit_json(&sc.img.join("files.img"));
+    let ify = files["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "INOTIFY")
+        .expect("an INOTIFY entry");
+    assert_eq!(ify["ify"]["wd"].as_array().map(|w| w.len()), Some(3), "{ify}");
+}
+
 // ---- kinds cryo does not dump ----------------------------------------------
 
 /// Dumps a badfd workload holding `kind` at fd 33: the dump must fail with

@@ -22,6 +22,7 @@ use crate::proc::fdinfo::FdInfo;
 use crate::sys::{clone as sysc, tty as systty};
 
 pub mod anon;
+pub mod inotify;
 pub mod memfd;
 pub mod pipe;
 pub mod reg;
@@ -335,6 +336,7 @@ impl FileTable {
                 "[signalfd]" => (anon::dump_signalfd(self, f)?, FD_SIGNALFD),
                 "[timerfd]" => (anon::dump_timerfd(self, f)?, FD_TIMERFD),
                 "[eventpoll]" => (anon::dump_epoll(self, f)?, FD_EVENTPOLL),
+                "inotify" => (inotify::dump(self, f)?, FD_INOTIFY),
                 _ => bail!("pid {pid} fd {fd}: {k} descriptors are not supported (anon_inode:{k})"),
             },
             FdKind::Other(_) => bail!("pid {pid} fd {fd}: unsupported file kind ({link})"),

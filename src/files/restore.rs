@@ -21,8 +21,8 @@ use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::unistd;
 
 use super::{
-    anon, memfd, pipe, reg, unix, FD_EVENTFD, FD_EVENTPOLL, FD_FIFO, FD_MEMFD, FD_PIPE, FD_REG, FD_SIGNALFD,
-    FD_TIMERFD, FD_TTY, FD_UNIXSK,
+    anon, inotify, memfd, pipe, reg, unix, FD_EVENTFD, FD_EVENTPOLL, FD_FIFO, FD_INOTIFY, FD_MEMFD, FD_PIPE, FD_REG,
+    FD_SIGNALFD, FD_TIMERFD, FD_TTY, FD_UNIXSK,
 };
 use crate::image::{names, pb, ImageDir, Kind};
 use crate::proc;
@@ -157,6 +157,9 @@ pub fn check_fd(
         }
         FD_MEMFD => {
             fe.memfd.as_ref().ok_or_else(missing)?;
+        }
+        FD_INOTIFY => {
+            fe.ify.as_ref().ok_or_else(missing)?;
         }
         FD_SIGNALFD => {
             fe.sgfd.as_ref().ok_or_else(missing)?;
@@ -431,6 +434,7 @@ fn create(plan: &Plan, g: &Group, lay: &Layout, efds: EngineFds) -> Result<Vec<(
                     let n = fcntl(efds.tty, FcntlArg::F_DUPFD_CLOEXEC(lay.scratch)).context("dup of the terminal")?;
                     crate::sys::rawfd::own(n)
                 }
+                FD_INOTIFY => inotify::create(fe.ify.as_ref().context("no inotify entry")?)?,
                 FD_EVENTFD => anon::create_eventfd(fe.efd.as_ref().context("no eventfd entry")?)?,
                 FD_SIGNALFD => anon::create_signalfd(fe.sgfd.as_ref().context("no signalfd entry")?)?,
                 FD_TIMERFD => anon::create_timerfd(fe.tfd.as_ref().context("no timerfd entry")?)?,
