@@ -478,6 +478,9 @@ pub fn termios_from_pb(p: &pb::TermiosEntry, t: &mut libc::termios) {
 }
 
 #[cfg(test)]
+mod kind_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
