@@ -1,6 +1,7 @@
 //! The images of the file kinds against Debian's crit: every image cryo
 //! writes for files decodes with crit, and `cryo show` prints the same
-//! JSON (cryo's own `cryo_*` fields aside, which crit does not know).
+//! JSON (cryo's own `cryo_*` fields aside, which crit does not know, and
+//! memfd_inode_entry.mode, which crit 3.17 predates).
 
 use std::path::Path;
 use std::process::Command;
@@ -200,6 +201,12 @@ fn crit_reads_every_file_image_like_show() {
         let Some(theirs) = crit(&p) else { return };
         let mut ours = show_path(&p).unwrap();
         strip_cryo(&mut ours);
+        if name == image::names::MEMFD {
+            // crit 3.17 predates memfd_inode_entry.mode (CRIU 4.x).
+            for e in ours["entries"].as_array_mut().unwrap() {
+                e.as_object_mut().unwrap().remove("mode");
+            }
+        }
         assert_eq!(ours, theirs, "{name}: cryo show and crit decode differ");
     }
     // What the restore side reads back.
