@@ -26,7 +26,7 @@ use super::{
 };
 use crate::image::{names, pb, ImageDir, Kind};
 use crate::proc;
-use crate::restore::{EngineFds, Plan};
+use crate::restore::{EngineFds, Plan, RestoreOpts};
 
 /// Everything besides files.img that the file restore needs, read and
 /// checked at Stage Load.
@@ -130,8 +130,10 @@ pub fn check_fd(
     f: &pb::FdinfoEntry,
     fe: &pb::FileEntry,
     files: &HashMap<u32, pb::FileEntry>,
-    shell_job: bool,
+    fx: &Extra,
+    opts: &RestoreOpts,
 ) -> Result<()> {
+    let shell_job = opts.shell_job;
     if fe.r#type != f.r#type {
         bail!(
             "{fdname}: fd {} has type {} but files.img says {}",
@@ -148,7 +150,11 @@ pub fn check_fd(
         )
     };
     match f.r#type {
-        FD_REG if fe.reg.is_some() => {}
+        FD_REG if fe.reg.is_some() => {
+            if !opts.skip_file_check && !fx.ghost_of.contains_key(&fe.id) {
+                reg::check_size(fe.reg.as_ref().expect("matched"))?;
+            }
+        }
         FD_PIPE => {
             fe.pipe.as_ref().ok_or_else(missing)?;
         }

@@ -165,7 +165,7 @@ impl Plan {
                 let Some(fe) = files.get(&f.id) else {
                     bail!("{fdname}: fd {} refers to file id {}, which is not in files.img", f.fd, f.id);
                 };
-                crate::files::restore::check_fd(&fdname, pid, f, fe, &files, opts.shell_job)?;
+                crate::files::restore::check_fd(&fdname, pid, f, fe, &files, &fx, opts)?;
             }
             index.insert(pid, tasks.len());
             tasks.push(TaskImage {
