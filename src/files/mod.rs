@@ -194,9 +194,8 @@ impl FileTable {
     /// A duplicate of fd `fd` of the (frozen) task `pid`: the same open
     /// file description, close-on-exec in cryo.
     pub(crate) fn dup_fd(&mut self, pid: i32, fd: i32) -> Result<OwnedFd> {
-        if !self.pidfds.contains_key(&pid) {
-            let p = sysc::pidfd_open(Pid::from_raw(pid)).with_context(|| format!("pidfd_open of pid {pid}"))?;
-            self.pidfds.insert(pid, p);
+        if let std::collections::hash_map::Entry::Vacant(v) = self.pidfds.entry(pid) {
+            v.insert(sysc::pidfd_open(Pid::from_raw(pid)).with_context(|| format!("pidfd_open of pid {pid}"))?);
         }
         let p = &self.pidfds[&pid];
         sysc::pidfd_getfd(p.as_fd(), fd).with_context(|| format!("pidfd_getfd of pid {pid} fd {fd}"))

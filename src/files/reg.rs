@@ -43,7 +43,7 @@ pub(crate) fn dump(t: &mut FileTable, f: &FdCtx) -> Result<u32> {
     if !f.link.starts_with('/') {
         bail!("pid {pid} fd {fd}: unsupported file kind ({})", f.link);
     }
-    if f.link.ends_with(DELETED) && !deleted && !fs::symlink_metadata(f.link).is_ok() {
+    if f.link.ends_with(DELETED) && !deleted && fs::symlink_metadata(f.link).is_err() {
         bail!(
             "pid {pid} fd {fd}: {} was unlinked but still has other hard links; not supported",
             f.link
@@ -59,7 +59,7 @@ pub(crate) fn dump(t: &mut FileTable, f: &FdCtx) -> Result<u32> {
             pos: f.info.pos,
             fown: fown0(),
             name: name.to_string(),
-            size: md.is_file().then(|| md.len()),
+            size: md.is_file().then_some(md.len()),
             mode: Some(md.mode()),
             ..Default::default()
         }),

@@ -67,7 +67,7 @@ pub fn load(dir: &ImageDir, files: &HashMap<u32, pb::FileEntry>) -> Result<Extra
                     r.orig_id
                 ),
             }
-            if !x.ghosts.contains_key(&r.remap_id) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = x.ghosts.entry(r.remap_id) {
                 let name = names::ghost_file(r.remap_id);
                 let data = dir.read_bytes(&name)?;
                 let path = dir.path().join(&name).display().to_string();
@@ -78,7 +78,7 @@ pub fn load(dir: &ImageDir, files: &HashMap<u32, pb::FileEntry>) -> Result<Extra
                         g.entry.mode
                     );
                 }
-                x.ghosts.insert(r.remap_id, g);
+                slot.insert(g);
             }
             x.ghost_of.insert(r.orig_id, r.remap_id);
         }
@@ -188,7 +188,7 @@ pub fn check_fd(
         }
         FD_FIFO => {
             let regf = fe.fifo.as_ref().ok_or_else(missing)?.regf_id;
-            if !regf.and_then(|r| files.get(&r)).is_some_and(|r| r.reg.is_some()) {
+            if regf.and_then(|r| files.get(&r)).is_none_or(|r| r.reg.is_none()) {
                 bail!("files.img: FIFO file id {} has no path entry", fe.id);
             }
         }
@@ -376,7 +376,7 @@ impl Layout {
         for (id, u) in &users {
             let g = by_key.entry(group_key(plan, *id, &unix_comp)).or_default();
             g.0.push(*id);
-            g.1.extend(u.iter().map(|(k, _)| (*k, ())));
+            g.1.extend(u.keys().map(|k| (*k, ())));
         }
         let parents: Vec<Option<usize>> = plan.tasks.iter().map(|t| t.parent).collect();
         let groups = by_key
