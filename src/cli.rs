@@ -66,6 +66,9 @@ pub enum Cmd {
         /// Restore even from an image directory writable by non-root users.
         #[arg(long = "trust-images")]
         trust_images: bool,
+        /// Restore even if an open file changed size since the dump.
+        #[arg(long = "skip-file-check")]
+        skip_file_check: bool,
         #[command(flatten)]
         log: LogOpts,
     },
@@ -161,6 +164,7 @@ fn run(cli: Cli) -> Result<i32> {
             detach,
             pidfile,
             trust_images,
+            skip_file_check,
             log,
         } => {
             let (dir, _tmp) = match (&dir, &tar) {
@@ -185,6 +189,7 @@ fn run(cli: Cli) -> Result<i32> {
                 detach,
                 pidfile,
                 trust_images: trust_images || _tmp.is_some(),
+                skip_file_check,
             };
             let r = restore::restore(&opts)?;
             Ok(r.exit_code.unwrap_or(0))

@@ -8,8 +8,8 @@
 //! end ([`Cleanup`]). The cryo runs need root; without it they SKIP.
 
 use cryo_integration::{
-    bin, describe, is_root, log_tail, one_line_error, pid_running, read_pidfile, run_cryo, s, signal, skip,
-    wait_for_nth_verdict, wait_for_verdict, wait_pid_exited, Cleanup, TempDir, Workload, LINE_TIMEOUT,
+    bin, describe, is_root, log_tail, one_line_error, pid_running, read_pidfile, run_cryo, run_cryo_reaped, s, signal,
+    skip, wait_for_nth_verdict, wait_for_verdict, wait_pid_exited, Cleanup, TempDir, Workload, LINE_TIMEOUT,
 };
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -221,6 +221,64 @@ fn fdshare_roundtrip() {
     assert!(!d.path().join("ghost.dat").exists());
 }
 
+/// `cryo restore -D IMG -d --pidfile PF EXTRA` under the reaper: it must
+/// fail with one line naming `what`, write no pidfile and leave nothing.
+fn restore_must_fail(sc: &Scratch, extra: &[&str], what: &str) {
+    let pf = sc.path("pidfile-bad");
+    sc.cl.pidfile(&pf);
+    let mut args = vec!["restore", "-D", s(&sc.img), "-d", "--pidfile", s(&pf)];
+    args.extend_from_slice(extra);
+    let (out, left) = run_cryo_reaped(bin!("reaper"), &args);
+    let err = one_line_error(&out, "restore");
+    assert!(err.contains(what), "the error should name {what}: {err}");
+    assert!(!pf.exists(), "a failed restore wrote the pidfile");
+    assert!(left.is_empty(), "the failed restore left processes behind: {left:?}");
+}
+
+#[test]
+fn changed_or_missing_files_are_refused_at_restore() {
+    root_only!();
+    let d = TempDir::new("fdshare-changed");
+    let sc = Scratch::new("fdshare-changed");
+    let log = sc.path("wl.log");
+    let mut w = Workload::spawn(bin!("fdshare"), &["--dir", s(d.path())], &log).expect("spawn");
+    w.wait_ready().unwrap_or_else(|e| panic!("{e}"));
+    dump(&sc, w.pid, &[]);
+    assert!(w.wait_exit(GONE_TIMEOUT).is_some(), "the dump should end the original");
+    // A file grew: refused, unless --skip-file-check.
+    let shared = d.path().join("shared.dat");
+    let mut data = std::fs::read(&shared).unwrap();
+    data.push(b'+');
+    std::fs::write(&shared, &data).unwrap();
+    restore_must_fail(&sc, &[], "shared.dat changed size");
+    // A file is gone: refused, naming it.
+    let orphan = d.path().join("orphan.dat");
+    let keep = std::fs::read(&orphan).unwrap();
+    std::fs::remove_file(&orphan).unwrap();
+    restore_must_fail(&sc, &["--skip-file-check"], "orphan.dat");
+    std::fs::write(&orphan, keep).unwrap();
+    // Accepted on request; the workload still passes.
+    let pf = sc.path("pidfile-skip");
+    sc.cl.pidfile(&pf);
+    let rlog = sc.path("restore-skip.log");
+    let out = run_cryo(&[
+        "restore",
+        "-D",
+        s(&sc.img),
+        "-d",
+        "--pidfile",
+        s(&pf),
+        "--skip-file-check",
+        "-o",
+        s(&rlog),
+    ]);
+    assert_cryo_ok(&out, "cryo restore --skip-file-check", &rlog);
+    let rpid = read_pidfile(&pf).unwrap_or_else(|e| panic!("{e}"));
+    signal(rpid, libc::SIGUSR1).unwrap_or_else(|e| panic!("{e}"));
+    let v = wait_for_verdict(&log, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(v.starts_with("PASS"), "{v}");
+}
+
 // ---- 2. pipes and FIFOs ------------------------------------------------------
 
 #[test]
@@ -315,6 +373,94 @@ fn unixsk_roundtrip() {
         q["entries"].as_array().unwrap().iter().any(|e| e["length"] == 5000),
         "{q}"
     );
+}
+
+// ---- 4. eventfd, signalfd, timerfd, epoll ---------------------------------
+
+#[test]
+fn anonfds_plain_passes_and_detects_a_drained_eventfd() {
+    expect_plain_pass(bin!("anonfds"), &[]);
+    expect_plain_fail(bin!("anonfds"), &["--corrupt"], "eventfd E1 reads");
+}
+
+#[test]
+fn anonfds_roundtrip() {
+    root_only!();
+    let (v, _images, sc) = roundtrip("anonfds", bin!("anonfds"), &[]);
+    assert!(v.starts_with("PASS"), "{v}");
+    let log = sc.path("wl.log");
+    assert!(
+        cryo_integration::log_lines(&log)
+            .iter()
+            .any(|l| l.starts_with("MEMBER c PASS")),
+        "{}",
+        log_tail(&log, 20)
+    );
+    let files = crit_json(&sc.img.join("files.img"));
+    let kinds: Vec<&str> = files["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    for k in ["EVENTFD", "SIGNALFD", "TIMERFD", "EVENTPOLL"] {
+        assert!(kinds.contains(&k), "no {k} in files.img: {kinds:?}");
+    }
+}
+
+#[test]
+fn memfd_plain_passes_and_detects_a_changed_byte() {
+    expect_plain_pass(bin!("memfd"), &[]);
+    expect_plain_fail(bin!("memfd"), &["--corrupt"], "m1 content differs");
+}
+
+#[test]
+fn memfd_roundtrip() {
+    root_only!();
+    let (v, images, sc) = roundtrip("memfd", bin!("memfd"), &[]);
+    assert!(v.starts_with("PASS"), "{v}");
+    let log = sc.path("wl.log");
+    assert!(
+        cryo_integration::log_lines(&log)
+            .iter()
+            .any(|l| l.starts_with("MEMBER c PASS")),
+        "{}",
+        log_tail(&log, 20)
+    );
+    assert!(images.contains(&"memfd.img".to_string()), "{images:?}");
+    let m = crit_json(&sc.img.join("memfd.img"));
+    let names: Vec<&str> = m["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    assert!(names.contains(&"cryo-data") && names.contains(&"cryo-plain"), "{m}");
+    assert!(images.iter().any(|n| n.starts_with("pagemap-shmem-")), "{images:?}");
+}
+
+#[test]
+fn inotify_plain_passes_and_detects_a_lost_watch() {
+    let d = TempDir::new("inotify-plain");
+    expect_plain_pass(bin!("inotify"), &["--dir", s(d.path())]);
+    let d = TempDir::new("inotify-plain-bad");
+    expect_plain_fail(bin!("inotify"), &["--dir", s(d.path()), "--corrupt"], "watches");
+}
+
+#[test]
+fn inotify_roundtrip() {
+    root_only!();
+    let d = TempDir::new("inotify-files");
+    let (v, _images, sc) = roundtrip("inotify", bin!("inotify"), &["--dir", s(d.path())]);
+    assert!(v.starts_with("PASS"), "{v}");
+    let files = crit_json(&sc.img.join("files.img"));
+    let ify = files["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "INOTIFY")
+        .expect("an INOTIFY entry");
+    assert_eq!(ify["ify"]["wd"].as_array().map(|w| w.len()), Some(3), "{ify}");
 }
 
 // ---- kinds cryo does not dump ----------------------------------------------

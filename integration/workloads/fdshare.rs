@@ -13,7 +13,9 @@
 //! - an O_PATH fd of D, a directory fd of D, /dev/null O_WRONLY,
 //!   /dev/zero and /dev/urandom O_RDONLY.
 //!
-//! Then it forks C1 and C2. P moves S to fd 40 (and dups it to 41 with
+//! Then it forks C1 and C2, and opens `passed.dat` at offset 300 (fd 45)
+//! and sends it to C2 with SCM_RIGHTS (C2 keeps it at fd 52): shared
+//! without any fork in between. P moves S to fd 40 (and dups it to 41 with
 //! FD_CLOEXEC) and closes O: O lives on only in the children. C1 keeps S
 //! and O at their numbers and closes G2; C2 moves S to fd 50 and O to 51.
 //!
@@ -145,6 +147,60 @@ fn expect_read(problems: &mut Vec<String>, what: &str, fd: i32, want: &[u8]) {
     }
 }
 
+/// Sends fd `fd` over unix socket `sock` (SCM_RIGHTS).
+fn send_fd(sock: i32, fd: i32) {
+    let mut byte = [b'f'];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // CMSG_SPACE(4) on x86_64 is 24 bytes; use a u64 buffer for alignment.
+    let mut cbuf = [0u64; 4];
+    // SAFETY: an all-zero msghdr is valid; every pointer set below
+    // refers to a live buffer of the stated length.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>(), fd);
+        if libc::sendmsg(sock, &msg, 0) != 1 {
+            wl::die("sendmsg SCM_RIGHTS");
+        }
+    }
+}
+
+/// Receives one fd sent with [`send_fd`].
+fn recv_fd(sock: i32) -> i32 {
+    let mut byte = [0u8];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut cbuf = [0u64; 4];
+    // SAFETY: as in send_fd; the kernel fills the buffers it is given.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
+        if libc::recvmsg(sock, &mut msg, 0) != 1 {
+            wl::die("recvmsg SCM_RIGHTS");
+        }
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        if c.is_null() || (*c).cmsg_type != libc::SCM_RIGHTS {
+            wl::die("no SCM_RIGHTS");
+        }
+        std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<i32>())
+    }
+}
+
 /// Reads one directory entry through a directory fd (getdents64).
 fn read_dir_ok(fd: i32) -> Option<()> {
     let mut buf = [0u8; 1024];
@@ -184,6 +240,8 @@ fn main() {
     let orphan: Vec<u8> = (0..SHARED_LEN).map(|i| pattern(i, 2)).collect();
     std::fs::write(p("orphan.dat"), &orphan).unwrap_or_else(|_| wl::die("write orphan.dat"));
     let ghost: Vec<u8> = (0..GHOST_LEN).map(|i| pattern(i, 3)).collect();
+    let passed: Vec<u8> = (0..SHARED_LEN).map(|i| pattern(i, 4)).collect();
+    std::fs::write(p("passed.dat"), &passed).unwrap_or_else(|_| wl::die("write passed.dat"));
 
     let s = open(&p("shared.dat"), libc::O_RDWR);
     lseek(s, 100, libc::SEEK_SET);
@@ -217,19 +275,41 @@ fn main() {
         expect_read(&mut pr, "ghost", g, &ghost[14..16]);
         finish_member(&log, "c1", &pr);
     }
+    let mut sp = [0i32; 2];
+    // SAFETY: `sp` has room for two descriptors.
+    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_DGRAM, 0, sp.as_mut_ptr()) } != 0 {
+        wl::die("socketpair");
+    }
     let c2 = fork();
     if c2 == 0 {
         dup2(s, 50);
         close(s);
         dup2(o, 51);
         close(o);
+        let got = recv_fd(sp[1]);
+        dup2(got, 52);
+        close(got);
+        close(sp[0]);
+        close(sp[1]);
         idle();
         let mut pr = Vec::new();
         expect_pos(&mut pr, "shared", 50, 108);
         expect_pos(&mut pr, "orphan", 51, 208);
         expect_read(&mut pr, "orphan", 51, &orphan[208..212]);
+        expect_pos(&mut pr, "passed", 52, 305);
+        expect_read(&mut pr, "passed", 52, &passed[305..310]);
         finish_member(&log, "c2", &pr);
     }
+    // A description that C2 gets only through SCM_RIGHTS.
+    let pf = open(&p("passed.dat"), libc::O_RDONLY);
+    if fcntl(pf, libc::F_DUPFD, 45) != 45 {
+        wl::die("F_DUPFD 45");
+    }
+    close(pf);
+    lseek(45, 300, libc::SEEK_SET);
+    send_fd(sp[0], 45);
+    close(sp[0]);
+    close(sp[1]);
     dup2(s, 40);
     close(s);
     if fcntl(40, libc::F_DUPFD_CLOEXEC, 41) != 41 {
@@ -237,7 +317,7 @@ fn main() {
     }
     close(o);
     let table = format!(
-        "S=40,41 O=c1:{o},c2:51 G={g} G2={g2} opath={opath} dir={dirfd} null={null} zero={zero} urandom={urandom}"
+        "passed=45,c2:52 S=40,41 O=c1:{o},c2:51 G={g} G2={g2} opath={opath} dir={dirfd} null={null} zero={zero} urandom={urandom}"
     );
     log.line(&format!("FDS {table} c1={c1} c2={c2}"));
     log.ready();
@@ -298,6 +378,8 @@ fn main() {
         pr.push("ghost content differs".into());
     }
     expect_read(&mut pr, "ghost", g, &ghost[10..14]);
+    expect_pos(&mut pr, "passed", 45, 300);
+    expect_read(&mut pr, "passed", 45, &passed[300..305]);
     if std::path::Path::new(&p("ghost.dat")).exists() {
         pr.push("ghost.dat exists again".into());
     }
@@ -346,5 +428,6 @@ fn main() {
     }
     expect_pos(&mut pr, "shared after the children", 40, 108);
     expect_pos(&mut pr, "ghost after c1", g, 16);
+    expect_pos(&mut pr, "passed after c2", 45, 310);
     log.verdict(&pr, &table);
 }

@@ -21,6 +21,9 @@ use crate::proc;
 use crate::proc::fdinfo::FdInfo;
 use crate::sys::{clone as sysc, tty as systty};
 
+pub mod anon;
+pub mod inotify;
+pub mod memfd;
 pub mod pipe;
 pub mod reg;
 pub mod restore;
@@ -165,6 +168,11 @@ pub struct FileTable {
     unix_diag: Option<HashMap<u32, unix::Diag>>,
     unix_dumped: Vec<unix::Dumped>,
     sk_queues: Vec<(pb::SkPacketEntry, Vec<u8>)>,
+    /// memfd inodes by (dev, ino): their inode id.
+    memfd_inodes: HashMap<(u64, u64), u32>,
+    memfd_entries: Vec<pb::MemfdInodeEntry>,
+    /// Raw files (memfd pages), not in the manifest.
+    raw_images: Vec<ExtraImage>,
 }
 
 pub(crate) fn fown0() -> pb::FownEntry {
@@ -186,9 +194,8 @@ impl FileTable {
     /// A duplicate of fd `fd` of the (frozen) task `pid`: the same open
     /// file description, close-on-exec in cryo.
     pub(crate) fn dup_fd(&mut self, pid: i32, fd: i32) -> Result<OwnedFd> {
-        if !self.pidfds.contains_key(&pid) {
-            let p = sysc::pidfd_open(Pid::from_raw(pid)).with_context(|| format!("pidfd_open of pid {pid}"))?;
-            self.pidfds.insert(pid, p);
+        if let std::collections::hash_map::Entry::Vacant(v) = self.pidfds.entry(pid) {
+            v.insert(sysc::pidfd_open(Pid::from_raw(pid)).with_context(|| format!("pidfd_open of pid {pid}"))?);
         }
         let p = &self.pidfds[&pid];
         sysc::pidfd_getfd(p.as_fd(), fd).with_context(|| format!("pidfd_getfd of pid {pid} fd {fd}"))
@@ -290,6 +297,7 @@ impl FileTable {
     fn dump_one(&mut self, f: &FdCtx, kind: &FdKind, shell_job: bool, stat: &proc::stat::Stat) -> Result<(u32, i32)> {
         let (pid, fd, link) = (f.pid, f.fd, f.link);
         Ok(match kind {
+            FdKind::Regular if memfd::is_memfd(link) => (memfd::dump(self, f)?, FD_MEMFD),
             FdKind::Regular | FdKind::Directory | FdKind::CharDev | FdKind::Path => (reg::dump(self, f)?, FD_REG),
             FdKind::PtySlave(index) => {
                 let md = f.md.expect("pty has metadata");
@@ -322,7 +330,14 @@ impl FileTable {
             FdKind::Pipe => (pipe::dump_pipe(self, f)?, FD_PIPE),
             FdKind::Fifo => (pipe::dump_fifo(self, f)?, FD_FIFO),
             FdKind::Socket => (unix::dump(self, f)?, FD_UNIXSK),
-            FdKind::AnonInode(k) => bail!("pid {pid} fd {fd}: {k} descriptors are not supported (anon_inode:{k})"),
+            FdKind::AnonInode(k) => match k.as_str() {
+                "[eventfd]" => (anon::dump_eventfd(self, f)?, FD_EVENTFD),
+                "[signalfd]" => (anon::dump_signalfd(self, f)?, FD_SIGNALFD),
+                "[timerfd]" => (anon::dump_timerfd(self, f)?, FD_TIMERFD),
+                "[eventpoll]" => (anon::dump_epoll(self, f)?, FD_EVENTPOLL),
+                "inotify" => (inotify::dump(self, f)?, FD_INOTIFY),
+                _ => bail!("pid {pid} fd {fd}: {k} descriptors are not supported (anon_inode:{k})"),
+            },
             FdKind::Other(_) => bail!("pid {pid} fd {fd}: unsupported file kind ({link})"),
         })
     }
@@ -360,8 +375,17 @@ impl FileTable {
             }
             dir.save(name, w)?;
         }
+        if !self.memfd_entries.is_empty() {
+            dir.write_image(image::names::MEMFD, Kind::MemfdInode, &self.memfd_entries)?;
+        }
         for x in &self.extra_images {
             dir.write_bytes(&x.name, &x.bytes)?;
+        }
+        for x in &self.raw_images {
+            use std::io::Write;
+            let mut f = dir.create_raw(&x.name)?;
+            f.write_all(&x.bytes)
+                .with_context(|| format!("Cannot write {}", x.name))?;
         }
         Ok(())
     }
@@ -451,6 +475,9 @@ pub fn termios_from_pb(p: &pb::TermiosEntry, t: &mut libc::termios) {
     let n = bytes.len().min(t.c_cc.len());
     t.c_cc[..n].copy_from_slice(&bytes[..n]);
 }
+
+#[cfg(test)]
+mod kind_tests;
 
 #[cfg(test)]
 mod tests {

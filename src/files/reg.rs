@@ -43,7 +43,7 @@ pub(crate) fn dump(t: &mut FileTable, f: &FdCtx) -> Result<u32> {
     if !f.link.starts_with('/') {
         bail!("pid {pid} fd {fd}: unsupported file kind ({})", f.link);
     }
-    if f.link.ends_with(DELETED) && !deleted && !fs::symlink_metadata(f.link).is_ok() {
+    if f.link.ends_with(DELETED) && !deleted && fs::symlink_metadata(f.link).is_err() {
         bail!(
             "pid {pid} fd {fd}: {} was unlinked but still has other hard links; not supported",
             f.link
@@ -59,7 +59,7 @@ pub(crate) fn dump(t: &mut FileTable, f: &FdCtx) -> Result<u32> {
             pos: f.info.pos,
             fown: fown0(),
             name: name.to_string(),
-            size: md.is_file().then(|| md.len()),
+            size: md.is_file().then_some(md.len()),
             mode: Some(md.mode()),
             ..Default::default()
         }),
@@ -235,6 +235,22 @@ pub(crate) fn open(fe: &pb::FileEntry, ghost: Option<RawFd>) -> Result<OwnedFd> 
         }
     }
     Ok(owned)
+}
+
+/// Refuses a regular file whose size changed since the dump (files open
+/// O_WRONLY|O_APPEND, like logs, may grow). Missing paths are reported
+/// here too, before anything is created.
+pub(crate) fn check_size(reg: &pb::RegFileEntry) -> Result<()> {
+    let md = fs::metadata(&reg.name).with_context(|| format!("Cannot find {}", reg.name))?;
+    let append_only = reg.flags as i32 & libc::O_ACCMODE == libc::O_WRONLY && reg.flags as i32 & libc::O_APPEND != 0;
+    match reg.size {
+        Some(s) if md.is_file() && !append_only && md.len() != s => bail!(
+            "{} changed size since the dump ({s} bytes then, {} now); restore with --skip-file-check to accept that",
+            reg.name,
+            md.len()
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// Recreates a ghost file for the path `name`; returns an O_RDWR fd of it,

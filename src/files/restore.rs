@@ -20,10 +20,13 @@ use anyhow::{bail, Context, Result};
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::unistd;
 
-use super::{pipe, reg, unix, FD_FIFO, FD_PIPE, FD_REG, FD_TTY, FD_UNIXSK};
+use super::{
+    anon, inotify, memfd, pipe, reg, unix, FD_EVENTFD, FD_EVENTPOLL, FD_FIFO, FD_INOTIFY, FD_MEMFD, FD_PIPE, FD_REG,
+    FD_SIGNALFD, FD_TIMERFD, FD_TTY, FD_UNIXSK,
+};
 use crate::image::{names, pb, ImageDir, Kind};
 use crate::proc;
-use crate::restore::{EngineFds, Plan};
+use crate::restore::{EngineFds, Plan, RestoreOpts};
 
 /// Everything besides files.img that the file restore needs, read and
 /// checked at Stage Load.
@@ -39,6 +42,8 @@ pub struct Extra {
     pub fifo_data: HashMap<u32, pipe::PipeData>,
     /// Queued socket messages by the socket's file id.
     pub sk_queues: HashMap<u32, Vec<Vec<u8>>>,
+    /// memfd inodes (with their content) by inode id.
+    pub memfds: HashMap<u32, memfd::Inode>,
 }
 
 /// Reads the images that go with files.img.
@@ -62,7 +67,7 @@ pub fn load(dir: &ImageDir, files: &HashMap<u32, pb::FileEntry>) -> Result<Extra
                     r.orig_id
                 ),
             }
-            if !x.ghosts.contains_key(&r.remap_id) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = x.ghosts.entry(r.remap_id) {
                 let name = names::ghost_file(r.remap_id);
                 let data = dir.read_bytes(&name)?;
                 let path = dir.path().join(&name).display().to_string();
@@ -73,7 +78,7 @@ pub fn load(dir: &ImageDir, files: &HashMap<u32, pb::FileEntry>) -> Result<Extra
                         g.entry.mode
                     );
                 }
-                x.ghosts.insert(r.remap_id, g);
+                slot.insert(g);
             }
             x.ghost_of.insert(r.orig_id, r.remap_id);
         }
@@ -102,6 +107,19 @@ pub fn load(dir: &ImageDir, files: &HashMap<u32, pb::FileEntry>) -> Result<Extra
             x.sk_queues.entry(e.id_for).or_default().push(data);
         }
     }
+    x.memfds = memfd::load(dir)?;
+    for fe in files.values() {
+        if let Some(m) = &fe.memfd {
+            if !x.memfds.contains_key(&m.inode_id) {
+                bail!(
+                    "files.img: memfd file id {} refers to inode {}, which is not in {}",
+                    fe.id,
+                    m.inode_id,
+                    names::MEMFD
+                );
+            }
+        }
+    }
     Ok(x)
 }
 
@@ -112,8 +130,10 @@ pub fn check_fd(
     f: &pb::FdinfoEntry,
     fe: &pb::FileEntry,
     files: &HashMap<u32, pb::FileEntry>,
-    shell_job: bool,
+    fx: &Extra,
+    opts: &RestoreOpts,
 ) -> Result<()> {
+    let shell_job = opts.shell_job;
     if fe.r#type != f.r#type {
         bail!(
             "{fdname}: fd {} has type {} but files.img says {}",
@@ -130,9 +150,31 @@ pub fn check_fd(
         )
     };
     match f.r#type {
-        FD_REG if fe.reg.is_some() => {}
+        FD_REG if fe.reg.is_some() => {
+            if !opts.skip_file_check && !fx.ghost_of.contains_key(&fe.id) {
+                reg::check_size(fe.reg.as_ref().expect("matched"))?;
+            }
+        }
         FD_PIPE => {
             fe.pipe.as_ref().ok_or_else(missing)?;
+        }
+        FD_EVENTFD => {
+            fe.efd.as_ref().ok_or_else(missing)?;
+        }
+        FD_MEMFD => {
+            fe.memfd.as_ref().ok_or_else(missing)?;
+        }
+        FD_INOTIFY => {
+            fe.ify.as_ref().ok_or_else(missing)?;
+        }
+        FD_SIGNALFD => {
+            fe.sgfd.as_ref().ok_or_else(missing)?;
+        }
+        FD_TIMERFD => {
+            fe.tfd.as_ref().ok_or_else(missing)?;
+        }
+        FD_EVENTPOLL => {
+            fe.epfd.as_ref().ok_or_else(missing)?;
         }
         FD_UNIXSK => {
             let u = fe.usk.as_ref().ok_or_else(missing)?;
@@ -146,7 +188,7 @@ pub fn check_fd(
         }
         FD_FIFO => {
             let regf = fe.fifo.as_ref().ok_or_else(missing)?.regf_id;
-            if !regf.and_then(|r| files.get(&r)).is_some_and(|r| r.reg.is_some()) {
+            if regf.and_then(|r| files.get(&r)).is_none_or(|r| r.reg.is_none()) {
                 bail!("files.img: FIFO file id {} has no path entry", fe.id);
             }
         }
@@ -184,6 +226,8 @@ enum GroupKey {
     Fifo(u32),
     /// Unix sockets linked by connections (by the smallest inode).
     Unix(u32),
+    /// Every description of one memfd (by inode id).
+    Memfd(u32),
 }
 
 #[derive(Debug)]
@@ -191,6 +235,9 @@ struct Group {
     key: GroupKey,
     ids: Vec<u32>,
     owner: usize,
+    /// Creation order inside the owner: 0, or for an epoll one more than
+    /// the epolls it watches.
+    order: u32,
 }
 
 /// Where every description is parked, and who creates it.
@@ -200,6 +247,8 @@ struct Layout {
     groups: Vec<Group>,
     /// First fd number above the slots, for temporaries.
     scratch: RawFd,
+    /// For each epoll id: registered fd number → file id of the target.
+    epoll_targets: HashMap<u32, HashMap<u32, u32>>,
 }
 
 fn group_key(plan: &Plan, id: u32, unix_comp: &HashMap<u32, u32>) -> GroupKey {
@@ -213,6 +262,7 @@ fn group_key(plan: &Plan, id: u32, unix_comp: &HashMap<u32, u32>) -> GroupKey {
     match (fe.r#type, &fe.pipe, &fe.fifo) {
         (FD_PIPE, Some(p), _) => GroupKey::Pipe(p.pipe_id),
         (FD_FIFO, _, Some(f)) => GroupKey::Fifo(f.pipe_id),
+        (FD_MEMFD, _, _) if fe.memfd.is_some() => GroupKey::Memfd(fe.memfd.as_ref().map_or(0, |m| m.inode_id)),
         _ => GroupKey::Single(id),
     }
 }
@@ -249,13 +299,67 @@ fn lca(parents: &[Option<usize>], tasks: impl IntoIterator<Item = usize>) -> usi
     a
 }
 
+/// The targets of every epoll: its registrations' fd numbers are those
+/// of the first task (in tree order) that has the epoll, as at dump.
+fn epoll_targets(plan: &Plan) -> Result<HashMap<u32, HashMap<u32, u32>>> {
+    let mut out: HashMap<u32, HashMap<u32, u32>> = HashMap::new();
+    for t in &plan.tasks {
+        for f in &t.fds {
+            if f.r#type != FD_EVENTPOLL || out.contains_key(&f.id) {
+                continue;
+            }
+            let ep = plan.files[&f.id].epfd.as_ref().context("no eventpoll entry")?;
+            let mut m = HashMap::new();
+            for r in &ep.tfd {
+                let target = t.fds.iter().find(|x| x.fd == r.tfd).with_context(|| {
+                    format!(
+                        "epoll file id {} watches fd {} that pid {} does not have",
+                        f.id, r.tfd, t.pid
+                    )
+                })?;
+                m.insert(r.tfd, target.id);
+            }
+            out.insert(f.id, m);
+        }
+    }
+    Ok(out)
+}
+
 impl Layout {
-    fn compute(plan: &Plan, base: RawFd) -> Layout {
-        // Users of every id.
+    fn compute(plan: &Plan, base: RawFd) -> Result<Layout> {
+        // Users of every id; an epoll's users use its targets too.
         let mut users: BTreeMap<u32, BTreeMap<usize, ()>> = BTreeMap::new();
         for (i, t) in plan.tasks.iter().enumerate() {
             for f in &t.fds {
                 users.entry(f.id).or_default().insert(i, ());
+            }
+        }
+        let epoll_targets = epoll_targets(plan)?;
+        loop {
+            let mut changed = false;
+            for (ep, targets) in &epoll_targets {
+                let add: Vec<usize> = users[ep].keys().copied().collect();
+                for t in targets.values() {
+                    let u = users.entry(*t).or_default();
+                    for &a in &add {
+                        changed |= u.insert(a, ()).is_none();
+                    }
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        // Epoll nesting depth, for the creation order.
+        let mut depth: HashMap<u32, u32> = HashMap::new();
+        for _ in 0..=epoll_targets.len() {
+            for (ep, targets) in &epoll_targets {
+                let d = 1 + targets
+                    .values()
+                    .map(|t| depth.get(t).copied().unwrap_or(0))
+                    .max()
+                    .unwrap_or(0);
+                depth.insert(*ep, d);
             }
         }
         let mut slot = HashMap::new();
@@ -272,22 +376,28 @@ impl Layout {
         for (id, u) in &users {
             let g = by_key.entry(group_key(plan, *id, &unix_comp)).or_default();
             g.0.push(*id);
-            g.1.extend(u.iter().map(|(k, _)| (*k, ())));
+            g.1.extend(u.keys().map(|k| (*k, ())));
         }
         let parents: Vec<Option<usize>> = plan.tasks.iter().map(|t| t.parent).collect();
         let groups = by_key
             .into_iter()
             .map(|(key, (ids, u))| Group {
+                order: ids
+                    .iter()
+                    .map(|i| depth.get(i).copied().unwrap_or(0))
+                    .max()
+                    .unwrap_or(0),
                 key,
                 ids,
                 owner: lca(&parents, u.into_keys()),
             })
             .collect();
-        Layout {
+        Ok(Layout {
             scratch: base + users.len() as RawFd + 1,
             slot,
             groups,
-        }
+            epoll_targets,
+        })
     }
 }
 
@@ -318,6 +428,7 @@ fn create(plan: &Plan, g: &Group, lay: &Layout, efds: EngineFds) -> Result<Vec<(
         GroupKey::Pipe(p) => out = pipe::create_pipe(&plan.files, &g.ids, plan.fx.pipe_data.get(&p))?,
         GroupKey::Fifo(p) => out = pipe::create_fifo(&plan.files, &g.ids, plan.fx.fifo_data.get(&p))?,
         GroupKey::Unix(_) => out = unix::create_group(&plan.files, &g.ids, &plan.fx.sk_queues)?,
+        GroupKey::Memfd(i) => out = memfd::create(&plan.files, &g.ids, &plan.fx.memfds[&i])?,
         GroupKey::Single(id) => {
             let fe = &plan.files[&id];
             let fd = match fe.r#type {
@@ -328,6 +439,15 @@ fn create(plan: &Plan, g: &Group, lay: &Layout, efds: EngineFds) -> Result<Vec<(
                     }
                     let n = fcntl(efds.tty, FcntlArg::F_DUPFD_CLOEXEC(lay.scratch)).context("dup of the terminal")?;
                     crate::sys::rawfd::own(n)
+                }
+                FD_INOTIFY => inotify::create(fe.ify.as_ref().context("no inotify entry")?)?,
+                FD_EVENTFD => anon::create_eventfd(fe.efd.as_ref().context("no eventfd entry")?)?,
+                FD_SIGNALFD => anon::create_signalfd(fe.sgfd.as_ref().context("no signalfd entry")?)?,
+                FD_TIMERFD => anon::create_timerfd(fe.tfd.as_ref().context("no timerfd entry")?)?,
+                FD_EVENTPOLL => {
+                    let ep = fe.epfd.as_ref().context("no eventpoll entry")?;
+                    let targets = &lay.epoll_targets[&id];
+                    anon::create_epoll(ep, |tfd| targets.get(&tfd).map(|t| lay.slot[t]), lay.scratch)?
                 }
                 t => bail!("file id {id} has a type ({t}) this cryo cannot restore yet"),
             };
@@ -357,10 +477,10 @@ fn park(made: Vec<(u32, OwnedFd)>, lay: &Layout) -> Result<()> {
 /// Puts every fd of task `idx` at its number (see the module doc).
 pub(crate) fn setup_fds(plan: &Plan, idx: usize, efds: EngineFds) -> Result<()> {
     raise_nofile();
-    let lay = Layout::compute(plan, efds.tmp_base);
+    let lay = Layout::compute(plan, efds.tmp_base)?;
     let t = &plan.tasks[idx];
     let mut mine: Vec<&Group> = lay.groups.iter().filter(|g| g.owner == idx).collect();
-    mine.sort_by_key(|g| g.key);
+    mine.sort_by_key(|g| (g.order, g.key));
     for g in mine {
         let made = create(plan, g, &lay, efds).with_context(|| match g.ids.as_slice() {
             [id] => format!("file id {id}"),

@@ -54,10 +54,47 @@ pub fn crit_base64(bytes: &[u8]) -> String {
 /// as numbers), bytes as [`crit_base64`].
 pub fn message_json(m: &DynamicMessage) -> Value {
     let mut o = Map::new();
+    let unix = prost_reflect::ReflectMessage::descriptor(m).full_name() == "cryo.images.unix_sk_entry";
     for (fd, v) in m.fields() {
-        o.insert(fd.name().to_string(), value_json(&fd.kind(), v));
+        let j = match v {
+            // crit shows unix socket names quoted-printable (CRIU's
+            // `conv = "unix_name"` field option).
+            ReflectValue::Bytes(b) if unix && fd.name() == "name" => json!(quoted_printable(b)),
+            _ => value_json(&fd.kind(), v),
+        };
+        o.insert(fd.name().to_string(), j);
     }
     Value::Object(o)
+}
+
+/// Quoted-printable as Python's `quopri.encodestring` writes it: printable
+/// ASCII but `=` as is, other bytes as `=XX`, a blank that ends a line
+/// encoded; an encoded line longer than 76 characters is cut every 75
+/// with a soft `=` break (anywhere, as Python does).
+pub fn quoted_printable(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    for (li, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        if li > 0 {
+            out.push('\n');
+        }
+        let mut enc = String::new();
+        for (i, &b) in line.iter().enumerate() {
+            let last = i + 1 == line.len();
+            if (33..=126).contains(&b) && b != b'=' || (b == b' ' || b == b'\t') && !last {
+                enc.push(b as char);
+            } else {
+                enc.push_str(&format!("={b:02X}"));
+            }
+        }
+        let mut rest = enc.as_str();
+        while rest.len() > 76 {
+            out.push_str(&rest[..75]);
+            out.push_str("=\n");
+            rest = &rest[75..];
+        }
+        out.push_str(rest);
+    }
+    out
 }
 
 fn value_json(kind: &FieldKind, v: &ReflectValue) -> Value {
@@ -191,4 +228,31 @@ pub fn show_path(path: impl AsRef<Path>) -> Result<Value> {
         out.insert(name, v);
     }
     Ok(Value::Object(out))
+}
+
+#[cfg(test)]
+mod qp_tests {
+    use super::quoted_printable;
+
+    #[test]
+    fn like_python_quopri() {
+        // Reference values from Python 3's quopri.encodestring.
+        assert_eq!(quoted_printable(b"/tmp/sock"), "/tmp/sock");
+        assert_eq!(quoted_printable(b"\0cryo-x"), "=00cryo-x");
+        assert_eq!(quoted_printable(b"a=b c "), "a=3Db c=20");
+        assert_eq!(quoted_printable(&[0xff, b'z']), "=FFz");
+        let long = vec![b'x'; 80];
+        assert_eq!(
+            quoted_printable(&long),
+            format!("{}=\n{}", "x".repeat(75), "x".repeat(5))
+        );
+        assert_eq!(quoted_printable(&[b'x'; 76]), "x".repeat(76));
+        let mut v = vec![b'x'; 75];
+        v.push(b'=');
+        assert_eq!(quoted_printable(&v), format!("{}=\n=3D", "x".repeat(75)));
+        assert_eq!(
+            quoted_printable(&[0u8; 30]),
+            format!("{}=\n{}", "=00".repeat(25), "=00".repeat(5))
+        );
+    }
 }

@@ -49,6 +49,8 @@ pub struct RestoreOpts {
     pub pidfile: Option<PathBuf>,
     /// Restore even if the image directory is writable by others than root.
     pub trust_images: bool,
+    /// Restore even if an open regular file changed size since the dump.
+    pub skip_file_check: bool,
 }
 
 /// The stages of a restore, for logs and errors.

@@ -216,7 +216,7 @@ impl Plan {
                         f.id
                     );
                 };
-                crate::files::restore::check_fd(&fdname, pid, f, fe, &files, opts.shell_job)?;
+                crate::files::restore::check_fd(&fdname, pid, f, fe, &files, &fx, opts)?;
             }
             index.insert(pid, tasks.len());
             tasks.push(TaskImage {
