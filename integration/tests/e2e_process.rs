@@ -847,3 +847,39 @@ fn images_are_private_and_foreign_dirs_are_refused() {
     sc.cl.pid(rpid);
     assert!(rpid > 0);
 }
+
+#[test]
+fn restore_of_pids_above_pid_max_fails_cleanly() {
+    require_root!();
+    let pid_max: u64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    if pid_max >= 4_000_000 {
+        eprintln!("SKIP restore_of_pids_above_pid_max_fails_cleanly: pid_max is {pid_max}, no pid can exceed it");
+        return;
+    }
+    let sc = small_dump("pidmax");
+    // Rewrite the tree's pid above this machine's pid_max (as an image from
+    // a host with a larger pid_max would have it), without the manifest so
+    // the pid check itself is what refuses it.
+    let pstree = sc.img.join("pstree.img");
+    let out = Command::new("/usr/bin/crit")
+        .args(["decode", "-i", s(&pstree)])
+        .output()
+        .expect("crit decode");
+    let mut v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("crit JSON");
+    let big = pid_max + 10;
+    v["entries"][0]["pid"] = big.into();
+    v["entries"][0]["threads"] = serde_json::json!([big]);
+    let json = sc.path("pstree.json");
+    std::fs::write(&json, serde_json::to_vec(&v).unwrap()).unwrap();
+    let st = Command::new("/usr/bin/crit")
+        .args(["encode", "-i", s(&json), "-o", s(&pstree)])
+        .status()
+        .expect("crit encode");
+    assert!(st.success());
+    std::fs::remove_file(sc.img.join("cryo.sums")).unwrap();
+    restore_must_fail(&sc.img, &["pid_max"]);
+}
