@@ -135,6 +135,7 @@ fn run(cli: Cli) -> Result<i32> {
                 dir: dir.clone(),
                 shell_job,
                 leave_running,
+                hook: Default::default(),
             };
             let st = dump::dump(&opts)?;
             tracing::info!(
@@ -185,6 +186,7 @@ fn run(cli: Cli) -> Result<i32> {
                 detach,
                 pidfile,
                 trust_images: trust_images || _tmp.is_some(),
+                hook: Default::default(),
             };
             let r = restore::restore(&opts)?;
             Ok(r.exit_code.unwrap_or(0))

@@ -17,6 +17,7 @@ pub mod cli;
 pub mod dump;
 pub mod files;
 pub mod freeze;
+pub mod hooks;
 pub mod image;
 pub mod kerndat;
 pub mod log;

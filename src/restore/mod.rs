@@ -48,6 +48,10 @@ pub struct RestoreOpts {
     pub pidfile: Option<PathBuf>,
     /// Restore even if the image directory is writable by others than root.
     pub trust_images: bool,
+    /// Called once every task is ready and before any runs, with
+    /// setup-namespaces, post-setup-namespaces, post-restore (the root's
+    /// host pid) and pre-resume; an error kills what was restored.
+    pub hook: crate::hooks::Hook,
 }
 
 /// The stages of a restore, for logs and errors.
@@ -151,6 +155,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
 
     wait_ready(&plan, &ready_r, &err_r).context("Stage Fork")?;
     debug!("all {} tasks ready", plan.tasks.len());
+    fire_ready_events(&opts.hook, shim_pid)?;
     release(&plan, shim_pid, go_w, efds).context("Stage Go")?;
     // Let the shim drop its parent-death signal, and wait for it to say so.
     nix::unistd::write(&shim_w, b"g").context("Cannot release the namespace init")?;
@@ -178,6 +183,21 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
         exit_code,
         restore_us,
     })
+}
+
+/// The hook events of a restore whose tasks are all ready.
+fn fire_ready_events(hook: &crate::hooks::Hook, shim: i32) -> Result<()> {
+    use crate::hooks::Event;
+    let pid = shim::root_host_pid(shim).unwrap_or(-1);
+    for ev in [
+        Event::SetupNamespaces { pid },
+        Event::PostSetupNamespaces,
+        Event::PostRestore { pid },
+        Event::PreResume,
+    ] {
+        hook.fire(ev)?;
+    }
+    Ok(())
 }
 
 /// Stage Go. Every restored thread is seized while it waits for its go
