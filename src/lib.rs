@@ -14,6 +14,7 @@
 
 pub mod bundle;
 pub mod cli;
+pub mod criu_cli;
 pub mod dump;
 pub mod files;
 pub mod freeze;
@@ -25,6 +26,7 @@ pub mod mem;
 pub mod proc;
 pub mod regs;
 pub mod restore;
+pub mod rpc;
 pub mod sys;
 
 /// Fails with a clear message when not running as root.
