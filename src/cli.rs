@@ -83,7 +83,27 @@ pub enum Cmd {
         #[command(flatten)]
         log: LogOpts,
     },
+    /// Serve one CRIU RPC request on the inherited SOCK_SEQPACKET socket FD
+    /// (what runc, podman and crun run as `criu swrk FD`).
+    Swrk { fd: String },
+    /// Make this binary the `criu` that runc, podman, crun, CRI-O and
+    /// containerd find on PATH (a symlink, or a copy, named criu).
+    Install {
+        /// Where to put it; the file name must be `criu`.
+        #[arg(long, default_value = DEFAULT_INSTALL)]
+        dest: PathBuf,
+        /// Copy the binary instead of linking to it.
+        #[arg(long)]
+        copy: bool,
+        /// Replace a file at DEST that is not cryo (e.g. a real criu).
+        #[arg(long)]
+        force: bool,
+    },
 }
+
+/// Where `cryo install` puts the `criu` link: first in every default root
+/// PATH, before Debian's /usr/sbin/criu.
+pub const DEFAULT_INSTALL: &str = "/usr/local/sbin/criu";
 
 /// Runs the CLI; returns the process exit code.
 pub fn main() -> i32 {
@@ -138,6 +158,7 @@ fn run(cli: Cli) -> Result<i32> {
                 dir: dir.clone(),
                 shell_job,
                 leave_running,
+                hook: Default::default(),
             };
             let st = dump::dump(&opts)?;
             tracing::info!(
@@ -190,6 +211,7 @@ fn run(cli: Cli) -> Result<i32> {
                 pidfile,
                 trust_images: trust_images || _tmp.is_some(),
                 skip_file_check,
+                hook: Default::default(),
             };
             let r = restore::restore(&opts)?;
             Ok(r.exit_code.unwrap_or(0))
@@ -207,6 +229,12 @@ fn run(cli: Cli) -> Result<i32> {
                 Ok(1)
             }
         }
+        Cmd::Swrk { fd } => Ok(crate::rpc::swrk_main(&fd)),
+        Cmd::Install { dest, copy, force } => {
+            let exe = std::env::current_exe().context("Cannot find the running binary")?;
+            println!("{}", install(&exe, &dest, copy, force)?);
+            Ok(0)
+        }
         Cmd::Show { path, log } => {
             log::init(log.log_file.as_deref(), log.verbosity)?;
             let v = crate::image::show::show_path(&path)?;
@@ -215,5 +243,125 @@ fn run(cli: Cli) -> Result<i32> {
             writeln!(out)?;
             Ok(0)
         }
+    }
+}
+
+/// What `cryo install` found at the destination.
+#[derive(Debug, PartialEq, Eq)]
+enum Existing {
+    Nothing,
+    /// Already this binary (a link to it, or an identical copy).
+    Same,
+    /// A link to some other `cryo` binary, or an older copy we may replace.
+    OtherCryo,
+    /// Something else (a real criu, a script, a directory).
+    Foreign,
+}
+
+fn existing(exe: &Path, dest: &Path, copy: bool) -> Result<Existing> {
+    let md = match fs::symlink_metadata(dest) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Existing::Nothing),
+        Err(e) => return Err(e).with_context(|| format!("Cannot stat {}", dest.display())),
+    };
+    if md.file_type().is_symlink() {
+        let target = fs::canonicalize(dest).ok();
+        if !copy && target.as_deref() == Some(exe) {
+            return Ok(Existing::Same);
+        }
+        let is_cryo = fs::read_link(dest)
+            .ok()
+            .and_then(|t| t.file_name().map(|n| n == "cryo"))
+            .unwrap_or(false);
+        return Ok(if is_cryo {
+            Existing::OtherCryo
+        } else {
+            Existing::Foreign
+        });
+    }
+    if md.is_file() && copy {
+        let same =
+            fs::read(dest).ok() == Some(fs::read(exe).with_context(|| format!("Cannot read {}", exe.display()))?);
+        if same {
+            return Ok(Existing::Same);
+        }
+    }
+    Ok(Existing::Foreign)
+}
+
+/// Installs `exe` as `dest` (a symlink, or a copy with `copy`); returns
+/// what was done. Idempotent; the replacement is atomic (rename).
+pub fn install(exe: &Path, dest: &Path, copy: bool, force: bool) -> Result<String> {
+    if dest.file_name().and_then(|n| n.to_str()) != Some("criu") {
+        bail!(
+            "Install destination {} must be named criu (cryo picks its dialect by that name)",
+            dest.display()
+        );
+    }
+    let exe = fs::canonicalize(exe).with_context(|| format!("Cannot resolve {}", exe.display()))?;
+    match existing(&exe, dest, copy)? {
+        Existing::Same => return Ok(format!("{} is already {}", dest.display(), exe.display())),
+        Existing::Foreign if !force => bail!("{} exists and is not cryo; pass --force to replace it", dest.display()),
+        _ => {}
+    }
+    let parent = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(parent).with_context(|| format!("Cannot create {}", parent.display()))?;
+    let tmp = parent.join(format!(".criu.cryo-install.{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    if copy {
+        fs::copy(&exe, &tmp).with_context(|| format!("Cannot copy {} to {}", exe.display(), tmp.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("Cannot chmod {}", tmp.display()))?;
+    } else {
+        std::os::unix::fs::symlink(&exe, &tmp).with_context(|| format!("Cannot create link {}", tmp.display()))?;
+    }
+    if let Err(e) = fs::rename(&tmp, dest) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("Cannot rename {} to {}", tmp.display(), dest.display()));
+    }
+    Ok(format!(
+        "{} {} {}",
+        dest.display(),
+        if copy { "is a copy of" } else { "->" },
+        exe.display()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn install_is_idempotent_and_careful() {
+        let t = tempfile::tempdir().unwrap();
+        let exe = t.path().join("cryo");
+        fs::write(&exe, b"binary").unwrap();
+        let dest = t.path().join("sbin/criu");
+        let m = install(&exe, &dest, false, false).unwrap();
+        assert!(m.contains("->"), "{m}");
+        assert_eq!(fs::read_link(&dest).unwrap(), fs::canonicalize(&exe).unwrap());
+        assert!(install(&exe, &dest, false, false).unwrap().contains("already"));
+        // A link to another cryo build is replaced; a foreign file is not.
+        let other = t.path().join("other");
+        fs::create_dir(&other).unwrap();
+        fs::write(other.join("cryo"), b"old").unwrap();
+        fs::remove_file(&dest).unwrap();
+        std::os::unix::fs::symlink(other.join("cryo"), &dest).unwrap();
+        install(&exe, &dest, false, false).unwrap();
+        assert_eq!(fs::canonicalize(&dest).unwrap(), fs::canonicalize(&exe).unwrap());
+        fs::remove_file(&dest).unwrap();
+        fs::write(&dest, b"real criu").unwrap();
+        let e = install(&exe, &dest, false, false).unwrap_err().to_string();
+        assert!(e.contains("--force"), "{e}");
+        assert_eq!(fs::read(&dest).unwrap(), b"real criu");
+        // Copies: --force replaces, then a second copy is a no-op.
+        install(&exe, &dest, true, true).unwrap();
+        assert_eq!(fs::read(&dest).unwrap(), b"binary");
+        assert!(install(&exe, &dest, true, false).unwrap().contains("already"));
+        assert!(install(&exe, &t.path().join("notcriu"), false, false).is_err());
     }
 }

@@ -35,6 +35,10 @@ pub struct DumpOpts {
     pub dir: PathBuf,
     pub shell_job: bool,
     pub leave_running: bool,
+    /// Called with [`Event::PostDump`](crate::hooks::Event) once the images
+    /// are complete, before the tree is killed or resumed; an error leaves
+    /// the tree running and fails the dump.
+    pub hook: crate::hooks::Hook,
 }
 
 /// Figures reported in stats-dump and by the CLI.
@@ -90,6 +94,10 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
     stats.frozen_us = t_frozen.elapsed().as_micros() as u64;
     write_stats(&dir, &stats)?;
     dir.finish_manifest()?;
+    if let Err(e) = opts.hook.fire(crate::hooks::Event::PostDump) {
+        drop(frozen); // detaches: the tree runs on untouched
+        return Err(e);
+    }
     if opts.leave_running {
         frozen.resume();
         info!("dump done, tree left running");

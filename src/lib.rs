@@ -14,9 +14,11 @@
 
 pub mod bundle;
 pub mod cli;
+pub mod criu_cli;
 pub mod dump;
 pub mod files;
 pub mod freeze;
+pub mod hooks;
 pub mod image;
 pub mod kerndat;
 pub mod log;
@@ -24,6 +26,7 @@ pub mod mem;
 pub mod proc;
 pub mod regs;
 pub mod restore;
+pub mod rpc;
 pub mod sys;
 
 /// Fails with a clear message when not running as root.

@@ -51,6 +51,10 @@ pub struct RestoreOpts {
     pub trust_images: bool,
     /// Restore even if an open regular file changed size since the dump.
     pub skip_file_check: bool,
+    /// Called once every task is ready and before any runs, with
+    /// setup-namespaces, post-setup-namespaces, post-restore (the root's
+    /// host pid) and pre-resume; an error kills what was restored.
+    pub hook: crate::hooks::Hook,
 }
 
 /// The stages of a restore, for logs and errors.
@@ -161,6 +165,14 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
 
     wait_ready(&plan, &ready_r, &err_r).context("Stage Fork")?;
     debug!("all {} tasks ready", plan.tasks.len());
+    fire_ready_events(
+        &opts.hook,
+        if own_ns {
+            shim_pid
+        } else {
+            shim::root_host_pid(shim_pid).unwrap_or(shim_pid)
+        },
+    )?;
     release(&plan, shim_pid, own_ns, go_w, &ready_r, efds).context("Stage Go")?;
     if !own_ns {
         // Let the shim drop its parent-death signal, and wait for it to say so.
@@ -194,6 +206,20 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
         exit_code,
         restore_us,
     })
+}
+
+/// The hook events of a restore whose tasks are all ready.
+fn fire_ready_events(hook: &crate::hooks::Hook, pid: i32) -> Result<()> {
+    use crate::hooks::Event;
+    for ev in [
+        Event::SetupNamespaces { pid },
+        Event::PostSetupNamespaces,
+        Event::PostRestore { pid },
+        Event::PreResume,
+    ] {
+        hook.fire(ev)?;
+    }
+    Ok(())
 }
 
 /// Stage Go. Every restored thread is seized while it waits for its go

@@ -1,0 +1,298 @@
+//! `criu_opts` as cryo understands it: which fields map onto the engine,
+//! which are accepted with no effect (permissions for resources the engine
+//! would refuse anyway, tuning knobs), and which are refused because the
+//! engine cannot honour them yet. Pure functions over the decoded message.
+
+use crate::image::pb::{CriuCgMode, CriuOpts};
+
+/// CLONE_NEWNET, the only bit `empty_ns` may carry.
+pub const CLONE_NEWNET: u32 = 0x4000_0000;
+
+/// The verdict on a request's options.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Review {
+    /// Accepted, but not applied as CRIU would: logged as warnings.
+    pub warnings: Vec<String>,
+    /// Refused: the request fails with these (one line each).
+    pub refused: Vec<String>,
+}
+
+impl Review {
+    fn warn(&mut self, s: impl Into<String>) {
+        self.warnings.push(s.into());
+    }
+    fn refuse(&mut self, s: impl Into<String>) {
+        self.refused.push(s.into());
+    }
+
+    /// The refusals as one message, or None.
+    pub fn error(&self) -> Option<String> {
+        if self.refused.is_empty() {
+            None
+        } else {
+            Some(format!("Unsupported options: {}", self.refused.join("; ")))
+        }
+    }
+}
+
+/// The effective cgroup mode: an explicit `manage_cgroups_mode` wins,
+/// else `manage_cgroups` true means SOFT and false IGNORE.
+pub fn cg_mode(o: &CriuOpts) -> CriuCgMode {
+    match o.manage_cgroups_mode {
+        Some(_) => o.manage_cgroups_mode(),
+        None if o.manage_cgroups() => CriuCgMode::Soft,
+        None => CriuCgMode::Ignore,
+    }
+}
+
+/// Checks shared by dump and restore.
+fn common(o: &CriuOpts, r: &mut Review) {
+    if let Some(f) = &o.log_file {
+        if f.contains('/') {
+            r.refuse(format!("log_file {f:?} must be a bare file name"));
+        }
+    }
+    if o.lazy_pages() {
+        r.refuse("lazy_pages (lazy migration is not implemented)");
+    }
+    if o.ps.is_some() {
+        r.refuse("ps (the page server is not implemented)");
+    }
+    if o.tls() || o.tls_cacert.is_some() || o.tls_cert.is_some() || o.tls_key.is_some() {
+        r.refuse("tls (the page server is not implemented)");
+    }
+    if o.status_fd.is_some() {
+        r.refuse("status_fd (lazy migration is not implemented)");
+    }
+    if !o.exec_cmd.is_empty() {
+        r.refuse("exec_cmd");
+    }
+    let ns = o.empty_ns();
+    if ns & !CLONE_NEWNET != 0 {
+        r.refuse(format!("empty_ns {ns:#x} (only CLONE_NEWNET is allowed)"));
+    }
+    if !o.veths.is_empty() {
+        r.refuse(format!(
+            "veths ({} pairs; network namespaces are not supported yet)",
+            o.veths.len()
+        ));
+    }
+    match cg_mode(o) {
+        CriuCgMode::Ignore | CriuCgMode::CgNone => {}
+        m => r.warn(format!(
+            "manage_cgroups mode {} accepted; cgroups are not dumped or restored (tasks stay in the engine's cgroup)",
+            m.as_str_name()
+        )),
+    }
+    if o.file_locks() {
+        r.warn("file_locks accepted; file locks are not dumped yet");
+    }
+    if o.unix_sk_ino.len() + o.irmap_scan_paths.len() + o.skip_mnt.len() + o.enable_fs.len() > 0 {
+        r.warn("unix_sk_ino / irmap_scan_paths / skip_mnt / enable_fs accepted with no effect");
+    }
+}
+
+/// Reviews the options of a DUMP request.
+pub fn review_dump(o: &CriuOpts) -> Review {
+    let mut r = Review::default();
+    common(o, &mut r);
+    if o.pid.is_none() {
+        r.refuse("no pid (a dump of the requesting process itself is not supported)");
+    }
+    if o.track_mem() || o.parent_img.is_some() {
+        r.refuse("track_mem / parent_img (incremental dumps are not implemented)");
+    }
+    if o.leave_stopped() {
+        r.refuse("leave_stopped");
+    }
+    // Container descriptions: they translate mounts and namespaces, which
+    // the engine does not dump yet (it refuses a tree in namespaces of its
+    // own). Logged so that the log says what was not applied.
+    if let Some(root) = &o.root {
+        r.warn(format!("root {root:?} accepted; mounts are not dumped yet"));
+    }
+    if !o.ext_mnt.is_empty() {
+        r.warn(format!(
+            "ext_mnt ({} entries) accepted; mounts are not dumped yet",
+            o.ext_mnt.len()
+        ));
+    }
+    if !o.external.is_empty() {
+        r.warn(format!(
+            "external {:?} accepted; external namespaces are not handled yet",
+            o.external
+        ));
+    }
+    if let Some(cg) = &o.freeze_cgroup {
+        r.warn(format!(
+            "freeze_cgroup {cg:?} accepted; cryo freezes with ptrace, not the cgroup freezer"
+        ));
+    }
+    r
+}
+
+/// Reviews the options of a RESTORE request. `root_is_host` tells whether
+/// `root` (if given) resolves to the host's `/`.
+pub fn review_restore(o: &CriuOpts, root_is_host: bool) -> Review {
+    let mut r = Review::default();
+    common(o, &mut r);
+    if let Some(root) = &o.root {
+        if !root_is_host {
+            r.refuse(format!(
+                "root {root:?} (restoring into another root and mount namespace is not supported yet)"
+            ));
+        }
+    }
+    if !o.ext_mnt.is_empty() {
+        let keys: Vec<&str> = o.ext_mnt.iter().map(|m| m.key.as_str()).take(8).collect();
+        r.refuse(format!(
+            "ext_mnt ({} entries: {}{}; mounts are not restored yet)",
+            o.ext_mnt.len(),
+            keys.join(", "),
+            if o.ext_mnt.len() > keys.len() { ", ..." } else { "" }
+        ));
+    }
+    if !o.join_ns.is_empty() {
+        let ns: Vec<String> = o.join_ns.iter().map(|j| format!("{}={}", j.ns, j.ns_file)).collect();
+        r.refuse(format!("join_ns ({})", ns.join(", ")));
+    }
+    if !o.inherit_fd.is_empty() {
+        let keys: Vec<String> = o.inherit_fd.iter().map(|i| format!("{}=fd {}", i.key, i.fd)).collect();
+        r.refuse(format!("inherit_fd ({})", keys.join(", ")));
+    }
+    if !o.cg_root.is_empty() {
+        r.refuse(format!("cg_root ({} entries)", o.cg_root.len()));
+    }
+    if !o.external.is_empty() {
+        r.refuse(format!("external {:?}", o.external));
+    }
+    if o.lsm_profile.is_some() || o.lsm_mount_context.is_some() {
+        r.refuse("lsm_profile / lsm_mount_context (LSM labels are not applied)");
+    }
+    if o.empty_ns() & CLONE_NEWNET != 0 {
+        r.warn("empty_ns NET accepted; the tree is restored into the engine's network namespace");
+    }
+    if o.rst_sibling() {
+        r.warn(
+            "rst_sibling accepted; the restored tree is a child of cryo's namespace init, \
+             which the caller inherits only as a child subreaper",
+        );
+    }
+    if o.parent_img.is_some() {
+        r.refuse("parent_img (incremental images are not implemented)");
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::pb::{ExtMountMap, InheritFd, JoinNamespace};
+
+    fn runc_dump() -> CriuOpts {
+        // What runc 1.1.5 sends for a plain `runc checkpoint` (§2.5).
+        CriuOpts {
+            images_dir_fd: Some(9),
+            pid: Some(1234),
+            leave_running: Some(false),
+            ext_unix_sk: Some(false),
+            tcp_established: Some(false),
+            shell_job: Some(false),
+            file_locks: Some(false),
+            log_level: Some(4),
+            log_file: Some("dump.log".into()),
+            notify_scripts: Some(true),
+            root: Some("/run/busybox/rootfs".into()),
+            auto_dedup: Some(false),
+            work_dir_fd: Some(10),
+            ext_mnt: vec![ExtMountMap {
+                key: "/dev/null".into(),
+                val: "/dev/null".into(),
+            }],
+            manage_cgroups: Some(true),
+            empty_ns: Some(CLONE_NEWNET),
+            freeze_cgroup: Some("/sys/fs/cgroup/x".into()),
+            lazy_pages: Some(false),
+            orphan_pts_master: Some(true),
+            config_file: Some("/etc/criu/runc.conf".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn runc_dump_is_accepted_with_warnings() {
+        let r = review_dump(&runc_dump());
+        assert!(r.refused.is_empty(), "{r:?}");
+        assert!(r.warnings.iter().any(|w| w.contains("freeze_cgroup")));
+        assert!(r.warnings.iter().any(|w| w.contains("SOFT")));
+        assert!(r.error().is_none());
+    }
+
+    #[test]
+    fn dump_refusals() {
+        let mut o = runc_dump();
+        o.pid = None;
+        o.track_mem = Some(true);
+        o.log_file = Some("../x.log".into());
+        o.empty_ns = Some(CLONE_NEWNET | 0x20000);
+        o.lazy_pages = Some(true);
+        let r = review_dump(&o);
+        let e = r.error().unwrap();
+        for part in [
+            "no pid",
+            "track_mem",
+            "bare file name",
+            "empty_ns 0x40020000",
+            "lazy_pages",
+        ] {
+            assert!(e.contains(part), "{part} missing from {e}");
+        }
+    }
+
+    #[test]
+    fn restore_refuses_container_shapes() {
+        let mut o = runc_dump();
+        o.pid = None;
+        o.rst_sibling = Some(true);
+        o.inherit_fd = vec![InheritFd {
+            key: "pipe:[123]".into(),
+            fd: 1,
+        }];
+        o.join_ns = vec![JoinNamespace {
+            ns: "ipc".into(),
+            ns_file: "/proc/1/ns/ipc".into(),
+            extra_opt: None,
+        }];
+        let r = review_restore(&o, false);
+        let e = r.error().unwrap();
+        for part in [
+            "root \"/run/busybox/rootfs\"",
+            "ext_mnt (1 entries: /dev/null",
+            "inherit_fd (pipe:[123]=fd 1)",
+            "join_ns (ipc=/proc/1/ns/ipc)",
+        ] {
+            assert!(e.contains(part), "{part} missing from {e}");
+        }
+        // root that is the host's / is fine, and a plain restore passes.
+        let plain = CriuOpts {
+            images_dir_fd: Some(5),
+            root: Some("/".into()),
+            notify_scripts: Some(true),
+            rst_sibling: Some(true),
+            ..Default::default()
+        };
+        let r = review_restore(&plain, true);
+        assert!(r.refused.is_empty(), "{r:?}");
+        assert!(r.warnings.iter().any(|w| w.contains("rst_sibling")));
+    }
+
+    #[test]
+    fn cgroup_mode() {
+        let mut o = CriuOpts::default();
+        assert_eq!(cg_mode(&o), CriuCgMode::Ignore);
+        o.manage_cgroups = Some(true);
+        assert_eq!(cg_mode(&o), CriuCgMode::Soft);
+        o.manage_cgroups_mode = Some(CriuCgMode::Full as i32);
+        assert_eq!(cg_mode(&o), CriuCgMode::Full);
+    }
+}
