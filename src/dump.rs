@@ -388,6 +388,15 @@ fn dump_process(
         .transpose()
         .with_context(|| format!("Cannot parse /proc/{pid}/timers"))?
         .unwrap_or_default();
+    // POSIX timer signals still queued: their overrun count exists only in
+    // the kernel until delivery, so they are delivered (rt_sigtimedwait)
+    // and queued again (rt_sigqueueinfo) inside the task, after which the
+    // queued siginfo carries the count.
+    let timer_sigs: Vec<u64> = ptrace::peek_siginfo(Pid::from_raw(pid), true)?
+        .iter()
+        .filter(|s| i32::from_le_bytes(s[8..12].try_into().unwrap()) == -2)
+        .map(|s| u64::from(u32::from_le_bytes(s[0..4].try_into().unwrap())))
+        .collect();
     // Per-task facts that need the task's own context, by injection.
     let mut inj = Injector::new(Pid::from_raw(pid), &vmas)
         .with_context(|| format!("Cannot prepare syscall injection into pid {pid}"))?;
@@ -443,6 +452,24 @@ fn dump_process(
             out.clear_tid = u64::from_le_bytes(b[0..8].try_into().unwrap());
         }
         out.brk = inj.syscall(libc::SYS_brk, [0; 6])? as u64;
+        if !timer_sigs.is_empty() {
+            let nspid = inj.syscall(libc::SYS_getpid, [0; 6])?;
+            for &sig in &timer_sigs {
+                let set = (1u64 << (sig - 1)).to_le_bytes();
+                inj.write_mem(scratch + 512, &set)?;
+                inj.write_mem(scratch + 256, &[0u8; 16])?;
+                let r = inj.syscall(
+                    libc::SYS_rt_sigtimedwait,
+                    [scratch + 512, scratch, scratch + 256, 8, 0, 0],
+                )?;
+                if r == sig as i64 {
+                    let r = inj.syscall(libc::SYS_rt_sigqueueinfo, [nspid as u64, sig, scratch, 0, 0, 0])?;
+                    if r < 0 {
+                        bail!("Cannot queue timer signal {sig} again in pid {pid}: errno {}", -r);
+                    }
+                }
+            }
+        }
         for t in &timers {
             let r = inj.syscall(libc::SYS_timer_gettime, [t.id as u64, scratch, 0, 0, 0, 0])?;
             if r < 0 {
@@ -721,7 +748,20 @@ fn thread_injected(tid: i32, vmas: &[proc::maps::Vma]) -> Result<((u64, u32, u64
 fn dump_thread(pid: i32, tid: i32, layout: &XsaveLayout, sas: (u64, u32, u64), clear_tid: u64) -> Result<ThreadDump> {
     let t = Pid::from_raw(tid);
     let mut gp = ptrace::get_regs(t).with_context(|| format!("PTRACE_GETREGSET of thread {tid}"))?;
-    regs::fixup_syscall_restart(&mut gp);
+    match regs::restart_plan(&gp) {
+        regs::Restart::Generic => regs::fixup_syscall_restart(&mut gp),
+        regs::Restart::Again => regs::reexecute(&mut gp),
+        regs::Restart::AgainWithRemaining { req, rem } => {
+            // The task's own request becomes the time left (the kernel wrote
+            // it to `rem`); the original, if it runs on, resumes through
+            // its restart block and does not read the request again.
+            let mut ts = [0u8; 16];
+            match vm::read_remote(t, &[(rem, 16)], &mut ts) {
+                Ok(16) if vm::write_remote(t, &[(req, 16)], &ts).ok() == Some(16) => regs::reexecute(&mut gp),
+                _ => regs::fixup_syscall_restart(&mut gp),
+            }
+        }
+    }
     let xstate = ptrace::get_xstate(t).with_context(|| format!("Cannot read the FPU state of thread {tid}"))?;
     let sigmask = ptrace::get_sigmask(t).with_context(|| format!("PTRACE_GETSIGMASK of thread {tid}"))?;
     let pending_p = ptrace::peek_siginfo(t, false)?;
@@ -1062,6 +1102,40 @@ fn copy_runs(pid: i32, runs: &[(u64, u64)], mut out: fs::File, name: &str) -> Re
         let written = writer.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
         res.and(written)
     })
+}
+
+#[cfg(test)]
+mod restart_tests {
+    use crate::regs::{restart_plan, Restart};
+    use crate::sys::ptrace::UserRegs;
+
+    fn at(nr: u64, ret: i64) -> UserRegs {
+        UserRegs {
+            orig_ax: nr,
+            ax: ret as u64,
+            ip: 0x1002,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn sleeps_and_epoll_are_executed_again() {
+        let mut r = at(230, -516);
+        r.si = 1; // TIMER_ABSTIME
+        assert_eq!(restart_plan(&r), Restart::Again);
+        let mut r = at(230, -516);
+        r.dx = 0x100;
+        r.r10 = 0x200;
+        assert_eq!(restart_plan(&r), Restart::AgainWithRemaining { req: 0x100, rem: 0x200 });
+        let mut r = at(35, -516);
+        r.di = 0x300;
+        r.si = 0x400;
+        assert_eq!(restart_plan(&r), Restart::AgainWithRemaining { req: 0x300, rem: 0x400 });
+        assert_eq!(restart_plan(&at(35, -516)), Restart::Again);
+        assert_eq!(restart_plan(&at(232, -4)), Restart::Again);
+        assert_eq!(restart_plan(&at(0, -512)), Restart::Generic);
+        assert_eq!(restart_plan(&at(232, 3)), Restart::Generic);
+    }
 }
 
 #[cfg(test)]

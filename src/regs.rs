@@ -36,6 +36,55 @@ pub fn fixup_syscall_restart(regs: &mut UserRegs) {
     }
 }
 
+/// How a syscall interrupted by the freeze is brought back, beyond the
+/// generic rule of [`fixup_syscall_restart`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restart {
+    /// The generic rule applies.
+    Generic,
+    /// Execute the same call again (its arguments still say the right
+    /// thing: an absolute deadline, or no timeout).
+    Again,
+    /// A relative sleep: copy the remaining time the kernel wrote to `rem`
+    /// into the request at `req`, then execute the call again.
+    AgainWithRemaining { req: u64, rem: u64 },
+}
+
+const NR_NANOSLEEP: i64 = 35;
+const NR_CLOCK_NANOSLEEP: i64 = 230;
+const NR_EPOLL_WAIT: i64 = 232;
+const NR_EPOLL_PWAIT: i64 = 281;
+const NR_EPOLL_PWAIT2: i64 = 441;
+const TIMER_ABSTIME: u64 = 1;
+
+/// Sleeps and epoll waits cut short by the freeze. The kernel would resume
+/// them through its restart block (sleeps) or has already turned the
+/// freeze into EINTR (epoll, which a real signal would have caused, not
+/// our stop); neither survives a restore as such, so they are re-executed.
+pub fn restart_plan(r: &UserRegs) -> Restart {
+    let (nr, ret) = (r.orig_ax as i64, r.ax as i64);
+    match (nr, ret) {
+        (NR_CLOCK_NANOSLEEP, ERESTART_RESTARTBLOCK) if r.si & TIMER_ABSTIME != 0 => Restart::Again,
+        (NR_CLOCK_NANOSLEEP, ERESTART_RESTARTBLOCK) if r.r10 != 0 => {
+            Restart::AgainWithRemaining { req: r.dx, rem: r.r10 }
+        }
+        (NR_NANOSLEEP, ERESTART_RESTARTBLOCK) if r.si != 0 => Restart::AgainWithRemaining { req: r.di, rem: r.si },
+        // A relative sleep without a `rem` buffer: the time left is only in
+        // the kernel's restart block, which a restore cannot carry. Sleeping
+        // the full request again is late but honest; EINTR would be a lie
+        // when the task blocks every signal.
+        (NR_NANOSLEEP | NR_CLOCK_NANOSLEEP, ERESTART_RESTARTBLOCK) => Restart::Again,
+        (NR_EPOLL_WAIT | NR_EPOLL_PWAIT | NR_EPOLL_PWAIT2, EINTR) => Restart::Again,
+        _ => Restart::Generic,
+    }
+}
+
+/// Sets the registers to execute the interrupted syscall once more.
+pub fn reexecute(r: &mut UserRegs) {
+    r.ax = r.orig_ax;
+    r.ip -= 2;
+}
+
 pub fn gpregs_to_pb(r: &UserRegs) -> pb::UserX86RegsEntry {
     pb::UserX86RegsEntry {
         r15: r.r15,
