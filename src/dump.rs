@@ -284,6 +284,7 @@ fn write_images(opts: &DumpOpts, dir: &ImageDir, frozen: &Frozen, stats: &mut Du
             threads: p.tids.iter().map(|&t| view.pid(t)).collect::<Result<_>>()?,
         });
     }
+    check_groups(&pstree, opts.shell_job)?;
     dir.write_image("pstree.img", Kind::Pstree, &pstree)?;
     files.write_images(dir)?;
     dir.write_image(
@@ -310,6 +311,30 @@ fn write_images(opts: &DumpOpts, dir: &ImageDir, frozen: &Frozen, stats: &mut Du
     )?;
     let inv = image::inventory::new_inventory(root_ids);
     dir.write_image("inventory.img", Kind::Inventory, &[inv])?;
+    Ok(())
+}
+
+/// Every process group and session must have its leader in the tree (or,
+/// for a shell job, be the shell's own), or the restore could not
+/// recreate it. A group whose leader exited needs a placeholder task at
+/// restore, which cryo does not create yet: refuse it here, while the tree
+/// can still run on untouched.
+fn check_groups(pstree: &[pb::PstreeEntry], shell_job: bool) -> Result<()> {
+    let root = &pstree[0];
+    let known = |id: u32| pstree.iter().any(|e| e.pid == id);
+    for e in pstree {
+        for (what, id, outside_ok) in [
+            ("session", e.sid, shell_job && e.sid == root.sid),
+            ("process group", e.pgid, shell_job && e.pgid == root.pgid),
+        ] {
+            if id != 0 && !known(id) && !outside_ok {
+                bail!(
+                    "pid {} is in {what} {id}, whose leader is not in the dumped tree (it exited or lives outside); such {what}s cannot be recreated yet",
+                    e.pid
+                );
+            }
+        }
+    }
     Ok(())
 }
 

@@ -376,6 +376,31 @@ pub fn checkpoint(what: &str, tag: &str, bin: &Path, args: &[&str], settle: Dura
     }
 }
 
+/// For state cryo does not handle yet: starts `bin args`, waits for READY,
+/// and checks that the dump is refused with one line on stderr containing
+/// `needle`, that no image set was left (no inventory.img), and that the
+/// original runs on untouched: on SIGUSR1 it still verifies itself (PASS).
+pub fn refused(what: &str, bin: &Path, args: &[&str], needle: &str) {
+    let sc = Scratch::new(what);
+    let log = sc.path("wl.log");
+    let w = Workload::spawn(bin, args, &log).unwrap_or_else(|e| panic!("[{what}] spawn: {e}"));
+    w.wait_ready()
+        .unwrap_or_else(|e| panic!("[{what}] the workload did not get ready: {e}"));
+    sc.cl.tree(w.pid);
+    let pid = w.pid.to_string();
+    let out = run_cryo_step(&["dump", "-t", &pid, "-D", crate::s(&sc.img)]);
+    let err = crate::one_line_error(&out, &format!("[{what}] dump"));
+    assert!(err.contains(needle), "[{what}] the error should say {needle:?}: {err}");
+    assert!(
+        !sc.img.join("inventory.img").exists(),
+        "[{what}] a refused dump left inventory.img"
+    );
+    crate::signal(w.pid, libc::SIGUSR1).unwrap_or_else(|e| panic!("[{what}] {e}"));
+    let v = crate::wait_for_line(&log, "PASS", crate::LINE_TIMEOUT)
+        .unwrap_or_else(|e| panic!("[{what}] the original did not pass after the refused dump: {e}"));
+    assert!(v.starts_with("PASS"), "[{what}] {v}");
+}
+
 /// The whole cycle: [`checkpoint`], restore, SIGUSR1, PASS, crit. Returns
 /// the verdict line and the dump (for extra checks by the caller).
 pub fn roundtrip(what: &str, tag: &str, bin: &Path, args: &[&str]) -> (String, Dumped) {

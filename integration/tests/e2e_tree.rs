@@ -423,11 +423,15 @@ fn mem_sparse_4gib_small_image() {
 #[test]
 fn mem_deleted_exe() {
     require_root!();
+    // Not supported yet: the dump must refuse it cleanly and leave the
+    // original running (a restore of such a mapping needs its content
+    // saved like a ghost file).
     let dir = TempDir::new("delexe");
-    simple(
+    e2e::refused(
         "mem_deleted_exe",
         bin!("memshape"),
         &["--check", "deleted-exe", "--dir", cryo_integration::s(dir.path())],
+        "deleted",
     );
 }
 
@@ -519,7 +523,15 @@ fn tree_stopped_child() {
 #[test]
 fn tree_sessions_and_groups() {
     require_root!();
-    shape("tree_sessions_and_groups", "sessions", &|_, _| {});
+    // This tree has a process group whose leader exited: recreating it
+    // needs a placeholder task, which cryo does not create yet. The dump
+    // must refuse it cleanly and leave the tree running.
+    e2e::refused(
+        "tree_sessions_and_groups",
+        bin!("shapes"),
+        &["--shape", "sessions"],
+        "cannot be recreated yet",
+    );
 }
 
 #[test]
