@@ -498,6 +498,10 @@ fn dump_process(
     let pagemap =
         fs::File::open(format!("/proc/{pid}/pagemap")).with_context(|| format!("Cannot open /proc/{pid}/pagemap"))?;
     for v in &vmas {
+        if let Some(e) = files.shmem_vma(pid, v)? {
+            vma_entries.push(e);
+            continue;
+        }
         let kind = VmaKind::of(v);
         let file_id = match kind {
             VmaKind::FilePrivate | VmaKind::FileShared => {

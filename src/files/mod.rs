@@ -27,6 +27,7 @@ pub mod memfd;
 pub mod pipe;
 pub mod reg;
 pub mod restore;
+pub mod shmem;
 pub mod unix;
 
 /// fd_types values (image-format.md §3.15).
@@ -171,6 +172,8 @@ pub struct FileTable {
     /// memfd inodes by (dev, ino): their inode id.
     memfd_inodes: HashMap<(u64, u64), u32>,
     memfd_entries: Vec<pb::MemfdInodeEntry>,
+    /// Anonymous shared memory objects saved so far, by (dev, ino).
+    shmem_done: HashMap<(u64, u64), ()>,
     /// Raw files (memfd pages), not in the manifest.
     raw_images: Vec<ExtraImage>,
 }

@@ -21,8 +21,8 @@ use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::unistd;
 
 use super::{
-    anon, inotify, memfd, pipe, reg, unix, FD_EVENTFD, FD_EVENTPOLL, FD_FIFO, FD_INOTIFY, FD_MEMFD, FD_PIPE, FD_REG,
-    FD_SIGNALFD, FD_TIMERFD, FD_TTY, FD_UNIXSK,
+    anon, inotify, memfd, pipe, reg, shmem, unix, FD_EVENTFD, FD_EVENTPOLL, FD_FIFO, FD_INOTIFY, FD_MEMFD, FD_PIPE,
+    FD_REG, FD_SIGNALFD, FD_TIMERFD, FD_TTY, FD_UNIXSK,
 };
 use crate::image::{names, pb, ImageDir, Kind};
 use crate::proc;
@@ -44,6 +44,8 @@ pub struct Extra {
     pub sk_queues: HashMap<u32, Vec<Vec<u8>>>,
     /// memfd inodes (with their content) by inode id.
     pub memfds: HashMap<u32, memfd::Inode>,
+    /// Anonymous shared memory: shmid → synthetic file id (see `shmem`).
+    pub shmem: HashMap<u64, u32>,
 }
 
 /// Reads the images that go with files.img.
@@ -333,6 +335,11 @@ impl Layout {
             for f in &t.fds {
                 users.entry(f.id).or_default().insert(i, ());
             }
+            for v in &t.mm.vmas {
+                if let Some(id) = shmem::vma_file_id(v, &plan.files, &plan.fx.shmem) {
+                    users.entry(id).or_default().insert(i, ());
+                }
+            }
         }
         let epoll_targets = epoll_targets(plan)?;
         loop {
@@ -472,6 +479,12 @@ fn park(made: Vec<(u32, OwnedFd)>, lay: &Layout) -> Result<()> {
         unistd::dup2(fd.as_raw_fd(), s).with_context(|| format!("dup2 to slot {s}"))?;
     }
     Ok(())
+}
+
+/// The slot fd of every description, where a task finds it between
+/// `setup_fds` and `jump`.
+pub(crate) fn slots(plan: &Plan, efds: EngineFds) -> Result<HashMap<u32, RawFd>> {
+    Ok(Layout::compute(plan, efds.tmp_base)?.slot)
 }
 
 /// Puts every fd of task `idx` at its number (see the module doc).

@@ -163,6 +163,8 @@ fn sample_mm() -> MmEntry {
                 fd: -1,
                 madv: None,
                 fdflags: Some(0),
+                cryo_lock_onfault: None,
+                cryo_guards: vec![],
             },
             VmaEntry {
                 start: 0x60_0000,
@@ -175,6 +177,8 @@ fn sample_mm() -> MmEntry {
                 fd: -1,
                 madv: None,
                 fdflags: None,
+                cryo_lock_onfault: None,
+                cryo_guards: vec![],
             },
         ],
         dumpable: Some(1),
