@@ -67,7 +67,9 @@ impl FileTable {
             return Ok(None);
         };
         let link = v.path.as_deref().unwrap_or_default();
-        let rw = v.prot & libc::PROT_WRITE as u32 != 0;
+        // VM_MAYWRITE: the mapping could be made writable (mprotect), so its
+        // description must be writable too.
+        let rw = v.prot & libc::PROT_WRITE as u32 != 0 || v.vmflags.iter().any(|f| f == "mw");
         match b {
             Backing::Memfd => {
                 let id = memfd::dump_mapping(self, pid, v.start, v.end, link, rw)?;
