@@ -537,9 +537,11 @@ fn dump_process(
         }
         vma_entries.push(e);
     }
+    let nlocks = files.lock_count();
     let fdinfo = files
         .dump_fds(pid, opts.shell_job, &stat)
         .with_context(|| format!("Cannot dump the files of pid {pid}"))?;
+    files.relabel_locks(nlocks, vpid as i32);
     let cwd = fs::read_link(format!("/proc/{pid}/cwd")).with_context(|| format!("Cannot read /proc/{pid}/cwd"))?;
     let root = fs::read_link(format!("/proc/{pid}/root")).with_context(|| format!("Cannot read /proc/{pid}/root"))?;
     let cwd_id = files.reg_path(&cwd.to_string_lossy(), 0, 0)?;

@@ -244,3 +244,31 @@ fn shmem_roundtrip() {
         "{m}"
     );
 }
+
+// ---- 2. file locks ----------------------------------------------------------
+
+#[test]
+fn flocks_plain_passes_and_detects_a_dropped_lock() {
+    let d = TempDir::new("flocks-plain");
+    expect_plain_pass(bin!("flocks"), &["--dir", s(d.path())]);
+    let d = TempDir::new("flocks-plain-bad");
+    expect_plain_fail(bin!("flocks"), &["--dir", s(d.path()), "--corrupt"], "f2 [0,+100)");
+}
+
+#[test]
+fn flocks_roundtrip() {
+    root_only!();
+    let d = TempDir::new("flocks-files");
+    let (v, images, sc) = roundtrip("flocks", bin!("flocks"), &["--dir", s(d.path())]);
+    assert!(v.starts_with("PASS"), "{v}");
+    assert!(images.contains(&"filelocks.img".to_string()), "{images:?}");
+    let l = crit_json(&sc.img.join("filelocks.img"));
+    let e = l["entries"].as_array().unwrap();
+    // f1, f4 (flock), f2 x2 by the parent and x1 by the child (POSIX), f3 (OFD).
+    assert_eq!(e.len(), 6, "{l}");
+    let flags: Vec<u64> = e.iter().filter_map(|x| x["flag"].as_u64()).collect();
+    assert_eq!(flags.iter().filter(|&&f| f == 1).count(), 3, "{l}");
+    assert_eq!(flags.iter().filter(|&&f| f == 2).count(), 2, "{l}");
+    assert_eq!(flags.iter().filter(|&&f| f == 4).count(), 1, "{l}");
+    let _ = sc;
+}

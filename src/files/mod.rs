@@ -23,6 +23,7 @@ use crate::sys::{clone as sysc, tty as systty};
 
 pub mod anon;
 pub mod inotify;
+pub mod locks;
 pub mod memfd;
 pub mod pipe;
 pub mod reg;
@@ -174,6 +175,9 @@ pub struct FileTable {
     memfd_entries: Vec<pb::MemfdInodeEntry>,
     /// Anonymous shared memory objects saved so far, by (dev, ino).
     shmem_done: HashMap<(u64, u64), ()>,
+    /// File locks (filelocks.img) and what they were deduplicated by.
+    locks: Vec<pb::FileLockEntry>,
+    lock_seen: locks::Seen,
     /// Raw files (memfd pages), not in the manifest.
     raw_images: Vec<ExtraImage>,
 }
@@ -285,6 +289,10 @@ impl FileTable {
             };
             self.types.insert(id, ty);
             self.seen.push((pid, fd, dev, ino, id));
+            let lock_lines: Vec<&str> = info.all("lock").collect();
+            if !lock_lines.is_empty() {
+                self.note_locks(pid, fd, id, &lock_lines)?;
+            }
             out.push(pb::FdinfoEntry {
                 id,
                 flags: u32::from(cloexec),
@@ -380,6 +388,9 @@ impl FileTable {
         }
         if !self.memfd_entries.is_empty() {
             dir.write_image(image::names::MEMFD, Kind::MemfdInode, &self.memfd_entries)?;
+        }
+        if !self.locks.is_empty() {
+            dir.write_image(image::names::FILE_LOCKS, Kind::FileLocks, &self.locks)?;
         }
         for x in &self.extra_images {
             dir.write_bytes(&x.name, &x.bytes)?;

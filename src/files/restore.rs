@@ -46,6 +46,8 @@ pub struct Extra {
     pub memfds: HashMap<u32, memfd::Inode>,
     /// Anonymous shared memory: shmid → synthetic file id (see `shmem`).
     pub shmem: HashMap<u64, u32>,
+    /// File locks (filelocks.img).
+    pub locks: Vec<pb::FileLockEntry>,
 }
 
 /// Reads the images that go with files.img.
@@ -110,6 +112,9 @@ pub fn load(dir: &ImageDir, files: &HashMap<u32, pb::FileEntry>) -> Result<Extra
         }
     }
     x.memfds = memfd::load(dir)?;
+    if dir.exists(names::FILE_LOCKS) {
+        x.locks = dir.read_image(names::FILE_LOCKS, Kind::FileLocks)?;
+    }
     for fe in files.values() {
         if let Some(m) = &fe.memfd {
             if !x.memfds.contains_key(&m.inode_id) {

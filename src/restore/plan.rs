@@ -239,6 +239,19 @@ impl Plan {
             });
         }
         fx.shmem = crate::files::shmem::attach(dir, tasks.iter().map(|t| &t.mm), &mut files, &mut fx.memfds)?;
+        for l in &fx.locks {
+            if !tasks
+                .iter()
+                .any(|t| t.pid == l.pid && t.fds.iter().any(|f| f.fd as i32 == l.fd))
+            {
+                bail!(
+                    "{}: a lock of pid {} on fd {}, which the tree does not have",
+                    image::names::FILE_LOCKS,
+                    l.pid,
+                    l.fd
+                );
+            }
+        }
         for i in 0..tasks.len() {
             if let Some(p) = tasks[i].parent {
                 tasks[p].children.push(i);
