@@ -277,6 +277,13 @@ fn write_images(opts: &DumpOpts, dir: &ImageDir, frozen: &Frozen, stats: &mut Du
         });
     }
     dir.write_image("pstree.img", Kind::Pstree, &pstree)?;
+    let mut tree = HashMap::new();
+    for p in &frozen.procs {
+        for &t in std::iter::once(&p.pid).chain(&p.tids) {
+            tree.insert(t, view.pid(t).map(|v| v as i32).unwrap_or(-1));
+        }
+    }
+    files.resolve_pidfds(&tree)?;
     files.write_images(dir)?;
     dir.write_image(
         "seccomp.img",

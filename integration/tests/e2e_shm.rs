@@ -272,3 +272,55 @@ fn flocks_roundtrip() {
     assert_eq!(flags.iter().filter(|&&f| f == 4).count(), 1, "{l}");
     let _ = sc;
 }
+
+// ---- 3. pidfds ----------------------------------------------------------------
+
+#[test]
+fn pidfds_plain_passes_and_detects_a_wrong_target() {
+    expect_plain_pass(bin!("pidfds"), &[]);
+    expect_plain_fail(bin!("pidfds"), &["--corrupt"], "pidfd of C names");
+}
+
+#[test]
+fn pidfds_roundtrip() {
+    root_only!();
+    let (v, _images, sc) = roundtrip("pidfds", bin!("pidfds"), &[]);
+    assert!(v.starts_with("PASS"), "{v}");
+    let log = sc.path("wl.log");
+    assert!(
+        cryo_integration::log_lines(&log)
+            .iter()
+            .any(|l| l.starts_with("MEMBER c PASS")),
+        "{}",
+        log_tail(&log, 20)
+    );
+}
+
+#[test]
+fn dump_of_a_pidfd_outside_the_tree_fails_cleanly() {
+    root_only!();
+    let sc = Scratch::new("pidfd-outside");
+    let log = sc.path("wl.log");
+    let mut w = Workload::spawn(bin!("pidfds"), &["--outside"], &log).expect("spawn");
+    w.wait_ready().unwrap_or_else(|e| panic!("{e}"));
+    let pid = w.pid.to_string();
+    let out = run_cryo(&["dump", "-t", &pid, "-D", s(&sc.img)]);
+    let err = one_line_error(&out, "dump of a pidfd outside the tree");
+    for must in [
+        format!("pid {pid}"),
+        "fd 40".to_string(),
+        "outside the dumped tree".to_string(),
+    ] {
+        assert!(err.contains(&must), "the error should contain {must:?}: {err}");
+    }
+    assert!(
+        !sc.img.join("inventory.img").exists(),
+        "a failed dump left an inventory.img"
+    );
+    assert!(pid_running(w.pid), "the tree must run on after a failed dump");
+    std::thread::sleep(Duration::from_millis(50));
+    w.usr1().expect("SIGUSR1");
+    let v = wait_for_verdict(&log, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(v.starts_with("PASS"), "{v}");
+    assert_eq!(w.wait_exit(GONE_TIMEOUT).and_then(|s| s.code()), Some(0));
+}

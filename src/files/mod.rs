@@ -25,6 +25,7 @@ pub mod anon;
 pub mod inotify;
 pub mod locks;
 pub mod memfd;
+pub mod pidfd;
 pub mod pipe;
 pub mod reg;
 pub mod restore;
@@ -43,6 +44,7 @@ pub const FD_SIGNALFD: i32 = 9;
 pub const FD_TTY: i32 = 11;
 pub const FD_TIMERFD: i32 = 17;
 pub const FD_MEMFD: i32 = 18;
+pub const FD_PIDFD: i32 = 20;
 
 const UNIX98_PTY_SLAVE_MAJOR: u64 = 136;
 const TTYAUX_MAJOR: u64 = 5;
@@ -178,6 +180,8 @@ pub struct FileTable {
     /// File locks (filelocks.img) and what they were deduplicated by.
     locks: Vec<pb::FileLockEntry>,
     lock_seen: locks::Seen,
+    /// (file id, holder pid, fd) of every pidfd, until resolved.
+    pidfd_holders: Vec<(u32, i32, i32)>,
     /// Raw files (memfd pages), not in the manifest.
     raw_images: Vec<ExtraImage>,
 }
@@ -347,6 +351,7 @@ impl FileTable {
                 "[timerfd]" => (anon::dump_timerfd(self, f)?, FD_TIMERFD),
                 "[eventpoll]" => (anon::dump_epoll(self, f)?, FD_EVENTPOLL),
                 "inotify" => (inotify::dump(self, f)?, FD_INOTIFY),
+                "[pidfd]" => (pidfd::dump(self, f)?, FD_PIDFD),
                 _ => bail!("pid {pid} fd {fd}: {k} descriptors are not supported (anon_inode:{k})"),
             },
             FdKind::Other(_) => bail!("pid {pid} fd {fd}: unsupported file kind ({link})"),

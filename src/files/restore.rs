@@ -21,8 +21,8 @@ use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::unistd;
 
 use super::{
-    anon, inotify, memfd, pipe, reg, shmem, unix, FD_EVENTFD, FD_EVENTPOLL, FD_FIFO, FD_INOTIFY, FD_MEMFD, FD_PIPE,
-    FD_REG, FD_SIGNALFD, FD_TIMERFD, FD_TTY, FD_UNIXSK,
+    anon, inotify, memfd, pipe, reg, shmem, unix, FD_EVENTFD, FD_EVENTPOLL, FD_FIFO, FD_INOTIFY, FD_MEMFD, FD_PIDFD,
+    FD_PIPE, FD_REG, FD_SIGNALFD, FD_TIMERFD, FD_TTY, FD_UNIXSK,
 };
 use crate::image::{names, pb, ImageDir, Kind};
 use crate::proc;
@@ -182,6 +182,9 @@ pub fn check_fd(
         }
         FD_EVENTPOLL => {
             fe.epfd.as_ref().ok_or_else(missing)?;
+        }
+        FD_PIDFD => {
+            fe.pidfd.as_ref().ok_or_else(missing)?;
         }
         FD_UNIXSK => {
             let u = fe.usk.as_ref().ok_or_else(missing)?;
@@ -453,6 +456,15 @@ fn create(plan: &Plan, g: &Group, lay: &Layout, efds: EngineFds) -> Result<Vec<(
                     crate::sys::rawfd::own(n)
                 }
                 FD_INOTIFY => inotify::create(fe.ify.as_ref().context("no inotify entry")?)?,
+                // A placeholder: the task opens the pidfd before the blob.
+                FD_PIDFD => crate::sys::rawfd::own(
+                    nix::fcntl::open(
+                        "/dev/null",
+                        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+                        nix::sys::stat::Mode::empty(),
+                    )
+                    .context("open /dev/null")?,
+                ),
                 FD_EVENTFD => anon::create_eventfd(fe.efd.as_ref().context("no eventfd entry")?)?,
                 FD_SIGNALFD => anon::create_signalfd(fe.sgfd.as_ref().context("no signalfd entry")?)?,
                 FD_TIMERFD => anon::create_timerfd(fe.tfd.as_ref().context("no timerfd entry")?)?,

@@ -621,6 +621,8 @@ fn jump(plan: &Plan, t: &TaskImage, efds: EngineFds, staged: Staged) -> Result<I
         seccomp_mode: seccomp.0,
         seccomp: seccomp.1,
     };
+    // pidfds: their targets exist now or soon (the tree is being built).
+    crate::files::pidfd::restore(&plan.files, &t.fds, t.pid)?;
     // Close what the restored task must not see: everything but its own
     // fds and the three the blob closes itself (ready, go, exe). The
     // error pipe goes too: from here on failures travel as blob reports.
