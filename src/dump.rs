@@ -286,6 +286,13 @@ fn write_images(opts: &DumpOpts, dir: &ImageDir, frozen: &Frozen, stats: &mut Du
     }
     check_groups(&pstree, opts.shell_job)?;
     dir.write_image("pstree.img", Kind::Pstree, &pstree)?;
+    let mut tree = HashMap::new();
+    for p in &frozen.procs {
+        for &t in std::iter::once(&p.pid).chain(&p.tids) {
+            tree.insert(t, view.pid(t).map(|v| v as i32).unwrap_or(-1));
+        }
+    }
+    files.resolve_pidfds(&tree)?;
     files.write_images(dir)?;
     dir.write_image(
         "seccomp.img",
@@ -558,6 +565,10 @@ fn dump_process(
     let pagemap =
         fs::File::open(format!("/proc/{pid}/pagemap")).with_context(|| format!("Cannot open /proc/{pid}/pagemap"))?;
     for v in &vmas {
+        if let Some(e) = files.shmem_vma(pid, v)? {
+            vma_entries.push(e);
+            continue;
+        }
         let kind = VmaKind::of(v);
         let file_id = match kind {
             VmaKind::FilePrivate | VmaKind::FileShared => {
@@ -593,9 +604,11 @@ fn dump_process(
         }
         vma_entries.push(e);
     }
+    let nlocks = files.lock_count();
     let fdinfo = files
         .dump_fds(pid, opts.shell_job, &stat)
         .with_context(|| format!("Cannot dump the files of pid {pid}"))?;
+    files.relabel_locks(nlocks, vpid as i32);
     let cwd = fs::read_link(format!("/proc/{pid}/cwd")).with_context(|| format!("Cannot read /proc/{pid}/cwd"))?;
     let root = fs::read_link(format!("/proc/{pid}/root")).with_context(|| format!("Cannot read /proc/{pid}/root"))?;
     let cwd_id = files.reg_path(&cwd.to_string_lossy(), 0, 0)?;

@@ -108,24 +108,57 @@ fn dump_inode(
     name: &str,
     inode_id: u32,
 ) -> Result<pb::MemfdInodeEntry> {
+    inode_entry(t, &f.proc_path(), md, name, inode_id)
+}
+
+/// Saves the inode that `path` (a /proc fd or map_files link) opens.
+fn inode_entry(
+    t: &mut FileTable,
+    path: &str,
+    md: &std::fs::Metadata,
+    name: &str,
+    inode_id: u32,
+) -> Result<pb::MemfdInodeEntry> {
     let size = md.len();
+    let file = std::fs::File::open(path).with_context(|| format!("Cannot open {path}"))?;
+    let seals = fcntl(file.as_raw_fd(), FcntlArg::F_GET_SEALS).context("F_GET_SEALS")? as u32;
+    let shmid = md.ino() as u32;
+    save_content(t, &file, size, shmid, PAGES_ID_BASE + inode_id)?;
+    Ok(pb::MemfdInodeEntry {
+        name: name.to_string(),
+        uid: md.uid(),
+        gid: md.gid(),
+        size,
+        shmid,
+        seals,
+        inode_id: u64::from(inode_id),
+        hugetlb_flag: None,
+        mode: Some(md.mode()),
+    })
+}
+
+/// Writes the data pages of a shmem file (holes skipped) to
+/// `pages-<pages_id>.img`, indexed by `pagemap-shmem-<shmid>.img`.
+pub(crate) fn save_content(
+    t: &mut FileTable,
+    file: &std::fs::File,
+    size: u64,
+    shmid: u32,
+    pages_id: u32,
+) -> Result<()> {
     if size > LIMIT {
         bail!("it holds {size} bytes (the limit is {LIMIT})");
     }
-    let file = std::fs::File::open(f.proc_path()).with_context(|| format!("Cannot open {}", f.proc_path()))?;
-    let seals = fcntl(file.as_raw_fd(), FcntlArg::F_GET_SEALS).context("F_GET_SEALS")? as u32;
-    let shmid = md.ino() as u32;
-    let pages_id = PAGES_ID_BASE + inode_id;
     let mut entries = Vec::new();
     let mut raw = Vec::new();
-    for (off, len) in extents(&file, size) {
+    for (off, len) in extents(file, size) {
         let mut buf = vec![0u8; len as usize];
         // The last page may extend past EOF: what is not read stays zero.
         let mut got = 0;
         while got < buf.len() {
             let n = file
                 .read_at(&mut buf[got..], off + got as u64)
-                .context("read of the memfd")?;
+                .context("read of the shared memory")?;
             if n == 0 {
                 break;
             }
@@ -147,17 +180,45 @@ fn dump_inode(
         name: image::names::pages(pages_id),
         bytes: raw,
     });
-    Ok(pb::MemfdInodeEntry {
-        name: name.to_string(),
-        uid: md.uid(),
-        gid: md.gid(),
-        size,
-        shmid,
-        seals,
-        inode_id: u64::from(inode_id),
-        hugetlb_flag: None,
-        mode: Some(md.mode()),
-    })
+    Ok(())
+}
+
+/// A MAP_SHARED mapping of a memfd at `start`-`end` in `pid`: its inode is
+/// saved (once, shared with the fds of the same memfd) and a description
+/// of it is added; returns that description's file id (the VMA's shmid).
+pub(crate) fn dump_mapping(t: &mut FileTable, pid: i32, start: u64, end: u64, link: &str, rw: bool) -> Result<u32> {
+    let path = format!("/proc/{pid}/map_files/{start:x}-{end:x}");
+    let md = std::fs::metadata(&path).with_context(|| format!("Cannot stat {path}"))?;
+    let key = (md.dev(), md.ino());
+    let inode_id = match t.memfd_inodes.get(&key) {
+        Some(&i) => i,
+        None => {
+            let i = t.memfd_inodes.len() as u32 + 1;
+            let name = link
+                .strip_prefix(PREFIX)
+                .and_then(|l| l.strip_suffix(DELETED))
+                .unwrap_or(link);
+            let entry = inode_entry(t, &path, &md, name, i)
+                .with_context(|| format!("pid {pid}: cannot save the memfd mapped at {start:#x}"))?;
+            t.memfd_entries.push(entry);
+            t.memfd_inodes.insert(key, i);
+            i
+        }
+    };
+    let id = t.new_id();
+    t.entries.push(pb::FileEntry {
+        r#type: FD_MEMFD,
+        id,
+        memfd: Some(pb::MemfdFileEntry {
+            id,
+            flags: if rw { libc::O_RDWR } else { libc::O_RDONLY } as u32,
+            pos: 0,
+            fown: fown0(),
+            inode_id,
+        }),
+        ..Default::default()
+    });
+    Ok(id)
 }
 
 // ---- restore ----------------------------------------------------------------
@@ -167,6 +228,8 @@ fn dump_inode(
 pub struct Inode {
     pub entry: pb::MemfdInodeEntry,
     pub chunks: Vec<(u64, Vec<u8>)>,
+    /// Shared anonymous memory (MAP_SHARED|MAP_ANONYMOUS), not a memfd.
+    pub anon: bool,
 }
 
 /// Reads memfd.img and every content it points at, by inode id.
@@ -177,44 +240,62 @@ pub fn load(dir: &ImageDir) -> Result<HashMap<u32, Inode>> {
     }
     let inodes: Vec<pb::MemfdInodeEntry> = dir.read_image(image::names::MEMFD, Kind::MemfdInode)?;
     for e in inodes {
-        let pm = pagemap_name(e.shmid);
-        let (head, entries) = dir.read_pagemap(&pm)?;
-        let pages_name = image::names::pages(head.pages_id);
-        let data = if entries.is_empty() {
-            Vec::new()
-        } else {
-            dir.read_bytes(&pages_name)?
-        };
-        let mut at = 0usize;
-        let mut chunks = Vec::new();
-        for pe in &entries {
-            let len = (image::pages::entry_nr_pages(pe) * PAGE_SIZE) as usize;
-            let Some(bytes) = data.get(at..at + len) else {
-                bail!(
-                    "{}: {pm} needs {} bytes but it has {}",
-                    dir.path().join(&pages_name).display(),
-                    at + len,
-                    data.len()
-                );
-            };
-            chunks.push((pe.vaddr, bytes.to_vec()));
-            at += len;
-        }
-        out.insert(e.inode_id as u32, Inode { entry: e, chunks });
+        let chunks = load_content(dir, e.shmid as u64)?;
+        out.insert(
+            e.inode_id as u32,
+            Inode {
+                entry: e,
+                chunks,
+                anon: false,
+            },
+        );
     }
     Ok(out)
+}
+
+/// The content pieces (file offset, bytes) of `pagemap-shmem-<shmid>.img`.
+pub(crate) fn load_content(dir: &ImageDir, shmid: u64) -> Result<Vec<(u64, Vec<u8>)>> {
+    let pm = pagemap_name(shmid as u32);
+    let (head, entries) = dir.read_pagemap(&pm)?;
+    let pages_name = image::names::pages(head.pages_id);
+    let data = if entries.is_empty() {
+        Vec::new()
+    } else {
+        dir.read_bytes(&pages_name)?
+    };
+    let mut at = 0usize;
+    let mut chunks = Vec::new();
+    for pe in &entries {
+        let len = (image::pages::entry_nr_pages(pe) * PAGE_SIZE) as usize;
+        let Some(bytes) = data.get(at..at + len) else {
+            bail!(
+                "{}: {pm} needs {} bytes but it has {}",
+                dir.path().join(&pages_name).display(),
+                at + len,
+                data.len()
+            );
+        };
+        chunks.push((pe.vaddr, bytes.to_vec()));
+        at += len;
+    }
+    Ok(chunks)
 }
 
 /// Creates a memfd inode and every description of it.
 pub(crate) fn create(files: &HashMap<u32, pb::FileEntry>, ids: &[u32], ino: &Inode) -> Result<Vec<(u32, OwnedFd)>> {
     let e = &ino.entry;
-    let sealable = e.seals & libc::F_SEAL_SEAL as u32 == 0;
+    let sealable = !ino.anon && e.seals & libc::F_SEAL_SEAL as u32 == 0;
     let mut flags = libc::MFD_CLOEXEC;
     if sealable {
         flags |= libc::MFD_ALLOW_SEALING;
     }
-    let cname = std::ffi::CString::new(e.name.as_str()).with_context(|| format!("memfd name {:?}", e.name))?;
-    let mfd = fdops::memfd_create(&cname, flags).with_context(|| format!("memfd_create({})", e.name))?;
+    let mfd = if ino.anon {
+        crate::sys::mmap::anon_shmem_fd(e.size)
+            .with_context(|| format!("Cannot create {} bytes of shared memory", e.size))?
+    } else {
+        let cname = std::ffi::CString::new(e.name.as_str()).with_context(|| format!("memfd name {:?}", e.name))?;
+        fdops::memfd_create(&cname, flags).with_context(|| format!("memfd_create({})", e.name))?
+    };
     let file = std::fs::File::from(mfd);
     for (off, bytes) in &ino.chunks {
         let keep = bytes.len().min(e.size.saturating_sub(*off) as usize);

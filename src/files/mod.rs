@@ -23,10 +23,13 @@ use crate::sys::{clone as sysc, tty as systty};
 
 pub mod anon;
 pub mod inotify;
+pub mod locks;
 pub mod memfd;
+pub mod pidfd;
 pub mod pipe;
 pub mod reg;
 pub mod restore;
+pub mod shmem;
 pub mod unix;
 
 /// fd_types values (image-format.md §3.15).
@@ -41,6 +44,7 @@ pub const FD_SIGNALFD: i32 = 9;
 pub const FD_TTY: i32 = 11;
 pub const FD_TIMERFD: i32 = 17;
 pub const FD_MEMFD: i32 = 18;
+pub const FD_PIDFD: i32 = 20;
 
 const UNIX98_PTY_SLAVE_MAJOR: u64 = 136;
 const TTYAUX_MAJOR: u64 = 5;
@@ -171,6 +175,13 @@ pub struct FileTable {
     /// memfd inodes by (dev, ino): their inode id.
     memfd_inodes: HashMap<(u64, u64), u32>,
     memfd_entries: Vec<pb::MemfdInodeEntry>,
+    /// Anonymous shared memory objects saved so far, by (dev, ino).
+    shmem_done: HashMap<(u64, u64), ()>,
+    /// File locks (filelocks.img) and what they were deduplicated by.
+    locks: Vec<pb::FileLockEntry>,
+    lock_seen: locks::Seen,
+    /// (file id, holder pid, fd) of every pidfd, until resolved.
+    pidfd_holders: Vec<(u32, i32, i32)>,
     /// Raw files (memfd pages), not in the manifest.
     raw_images: Vec<ExtraImage>,
 }
@@ -282,6 +293,10 @@ impl FileTable {
             };
             self.types.insert(id, ty);
             self.seen.push((pid, fd, dev, ino, id));
+            let lock_lines: Vec<&str> = info.all("lock").collect();
+            if !lock_lines.is_empty() {
+                self.note_locks(pid, fd, id, &lock_lines)?;
+            }
             out.push(pb::FdinfoEntry {
                 id,
                 flags: u32::from(cloexec),
@@ -336,6 +351,7 @@ impl FileTable {
                 "[timerfd]" => (anon::dump_timerfd(self, f)?, FD_TIMERFD),
                 "[eventpoll]" => (anon::dump_epoll(self, f)?, FD_EVENTPOLL),
                 "inotify" => (inotify::dump(self, f)?, FD_INOTIFY),
+                "[pidfd]" => (pidfd::dump(self, f)?, FD_PIDFD),
                 _ => bail!("pid {pid} fd {fd}: {k} descriptors are not supported (anon_inode:{k})"),
             },
             FdKind::Other(_) => bail!("pid {pid} fd {fd}: unsupported file kind ({link})"),
@@ -377,6 +393,9 @@ impl FileTable {
         }
         if !self.memfd_entries.is_empty() {
             dir.write_image(image::names::MEMFD, Kind::MemfdInode, &self.memfd_entries)?;
+        }
+        if !self.locks.is_empty() {
+            dir.write_image(image::names::FILE_LOCKS, Kind::FileLocks, &self.locks)?;
         }
         for x in &self.extra_images {
             dir.write_bytes(&x.name, &x.bytes)?;

@@ -21,8 +21,8 @@ use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::unistd;
 
 use super::{
-    anon, inotify, memfd, pipe, reg, unix, FD_EVENTFD, FD_EVENTPOLL, FD_FIFO, FD_INOTIFY, FD_MEMFD, FD_PIPE, FD_REG,
-    FD_SIGNALFD, FD_TIMERFD, FD_TTY, FD_UNIXSK,
+    anon, inotify, memfd, pipe, reg, shmem, unix, FD_EVENTFD, FD_EVENTPOLL, FD_FIFO, FD_INOTIFY, FD_MEMFD, FD_PIDFD,
+    FD_PIPE, FD_REG, FD_SIGNALFD, FD_TIMERFD, FD_TTY, FD_UNIXSK,
 };
 use crate::image::{names, pb, ImageDir, Kind};
 use crate::proc;
@@ -44,6 +44,10 @@ pub struct Extra {
     pub sk_queues: HashMap<u32, Vec<Vec<u8>>>,
     /// memfd inodes (with their content) by inode id.
     pub memfds: HashMap<u32, memfd::Inode>,
+    /// Anonymous shared memory: shmid → synthetic file id (see `shmem`).
+    pub shmem: HashMap<u64, u32>,
+    /// File locks (filelocks.img).
+    pub locks: Vec<pb::FileLockEntry>,
 }
 
 /// Reads the images that go with files.img.
@@ -108,6 +112,9 @@ pub fn load(dir: &ImageDir, files: &HashMap<u32, pb::FileEntry>) -> Result<Extra
         }
     }
     x.memfds = memfd::load(dir)?;
+    if dir.exists(names::FILE_LOCKS) {
+        x.locks = dir.read_image(names::FILE_LOCKS, Kind::FileLocks)?;
+    }
     for fe in files.values() {
         if let Some(m) = &fe.memfd {
             if !x.memfds.contains_key(&m.inode_id) {
@@ -175,6 +182,9 @@ pub fn check_fd(
         }
         FD_EVENTPOLL => {
             fe.epfd.as_ref().ok_or_else(missing)?;
+        }
+        FD_PIDFD => {
+            fe.pidfd.as_ref().ok_or_else(missing)?;
         }
         FD_UNIXSK => {
             let u = fe.usk.as_ref().ok_or_else(missing)?;
@@ -333,6 +343,11 @@ impl Layout {
             for f in &t.fds {
                 users.entry(f.id).or_default().insert(i, ());
             }
+            for v in &t.mm.vmas {
+                if let Some(id) = shmem::vma_file_id(v, &plan.files, &plan.fx.shmem) {
+                    users.entry(id).or_default().insert(i, ());
+                }
+            }
         }
         let epoll_targets = epoll_targets(plan)?;
         loop {
@@ -441,6 +456,15 @@ fn create(plan: &Plan, g: &Group, lay: &Layout, efds: EngineFds) -> Result<Vec<(
                     crate::sys::rawfd::own(n)
                 }
                 FD_INOTIFY => inotify::create(fe.ify.as_ref().context("no inotify entry")?)?,
+                // A placeholder: the task opens the pidfd before the blob.
+                FD_PIDFD => crate::sys::rawfd::own(
+                    nix::fcntl::open(
+                        "/dev/null",
+                        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+                        nix::sys::stat::Mode::empty(),
+                    )
+                    .context("open /dev/null")?,
+                ),
                 FD_EVENTFD => anon::create_eventfd(fe.efd.as_ref().context("no eventfd entry")?)?,
                 FD_SIGNALFD => anon::create_signalfd(fe.sgfd.as_ref().context("no signalfd entry")?)?,
                 FD_TIMERFD => anon::create_timerfd(fe.tfd.as_ref().context("no timerfd entry")?)?,
@@ -472,6 +496,12 @@ fn park(made: Vec<(u32, OwnedFd)>, lay: &Layout) -> Result<()> {
         unistd::dup2(fd.as_raw_fd(), s).with_context(|| format!("dup2 to slot {s}"))?;
     }
     Ok(())
+}
+
+/// The slot fd of every description, where a task finds it between
+/// `setup_fds` and `jump`.
+pub(crate) fn slots(plan: &Plan, efds: EngineFds) -> Result<HashMap<u32, RawFd>> {
+    Ok(Layout::compute(plan, efds.tmp_base)?.slot)
 }
 
 /// Puts every fd of task `idx` at its number (see the module doc).

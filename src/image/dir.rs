@@ -47,6 +47,8 @@ pub mod names {
     pub const SK_QUEUES: &str = "sk-queues.img";
     /// memfd inodes.
     pub const MEMFD: &str = "memfd.img";
+    /// File locks held by the tree.
+    pub const FILE_LOCKS: &str = "filelocks.img";
     /// Seccomp filters.
     pub const SECCOMP: &str = "seccomp.img";
     /// Dump statistics (service header).

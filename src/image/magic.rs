@@ -54,11 +54,12 @@ pub enum Kind {
     GhostFile,
     SkQueues,
     MemfdInode,
+    FileLocks,
 }
 
 impl Kind {
     /// All kinds, in table order.
-    pub const ALL: [Kind; 20] = [
+    pub const ALL: [Kind; 21] = [
         Kind::Inventory,
         Kind::Pstree,
         Kind::Core,
@@ -79,6 +80,7 @@ impl Kind {
         Kind::GhostFile,
         Kind::SkQueues,
         Kind::MemfdInode,
+        Kind::FileLocks,
     ];
 
     /// The image's own magic (the second u32 for common/service headers).
@@ -104,6 +106,7 @@ impl Kind {
             Kind::GhostFile => 0x5258_3605,
             Kind::SkQueues => 0x5626_4026,
             Kind::MemfdInode => 0x4845_3499,
+            Kind::FileLocks => 0x5432_3616,
         }
     }
 
@@ -151,6 +154,7 @@ impl Kind {
             Kind::GhostFile => "GHOST_FILE",
             Kind::SkQueues => "SK_QUEUES",
             Kind::MemfdInode => "MEMFD_INODE",
+            Kind::FileLocks => "FILE_LOCKS",
         }
     }
 
@@ -180,6 +184,7 @@ impl Kind {
             Kind::GhostFile => "ghost_file_entry",
             Kind::SkQueues => "sk_packet_entry",
             Kind::MemfdInode => "memfd_inode_entry",
+            Kind::FileLocks => "file_lock_entry",
         }
     }
 
@@ -240,7 +245,6 @@ pub const FOREIGN_MAGICS: &[(&str, u32)] = &[
     ("NETDEV", 0x5737_3951),
     ("NETNS", 0x5593_3752),
     ("TTY_FILES", 0x5943_3025),
-    ("FILE_LOCKS", 0x5432_3616),
     ("RLIMIT", 0x5711_3925),
     ("FANOTIFY_FILE", 0x5509_6122),
     ("FANOTIFY_MARK", 0x5650_6035),

@@ -72,7 +72,7 @@ impl Plan {
         if pstree.is_empty() {
             bail!("pstree.img lists no process");
         }
-        let files: HashMap<u32, pb::FileEntry> = dir
+        let mut files: HashMap<u32, pb::FileEntry> = dir
             .read_image::<pb::FileEntry>("files.img", Kind::Files)?
             .into_iter()
             .map(|f| (f.id, f))
@@ -85,7 +85,7 @@ impl Plan {
         } else {
             HashMap::new()
         };
-        let fx = crate::files::restore::load(dir, &files)?;
+        let mut fx = crate::files::restore::load(dir, &files)?;
         let layout = xsave_layout();
         let pid_max: i64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
             .ok()
@@ -237,6 +237,20 @@ impl Plan {
                 zombie: None,
                 threads: load_threads(dir, &e.threads[1..], &layout)?,
             });
+        }
+        fx.shmem = crate::files::shmem::attach(dir, tasks.iter().map(|t| &t.mm), &mut files, &mut fx.memfds)?;
+        for l in &fx.locks {
+            if !tasks
+                .iter()
+                .any(|t| t.pid == l.pid && t.fds.iter().any(|f| f.fd as i32 == l.fd))
+            {
+                bail!(
+                    "{}: a lock of pid {} on fd {}, which the tree does not have",
+                    image::names::FILE_LOCKS,
+                    l.pid,
+                    l.fd
+                );
+            }
         }
         for i in 0..tasks.len() {
             if let Some(p) = tasks[i].parent {
@@ -470,12 +484,13 @@ fn validate_mm(
         match kind {
             VmaKind::FilePrivate | VmaKind::FileShared => {
                 let id = v.shmid as u32;
-                match files.get(&id).and_then(|f| f.reg.as_ref()) {
-                    Some(_) => {}
-                    None => bail!("{name}: VMA {i} maps file id {id}, which is not a regular file in files.img"),
+                match files.get(&id) {
+                    Some(f) if f.reg.is_some() => {}
+                    Some(f) if f.memfd.is_some() && kind == VmaKind::FileShared => {}
+                    _ => bail!("{name}: VMA {i} maps file id {id}, which is not a regular file in files.img"),
                 }
             }
-            VmaKind::AnonShared => bail!("{name}: shared anonymous memory is not supported yet"),
+            VmaKind::AnonShared => {}
             VmaKind::Vdso => vdso_start = Some(v.start),
             _ => {}
         }

@@ -148,10 +148,11 @@ fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
             .filter(|v| {
                 matches!(
                     VmaKind::from_status(v.status),
-                    Some(VmaKind::AnonPrivate | VmaKind::FilePrivate | VmaKind::FileShared)
+                    Some(VmaKind::AnonPrivate | VmaKind::FilePrivate | VmaKind::FileShared | VmaKind::AnonShared)
                 )
             })
             .collect();
+    let slots = crate::files::restore::slots(plan, efds)?;
     let staging_len: u64 = staged_vmas.iter().map(|v| v.end - v.start).sum();
     let blob_len = blob::area_size(&blob_counts(plan, t, staged_vmas.len())) as u64;
     let blob_len = blob_len.div_ceil(PAGE_SIZE) * PAGE_SIZE;
@@ -185,7 +186,23 @@ fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
         let len = v.end - v.start;
         let kind = VmaKind::from_status(v.status).expect("filtered");
         let growsdown = v.flags & libc::MAP_GROWSDOWN as u32 != 0;
+        let shm = crate::files::shmem::vma_file_id(v, &plan.files, &plan.fx.shmem);
         match kind {
+            _ if shm.is_some() => {
+                // Shared memory: the description the fd restore parked
+                // at its slot.
+                let id = shm.unwrap_or_default();
+                let slot = *slots.get(&id).with_context(|| format!("file id {id} has no slot"))?;
+                mmap::mmap_at(
+                    at,
+                    len,
+                    v.prot as i32,
+                    libc::MAP_SHARED | libc::MAP_FIXED_NOREPLACE,
+                    Some(unsafe_borrow(slot)),
+                    v.pgoff,
+                )
+                .with_context(|| format!("Cannot map the shared memory for {:#x}", v.start))?;
+            }
             VmaKind::AnonPrivate => {
                 let mut fl = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE;
                 if growsdown {
@@ -278,8 +295,10 @@ fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
     }
     // Final protections of private mappings.
     for (v, &(_, _, st)) in staged_vmas.iter().zip(&stage_of) {
-        if VmaKind::from_status(v.status) != Some(VmaKind::FileShared)
-            && v.prot as i32 != libc::PROT_READ | libc::PROT_WRITE
+        if !matches!(
+            VmaKind::from_status(v.status),
+            Some(VmaKind::FileShared | VmaKind::AnonShared)
+        ) && v.prot as i32 != libc::PROT_READ | libc::PROT_WRITE
         {
             mmap::mprotect(st, v.end - v.start, v.prot as i32)
                 .with_context(|| format!("mprotect for {:#x}", v.start))?;
@@ -602,6 +621,8 @@ fn jump(plan: &Plan, t: &TaskImage, efds: EngineFds, staged: Staged) -> Result<I
         seccomp_mode: seccomp.0,
         seccomp: seccomp.1,
     };
+    // pidfds: their targets exist now or soon (the tree is being built).
+    crate::files::pidfd::restore(&plan.files, &t.fds, t.pid)?;
     // Close what the restored task must not see: everything but its own
     // fds and the three the blob closes itself (ready, go, exe). The
     // error pipe goes too: from here on failures travel as blob reports.
@@ -616,6 +637,8 @@ fn jump(plan: &Plan, t: &TaskImage, efds: EngineFds, staged: Staged) -> Result<I
             let _ = unistd::close(fd);
         }
     }
+    // After the closes: closing any fd of a file drops our POSIX locks on it.
+    crate::files::locks::restore(&plan.fx.locks, t.pid)?;
     let threads = fs::read_dir("/proc/thread-self/..").map(|d| d.count()).unwrap_or(0);
     let root = plan.files[&t.fs.root_id]
         .reg

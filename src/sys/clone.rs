@@ -139,6 +139,15 @@ pub fn pidfd_open(pid: Pid) -> nix::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// `pidfd_open(pid, flags)` (PIDFD_NONBLOCK, PIDFD_THREAD).
+pub fn pidfd_open_flags(pid: Pid, flags: u32) -> nix::Result<OwnedFd> {
+    // SAFETY: plain integer arguments.
+    let ret = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), flags) };
+    let fd = Errno::result(ret)? as i32;
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// `pidfd_getfd(pidfd, fd, 0)`—Duplicates the target's fd `fd` into this
 /// process: the *same* open file description (shared offset and flags),
 /// with O_CLOEXEC set on our copy. Needs PTRACE_MODE_ATTACH_REALCREDS.

@@ -261,3 +261,22 @@ mod tests {
         assert_eq!(got.interval, (2, 500));
     }
 }
+
+/// `flock(fd, op)`.
+pub fn flock(fd: RawFd, op: i32) -> nix::Result<()> {
+    // SAFETY: integer arguments only.
+    Errno::result(unsafe { libc::flock(fd, op) }).map(drop)
+}
+
+/// `fcntl(fd, cmd, &flock)` with a SEEK_SET range (`len` 0: to EOF), for
+/// F_SETLK and F_OFD_SETLK.
+pub fn set_lock(fd: RawFd, cmd: i32, ty: i16, start: i64, len: i64) -> nix::Result<()> {
+    // SAFETY: a zeroed flock is a valid value (pid 0 as OFD locks need).
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = ty;
+    fl.l_whence = libc::SEEK_SET as i16;
+    fl.l_start = start;
+    fl.l_len = len;
+    // SAFETY: `fl` is a valid flock the kernel only reads for these commands.
+    Errno::result(unsafe { libc::fcntl(fd, cmd, &fl) }).map(drop)
+}

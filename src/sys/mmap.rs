@@ -27,6 +27,36 @@ pub fn mmap_at(addr: u64, len: u64, prot: i32, flags: i32, fd: Option<BorrowedFd
     Ok(addr)
 }
 
+/// A new shared anonymous memory object of `len` bytes (what
+/// MAP_SHARED|MAP_ANONYMOUS creates, shown as `/dev/zero (deleted)`), as
+/// an O_RDWR fd: mapped once, opened through /proc/self/map_files, then
+/// unmapped again.
+pub fn anon_shmem_fd(len: u64) -> std::io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: a fresh mapping at an address the kernel picks; nothing of
+    // ours lives there and it is unmapped below without being touched.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    let a = p as u64;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/proc/self/map_files/{a:x}-{:x}", a + len));
+    // SAFETY: p/len is the mapping created above.
+    unsafe { libc::munmap(p, len as usize) };
+    Ok(f?.into())
+}
+
 /// `mprotect(addr, len, prot)` on a staging range we own.
 pub fn mprotect(addr: u64, len: u64, prot: i32) -> nix::Result<()> {
     // SAFETY: the range is a staging mapping created by `mmap_at`; no Rust
