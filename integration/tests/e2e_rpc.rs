@@ -835,3 +835,193 @@ fn cli_dialect_dump_and_restore() {
     assert!(v.starts_with("PASS"), "{v}");
     assert!(wait_pid_exited(rpid, GONE_TIMEOUT));
 }
+
+// ---- runc (root; skipped when runc or busybox is missing) ----------------
+
+/// A busybox container run by the real runc with its own state root; killed
+/// and deleted on drop.
+struct RuncCtr {
+    state: PathBuf,
+    id: String,
+}
+
+impl RuncCtr {
+    fn runc(&self) -> Command {
+        let mut c = Command::new("runc");
+        c.arg("--root").arg(&self.state);
+        c
+    }
+    fn status(&self) -> String {
+        let out = self.runc().args(["state", &self.id]).output().expect("runc state");
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("\"status\": \""))
+            .map(|s| s.trim_end_matches(['"', ',']).to_string())
+            .unwrap_or_else(|| format!("(no state: {})", String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+impl Drop for RuncCtr {
+    fn drop(&mut self) {
+        let _ = self.runc().args(["kill", &self.id, "KILL"]).output();
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = self.runc().args(["delete", "--force", &self.id]).output();
+    }
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// A bundle whose init prints `step N` every 200 ms to stdout.
+fn busybox_bundle(dir: &Path) -> PathBuf {
+    let bundle = dir.join("bundle");
+    let bin = bundle.join("rootfs/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for d in ["proc", "sys", "dev", "tmp", "etc"] {
+        std::fs::create_dir_all(bundle.join("rootfs").join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", bin.join("busybox")).expect("copy busybox");
+    for tool in ["sh", "sleep", "echo"] {
+        std::os::unix::fs::symlink("busybox", bin.join(tool)).unwrap();
+    }
+    let out = Command::new("runc")
+        .arg("spec")
+        .current_dir(&bundle)
+        .output()
+        .expect("runc spec");
+    assert!(out.status.success(), "{}", describe(&out));
+    let p = bundle.join("config.json");
+    let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    c["process"]["terminal"] = false.into();
+    c["process"]["args"] = serde_json::json!([
+        "sh",
+        "-c",
+        "i=0; while true; do echo step $i; i=$((i+1)); sleep 0.2; done"
+    ]);
+    c["root"]["readonly"] = false.into();
+    std::fs::write(&p, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
+    bundle
+}
+
+fn steps(out: &Path) -> Vec<u64> {
+    cryo_integration::log_lines(out)
+        .iter()
+        .filter_map(|l| l.strip_prefix("step ")?.trim().parse().ok())
+        .collect()
+}
+
+/// runc 1.1.5 drives cryo (as `--criu <link named criu>`) through the
+/// version gate, the notifications and the files it reads back. Until the
+/// engine handles namespaces, the dump is refused: then the refusal must
+/// reach runc with the log path, the log must say why, and the container
+/// must keep running. Once the dump works, the container is restored and
+/// must count on.
+#[test]
+fn runc_checkpoint_of_a_busybox_container() {
+    require_root!();
+    if !have("runc") || !Path::new("/bin/busybox").exists() {
+        cryo_integration::skip("needs runc and busybox-static (apt-get install runc busybox-static)");
+        return;
+    }
+    let tmp = TempDir::new("runc");
+    let criu = criu_link(&tmp);
+    let bundle = busybox_bundle(tmp.path());
+    let ctr = RuncCtr {
+        state: tmp.join("state"),
+        id: format!("cryo-e2e-{}", std::process::id()),
+    };
+    let out_file = tmp.join("ctr.out");
+    let st = ctr
+        .runc()
+        .args(["run", "-d", &ctr.id])
+        .current_dir(&bundle)
+        .stdin(Stdio::null())
+        .stdout(File::create(&out_file).unwrap())
+        .stderr(File::create(tmp.join("run.err")).unwrap())
+        .status()
+        .expect("runc run");
+    assert!(
+        st.success(),
+        "runc run -d: {}",
+        std::fs::read_to_string(tmp.join("run.err")).unwrap_or_default()
+    );
+    cryo_integration::wait_for_line(&out_file, "step 3", LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+
+    let (img, work) = (tmp.join("img"), tmp.join("work"));
+    let ck = ctr
+        .runc()
+        .arg("--criu")
+        .arg(&criu)
+        .args(["checkpoint", "--image-path", s(&img), "--work-path", s(&work), &ctr.id])
+        .output()
+        .expect("runc checkpoint");
+    let dump_log = work.join("dump.log");
+    let log = std::fs::read_to_string(&dump_log).unwrap_or_default();
+    assert!(
+        log.contains("serving DUMP as criu 3.17.1"),
+        "runc did not reach cryo's DUMP: {}\n{log}",
+        describe(&ck)
+    );
+    assert!(log.contains("notify pre-dump"), "{log}");
+    if !ck.status.success() {
+        let err = String::from_utf8_lossy(&ck.stderr);
+        assert!(
+            err.contains("log file: ") && err.contains("dump.log"),
+            "runc names the log: {err}"
+        );
+        let why = log
+            .lines()
+            .find(|l| l.contains("ERROR"))
+            .unwrap_or_else(|| panic!("no ERROR in dump.log:\n{log}"));
+        assert_eq!(
+            ctr.status(),
+            "running",
+            "a refused checkpoint must leave the container running"
+        );
+        let before = steps(&out_file).last().copied().unwrap_or(0);
+        cryo_integration::wait_for_line(&out_file, &format!("step {}", before + 3), LINE_TIMEOUT)
+            .unwrap_or_else(|e| panic!("the container stopped counting after a refused checkpoint: {e}"));
+        eprintln!(
+            "NOTE {}: runc checkpoint refused by the engine: {why}",
+            cryo_integration::current_test_name()
+        );
+        return;
+    }
+    // The engine dumped the container: runc destroyed it; restore it.
+    assert!(img.join("inventory.img").exists() && work.join("stats-dump").exists());
+    let last = steps(&out_file).last().copied().unwrap_or(0);
+    let rs = ctr
+        .runc()
+        .arg("--criu")
+        .arg(&criu)
+        .args([
+            "restore",
+            "-d",
+            "--image-path",
+            s(&img),
+            "--work-path",
+            s(&work),
+            &ctr.id,
+        ])
+        .current_dir(&bundle)
+        .stdin(Stdio::null())
+        .stdout(File::create(tmp.join("restore.out")).unwrap())
+        .stderr(File::create(tmp.join("restore.err")).unwrap())
+        .status()
+        .expect("runc restore");
+    assert!(
+        rs.success(),
+        "runc restore: {}\n{}",
+        std::fs::read_to_string(tmp.join("restore.err")).unwrap_or_default(),
+        log_tail(&work.join("restore.log"), 30)
+    );
+    assert_eq!(ctr.status(), "running");
+    cryo_integration::wait_for_line(&out_file, &format!("step {}", last + 3), LINE_TIMEOUT)
+        .unwrap_or_else(|e| panic!("the restored container does not count on: {e}"));
+}
