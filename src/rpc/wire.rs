@@ -258,9 +258,10 @@ mod tests {
             r#type: CriuReqType::Dump as i32,
             ..Default::default()
         };
-        let mut o = crate::image::pb::CriuOpts::default();
-        o.external = (0..5000).map(|i| format!("mnt[/m{i}]:m{i}")).collect();
-        req.opts = Some(o);
+        req.opts = Some(crate::image::pb::CriuOpts {
+            external: (0..5000).map(|i| format!("mnt[/m{i}]:m{i}")).collect(),
+            ..Default::default()
+        });
         let bytes = req.encode_to_vec();
         assert!(bytes.len() > 65536);
         socket::send(b.as_raw_fd(), &bytes, MsgFlags::empty()).unwrap();
