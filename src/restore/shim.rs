@@ -85,10 +85,23 @@ fn shim_main(plan: &Plan, efds: EngineFds, ctl: (RawFd, RawFd), engine: Pid) -> 
         ForkResult::Child => task::run(plan, 0, efds),
         ForkResult::Parent { child } => child.as_raw(),
     };
-    // Our copies of the task-side descriptors are not ours to keep.
-    for fd in [efds.ready_w, efds.go_r, efds.dir, efds.tty] {
-        if fd >= 0 {
+    // Keep nothing of the engine's but the control pipes: with -d the
+    // caller's stdout (a pipe, a terminal) must not stay open for the life
+    // of the restored tree.
+    let keep = [ctl.0, ctl.1, efds.err_w];
+    for fd in crate::proc::fds(std::process::id()).unwrap_or_default() {
+        if !keep.contains(&fd) {
             let _ = unistd::close(fd);
+        }
+    }
+    if let Ok(null) = nix::fcntl::open("/dev/null", nix::fcntl::OFlag::O_RDWR, nix::sys::stat::Mode::empty()) {
+        for fd in 0..3 {
+            if null != fd {
+                let _ = unistd::dup2(null, fd);
+            }
+        }
+        if null > 2 {
+            let _ = unistd::close(null);
         }
     }
     // Wait for the engine's go (or its death).
