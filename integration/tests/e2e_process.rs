@@ -826,7 +826,7 @@ fn images_are_private_and_foreign_dirs_are_refused() {
     let sc = Scratch::new("private");
     std::fs::remove_dir(&sc.img).unwrap();
     let log = sc.path("wl.log");
-    let mut w = Workload::spawn(bin!("memsum"), &["--mib", "1"], &log).expect("spawn");
+    let w = Workload::spawn(bin!("memsum"), &["--mib", "1"], &log).expect("spawn");
     w.wait_ready().unwrap_or_else(|e| panic!("{e}"));
     dump(&sc, w.pid, &[]);
     let dmode = std::fs::metadata(&sc.img).unwrap().permissions().mode() & 0o777;
