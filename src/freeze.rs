@@ -103,16 +103,28 @@ impl Frozen {
 
     fn seize_process(&mut self, pid: i32) -> Result<(Vec<i32>, Option<i32>)> {
         let mut done: Vec<i32> = Vec::new();
+        let mut gone: Vec<i32> = Vec::new();
         let mut stop = None;
         loop {
             let tids = proc::threads(pid as u32).with_context(|| format!("Cannot list threads of pid {pid}"))?;
-            let new: Vec<i32> = tids.iter().map(|&t| t as i32).filter(|t| !done.contains(t)).collect();
+            let new: Vec<i32> = tids
+                .iter()
+                .map(|&t| t as i32)
+                .filter(|t| !done.contains(t) && !gone.contains(t))
+                .collect();
             if new.is_empty() {
                 break;
             }
             for t in new {
-                if let Some(sig) = self.seize_thread(t)? {
-                    stop = Some(sig);
+                match self.seize_thread(t) {
+                    Ok(Some(sig)) => stop = Some(sig),
+                    Ok(None) => {}
+                    // A thread that exits while we look is simply gone.
+                    Err(_) if t != pid && thread_gone(pid, t) => {
+                        gone.push(t);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
                 }
                 done.push(t);
             }
@@ -188,6 +200,14 @@ impl Frozen {
             let _ = ptrace::detach(Pid::from_raw(t), 0);
         }
         self.seized.clear();
+    }
+}
+
+/// Whether thread `tid` of `pid` has exited (gone or dead in /proc).
+fn thread_gone(pid: i32, tid: i32) -> bool {
+    match proc::stat::read_task(pid as u32, tid as u32) {
+        Ok(st) => matches!(st.state, 'Z' | 'X' | 'x'),
+        Err(_) => true,
     }
 }
 

@@ -581,3 +581,35 @@ fn tree_own_pid_namespace() {
         panic!("[{what}] {e}");
     }
 }
+
+// ---- faults: the tree changes while it is frozen -------------------------
+
+#[test]
+fn churn_plain_passes_and_detects_corruption() {
+    // No cryo involved: the workload's own check passes, and fails when the
+    // memory it guards is changed.
+    let tmp = TempDir::new("churn-plain");
+    let log = tmp.join("wl.log");
+    let w = Workload::spawn(bin!("churn"), &[], &log).expect("spawn churn");
+    w.wait_ready().expect("churn ready");
+    cryo_integration::signal(w.pid, libc::SIGUSR1).unwrap();
+    let v = cryo_integration::wait_for_line(&log, "PASS", cryo_integration::LINE_TIMEOUT).expect("churn verdict");
+    assert!(v.starts_with("PASS"), "{v}");
+    let log2 = tmp.join("wl2.log");
+    let w2 = Workload::spawn(bin!("churn"), &["--corrupt"], &log2).expect("spawn churn");
+    w2.wait_ready().expect("churn ready");
+    cryo_integration::signal(w2.pid, libc::SIGUSR1).unwrap();
+    let v = cryo_integration::wait_for_line(&log2, "FAIL", cryo_integration::LINE_TIMEOUT).expect("churn verdict");
+    assert!(v.contains("checksum"), "{v}");
+}
+
+#[test]
+fn tree_forking_and_threading_while_frozen() {
+    require_root!();
+    // Children are forked and reaped, and threads created and joined, all
+    // the time: the freeze must settle on one consistent tree, whatever it
+    // catches (a child just born, a zombie, a thread half created).
+    for round in 0..3 {
+        simple(&format!("tree_churn_{round}"), bin!("churn"), &[]);
+    }
+}
