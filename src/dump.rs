@@ -785,19 +785,17 @@ fn thread_injected(tid: i32, vmas: &[proc::maps::Vma]) -> Result<((u64, u32, u64
 /// scheduling of one thread (stopped).
 fn dump_thread(pid: i32, tid: i32, layout: &XsaveLayout, sas: (u64, u32, u64), clear_tid: u64) -> Result<ThreadDump> {
     let t = Pid::from_raw(tid);
-    let mut gp = ptrace::get_regs(t).with_context(|| format!("PTRACE_GETREGSET of thread {tid}"))?;
-    match regs::restart_plan(&gp) {
-        regs::Restart::Generic => regs::fixup_syscall_restart(&mut gp),
-        regs::Restart::Again => regs::reexecute(&mut gp),
-        regs::Restart::AgainWithRemaining { req, rem } => {
-            // The task's own request becomes the time left (the kernel wrote
-            // it to `rem`); the original, if it runs on, resumes through
-            // its restart block and does not read the request again.
-            let mut ts = [0u8; 16];
-            match vm::read_remote(t, &[(rem, 16)], &mut ts) {
-                Ok(16) if vm::write_remote(t, &[(req, 16)], &ts).ok() == Some(16) => regs::reexecute(&mut gp),
-                _ => regs::fixup_syscall_restart(&mut gp),
-            }
+    // The image keeps the registers as the kernel left them at the stop
+    // (as CRIU's do); the restart of an interrupted syscall is worked out
+    // at restore (`regs::frame_regs`, `regs::kernel_restart_regs`).
+    let gp = ptrace::get_regs(t).with_context(|| format!("PTRACE_GETREGSET of thread {tid}"))?;
+    if let regs::Restart::AgainWithRemaining { req, rem } = regs::restart_plan(&gp) {
+        // The task's own request becomes the time left (the kernel wrote it
+        // to `rem`); the original, if it runs on, resumes through its
+        // restart block and does not read the request again.
+        let mut ts = [0u8; 16];
+        if vm::read_remote(t, &[(rem, 16)], &mut ts) == Ok(16) {
+            let _ = vm::write_remote(t, &[(req, 16)], &ts);
         }
     }
     let xstate = ptrace::get_xstate(t).with_context(|| format!("Cannot read the FPU state of thread {tid}"))?;

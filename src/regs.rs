@@ -85,6 +85,39 @@ pub fn reexecute(r: &mut UserRegs) {
     r.ip -= 2;
 }
 
+/// The registers a restored thread's signal frame returns to, from the
+/// registers dumped at the stop: an interrupted syscall is set up to run
+/// again (or to fail with EINTR where nothing else is possible).
+pub fn frame_regs(raw: &UserRegs) -> UserRegs {
+    let mut r = *raw;
+    match restart_plan(raw) {
+        Restart::Generic => fixup_syscall_restart(&mut r),
+        Restart::Again | Restart::AgainWithRemaining { .. } => reexecute(&mut r),
+    }
+    r
+}
+
+/// For a syscall the kernel itself knows how to restart (ERESTARTSYS,
+/// ERESTARTNOINTR, ERESTARTNOHAND, and the epoll EINTR caused by our
+/// stop, which is ERESTARTNOHAND's meaning): the registers to put back at
+/// the end of the restore, just before the thread runs, so that the
+/// kernel's own signal code decides between restarting the call and
+/// EINTR (a handler that runs first makes it EINTR, as it would have).
+pub fn kernel_restart_regs(raw: &UserRegs) -> Option<UserRegs> {
+    if (raw.orig_ax as i64) < 0 {
+        return None;
+    }
+    let mut r = *raw;
+    match (raw.orig_ax as i64, raw.ax as i64) {
+        (_, ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND) => Some(r),
+        (NR_EPOLL_WAIT | NR_EPOLL_PWAIT | NR_EPOLL_PWAIT2, EINTR) => {
+            r.ax = ERESTARTNOHAND as u64;
+            Some(r)
+        }
+        _ => None,
+    }
+}
+
 pub fn gpregs_to_pb(r: &UserRegs) -> pb::UserX86RegsEntry {
     pb::UserX86RegsEntry {
         r15: r.r15,

@@ -50,8 +50,9 @@ fn main() {
         }
         if pid > 0 {
             let mut st = 0;
-            // SAFETY: waits for our own child.
-            unsafe { libc::waitpid(pid, &mut st, 0) };
+            // SAFETY: waits for our own child; SIGUSR1 may interrupt the
+            // wait (EINTR): wait again, or the child stays unreaped.
+            while unsafe { libc::waitpid(pid, &mut st, 0) } < 0 && wl::errno() == libc::EINTR {}
         }
         FORKS.fetch_add(1, Ordering::Relaxed);
         wl::sleep_ms(1);

@@ -31,7 +31,8 @@
 //!     first, with TSYNC so every thread gets them; the engine traces the
 //!     threads with PTRACE_O_SUSPEND_SECCOMP until they are through
 //!     rt_sigreturn) or strict mode, then queues `sigs` (pending signals;
-//!     all signals are blocked by then);
+//!     all signals are blocked by then) and arms the POSIX `timers` (after
+//!     the queued signals, so a timer firing now queues behind them);
 //! 12. sets fs_base/gs_base and calls rt_sigreturn with rsp = its `frame`.
 //!
 //! On any failure the blob writes a [`Report`] with the step and errno to
@@ -41,7 +42,7 @@
 pub const ARGS_MAGIC: u64 = 0x7274_7372_6f79_7263;
 /// Bumped on every layout change; the engine and the blob are built from
 /// the same tree, the check only catches a stale build.
-pub const ARGS_VERSION: u32 = 3;
+pub const ARGS_VERSION: u32 = 4;
 /// Stack of each extra thread inside the blob area.
 pub const THREAD_STACK: u64 = 32 * 1024;
 /// Exit status of a task whose blob failed.
@@ -65,6 +66,7 @@ pub mod step {
     pub const SIGRETURN: u32 = 14;
     pub const CLONE: u32 = 15;
     pub const SECCOMP: u32 = 16;
+    pub const TIMERS: u32 = 17;
     /// Sent with `errno == 0` when everything before the go wait worked.
     pub const READY: u32 = 0xff;
 }
@@ -225,6 +227,18 @@ pub struct SeccompFilter {
     pub flags: u32,
 }
 
+/// A POSIX timer (already created, disarmed, by the engine) to arm once the
+/// pending signals are queued: timer_settime(id, 0, {interval, value}).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TimerArm {
+    pub id: i64,
+    pub interval_sec: i64,
+    pub interval_nsec: i64,
+    pub value_sec: i64,
+    pub value_nsec: i64,
+}
+
 /// The engine's own rseq registration, undone by the blob first.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -288,4 +302,7 @@ pub struct Args {
     /// [`SeccompFilter`] array, oldest first.
     pub seccomp: u64,
     pub nr_seccomp: u64,
+    /// [`TimerArm`] array: POSIX timers armed by the leader last.
+    pub timers: u64,
+    pub nr_timers: u64,
 }

@@ -58,6 +58,7 @@ mod nr {
     pub const RSEQ: usize = 334;
     pub const CLONE3: usize = 435;
     pub const SECCOMP: usize = 317;
+    pub const TIMER_SETTIME: usize = 223;
 }
 
 #[inline(always)]
@@ -783,6 +784,18 @@ impl Blob<'_> {
         }
     }
 
+    /// Step 11c: arm the POSIX timers the engine created disarmed.
+    fn arm_timers(&self) {
+        for i in 0..self.a.nr_timers {
+            // SAFETY: `nr_timers` entries at `timers`, inside the area.
+            let t = unsafe { &*(self.a.timers as *const abi::TimerArm).add(i as usize) };
+            let spec: [i64; 4] = [t.interval_sec, t.interval_nsec, t.value_sec, t.value_nsec];
+            // SAFETY: `spec` is a valid itimerspec; no old value wanted.
+            let ret = unsafe { syscall4(nr::TIMER_SETTIME, t.id as usize, 0, spec.as_ptr() as usize, 0) };
+            self.check(ret, step::TIMERS);
+        }
+    }
+
     /// Step 11a: seccomp, synchronised to every thread.
     fn install_seccomp(&self) {
         match self.a.seccomp_mode {
@@ -852,6 +865,7 @@ impl Blob<'_> {
         self.sync_with_engine();
         self.install_seccomp();
         self.queue_signals(true);
+        self.arm_timers();
         self.sigreturn(&a.thread)
     }
 }

@@ -206,6 +206,8 @@ pub struct BlobPlan {
     pub seccomp_mode: u64,
     /// BPF programs (raw sock_filter bytes) and flags, oldest first.
     pub seccomp: Vec<(Vec<u8>, u32)>,
+    /// POSIX timers to arm last.
+    pub timers: Vec<abi::TimerArm>,
 }
 
 /// One extra thread: its state and the registers it returns to.
@@ -249,6 +251,7 @@ impl Default for BlobPlan {
             threads: Vec::new(),
             seccomp_mode: 0,
             seccomp: Vec::new(),
+            timers: Vec::new(),
         }
     }
 }
@@ -367,6 +370,8 @@ struct Layout {
     fpstate: usize,
     /// The extra threads' ThreadState array.
     threads: usize,
+    /// TimerArm array.
+    timers: usize,
     /// SeccompFilter array, then the programs.
     seccomp: usize,
     seccomp_progs: usize,
@@ -410,7 +415,8 @@ fn layout(plan: &BlobPlan) -> Layout {
     let fpstate = align(frame + size_of::<RtSigframe>(), 64);
     let fp_len = plan.xsave.as_ref().map_or(0, |x| x.len() + 4);
     let threads = align(fpstate + fp_len, 16);
-    let seccomp = align(threads + plan.threads.len() * size_of::<ThreadState>(), 16);
+    let timers = align(threads + plan.threads.len() * size_of::<ThreadState>(), 16);
+    let seccomp = align(timers + plan.timers.len() * size_of::<abi::TimerArm>(), 16);
     let seccomp_progs = align(seccomp + plan.seccomp.len() * size_of::<abi::SeccompFilter>(), 16);
     let progs_len: usize = plan.seccomp.iter().map(|p| align(p.0.len(), 8)).sum();
     let stack = align(seccomp_progs + progs_len, PAGE as usize);
@@ -427,6 +433,7 @@ fn layout(plan: &BlobPlan) -> Layout {
         frame,
         fpstate,
         threads,
+        timers,
         seccomp,
         seccomp_progs,
         leader_top,
@@ -677,6 +684,7 @@ fn build(plan: &BlobPlan, base: u64) -> Result<(Vec<u8>, Layout)> {
         states.push(st);
     }
     put_all(&mut buf, lay.threads, &states);
+    put_all(&mut buf, lay.timers, &plan.timers);
     let mut filters = Vec::with_capacity(plan.seccomp.len());
     let mut off = lay.seccomp_progs;
     for (prog, flags) in &plan.seccomp {
@@ -731,6 +739,8 @@ fn build(plan: &BlobPlan, base: u64) -> Result<(Vec<u8>, Layout)> {
         seccomp_mode: plan.seccomp_mode,
         seccomp: at(lay.seccomp),
         nr_seccomp: plan.seccomp.len() as u64,
+        timers: at(lay.timers),
+        nr_timers: plan.timers.len() as u64,
     };
     put(&mut buf, lay.args, &args);
     Ok((buf, lay))

@@ -346,6 +346,26 @@ fn release(plan: &Plan, shim: i32, own_ns: bool, go_w: OwnedFd, ready_r: &OwnedF
                     .unwrap_or(libc::SIGSTOP as u32) as i32;
             }
         }
+        // Interrupted syscalls: hand the dumped registers back to the kernel
+        // and let its signal code restart the call (or make it EINTR if a
+        // handler runs first), exactly as it would have without the dump.
+        if let Some(img) = image {
+            for &t in tids {
+                let Some(ns) = ns_pid(t) else { continue };
+                let core = if ns == img.pid {
+                    Some(&img.core)
+                } else {
+                    img.threads.iter().find(|th| th.tid == ns).map(|th| &th.core)
+                };
+                let Some(ti) = core.and_then(|c| c.thread_info.as_ref()) else {
+                    continue;
+                };
+                if let Some(r) = crate::regs::kernel_restart_regs(&crate::regs::gpregs_from_pb(&ti.gpregs)) {
+                    kernel_restart(t, &r)
+                        .with_context(|| format!("Cannot restart the interrupted syscall of pid {ns}"))?;
+                }
+            }
+        }
         for &t in tids {
             ptrace::detach(Pid::from_raw(t), 0)?;
         }
@@ -358,6 +378,32 @@ fn release(plan: &Plan, shim: i32, own_ns: bool, go_w: OwnedFd, ready_r: &OwnedF
         }
     }
     Ok(())
+}
+
+/// Puts `regs` (an interrupted syscall: orig_ax = its number, ax = a
+/// restart code) into stopped thread `tid` and brings it into the kernel's
+/// signal path with PTRACE_INTERRUPT, so that on detach the kernel applies
+/// its restart rules to them.
+fn kernel_restart(tid: i32, regs: &crate::sys::ptrace::UserRegs) -> Result<()> {
+    use crate::sys::ptrace::{self, WaitOutcome};
+    let p = Pid::from_raw(tid);
+    ptrace::set_regs(p, regs)?;
+    ptrace::interrupt(p)?;
+    ptrace::cont(p, 0)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match ptrace::wait_stop(p)? {
+            WaitOutcome::Interrupted => return Ok(()),
+            // A pending signal reaches its handler now, deciding about the
+            // restart with these registers, as the kernel would.
+            WaitOutcome::Signal(sig) => ptrace::cont(p, sig)?,
+            WaitOutcome::Exited(_) | WaitOutcome::Killed { .. } => bail!("the thread died"),
+            _ => ptrace::cont(p, 0)?,
+        }
+        if Instant::now() > deadline {
+            bail!("the thread does not stop");
+        }
+    }
 }
 
 /// The innermost pid of host pid `pid` (its pid in the restored namespace).

@@ -431,7 +431,26 @@ fn blob_counts(plan: &Plan, t: &TaskImage, nr_moves: usize) -> BlobPlan {
     p.xsave = Some(t.xsave.clone());
     p.threads = thread_plans(t);
     p.seccomp = plan.seccomp_chain(t).map(|c| c.1).unwrap_or_default();
+    p.timers = t.core.tc.as_ref().map(timer_arms).unwrap_or_default();
     p
+}
+
+/// The POSIX timers with a value, for the blob to arm last.
+fn timer_arms(tc: &pb::TaskCoreEntry) -> Vec<cryo_restorer::abi::TimerArm> {
+    tc.timers
+        .as_ref()
+        .map(|tm| tm.posix.as_slice())
+        .unwrap_or(&[])
+        .iter()
+        .filter(|p| p.vsec != 0 || p.vnsec != 0)
+        .map(|p| cryo_restorer::abi::TimerArm {
+            id: i64::from(p.it_id),
+            interval_sec: p.isec as i64,
+            interval_nsec: p.insec as i64,
+            value_sec: p.vsec as i64,
+            value_nsec: p.vnsec as i64,
+        })
+        .collect()
 }
 
 /// 16 NUL-padded bytes of a thread name.
@@ -474,7 +493,7 @@ fn thread_plans(t: &TaskImage) -> Vec<blob::ThreadPlan> {
         .map(|th| {
             let ti = th.core.thread_info.as_ref().expect("validated");
             let thc = th.core.thread_core.as_ref().expect("validated");
-            let gp = regs::gpregs_from_pb(&ti.gpregs);
+            let gp = regs::frame_regs(&regs::gpregs_from_pb(&ti.gpregs));
             blob::ThreadPlan {
                 state: thread_state(th.tid, ti, thc, thc.comm.as_deref().unwrap_or("")),
                 regs: blob_regs(&gp),
@@ -507,7 +526,7 @@ fn jump(plan: &Plan, t: &TaskImage, efds: EngineFds, staged: Staged) -> Result<I
     let ti = core.thread_info.as_ref().expect("validated");
     let tc = core.tc.as_ref().expect("validated");
     let thc = core.thread_core.as_ref().expect("validated");
-    let gp = regs::gpregs_from_pb(&ti.gpregs);
+    let gp = regs::frame_regs(&regs::gpregs_from_pb(&ti.gpregs));
 
     let mut sigactions = [KSigAction::default(); 64];
     let mut sigaction_mask = 0u64;
@@ -620,6 +639,7 @@ fn jump(plan: &Plan, t: &TaskImage, efds: EngineFds, staged: Staged) -> Result<I
         threads: thread_plans(t),
         seccomp_mode: seccomp.0,
         seccomp: seccomp.1,
+        timers: timer_arms(tc),
     };
     // pidfds: their targets exist now or soon (the tree is being built).
     crate::files::pidfd::restore(&plan.files, &t.fds, t.pid)?;

@@ -123,7 +123,8 @@ fn timer_delete(id: i32) {
 
 /// Recreates POSIX timers with their old ids (PR_TIMER_CREATE_RESTORE_IDS
 /// when the kernel has it, else by creating and deleting placeholder
-/// timers until the id counter reaches each wanted id), then arms them.
+/// timers until the id counter reaches each wanted id), disarmed: the
+/// restorer arms them after queueing the pending signals.
 pub fn create_posix_timers(timers: &[PosixTimerSpec]) -> nix::Result<()> {
     let mut sorted: Vec<&PosixTimerSpec> = timers.iter().collect();
     sorted.sort_by_key(|t| t.id);
@@ -153,29 +154,7 @@ pub fn create_posix_timers(timers: &[PosixTimerSpec]) -> nix::Result<()> {
             timer_delete(got);
             return Err(nix::errno::Errno::EEXIST);
         }
-        let spec = libc::itimerspec {
-            it_interval: libc::timespec {
-                tv_sec: t.interval.0,
-                tv_nsec: t.interval.1,
-            },
-            it_value: libc::timespec {
-                tv_sec: t.value.0,
-                tv_nsec: t.value.1,
-            },
-        };
-        if t.value != (0, 0) {
-            // SAFETY: `spec` is a valid itimerspec; old value not wanted.
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_timer_settime,
-                    t.id,
-                    0,
-                    &spec as *const libc::itimerspec,
-                    0usize,
-                )
-            };
-            nix::errno::Errno::result(r)?;
-        }
+        // Armed later, by the restorer, behind the queued signals.
     }
     for p in placeholders {
         timer_delete(p);
