@@ -707,7 +707,8 @@ fn copy_runs(pid: i32, runs: &[(u64, u64)], mut out: fs::File, name: &str) -> Re
     let read = |iov: &[(u64, usize)], buf: &mut Vec<u8>| -> Result<()> {
         let len: usize = iov.iter().map(|r| r.1).sum();
         buf.resize(len, 0);
-        let got = vm::read_remote(Pid::from_raw(pid), iov, buf).with_context(|| format!("Cannot read the memory of pid {pid}"))?;
+        let got = vm::read_remote(Pid::from_raw(pid), iov, buf)
+            .with_context(|| format!("Cannot read the memory of pid {pid}"))?;
         if got != len {
             bail!("Short read of the memory of pid {pid}: {got} of {len} bytes");
         }
@@ -778,7 +779,13 @@ mod copy_tests {
         );
         // A run crossing a chunk boundary is split there.
         let chunks = copy_chunks(&[(0x1000, c - 0x1000), (0x80_0000, 0x3000)]);
-        assert_eq!(chunks, vec![vec![(0x1000, COPY_CHUNK - 0x1000), (0x80_0000, 0x1000)], vec![(0x80_1000, 0x2000)]]);
+        assert_eq!(
+            chunks,
+            vec![
+                vec![(0x1000, COPY_CHUNK - 0x1000), (0x80_0000, 0x1000)],
+                vec![(0x80_1000, 0x2000)]
+            ]
+        );
         // Many small runs: at most IOV_MAX iovecs per chunk.
         let runs: Vec<(u64, u64)> = (0..(vm::IOV_MAX as u64 + 10)).map(|i| (i * 0x2000, 16)).collect();
         let chunks = copy_chunks(&runs);
@@ -793,7 +800,11 @@ mod copy_tests {
         // Our own memory stands in for the task's.
         let data: Vec<u8> = (0..3 * COPY_CHUNK + 5000).map(|i| (i % 251) as u8).collect();
         let base = data.as_ptr() as u64;
-        let runs = [(base + 100, 5000u64), (base + 7000, (2 * COPY_CHUNK) as u64), (base + 9, 3)];
+        let runs = [
+            (base + 100, 5000u64),
+            (base + 7000, (2 * COPY_CHUNK) as u64),
+            (base + 9, 3),
+        ];
         let tmp = std::env::temp_dir().join(format!("cryo-copy-runs-{}", std::process::id()));
         let out = fs::File::create(&tmp).unwrap();
         copy_runs(std::process::id() as i32, &runs, out, "test").unwrap();
@@ -833,4 +844,3 @@ fn write_stats(dir: &ImageDir, s: &DumpStats) -> Result<()> {
     dir.write_image("stats-dump", Kind::Stats, &[e])?;
     Ok(())
 }
-

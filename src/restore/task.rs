@@ -304,7 +304,7 @@ fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
                 .find(|(s, e2, _)| *s <= a && a < *e2)
                 .with_context(|| format!("page {a:#x} has no staged mapping"))?;
             let n = ve.min(end) - a;
-            mmap::pread_to(pages.as_fd(), st + (a - vs), n, foff)
+            mmap::fill_from(pages.as_fd(), st + (a - vs), n, foff)
                 .with_context(|| format!("Cannot read {} at offset {foff}", t.pages_file))?;
             foff += n;
             a += n;
