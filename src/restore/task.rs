@@ -290,6 +290,7 @@ fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
     }
 
     // Fill the pages.
+    let mut huge = HugeStager::default();
     for (e, off) in t.pagemap.iter().zip(&t.page_offsets) {
         let Some(off) = off else { continue };
         if e.flags.unwrap_or(PE_PRESENT) & PE_PRESENT == 0 {
@@ -299,11 +300,15 @@ fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
         let end = e.vaddr + pages_of(e) * PAGE_SIZE;
         let mut foff = *off;
         while a < end {
-            let &(vs, ve, st) = stage_of
+            let i = stage_of
                 .iter()
-                .find(|(s, e2, _)| *s <= a && a < *e2)
+                .position(|(s, e2, _)| *s <= a && a < *e2)
                 .with_context(|| format!("page {a:#x} has no staged mapping"))?;
+            let (vs, ve, st) = stage_of[i];
             let n = ve.min(end) - a;
+            if wants_huge_pages(staged_vmas[i]) {
+                huge.stage(a, st + (a - vs), n);
+            }
             mmap::fill_from(pages.as_fd(), st + (a - vs), n, foff)
                 .with_context(|| format!("Cannot read {} at offset {foff}", t.pages_file))?;
             foff += n;
@@ -324,8 +329,54 @@ fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
     })
 }
 
-/// Huge page size (PMD) of x86_64.
-const HPAGE_SIZE: u64 = 2 << 20;
+use crate::sys::mmap::HPAGE_SIZE;
+
+/// Whether the kernel gave the original VMA huge pages on fault: private
+/// anonymous memory madvise(MADV_HUGEPAGE)'d (and not MADV_NOHUGEPAGE).
+fn wants_huge_pages(v: &pb::VmaEntry) -> bool {
+    let madv = v.madv.unwrap_or(0);
+    VmaKind::from_status(v.status) == Some(VmaKind::AnonPrivate)
+        && madv & (1 << libc::MADV_HUGEPAGE) != 0
+        && madv & (1 << libc::MADV_NOHUGEPAGE) == 0
+}
+
+/// Stages fully present 2 MiB blocks of huge-page VMAs as huge pages, so
+/// they are filled without 512 small page faults each and stay huge after
+/// the move. Best effort: after the first failure (THP disabled, no huge
+/// page free), or once collapsing costs more than small pages would (the
+/// kernel had to compact memory, or the hypervisor to back fresh memory),
+/// the task goes on with small pages.
+#[derive(Default)]
+struct HugeStager {
+    off: bool,
+    blocks: u32,
+    spent: std::time::Duration,
+}
+
+impl HugeStager {
+    /// What a block may cost on average: populating 512 small pages costs
+    /// about this much on a slow machine (a collapse normally takes a
+    /// fraction of it).
+    const PER_BLOCK: std::time::Duration = std::time::Duration::from_millis(1);
+    /// Slack for a few slow blocks at the start.
+    const SLACK: std::time::Duration = std::time::Duration::from_millis(5);
+
+    /// For the present run at `target` (staged at `stage`, `len` bytes):
+    /// collapses each 2 MiB-aligned block the run covers entirely.
+    fn stage(&mut self, target: u64, stage: u64, len: u64) {
+        let mut b = target.next_multiple_of(HPAGE_SIZE);
+        while !self.off && b + HPAGE_SIZE <= target + len {
+            let t = std::time::Instant::now();
+            let ok = mmap::stage_huge(stage + (b - target)).is_ok();
+            self.spent += t.elapsed();
+            self.blocks += 1;
+            if !ok || self.spent > Self::SLACK + Self::PER_BLOCK * self.blocks {
+                self.off = true;
+            }
+            b += HPAGE_SIZE;
+        }
+    }
+}
 
 /// Where each staged VMA goes, as offsets into a 2 MiB-aligned staging
 /// region, and the region's length. VMAs of 2 MiB or more get an offset

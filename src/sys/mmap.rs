@@ -52,6 +52,27 @@ pub fn populate_write(addr: u64, len: u64) -> nix::Result<()> {
     Errno::result(unsafe { libc::madvise(addr as *mut _, len as usize, MADV_POPULATE_WRITE) }).map(drop)
 }
 
+/// `MADV_COLLAPSE` (6.1+).
+const MADV_COLLAPSE: i32 = 25;
+
+/// Size of a huge page (PMD) on x86_64.
+pub const HPAGE_SIZE: u64 = 2 << 20;
+
+/// Backs the 2 MiB-aligned block at `addr` of an anonymous staging mapping
+/// with one huge page: one page is populated (a collapse needs a page table
+/// to start from), then `MADV_COLLAPSE` replaces the block by a huge page.
+/// Fails when THP is off, no huge page can be had, or the kernel is older.
+pub fn stage_huge(addr: u64) -> nix::Result<()> {
+    if addr % HPAGE_SIZE != 0 {
+        return Err(Errno::EINVAL);
+    }
+    populate_write(addr, 4096)?;
+    // SAFETY: the block lies in a staging mapping created by `mmap_at`; a
+    // collapse keeps its content (the page written above, zeros elsewhere)
+    // and no Rust reference points into it.
+    Errno::result(unsafe { libc::madvise(addr as *mut _, HPAGE_SIZE as usize, MADV_COLLAPSE) }).map(drop)
+}
+
 /// Bytes populated and read at a time by [`fill_from`]: a chunk is zeroed
 /// by the populate and overwritten by the read while it is still in the
 /// CPU cache.
