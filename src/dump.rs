@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -1045,8 +1044,9 @@ fn read_forced(pid: i32, iov: &[(u64, usize)], skip: usize, out: &mut [u8]) -> R
 /// chunk is still in the CPU cache when it is written out, large enough to
 /// keep the syscalls few.
 const COPY_CHUNK: usize = 1 << 20;
-/// Chunks in flight between the reading and the writing thread.
-const COPY_BUFS: usize = 4;
+/// Most threads copying at once (reading is what takes the time; writes
+/// to one file serialize in the kernel).
+const COPY_THREADS: usize = 4;
 
 /// Splits the remote `runs` (start, length) into chunks of at most
 /// [`COPY_CHUNK`] bytes and [`vm::IOV_MAX`] iovecs, in order.
@@ -1075,69 +1075,73 @@ fn copy_chunks(runs: &[(u64, u64)]) -> Vec<Vec<(u64, usize)>> {
 }
 
 /// Copies the remote `runs` of `pid`, in order, to `out` (the pages file
-/// `name`). One chunk is read with process_vm_readv while a writer thread
-/// writes the previous one. Returns the time spent in writes, in us.
-fn copy_runs(pid: i32, runs: &[(u64, u64)], mut out: fs::File, name: &str) -> Result<u64> {
+/// `name`). Up to one thread per CPU (at most [`COPY_THREADS`]) take chunks
+/// in turn; each reads its chunk with process_vm_readv and writes it at
+/// its place in the file, so some read while another writes. Returns the
+/// time spent in writes, in us.
+fn copy_runs(pid: i32, runs: &[(u64, u64)], out: fs::File, name: &str) -> Result<u64> {
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
     let chunks = copy_chunks(runs);
-    let read = |iov: &[(u64, usize)], buf: &mut Vec<u8>| -> Result<()> {
-        let len: usize = iov.iter().map(|r| r.1).sum();
-        buf.resize(len, 0);
-        let mut got = vm::read_remote(Pid::from_raw(pid), iov, buf)
-            .with_context(|| format!("Cannot read the memory of pid {pid}"))?;
-        if got < len {
-            // process_vm_readv stops at memory the task cannot read itself
-            // (PROT_NONE); /proc/PID/mem reads it the way a debugger does.
-            got += read_forced(pid, iov, got, &mut buf[got..])?;
-        }
-        if got != len {
-            bail!("Short read of the memory of pid {pid}: {got} of {len} bytes");
+    let mut offsets = Vec::with_capacity(chunks.len());
+    let mut at = 0u64;
+    for iov in &chunks {
+        offsets.push(at);
+        at += iov.iter().map(|r| r.1 as u64).sum::<u64>();
+    }
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let write_us = AtomicU64::new(0);
+    let work = || -> Result<()> {
+        let mut buf = Vec::new();
+        while !failed.load(Ordering::Relaxed) {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(iov) = chunks.get(i) else { break };
+            let len: usize = iov.iter().map(|r| r.1).sum();
+            buf.resize(len, 0);
+            let res = (|| -> Result<()> {
+                let mut got = vm::read_remote(Pid::from_raw(pid), iov, &mut buf)
+                    .with_context(|| format!("Cannot read the memory of pid {pid}"))?;
+                if got < len {
+                    // process_vm_readv stops at memory the task cannot read
+                    // itself (PROT_NONE); /proc/PID/mem reads it the way a
+                    // debugger does.
+                    got += read_forced(pid, iov, got, &mut buf[got..])?;
+                }
+                if got != len {
+                    bail!("Short read of the memory of pid {pid}: {got} of {len} bytes");
+                }
+                let tw = Instant::now();
+                out.write_all_at(&buf, offsets[i])
+                    .with_context(|| format!("Cannot write {name}"))?;
+                write_us.fetch_add(tw.elapsed().as_micros() as u64, Ordering::Relaxed);
+                Ok(())
+            })();
+            if res.is_err() {
+                failed.store(true, Ordering::Relaxed);
+                return res;
+            }
         }
         Ok(())
     };
-    let write = |out: &mut fs::File, buf: &[u8]| -> Result<u64> {
-        let tw = Instant::now();
-        out.write_all(buf).with_context(|| format!("Cannot write {name}"))?;
-        Ok(tw.elapsed().as_micros() as u64)
+    let threads = if chunks.len() <= 1 {
+        1
+    } else {
+        std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .clamp(2, COPY_THREADS)
+            .min(chunks.len())
     };
-    if chunks.len() <= 1 {
-        let mut buf = Vec::new();
-        let mut write_us = 0;
-        for iov in &chunks {
-            read(iov, &mut buf)?;
-            write_us += write(&mut out, &buf)?;
-        }
-        return Ok(write_us);
-    }
-    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(COPY_BUFS);
-    let (free_tx, free_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(COPY_BUFS);
-    for _ in 0..COPY_BUFS {
-        free_tx.send(Vec::with_capacity(COPY_CHUNK)).expect("receiver alive");
-    }
     std::thread::scope(|s| {
-        let writer = s.spawn(move || -> Result<u64> {
-            let mut write_us = 0;
-            for buf in full_rx {
-                write_us += write(&mut out, &buf)?;
-                // The reader may be gone already (it failed): nothing to do.
-                let _ = free_tx.send(buf);
-            }
-            Ok(write_us)
-        });
-        let mut res = Ok(());
-        for iov in &chunks {
-            let Ok(mut buf) = free_rx.recv() else { break };
-            if let Err(e) = read(iov, &mut buf) {
-                res = Err(e);
-                break;
-            }
-            if full_tx.send(buf).is_err() {
-                break; // the writer failed; its error is returned below
-            }
+        let helpers: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
+        let mut res = work();
+        for h in helpers {
+            let r = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            res = res.and(r);
         }
-        drop(full_tx);
-        let written = writer.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
-        res.and(written)
-    })
+        res
+    })?;
+    Ok(write_us.into_inner())
 }
 
 #[cfg(test)]

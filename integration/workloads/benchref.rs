@@ -16,10 +16,11 @@
 //!     writes back and drops from the page cache every regular file in D
 //!     (fsync + POSIX_FADV_DONTNEED), for "cold" restores without dropping
 //!     the whole machine's cache.
-//! `benchref --mode tiny --log F [--kib K]`
-//!     a tiny self-checking workload (the fixed-cost row): K KiB (default
-//!     256) of anonymous memory with a seeded pattern, `READY <pid>`, idle,
-//!     and on SIGUSR1 `PASS` or `FAIL` after re-checking the pattern.
+//! `benchref --mode mem --log F [--kib K] [--hugepage]`
+//!     a self-checking workload: K KiB (default 256, the fixed-cost row) of
+//!     anonymous memory with a seeded pattern (madvise(MADV_HUGEPAGE)'d with
+//!     `--hugepage`, 2 MiB-aligned), `READY <pid>`, idle, and on SIGUSR1
+//!     `PASS` or `FAIL` after re-checking the pattern.
 
 use cryo_integration::wl::{self, AnonMap, Args, Log};
 use std::ffi::CString;
@@ -27,6 +28,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 const MIB: usize = 1 << 20;
+const HPAGE: usize = 2 << 20;
 
 fn main() {
     let args = Args::from_env();
@@ -34,7 +36,7 @@ fn main() {
         "copy" => copy(&args),
         "write" => write(&args),
         "read" => read(&args),
-        "tiny" => tiny(&args),
+        "mem" => mem(&args),
         "evict" => evict(&args),
         m => wl::die(&format!("unknown --mode {m}")),
     }
@@ -188,25 +190,40 @@ fn evict(args: &Args) {
     }
 }
 
-fn tiny(args: &Args) {
+fn mem(args: &Args) {
     let log = Log::open(&args.required("log"));
     let kib = args.num("kib", 256) as usize;
     if kib < 4 {
         wl::die("--kib must be at least 4");
     }
     wl::install_usr1();
-    let mut map = AnonMap::new(kib.div_ceil(4) * 4096);
-    wl::fill(map.words_mut(), 0x7100);
-    let sum = wl::checksum(map.words());
+    let len = kib.div_ceil(4) * 4096;
+    let hugepage = args.flag("hugepage");
+    // With --hugepage: 2 MiB more, so that an aligned start exists.
+    let mut map = AnonMap::new(if hugepage { len + HPAGE } else { len });
+    let start = if hugepage {
+        map.addr().next_multiple_of(HPAGE) - map.addr()
+    } else {
+        0
+    };
+    if hugepage {
+        // SAFETY: advice on a range inside our own fresh mapping.
+        if unsafe { libc::madvise((map.addr() + start) as *mut libc::c_void, len, libc::MADV_HUGEPAGE) } != 0 {
+            wl::die("madvise(MADV_HUGEPAGE)");
+        }
+    }
+    let words = &mut map.words_mut()[start / 8..(start + len) / 8];
+    wl::fill(words, 0x7100);
+    let sum = wl::checksum(words);
     log.ready();
     while !wl::usr1_seen() {
         wl::sleep_ms(100);
     }
-    let now = wl::checksum(map.words());
+    let now = wl::checksum(&map.words()[start / 8..(start + len) / 8]);
     let problems = if now == sum {
         vec![]
     } else {
         vec![format!("checksum {now:#x} != {sum:#x}")]
     };
-    log.verdict(&problems, &format!("kib={kib}"));
+    log.verdict(&problems, &format!("kib={kib} hugepage={hugepage}"));
 }

@@ -153,10 +153,10 @@ fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
             })
             .collect();
     let slots = crate::files::restore::slots(plan, efds)?;
-    let staging_len: u64 = staged_vmas.iter().map(|v| v.end - v.start).sum();
+    let (stage_offs, staging_len) = staging_offsets(&staged_vmas);
     let blob_len = blob::area_size(&blob_counts(plan, t, staged_vmas.len())) as u64;
     let blob_len = blob_len.div_ceil(PAGE_SIZE) * PAGE_SIZE;
-    let need = blob_len + staging_len + PAGE_SIZE;
+    let need = blob_len + HPAGE_SIZE + staging_len + PAGE_SIZE;
 
     // A hole free both in the target layout and in ours.
     let own = proc::maps::parse_maps(&fs::read_to_string("/proc/self/maps").context("read /proc/self/maps")?)?;
@@ -164,9 +164,10 @@ fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
     busy.extend(own.iter().map(|v| (v.start, v.end)));
     let base = find_hole(&mut busy, need).context("No room to stage the restored memory")?;
     let blob_base = base;
+    let region_start = (base + blob_len).next_multiple_of(HPAGE_SIZE);
     let region = Range {
-        start: base + blob_len,
-        end: base + blob_len + staging_len,
+        start: region_start,
+        end: region_start + staging_len,
     };
 
     let pages = nix::fcntl::openat(
@@ -180,9 +181,9 @@ fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
 
     let mut moves = Vec::with_capacity(staged_vmas.len());
     let mut madvs = Vec::new();
-    let mut at = region.start;
     let mut stage_of: Vec<(u64, u64, u64)> = Vec::new(); // (target start, target end, staging start)
-    for v in &staged_vmas {
+    for (v, &off) in staged_vmas.iter().zip(&stage_offs) {
+        let at = region.start + off;
         let len = v.end - v.start;
         let kind = VmaKind::from_status(v.status).expect("filtered");
         let growsdown = v.flags & libc::MAP_GROWSDOWN as u32 != 0;
@@ -269,10 +270,10 @@ fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
                 });
             }
         }
-        at += len;
     }
 
     // Fill the pages.
+    let mut huge = HugeStager::default();
     for (e, off) in t.pagemap.iter().zip(&t.page_offsets) {
         let Some(off) = off else { continue };
         if e.flags.unwrap_or(PE_PRESENT) & PE_PRESENT == 0 {
@@ -282,12 +283,16 @@ fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
         let end = e.vaddr + pages_of(e) * PAGE_SIZE;
         let mut foff = *off;
         while a < end {
-            let &(vs, ve, st) = stage_of
+            let i = stage_of
                 .iter()
-                .find(|(s, e2, _)| *s <= a && a < *e2)
+                .position(|(s, e2, _)| *s <= a && a < *e2)
                 .with_context(|| format!("page {a:#x} has no staged mapping"))?;
+            let (vs, ve, st) = stage_of[i];
             let n = ve.min(end) - a;
-            mmap::pread_to(pages.as_fd(), st + (a - vs), n, foff)
+            if wants_huge_pages(staged_vmas[i]) {
+                huge.stage(a, st + (a - vs), n);
+            }
+            mmap::fill_from(pages.as_fd(), st + (a - vs), n, foff)
                 .with_context(|| format!("Cannot read {} at offset {foff}", t.pages_file))?;
             foff += n;
             a += n;
@@ -317,6 +322,75 @@ fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
         moves,
         madvs,
     })
+}
+
+use crate::sys::mmap::HPAGE_SIZE;
+
+/// Whether the kernel gave the original VMA huge pages on fault: private
+/// anonymous memory madvise(MADV_HUGEPAGE)'d (and not MADV_NOHUGEPAGE).
+fn wants_huge_pages(v: &pb::VmaEntry) -> bool {
+    let madv = v.madv.unwrap_or(0);
+    VmaKind::from_status(v.status) == Some(VmaKind::AnonPrivate)
+        && madv & (1 << libc::MADV_HUGEPAGE) != 0
+        && madv & (1 << libc::MADV_NOHUGEPAGE) == 0
+}
+
+/// Stages fully present 2 MiB blocks of huge-page VMAs as huge pages, so
+/// they are filled without 512 small page faults each and stay huge after
+/// the move. Best effort: after the first failure (THP disabled, no huge
+/// page free), or once collapsing costs more than small pages would (the
+/// kernel had to compact memory, or the hypervisor to back fresh memory),
+/// the task goes on with small pages.
+#[derive(Default)]
+struct HugeStager {
+    off: bool,
+    blocks: u32,
+    spent: std::time::Duration,
+}
+
+impl HugeStager {
+    /// What a block may cost on average: populating 512 small pages costs
+    /// about this much on a slow machine (a collapse normally takes a
+    /// fraction of it).
+    const PER_BLOCK: std::time::Duration = std::time::Duration::from_millis(1);
+    /// Slack for a few slow blocks at the start.
+    const SLACK: std::time::Duration = std::time::Duration::from_millis(5);
+
+    /// For the present run at `target` (staged at `stage`, `len` bytes):
+    /// collapses each 2 MiB-aligned block the run covers entirely.
+    fn stage(&mut self, target: u64, stage: u64, len: u64) {
+        let mut b = target.next_multiple_of(HPAGE_SIZE);
+        while !self.off && b + HPAGE_SIZE <= target + len {
+            let t = std::time::Instant::now();
+            let ok = mmap::stage_huge(stage + (b - target)).is_ok();
+            self.spent += t.elapsed();
+            self.blocks += 1;
+            if !ok || self.spent > Self::SLACK + Self::PER_BLOCK * self.blocks {
+                self.off = true;
+            }
+            b += HPAGE_SIZE;
+        }
+    }
+}
+
+/// Where each staged VMA goes, as offsets into a 2 MiB-aligned staging
+/// region, and the region's length. VMAs of 2 MiB or more get an offset
+/// congruent to their target address modulo 2 MiB: the blob's mremap then
+/// moves whole page tables (and huge pages stay huge) instead of moving
+/// every page table entry one by one. Smaller VMAs are packed.
+fn staging_offsets(vmas: &[&pb::VmaEntry]) -> (Vec<u64>, u64) {
+    let mut offs = Vec::with_capacity(vmas.len());
+    let mut at = 0u64;
+    for v in vmas {
+        let len = v.end - v.start;
+        if len >= HPAGE_SIZE {
+            let want = v.start % HPAGE_SIZE;
+            at += (want + HPAGE_SIZE - at % HPAGE_SIZE) % HPAGE_SIZE;
+        }
+        offs.push(at);
+        at += len;
+    }
+    (offs, at)
 }
 
 /// Finds the lowest hole of `need` bytes above 1 GiB that overlaps none of
@@ -732,6 +806,41 @@ fn creds_for(c: &pb::CredsEntry) -> Result<(Creds, Vec<u32>)> {
 #[cfg(test)]
 mod tests {
     use super::find_hole;
+
+    #[test]
+    fn staging_keeps_big_vmas_congruent_to_their_targets() {
+        use super::{staging_offsets, HPAGE_SIZE};
+        use crate::image::pb;
+        let vma = |start: u64, len: u64| pb::VmaEntry {
+            start,
+            end: start + len,
+            ..Default::default()
+        };
+        let m = 1u64 << 20;
+        let vmas = [
+            vma(0x5555_0000_1000, 0x3000),           // small: packed at 0
+            vma(0x7f00_0010_3000, 4 * m),            // big: offset = 0x103000 mod 2 MiB
+            vma(0x7f00_1000_0000, 0x1000),           // small: right after
+            vma(0x7f00_2000_0000 + 5 * 4096, 2 * m), // big, 5 pages past a 2 MiB boundary
+        ];
+        let refs: Vec<&pb::VmaEntry> = vmas.iter().collect();
+        let (offs, len) = staging_offsets(&refs);
+        assert_eq!(offs[0], 0);
+        assert_eq!(offs[1], 0x10_3000);
+        assert_eq!(offs[2], 0x10_3000 + 4 * m);
+        assert_eq!(offs[3] % HPAGE_SIZE, 5 * 4096);
+        assert!(offs[3] >= offs[2] + 0x1000);
+        assert_eq!(len, offs[3] + 2 * m);
+        for (v, o) in vmas.iter().zip(&offs) {
+            if v.end - v.start >= HPAGE_SIZE {
+                assert_eq!(o % HPAGE_SIZE, v.start % HPAGE_SIZE);
+            }
+        }
+        // No two staged VMAs overlap.
+        for i in 1..vmas.len() {
+            assert!(offs[i] >= offs[i - 1] + (vmas[i - 1].end - vmas[i - 1].start));
+        }
+    }
 
     #[test]
     fn hole_search_skips_busy_ranges() {

@@ -70,6 +70,59 @@ pub fn munmap(addr: u64, len: u64) -> nix::Result<()> {
     Errno::result(unsafe { libc::munmap(addr as *mut _, len as usize) }).map(drop)
 }
 
+/// `MADV_POPULATE_WRITE` (5.14+).
+const MADV_POPULATE_WRITE: i32 = 23;
+
+/// `madvise(addr, len, MADV_POPULATE_WRITE)` on a writable staging range
+/// we own: allocates (or breaks copy-on-write of) every page up front, in
+/// one call, instead of one page fault per page while it is filled.
+pub fn populate_write(addr: u64, len: u64) -> nix::Result<()> {
+    // SAFETY: the range is a writable staging mapping created by `mmap_at`;
+    // populating it changes no content and no Rust reference points into it.
+    Errno::result(unsafe { libc::madvise(addr as *mut _, len as usize, MADV_POPULATE_WRITE) }).map(drop)
+}
+
+/// `MADV_COLLAPSE` (6.1+).
+const MADV_COLLAPSE: i32 = 25;
+
+/// Size of a huge page (PMD) on x86_64.
+pub const HPAGE_SIZE: u64 = 2 << 20;
+
+/// Backs the 2 MiB-aligned block at `addr` of an anonymous staging mapping
+/// with one huge page: one page is populated (a collapse needs a page table
+/// to start from), then `MADV_COLLAPSE` replaces the block by a huge page.
+/// Fails when THP is off, no huge page can be had, or the kernel is older.
+pub fn stage_huge(addr: u64) -> nix::Result<()> {
+    if addr % HPAGE_SIZE != 0 {
+        return Err(Errno::EINVAL);
+    }
+    populate_write(addr, 4096)?;
+    // SAFETY: the block lies in a staging mapping created by `mmap_at`; a
+    // collapse keeps its content (the page written above, zeros elsewhere)
+    // and no Rust reference points into it.
+    Errno::result(unsafe { libc::madvise(addr as *mut _, HPAGE_SIZE as usize, MADV_COLLAPSE) }).map(drop)
+}
+
+/// Bytes populated and read at a time by [`fill_from`]: a chunk is zeroed
+/// by the populate and overwritten by the read while it is still in the
+/// CPU cache.
+const FILL_CHUNK: u64 = 1 << 20;
+
+/// Fills the staging range `[addr, addr+len)` from `fd` at `off`, chunk by
+/// chunk: populates the chunk first when it can (best effort: on an old
+/// kernel, or if this fails, the pages just fault in one by one during the
+/// read), then reads its bytes. Fails with EIO on a short file.
+pub fn fill_from(fd: BorrowedFd, addr: u64, len: u64, off: u64) -> nix::Result<()> {
+    let mut done = 0u64;
+    while done < len {
+        let n = FILL_CHUNK.min(len - done);
+        let _ = populate_write(addr + done, n);
+        pread_to(fd, addr + done, n, off + done)?;
+        done += n;
+    }
+    Ok(())
+}
+
 /// Reads exactly `len` bytes at file offset `off` into memory at `addr`
 /// (a writable staging mapping). Fails with EIO on a short file.
 pub fn pread_to(fd: BorrowedFd, addr: u64, len: u64, off: u64) -> nix::Result<()> {
@@ -108,4 +161,49 @@ pub fn mlock(addr: u64, len: u64, onfault: bool) -> nix::Result<()> {
     // SAFETY: as for `mprotect`: only ranges created by `mmap_at`; mlock
     // does not change their contents.
     Errno::result(unsafe { libc::syscall(libc::SYS_mlock2, addr, len as usize, flags) }).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn fill_from_reads_across_chunks_and_fails_on_short_file() {
+        let data: Vec<u8> = (0..(3 * FILL_CHUNK + 12345) as usize)
+            .map(|i| (i * 7 % 253) as u8)
+            .collect();
+        let path = std::env::temp_dir().join(format!("cryo-fill-from-{}", std::process::id()));
+        std::fs::File::create(&path).unwrap().write_all(&data).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+
+        let len = 3 * FILL_CHUNK + 8192;
+        // SAFETY: a fresh private anonymous mapping at a kernel-chosen
+        // address, unmapped at the end of the test.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        let addr = p as u64;
+        // From file offset 4096 into the mapping at 4096.
+        fill_from(file.as_fd(), addr + 4096, len - 8192, 4096).unwrap();
+        // SAFETY: the mapping is `len` bytes, readable, and only read here.
+        let got = unsafe { std::slice::from_raw_parts(p as *const u8, len as usize) };
+        assert!(got[..4096].iter().all(|&b| b == 0));
+        assert!(got[4096..(len - 4096) as usize] == data[4096..(len - 4096) as usize]);
+        assert!(got[(len - 4096) as usize..].iter().all(|&b| b == 0));
+        // The file ends before the range does.
+        assert_eq!(fill_from(file.as_fd(), addr, len, 8192), Err(Errno::EIO));
+        // SAFETY: unmapping the mapping made above; `got` is not used again.
+        unsafe { libc::munmap(p, len as usize) };
+    }
 }
