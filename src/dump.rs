@@ -1041,9 +1041,10 @@ fn read_forced(pid: i32, iov: &[(u64, usize)], skip: usize, out: &mut [u8]) -> R
 }
 
 /// Bytes read from the task per process_vm_readv call: small enough that a
-/// chunk is still in the CPU cache when it is written out, large enough to
-/// keep the syscalls few.
-const COPY_CHUNK: usize = 1 << 20;
+/// chunk is still in the CPU cache when it is written out (a 1 MiB L2 here:
+/// 128 KiB dumped 1 GiB about 30% faster than 1 MiB chunks), large enough
+/// to keep the syscalls few.
+const COPY_CHUNK: usize = 128 << 10;
 /// Most threads copying at once (reading is what takes the time; writes
 /// to one file serialize in the kernel).
 const COPY_THREADS: usize = 4;
