@@ -173,17 +173,24 @@ impl Frozen {
             let _ = nix::sys::signal::kill(Pid::from_raw(p.pid), Signal::SIGKILL);
         }
         // As their tracer we are told when each thread is gone; wait for
-        // that so the tree has really died when the dump returns. Threads
-        // before their leader: a leader is reported only after the rest
-        // of its group.
-        for &t in self.seized.iter().rev() {
-            loop {
-                match nix::sys::wait::waitpid(Pid::from_raw(t), Some(nix::sys::wait::WaitPidFlag::__WALL)) {
-                    Ok(nix::sys::wait::WaitStatus::Exited(..)) | Ok(nix::sys::wait::WaitStatus::Signaled(..)) => break,
-                    Ok(_) => continue,
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    Err(_) => break,
+        // that (bounded) so the tree has really died when the dump
+        // returns. Threads are polled together: a leader is reported only
+        // after the rest of its group.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut left: Vec<i32> = self.seized.clone();
+        while !left.is_empty() && std::time::Instant::now() < deadline {
+            left.retain(|&t| {
+                use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+                match waitpid(Pid::from_raw(t), Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::Exited(..)) | Ok(WaitStatus::Signaled(..)) => false,
+                    Ok(WaitStatus::StillAlive) => true,
+                    Ok(_) => true,
+                    Err(nix::errno::Errno::EINTR) => true,
+                    Err(_) => false,
                 }
+            });
+            if !left.is_empty() {
+                std::thread::sleep(std::time::Duration::from_millis(1));
             }
         }
         self.armed = false;
