@@ -456,8 +456,6 @@ fn set_task_attrs(t: &TaskImage) -> Result<()> {
                     notify: p.it_sigev_notify as i32,
                     sival: p.sival_ptr,
                     tid,
-                    interval: (p.isec as i64, p.insec as i64),
-                    value: (p.vsec as i64, p.vnsec as i64),
                 })
             })
             .collect::<Result<_>>()?;

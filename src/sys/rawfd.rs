@@ -75,7 +75,8 @@ pub fn set_sched(tid: i32, nice: i32, policy: u32, prio: u32) -> nix::Result<()>
     nix::errno::Errno::result(r).map(drop)
 }
 
-/// A POSIX timer to recreate with its old id.
+/// A POSIX timer to recreate with its old id (disarmed; the restorer arms
+/// it).
 #[derive(Debug, Clone, Copy)]
 pub struct PosixTimerSpec {
     pub id: i32,
@@ -84,8 +85,6 @@ pub struct PosixTimerSpec {
     pub notify: i32,
     pub sival: u64,
     pub tid: i32,
-    pub interval: (i64, i64),
-    pub value: (i64, i64),
 }
 
 /// The kernel's `struct sigevent` (64 bytes on x86_64).
