@@ -5,40 +5,14 @@
 
 use crate::{
     describe, log_tail, pid_running, read_pidfile, run_cryo, s, signal, wait_for_nth_verdict, wait_for_verdict,
-    wait_pid_exited, Cleanup, TempDir, Workload, LINE_TIMEOUT,
+    wait_pid_exited, TempDir, Workload, LINE_TIMEOUT,
 };
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-pub const GONE_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// A test's scratch space: images in `img/`, logs beside them, and the
-/// Cleanup guard (dropped first, so it reads the pidfiles before the
-/// directory goes).
-pub struct Scratch {
-    pub cl: Cleanup,
-    pub tmp: TempDir,
-    pub img: PathBuf,
-}
-
-impl Scratch {
-    pub fn new(tag: &str) -> Scratch {
-        let tmp = TempDir::new(tag);
-        let img = tmp.join("img");
-        std::fs::create_dir_all(&img).expect("mkdir img");
-        Scratch {
-            cl: Cleanup::new(),
-            tmp,
-            img,
-        }
-    }
-
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.tmp.join(name)
-    }
-}
+pub use crate::e2e::{Scratch, GONE_TIMEOUT};
 
 pub fn assert_cryo_ok(out: &Output, what: &str, logfile: &Path) {
     assert!(
