@@ -303,67 +303,28 @@ fn release(plan: &Plan, shim: i32, own_ns: bool, go_w: OwnedFd, ready_r: &OwnedF
         // Every thread of the process is through: drop the restorer.
         cleanup_process(tids[0], frame_sp, efds)
             .with_context(|| format!("Cannot remove the restorer from pid {}", tids[0]))?;
-        // Scheduling per thread, from outside, and job-control state.
+        // Per thread, from outside: scheduling, then the interrupted
+        // syscall (the dumped registers go back to the kernel, whose signal
+        // code restarts the call or makes it EINTR if a handler runs first,
+        // exactly as it would have without the dump). Then job control.
         let image = ns_pid(tids[0]).and_then(|p| plan.tasks.iter().find(|t| t.pid == p));
         let mut stop = 0;
         if let Some(img) = image {
             for &t in tids {
                 let Some(ns) = ns_pid(t) else { continue };
-                let core = if ns == img.pid {
-                    Some(&img.core)
-                } else {
-                    img.threads.iter().find(|th| th.tid == ns).map(|th| &th.core)
-                };
-                if let Some(thc) = core.and_then(|c| c.thread_core.as_ref()) {
-                    if !thc.cryo_cpu_affinity.is_empty() {
-                        let mut set = nix::sched::CpuSet::new();
-                        for (w, bits) in thc.cryo_cpu_affinity.iter().enumerate() {
-                            for b in 0..64 {
-                                if bits & (1 << b) != 0 {
-                                    let _ = set.set(w * 64 + b);
-                                }
-                            }
-                        }
-                        if let Err(e) = nix::sched::sched_setaffinity(Pid::from_raw(t), &set) {
-                            warn!("pid {ns}: cannot restore the CPU affinity: {e}");
-                        }
-                    }
-                    let policy = thc.sched_policy.unwrap_or(0);
-                    let nice = thc.sched_nice.unwrap_or(0);
-                    if policy != 0 || nice != 0 {
-                        if let Err(e) = crate::sys::rawfd::set_sched(t, nice, policy, thc.sched_prio.unwrap_or(0)) {
-                            warn!("pid {ns}: cannot restore scheduling (policy {policy}, nice {nice}): {e}");
-                        }
+                let Some(core) = img.core_of(ns) else { continue };
+                if let Some(thc) = core.thread_core.as_ref() {
+                    set_thread_sched(t, ns, thc);
+                }
+                if let Some(ti) = core.thread_info.as_ref() {
+                    if let Some(r) = crate::regs::kernel_restart_regs(&crate::regs::gpregs_from_pb(&ti.gpregs)) {
+                        kernel_restart(t, &r)
+                            .with_context(|| format!("Cannot restart the interrupted syscall of pid {ns}"))?;
                     }
                 }
             }
-            if img.core.tc.as_ref().is_some_and(|tc| tc.task_state == 3) {
-                stop = img
-                    .core
-                    .tc
-                    .as_ref()
-                    .and_then(|tc| tc.stop_signo)
-                    .unwrap_or(libc::SIGSTOP as u32) as i32;
-            }
-        }
-        // Interrupted syscalls: hand the dumped registers back to the kernel
-        // and let its signal code restart the call (or make it EINTR if a
-        // handler runs first), exactly as it would have without the dump.
-        if let Some(img) = image {
-            for &t in tids {
-                let Some(ns) = ns_pid(t) else { continue };
-                let core = if ns == img.pid {
-                    Some(&img.core)
-                } else {
-                    img.threads.iter().find(|th| th.tid == ns).map(|th| &th.core)
-                };
-                let Some(ti) = core.and_then(|c| c.thread_info.as_ref()) else {
-                    continue;
-                };
-                if let Some(r) = crate::regs::kernel_restart_regs(&crate::regs::gpregs_from_pb(&ti.gpregs)) {
-                    kernel_restart(t, &r)
-                        .with_context(|| format!("Cannot restart the interrupted syscall of pid {ns}"))?;
-                }
+            if let Some(tc) = img.core.tc.as_ref().filter(|tc| tc.task_state == 3) {
+                stop = tc.stop_signo.unwrap_or(libc::SIGSTOP as u32) as i32;
             }
         }
         for &t in tids {
@@ -378,6 +339,32 @@ fn release(plan: &Plan, shim: i32, own_ns: bool, go_w: OwnedFd, ready_r: &OwnedF
         }
     }
     Ok(())
+}
+
+/// CPU affinity, nice value and policy of restored thread `t` (host tid;
+/// `ns` is its tid in the image), set from outside. Failures are warnings:
+/// the kernel may refuse what this machine does not allow.
+fn set_thread_sched(t: i32, ns: i32, thc: &pb::ThreadCoreEntry) {
+    if !thc.cryo_cpu_affinity.is_empty() {
+        let mut set = nix::sched::CpuSet::new();
+        for (w, bits) in thc.cryo_cpu_affinity.iter().enumerate() {
+            for b in 0..64 {
+                if bits & (1 << b) != 0 {
+                    let _ = set.set(w * 64 + b);
+                }
+            }
+        }
+        if let Err(e) = nix::sched::sched_setaffinity(Pid::from_raw(t), &set) {
+            warn!("pid {ns}: cannot restore the CPU affinity: {e}");
+        }
+    }
+    let policy = thc.sched_policy.unwrap_or(0);
+    let nice = thc.sched_nice.unwrap_or(0);
+    if policy != 0 || nice != 0 {
+        if let Err(e) = crate::sys::rawfd::set_sched(t, nice, policy, thc.sched_prio.unwrap_or(0)) {
+            warn!("pid {ns}: cannot restore scheduling (policy {policy}, nice {nice}): {e}");
+        }
+    }
 }
 
 /// Puts `regs` (an interrupted syscall: orig_ax = its number, ax = a

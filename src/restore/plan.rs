@@ -39,6 +39,16 @@ pub struct TaskImage {
     pub threads: Vec<ThreadImage>,
 }
 
+impl TaskImage {
+    /// The core of thread `tid` (the leader's or another thread's).
+    pub fn core_of(&self, tid: i32) -> Option<&pb::CoreEntry> {
+        if tid == self.pid {
+            return Some(&self.core);
+        }
+        self.threads.iter().find(|th| th.tid == tid).map(|th| &th.core)
+    }
+}
+
 /// A non-leader thread.
 #[derive(Debug, Clone)]
 pub struct ThreadImage {
