@@ -8,21 +8,12 @@
 //! end ([`Cleanup`]). The cryo runs need root; without it they SKIP.
 
 use cryo_integration::{
-    bin, is_root, log_tail, one_line_error, pid_running, read_pidfile, run_cryo, run_cryo_reaped, s, signal, skip,
+    bin, log_tail, one_line_error, pid_running, read_pidfile, run_cryo, run_cryo_reaped, s, signal, skip,
     wait_for_verdict, TempDir, Workload, LINE_TIMEOUT,
 };
 use std::time::Duration;
 
 use cryo_integration::cycle::*;
-
-macro_rules! root_only {
-    () => {
-        if !is_root() {
-            skip("needs root (run `sudo hack/test`)");
-            return;
-        }
-    };
-}
 
 // ---- 1. shared descriptions, ghost files, paths and devices --------------
 
@@ -36,7 +27,7 @@ fn fdshare_plain_passes_and_detects_a_split_description() {
 
 #[test]
 fn fdshare_roundtrip() {
-    root_only!();
+    cryo_integration::require_root!();
     let d = TempDir::new("fdshare-files");
     let (v, images, sc) = roundtrip("fdshare", bin!("fdshare"), &["--dir", s(d.path())]);
     assert!(v.contains("S=40,41"), "{v}");
@@ -70,7 +61,7 @@ fn restore_must_fail(sc: &Scratch, extra: &[&str], what: &str) {
 
 #[test]
 fn changed_or_missing_files_are_refused_at_restore() {
-    root_only!();
+    cryo_integration::require_root!();
     let d = TempDir::new("fdshare-changed");
     let sc = Scratch::new("fdshare-changed");
     let log = sc.path("wl.log");
@@ -128,7 +119,7 @@ fn pipes_plain_passes_and_detects_an_extra_byte() {
 
 #[test]
 fn pipes_roundtrip() {
-    root_only!();
+    cryo_integration::require_root!();
     let d = TempDir::new("pipes-files");
     let (v, images, sc) = roundtrip("pipes", bin!("pipes"), &["--dir", s(d.path())]);
     assert!(v.starts_with("PASS"), "{v}");
@@ -154,7 +145,7 @@ fn pipes_roundtrip() {
 
 #[test]
 fn pipes_dump_leaves_the_data_in_place() {
-    root_only!();
+    cryo_integration::require_root!();
     // --leave-running: the original must still find every byte after the
     // dump read its pipes.
     let d = TempDir::new("pipes-leave");
@@ -182,7 +173,7 @@ fn unixsk_plain_passes_and_detects_a_lost_byte() {
 
 #[test]
 fn unixsk_roundtrip() {
-    root_only!();
+    cryo_integration::require_root!();
     let d = TempDir::new("unixsk-files");
     let (v, images, sc) = roundtrip("unixsk", bin!("unixsk"), &["--dir", s(d.path())]);
     assert!(v.starts_with("PASS"), "{v}");
@@ -218,7 +209,7 @@ fn anonfds_plain_passes_and_detects_a_drained_eventfd() {
 
 #[test]
 fn anonfds_roundtrip() {
-    root_only!();
+    cryo_integration::require_root!();
     let (v, _images, sc) = roundtrip("anonfds", bin!("anonfds"), &[]);
     assert!(v.starts_with("PASS"), "{v}");
     let log = sc.path("wl.log");
@@ -249,7 +240,7 @@ fn memfd_plain_passes_and_detects_a_changed_byte() {
 
 #[test]
 fn memfd_roundtrip() {
-    root_only!();
+    cryo_integration::require_root!();
     let (v, images, sc) = roundtrip("memfd", bin!("memfd"), &[]);
     assert!(v.starts_with("PASS"), "{v}");
     let log = sc.path("wl.log");
@@ -282,7 +273,7 @@ fn inotify_plain_passes_and_detects_a_lost_watch() {
 
 #[test]
 fn inotify_roundtrip() {
-    root_only!();
+    cryo_integration::require_root!();
     let d = TempDir::new("inotify-files");
     let (v, _images, sc) = roundtrip("inotify", bin!("inotify"), &["--dir", s(d.path())]);
     assert!(v.starts_with("PASS"), "{v}");
@@ -332,19 +323,19 @@ fn badfd_plain_passes_and_detects_a_closed_fd() {
 
 #[test]
 fn dump_of_an_inet_socket_fails_cleanly() {
-    root_only!();
+    cryo_integration::require_root!();
     unsupported_kind_fails_cleanly("inet", "inet datagram sockets are not supported");
 }
 
 #[test]
 fn dump_of_a_netlink_socket_fails_cleanly() {
-    root_only!();
+    cryo_integration::require_root!();
     unsupported_kind_fails_cleanly("netlink", "netlink raw sockets are not supported");
 }
 
 #[test]
 fn dump_of_an_io_uring_fails_cleanly() {
-    root_only!();
+    cryo_integration::require_root!();
     if std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").is_ok_and(|v| v.trim() == "2") {
         skip("io_uring is disabled on this kernel");
         return;

@@ -19,15 +19,6 @@ use std::time::Duration;
 
 use cryo_integration::cycle::*;
 
-macro_rules! root_only {
-    () => {
-        if !is_root() {
-            skip("needs root (run `sudo hack/test`)");
-            return;
-        }
-    };
-}
-
 // ---- 1. shared memory -------------------------------------------------------
 
 #[test]
@@ -38,7 +29,7 @@ fn shmem_plain_passes_and_detects_a_private_copy() {
 
 #[test]
 fn shmem_roundtrip() {
-    root_only!();
+    cryo_integration::require_root!();
     let (v, images, sc) = roundtrip("shmem", bin!("shmem"), &[]);
     assert!(v.starts_with("PASS"), "{v}");
     let log = sc.path("wl.log");
@@ -93,7 +84,7 @@ fn flocks_plain_passes_and_detects_a_dropped_lock() {
 
 #[test]
 fn flocks_roundtrip() {
-    root_only!();
+    cryo_integration::require_root!();
     let d = TempDir::new("flocks-files");
     let (v, images, sc) = roundtrip("flocks", bin!("flocks"), &["--dir", s(d.path())]);
     assert!(v.starts_with("PASS"), "{v}");
@@ -119,7 +110,7 @@ fn pidfds_plain_passes_and_detects_a_wrong_target() {
 
 #[test]
 fn pidfds_roundtrip() {
-    root_only!();
+    cryo_integration::require_root!();
     let (v, _images, sc) = roundtrip("pidfds", bin!("pidfds"), &[]);
     assert!(v.starts_with("PASS"), "{v}");
     let log = sc.path("wl.log");
@@ -134,7 +125,7 @@ fn pidfds_roundtrip() {
 
 #[test]
 fn dump_of_a_pidfd_outside_the_tree_fails_cleanly() {
-    root_only!();
+    cryo_integration::require_root!();
     let sc = Scratch::new("pidfd-outside");
     let log = sc.path("wl.log");
     let mut w = Workload::spawn(bin!("pidfds"), &["--outside"], &log).expect("spawn");
