@@ -559,7 +559,12 @@ fn dump_process(
     }
     // Files: exe, mapped files, fds, cwd/root.
     let exe = fs::read_link(format!("/proc/{pid}/exe")).with_context(|| format!("Cannot read /proc/{pid}/exe"))?;
-    let exe_id = files.reg_path(&exe.to_string_lossy(), 0, 0)?;
+    let exe = exe.to_string_lossy();
+    let exe_id = if exe.ends_with(" (deleted)") {
+        files.unlinked_mapping(pid, &exe, &format!("/proc/{pid}/exe"), libc::O_RDONLY as u32)?
+    } else {
+        files.reg_path(&exe, 0, 0)?
+    };
     let mut vma_entries = Vec::with_capacity(vmas.len());
     let pagemap =
         fs::File::open(format!("/proc/{pid}/pagemap")).with_context(|| format!("Cannot open /proc/{pid}/pagemap"))?;
@@ -573,9 +578,12 @@ fn dump_process(
             VmaKind::FilePrivate | VmaKind::FileShared => {
                 let path = v.path.as_deref().unwrap_or_default();
                 if v.deleted() {
-                    bail!("pid {pid} maps the deleted file {path}; deleted mappings are not supported yet");
+                    let flags = mem::vma_entry(v, Some(0)).fdflags.unwrap_or(0);
+                    let via = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
+                    Some(files.unlinked_mapping(pid, path, &via, flags)?)
+                } else {
+                    Some(files.reg_path(path, 0, 0)?)
                 }
-                Some(files.reg_path(path, 0, 0)?)
             }
             VmaKind::AnonShared => bail!(
                 "pid {pid} has shared anonymous memory at {:#x}-{:#x}; not supported yet",

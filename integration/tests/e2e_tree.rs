@@ -423,15 +423,27 @@ fn mem_sparse_4gib_small_image() {
 #[test]
 fn mem_deleted_exe() {
     require_root!();
-    // Not supported yet: the dump must refuse it cleanly and leave the
-    // original running (a restore of such a mapping needs its content
-    // saved like a ghost file).
+    // The workload runs a copy of itself that it then deletes: the exe
+    // link and the text mappings point at a deleted file, whose content
+    // the dump saves as a ghost file and the restore maps again.
     let dir = TempDir::new("delexe");
-    e2e::refused(
+    simple(
         "mem_deleted_exe",
         bin!("memshape"),
         &["--check", "deleted-exe", "--dir", cryo_integration::s(dir.path())],
-        "deleted",
+    );
+}
+
+#[test]
+fn mem_deleted_file_mappings() {
+    require_root!();
+    // A private (partly copied) and a shared mapping of one unlinked file:
+    // restored from one ghost file, so they still share its pages.
+    let dir = TempDir::new("deldata");
+    simple(
+        "mem_deleted_file_mappings",
+        bin!("memshape"),
+        &["--check", "deleted-data", "--dir", cryo_integration::s(dir.path())],
     );
 }
 

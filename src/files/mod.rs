@@ -162,6 +162,9 @@ pub struct FileTable {
     pidfds: HashMap<i32, OwnedFd>,
     /// Ghost files by (dev, ino): their remap id.
     ghost_ids: HashMap<(u64, u64), u32>,
+    /// Ids of deleted files reached only through mappings or exe, by
+    /// (dev, ino, open flags).
+    mapped_ghosts: HashMap<(u64, u64, u32), u32>,
     remaps: Vec<pb::RemapFilePathEntry>,
     pipe_data: Vec<(pb::PipeDataEntry, Vec<u8>)>,
     fifo_data: Vec<(pb::PipeDataEntry, Vec<u8>)>,
@@ -210,6 +213,12 @@ impl FileTable {
         }
         let p = &self.pidfds[&pid];
         sysc::pidfd_getfd(p.as_fd(), fd).with_context(|| format!("pidfd_getfd of pid {pid} fd {fd}"))
+    }
+
+    /// A REG entry, with its content saved as a ghost file, for a deleted
+    /// file `pid` maps or runs (see `reg::dump_unlinked_mapping`).
+    pub fn unlinked_mapping(&mut self, pid: i32, link: &str, proc_path: &str, flags: u32) -> Result<u32> {
+        reg::dump_unlinked_mapping(self, pid, link, proc_path, flags)
     }
 
     /// A REG entry for a path not tied to an open fd (exe, mapped file,

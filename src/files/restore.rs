@@ -344,9 +344,13 @@ impl Layout {
                 users.entry(f.id).or_default().insert(i, ());
             }
             for v in &t.mm.vmas {
-                if let Some(id) = shmem::vma_file_id(v, &plan.files, &plan.fx.shmem) {
+                if let Some(id) = shmem::vma_file_id(v, &plan.files, &plan.fx.shmem, &plan.fx.ghost_of) {
                     users.entry(id).or_default().insert(i, ());
                 }
+            }
+            // A deleted executable: the exe link is set from the ghost.
+            if plan.fx.ghost_of.contains_key(&t.mm.exe_file_id) {
+                users.entry(t.mm.exe_file_id).or_default().insert(i, ());
             }
         }
         let epoll_targets = epoll_targets(plan)?;

@@ -187,18 +187,25 @@ fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
         let len = v.end - v.start;
         let kind = VmaKind::from_status(v.status).expect("filtered");
         let growsdown = v.flags & libc::MAP_GROWSDOWN as u32 != 0;
-        let shm = crate::files::shmem::vma_file_id(v, &plan.files, &plan.fx.shmem);
+        let shm = crate::files::shmem::vma_file_id(v, &plan.files, &plan.fx.shmem, &plan.fx.ghost_of);
         match kind {
             _ if shm.is_some() => {
-                // Shared memory: the description the fd restore parked
-                // at its slot.
+                // Shared memory, a memfd or a deleted file: the
+                // description the fd restore parked at its slot. A private
+                // mapping of it is staged writable like any private file
+                // mapping (its saved pages go on top).
                 let id = shm.unwrap_or_default();
                 let slot = *slots.get(&id).with_context(|| format!("file id {id} has no slot"))?;
+                let (prot, fl) = if kind == VmaKind::FilePrivate {
+                    (libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE)
+                } else {
+                    (v.prot as i32, libc::MAP_SHARED)
+                };
                 mmap::mmap_at(
                     at,
                     len,
-                    v.prot as i32,
-                    libc::MAP_SHARED | libc::MAP_FIXED_NOREPLACE,
+                    prot,
+                    fl | libc::MAP_FIXED_NOREPLACE,
                     Some(unsafe_borrow(slot)),
                     v.pgoff,
                 )
@@ -655,8 +662,18 @@ fn jump(plan: &Plan, t: &TaskImage, efds: EngineFds, staged: Staged) -> Result<I
         .as_ref()
         .map(|r| r.name.clone())
         .unwrap_or_default();
-    let exe_fd = nix::fcntl::open(exe_name.as_str(), OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
-        .with_context(|| format!("Cannot open the executable {exe_name}"))?;
+    let exe_fd = if plan.fx.ghost_of.contains_key(&t.mm.exe_file_id) {
+        // A deleted executable: the recreated ghost parked at its slot.
+        let slots = crate::files::restore::slots(plan, efds)?;
+        let slot = *slots
+            .get(&t.mm.exe_file_id)
+            .with_context(|| format!("the deleted executable {exe_name} has no slot"))?;
+        nix::fcntl::fcntl(slot, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(0))
+            .with_context(|| format!("Cannot open the deleted executable {exe_name}"))?
+    } else {
+        nix::fcntl::open(exe_name.as_str(), OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+            .with_context(|| format!("Cannot open the executable {exe_name}"))?
+    };
     let mm = &t.mm;
     let mmap_ = PrctlMmMap {
         start_code: mm.mm_start_code,
