@@ -19,8 +19,10 @@
 
 pub mod blob;
 mod plan;
+mod session;
 mod shim;
 mod task;
+pub(crate) mod timers;
 
 use std::collections::HashMap;
 use std::fs;

@@ -79,12 +79,8 @@ fn shim_main(plan: &Plan, efds: EngineFds, ctl: (RawFd, RawFd), engine: Pid) -> 
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None).context("sigprocmask")?;
 
     let root = &plan.tasks[0];
-    let root_pid = match sysc::clone3_with_pid(0, &[root.pid], libc::SIGCHLD as u64)
-        .with_context(|| format!("Cannot create pid {} (clone3 with set_tid)", root.pid))?
-    {
-        ForkResult::Child => task::run(plan, 0, efds),
-        ForkResult::Parent { child } => child.as_raw(),
-    };
+    super::session::fork_children(plan, &[0], efds)?;
+    let root_pid = root.pid;
     // Keep nothing of the engine's but the control pipes: with -d the
     // caller's stdout (a pipe, a terminal) must not stay open for the life
     // of the restored tree.

@@ -16,7 +16,7 @@ use cryo_restorer::abi::{
 use nix::fcntl::OFlag;
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
 use nix::sys::stat::Mode;
-use nix::unistd::{self, ForkResult, Pid};
+use nix::unistd::{self, Pid};
 
 use super::blob::{self, BlobPlan};
 use super::plan::{pages_of, Plan, TaskImage};
@@ -50,19 +50,7 @@ fn restore_task(plan: &Plan, idx: usize, efds: EngineFds) -> Result<Infallible> 
     set_session(plan, t, efds)?;
     crate::files::restore::setup_fds(plan, idx, efds)?;
     setup_fs(plan, t)?;
-    for &c in &t.children {
-        let child = &plan.tasks[c];
-        match sysc::clone3_with_pid(0, &[child.pid], libc::SIGCHLD as u64)
-            .with_context(|| format!("Cannot create pid {} (clone3 with set_tid)", child.pid))?
-        {
-            ForkResult::Child if child.zombie.is_some() => become_zombie(plan, c, efds),
-            ForkResult::Child => run(plan, c, efds),
-            ForkResult::Parent { child: got } if got.as_raw() != child.pid => {
-                bail!("clone3 gave pid {got} instead of {}", child.pid)
-            }
-            ForkResult::Parent { .. } => {}
-        }
-    }
+    super::session::fork_children(plan, &t.children, efds)?;
     let staged = stage_memory(plan, t, efds)?;
     set_rlimits(t);
     set_task_attrs(t)?;
@@ -71,7 +59,7 @@ fn restore_task(plan: &Plan, idx: usize, efds: EngineFds) -> Result<Infallible> 
 
 /// A dumped zombie: take its session and group, then die the way it died.
 /// The restored parent collects the status with wait() as it would have.
-fn become_zombie(plan: &Plan, idx: usize, efds: EngineFds) -> ! {
+pub(crate) fn become_zombie(plan: &Plan, idx: usize, efds: EngineFds) -> ! {
     crate::log::silence();
     let t = &plan.tasks[idx];
     if let Err(e) = set_session(plan, t, efds) {
@@ -105,8 +93,24 @@ fn set_session(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<()> {
             let tty = unsafe_borrow(efds.tty);
             let _ = unistd::tcsetpgrp(tty, me);
         }
-    } else if Some(t.pgid) != parent_pgid && plan.is_pid(t.pgid) {
-        unistd::setpgid(me, Pid::from_raw(t.pgid)).with_context(|| format!("setpgid({}, {})", t.pid, t.pgid))?;
+    } else if t.pgid != 0 && Some(t.pgid) != parent_pgid && !(t.parent.is_none() && plan.shell_job) {
+        // Another group of the session: its leader (restored by another
+        // branch of the tree at the same time) or, when the leader is
+        // gone, a placeholder or another member (see `session`) may not
+        // have made it yet: retry for a while.
+        let start = std::time::Instant::now();
+        loop {
+            match unistd::setpgid(me, Pid::from_raw(t.pgid)) {
+                Ok(()) => break,
+                Err(nix::errno::Errno::EPERM) if start.elapsed() < std::time::Duration::from_secs(20) => {
+                    std::thread::sleep(std::time::Duration::from_micros(500))
+                }
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("setpgid({}, {}): the process group did not appear", t.pid, t.pgid))
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -435,8 +439,10 @@ fn set_task_attrs(t: &TaskImage) -> Result<()> {
         None => None,
     };
     nix::sys::prctl::set_pdeathsig(pdeath).context("PR_SET_PDEATHSIG")?;
-    if tc.child_subreaper == Some(true) {
-        nix::sys::prctl::set_child_subreaper(true).context("PR_SET_CHILD_SUBREAPER")?;
+    // Always set: a session placeholder made this task a subreaper for a
+    // moment (see `session`).
+    {
+        nix::sys::prctl::set_child_subreaper(tc.child_subreaper == Some(true)).context("PR_SET_CHILD_SUBREAPER")?;
     }
     if t.mm.thp_disabled == Some(true) {
         nix::sys::prctl::set_thp_disable(true).context("PR_SET_THP_DISABLE")?;
@@ -516,18 +522,26 @@ fn blob_counts(plan: &Plan, t: &TaskImage, nr_moves: usize) -> BlobPlan {
 
 /// The POSIX timers with a value, for the blob to arm last.
 fn timer_arms(tc: &pb::TaskCoreEntry) -> Vec<cryo_restorer::abi::TimerArm> {
-    tc.timers
-        .as_ref()
-        .map(|tm| tm.posix.as_slice())
-        .unwrap_or(&[])
+    let Some(tm) = tc.timers.as_ref() else {
+        return Vec::new();
+    };
+    let elapsed = super::timers::elapsed_since(tm.cryo_read_at_ns);
+    tm.posix
         .iter()
         .filter(|p| p.vsec != 0 || p.vnsec != 0)
-        .map(|p| cryo_restorer::abi::TimerArm {
-            id: i64::from(p.it_id),
-            interval_sec: p.isec as i64,
-            interval_nsec: p.insec as i64,
-            value_sec: p.vsec as i64,
-            value_nsec: p.vnsec as i64,
+        .map(|p| {
+            let (vsec, vnsec) = if super::timers::is_wall_clock(p.clock_id) {
+                super::timers::shift(p.vsec, p.vnsec, 1, elapsed)
+            } else {
+                (p.vsec, p.vnsec)
+            };
+            cryo_restorer::abi::TimerArm {
+                id: i64::from(p.it_id),
+                interval_sec: p.isec as i64,
+                interval_nsec: p.insec as i64,
+                value_sec: vsec as i64,
+                value_nsec: vnsec as i64,
+            }
         })
         .collect()
 }
@@ -621,12 +635,19 @@ fn jump(plan: &Plan, t: &TaskImage, efds: EngineFds, staged: Staged) -> Result<I
     }
     let mut itimers = [ItimerVal::default(); 3];
     if let Some(tm) = &tc.timers {
+        let elapsed = super::timers::elapsed_since(tm.cryo_read_at_ns);
         for (i, it) in [&tm.real, &tm.virt, &tm.prof].into_iter().enumerate() {
+            // Only ITIMER_REAL counts wall-clock time.
+            let (vsec, vusec) = if i == 0 {
+                super::timers::shift(it.vsec, it.vusec, 1000, elapsed)
+            } else {
+                (it.vsec, it.vusec)
+            };
             itimers[i] = ItimerVal {
                 interval_sec: it.isec as i64,
                 interval_usec: it.iusec as i64,
-                value_sec: it.vsec as i64,
-                value_usec: it.vusec as i64,
+                value_sec: vsec as i64,
+                value_usec: vusec as i64,
             };
         }
     }
