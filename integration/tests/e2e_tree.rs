@@ -563,6 +563,19 @@ fn tree_sessions_and_groups() {
 }
 
 #[test]
+fn tree_session_left_by_the_parent_is_refused() {
+    require_root!();
+    // A1 is in the root's session but its parent A left it with setsid():
+    // sessions are entered only by fork, so no restore can rebuild this.
+    e2e::refused(
+        "tree_session_left_by_the_parent_is_refused",
+        bin!("shapes"),
+        &["--shape", "leftsession"],
+        "cannot be recreated",
+    );
+}
+
+#[test]
 fn tree_pdeathsig() {
     require_root!();
     shape("tree_pdeathsig", "pdeathsig", &|_, _| {});
