@@ -72,25 +72,8 @@ pub(crate) fn dump(t: &mut FileTable, f: &FdCtx) -> Result<u32> {
                 f.link
             );
         }
-        let remap_id = match t.ghost_ids.get(&(md.dev(), md.ino())) {
-            Some(&g) => g,
-            None => {
-                let g = t.ghost_ids.len() as u32 + 1;
-                let bytes = ghost_image(&f.proc_path(), md)
-                    .with_context(|| format!("pid {pid} fd {fd}: cannot save the deleted file {name}"))?;
-                t.extra_images.push(ExtraImage {
-                    name: image::names::ghost_file(g),
-                    bytes,
-                });
-                t.ghost_ids.insert((md.dev(), md.ino()), g);
-                g
-            }
-        };
-        t.remaps.push(pb::RemapFilePathEntry {
-            orig_id: id,
-            remap_id,
-            remap_type: Some(pb::RemapType::Ghost as i32),
-        });
+        add_ghost(t, id, md, &f.proc_path())
+            .with_context(|| format!("pid {pid} fd {fd}: cannot save the deleted file {name}"))?;
     }
     Ok(id)
 }
@@ -136,12 +119,20 @@ pub(crate) fn dump_unlinked_mapping(
         }),
         ..Default::default()
     });
+    add_ghost(t, id, &md, proc_path)
+        .with_context(|| format!("pid {pid}: cannot save the deleted mapped file {name}"))?;
+    t.mapped_ghosts.insert(key, id);
+    Ok(id)
+}
+
+/// Ties REG entry `id` to the ghost file of inode `md` (saved from
+/// `proc_path` the first time that inode is seen).
+fn add_ghost(t: &mut FileTable, id: u32, md: &fs::Metadata, proc_path: &str) -> Result<()> {
     let remap_id = match t.ghost_ids.get(&(md.dev(), md.ino())) {
         Some(&g) => g,
         None => {
             let g = t.ghost_ids.len() as u32 + 1;
-            let bytes = ghost_image(proc_path, &md)
-                .with_context(|| format!("pid {pid}: cannot save the deleted mapped file {name}"))?;
+            let bytes = ghost_image(proc_path, md)?;
             t.extra_images.push(ExtraImage {
                 name: image::names::ghost_file(g),
                 bytes,
@@ -155,8 +146,7 @@ pub(crate) fn dump_unlinked_mapping(
         remap_id,
         remap_type: Some(pb::RemapType::Ghost as i32),
     });
-    t.mapped_ghosts.insert(key, id);
-    Ok(id)
+    Ok(())
 }
 
 /// The bytes of a ghost-file image for the deleted file reached through
