@@ -30,6 +30,7 @@ pub mod pipe;
 pub mod reg;
 pub mod restore;
 pub mod shmem;
+pub mod tty;
 pub mod unix;
 
 /// fd_types values (image-format.md §3.15).
