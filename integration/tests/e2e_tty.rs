@@ -224,3 +224,40 @@ fn raw_mode_program_under_a_shell_continues_in_another_tmux() {
         b.screen("b")
     );
 }
+
+// ---- a pty pair inside the tree ---------------------------------------------
+
+#[test]
+fn ptypair_plain_passes_and_detects_changed_input() {
+    use cryo_integration::cycle::{expect_plain_fail, expect_plain_pass};
+    expect_plain_pass(bin!("ptypair"), &[]);
+    expect_plain_fail(bin!("ptypair"), &["--corrupt"], "partjunk");
+}
+
+#[test]
+fn ptypair_roundtrip() {
+    cryo_integration::require_root!();
+    let (v, images, sc) = cryo_integration::cycle::roundtrip("ptypair", bin!("ptypair"), &[]);
+    assert!(v.contains("pty pair"), "{v}");
+    let log = sc.path("wl.log");
+    let members = cryo_integration::log_lines(&log)
+        .iter()
+        .filter(|l| l.starts_with("MEMBER ") && l.contains(" PASS"))
+        .count();
+    assert_eq!(members, 2, "{}", log_tail(&log, 20));
+    for name in ["tty-info.img", "tty-data.img"] {
+        assert!(images.contains(&name.to_string()), "{name} missing: {images:?}");
+    }
+    let info = crit_json(&sc.img.join("tty-info.img"));
+    let entries = info["entries"].as_array().expect("entries");
+    // Two pairs: M and its slave, and the locked L.
+    assert_eq!(entries.len(), 3, "{info}");
+    assert!(
+        entries.iter().any(|e| e["locked"] == true) && entries.iter().any(|e| e["packet_mode"] == true),
+        "{info}"
+    );
+    assert!(
+        entries.iter().any(|e| e["sid"].as_u64().unwrap_or(0) != 0),
+        "no session recorded: {info}"
+    );
+}

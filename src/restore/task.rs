@@ -49,6 +49,7 @@ fn restore_task(plan: &Plan, idx: usize, efds: EngineFds) -> Result<Infallible> 
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), None).context("sigprocmask")?;
     set_session(plan, t, efds)?;
     crate::files::restore::setup_fds(plan, idx, efds)?;
+    crate::files::tty::setup_ctty(plan, idx, efds)?;
     setup_fs(plan, t)?;
     for &c in &t.children {
         let child = &plan.tasks[c];
