@@ -186,6 +186,14 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
         }
     }
     let restore_us = t0.elapsed().as_micros() as u64;
+    crate::ipc::sysv::remove_destroyed(
+        if own_ns {
+            shim_pid
+        } else {
+            shim::root_host_pid(shim_pid).unwrap_or(shim_pid)
+        },
+        &plan.sysv,
+    )?;
     let root_host_pid = if own_ns {
         shim_pid
     } else {

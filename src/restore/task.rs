@@ -149,7 +149,13 @@ fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
             .filter(|v| {
                 matches!(
                     VmaKind::from_status(v.status),
-                    Some(VmaKind::AnonPrivate | VmaKind::FilePrivate | VmaKind::FileShared | VmaKind::AnonShared)
+                    Some(
+                        VmaKind::AnonPrivate
+                            | VmaKind::FilePrivate
+                            | VmaKind::FileShared
+                            | VmaKind::AnonShared
+                            | VmaKind::SysvShm
+                    )
                 )
             })
             .collect();
@@ -205,6 +211,7 @@ fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
                 )
                 .with_context(|| format!("Cannot map the shared memory for {:#x}", v.start))?;
             }
+            VmaKind::SysvShm => crate::ipc::sysv::vma_attach(v, at)?,
             VmaKind::AnonPrivate => {
                 let mut fl = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE;
                 if growsdown {
