@@ -293,6 +293,20 @@ fn write_images(opts: &DumpOpts, dir: &ImageDir, frozen: &Frozen, stats: &mut Du
     }
     files.resolve_pidfds(&tree)?;
     files.write_images(dir)?;
+    let ipc_ino = ns_inodes(root.pid)?["ipc"];
+    let live: Vec<i32> = frozen
+        .procs
+        .iter()
+        .filter(|p| p.zombie.is_none())
+        .map(|p| p.pid)
+        .collect();
+    crate::ipc::sysv::dump(
+        dir,
+        ids.ns_id("ipc", ipc_ino),
+        &live,
+        root.pid,
+        ipc_ino != own_ns["ipc"],
+    )?;
     dir.write_image(
         "seccomp.img",
         Kind::Seccomp,

@@ -30,6 +30,7 @@ pub mod pipe;
 pub mod reg;
 pub mod restore;
 pub mod shmem;
+pub mod tty;
 pub mod unix;
 
 /// fd_types values (image-format.md §3.15).
@@ -187,6 +188,8 @@ pub struct FileTable {
     pidfd_holders: Vec<(u32, i32, i32)>,
     /// Raw files (memfd pages), not in the manifest.
     raw_images: Vec<ExtraImage>,
+    /// pty pairs and controlling terminals (see `tty`).
+    pub(crate) tty_state: tty::DumpState,
 }
 
 pub(crate) fn fown0() -> pb::FownEntry {
@@ -255,6 +258,7 @@ impl FileTable {
     /// Dumps the fd table of `pid`.
     pub fn dump_fds(&mut self, pid: i32, shell_job: bool, stat: &proc::stat::Stat) -> Result<Vec<pb::FdinfoEntry>> {
         let mut out = Vec::new();
+        self.tty_state.note_task(stat);
         for fd in proc::fds(pid as u32)? {
             let lpath = format!("/proc/{pid}/fd/{fd}");
             let link = match fs::read_link(&lpath) {
@@ -327,9 +331,8 @@ impl FileTable {
                 let md = f.md.expect("pty has metadata");
                 let owned_by_tree = stat.tty_nr as u64 == md.rdev() && stat.session == pid as u32;
                 if !shell_job && !owned_by_tree {
-                    bail!(
-                        "pid {pid} fd {fd} is the terminal {link}, which belongs to a session outside the dumped tree; pass --shell-job"
-                    );
+                    // Fine if its master is in the dump (checked at the end).
+                    self.tty_state.defer_unowned(pid, fd, link, *index);
                 }
                 let info_id = self.tty_info(*index, link, md, stat)?;
                 let regf = self.reg_path(link, 0, 0)?;
@@ -347,6 +350,12 @@ impl FileTable {
                     ..Default::default()
                 });
                 (id, FD_TTY)
+            }
+            FdKind::OtherTty
+                if f.md
+                    .is_some_and(|m| (major(m.rdev()), minor(m.rdev())) == tty::PTMX_RDEV) =>
+            {
+                (tty::dump_master(self, f)?, FD_TTY)
             }
             FdKind::OtherTty => {
                 bail!("pid {pid} fd {fd}: terminal {link} is not supported yet (only pseudo-terminal slaves)")
@@ -369,8 +378,10 @@ impl FileTable {
 
     /// Writes files.img and every image that goes with the file entries
     /// (tty-info, remap-fpath, ghost files, pipe and FIFO data...).
-    pub fn write_images(&self, dir: &ImageDir) -> Result<()> {
+    pub fn write_images(&mut self, dir: &ImageDir) -> Result<()> {
         unix::check_peers(self)?;
+        let tty_data = tty::finish(self)?;
+        tty::write_data(dir, &tty_data)?;
         dir.write_image(image::names::FILES, Kind::Files, &self.entries)?;
         if !self.tty_infos.is_empty() {
             dir.write_image(image::names::TTY_INFO, Kind::TtyInfo, &self.tty_infos)?;

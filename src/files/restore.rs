@@ -21,8 +21,8 @@ use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::unistd;
 
 use super::{
-    anon, inotify, memfd, pipe, reg, shmem, unix, FD_EVENTFD, FD_EVENTPOLL, FD_FIFO, FD_INOTIFY, FD_MEMFD, FD_PIDFD,
-    FD_PIPE, FD_REG, FD_SIGNALFD, FD_TIMERFD, FD_TTY, FD_UNIXSK,
+    anon, inotify, memfd, pipe, reg, shmem, tty, unix, FD_EVENTFD, FD_EVENTPOLL, FD_FIFO, FD_INOTIFY, FD_MEMFD,
+    FD_PIDFD, FD_PIPE, FD_REG, FD_SIGNALFD, FD_TIMERFD, FD_TTY, FD_UNIXSK,
 };
 use crate::image::{names, pb, ImageDir, Kind};
 use crate::proc;
@@ -48,6 +48,8 @@ pub struct Extra {
     pub shmem: HashMap<u64, u32>,
     /// File locks (filelocks.img).
     pub locks: Vec<pb::FileLockEntry>,
+    /// pty pairs of the dump and their queued bytes.
+    pub ttys: tty::Loaded,
 }
 
 /// Reads the images that go with files.img.
@@ -112,6 +114,7 @@ pub fn load(dir: &ImageDir, files: &HashMap<u32, pb::FileEntry>) -> Result<Extra
         }
     }
     x.memfds = memfd::load(dir)?;
+    x.ttys = tty::load(dir)?;
     if dir.exists(names::FILE_LOCKS) {
         x.locks = dir.read_image(names::FILE_LOCKS, Kind::FileLocks)?;
     }
@@ -203,7 +206,8 @@ pub fn check_fd(
             }
         }
         FD_TTY if fe.tty.is_some() => {
-            if !shell_job {
+            let inside = fe.tty.as_ref().is_some_and(|t| fx.ttys.inside.contains(&t.tty_info_id));
+            if !shell_job && !inside {
                 bail!(
                     "pid {pid} fd {} is a terminal of the dumping session; restore with --shell-job",
                     f.fd
@@ -238,6 +242,8 @@ enum GroupKey {
     Unix(u32),
     /// Every description of one memfd (by inode id).
     Memfd(u32),
+    /// Both ends of a pty pair of the dump (by pty index).
+    Pty(u32),
 }
 
 #[derive(Debug)]
@@ -273,6 +279,14 @@ fn group_key(plan: &Plan, id: u32, unix_comp: &HashMap<u32, u32>) -> GroupKey {
         (FD_PIPE, Some(p), _) => GroupKey::Pipe(p.pipe_id),
         (FD_FIFO, _, Some(f)) => GroupKey::Fifo(f.pipe_id),
         (FD_MEMFD, _, _) if fe.memfd.is_some() => GroupKey::Memfd(fe.memfd.as_ref().map_or(0, |m| m.inode_id)),
+        (FD_TTY, _, _)
+            if fe
+                .tty
+                .as_ref()
+                .is_some_and(|t| plan.fx.ttys.inside.contains(&t.tty_info_id)) =>
+        {
+            GroupKey::Pty(fe.tty.as_ref().map_or(0, |t| t.tty_info_id >> 1))
+        }
         _ => GroupKey::Single(id),
     }
 }
@@ -352,6 +366,9 @@ impl Layout {
             if plan.fx.ghost_of.contains_key(&t.mm.exe_file_id) {
                 users.entry(t.mm.exe_file_id).or_default().insert(i, ());
             }
+        }
+        for (id, i) in tty::extra_users(plan) {
+            users.entry(id).or_default().insert(i, ());
         }
         let epoll_targets = epoll_targets(plan)?;
         loop {
@@ -448,6 +465,7 @@ fn create(plan: &Plan, g: &Group, lay: &Layout, efds: EngineFds) -> Result<Vec<(
         GroupKey::Fifo(p) => out = pipe::create_fifo(&plan.files, &g.ids, plan.fx.fifo_data.get(&p))?,
         GroupKey::Unix(_) => out = unix::create_group(&plan.files, &g.ids, &plan.fx.sk_queues)?,
         GroupKey::Memfd(i) => out = memfd::create(&plan.files, &g.ids, &plan.fx.memfds[&i])?,
+        GroupKey::Pty(i) => out = tty::create_pair(&plan.files, &plan.ttys, &plan.fx.ttys, &g.ids, i)?,
         GroupKey::Single(id) => {
             let fe = &plan.files[&id];
             let fd = match fe.r#type {

@@ -55,11 +55,14 @@ pub enum Kind {
     SkQueues,
     MemfdInode,
     FileLocks,
+    IpcnsShm,
+    IpcnsSem,
+    IpcnsMsg,
 }
 
 impl Kind {
     /// All kinds, in table order.
-    pub const ALL: [Kind; 21] = [
+    pub const ALL: [Kind; 24] = [
         Kind::Inventory,
         Kind::Pstree,
         Kind::Core,
@@ -81,6 +84,9 @@ impl Kind {
         Kind::SkQueues,
         Kind::MemfdInode,
         Kind::FileLocks,
+        Kind::IpcnsShm,
+        Kind::IpcnsSem,
+        Kind::IpcnsMsg,
     ];
 
     /// The image's own magic (the second u32 for common/service headers).
@@ -107,6 +113,9 @@ impl Kind {
             Kind::SkQueues => 0x5626_4026,
             Kind::MemfdInode => 0x4845_3499,
             Kind::FileLocks => 0x5432_3616,
+            Kind::IpcnsShm => 0x4628_3044,
+            Kind::IpcnsSem => 0x5957_3019,
+            Kind::IpcnsMsg => 0x5545_3737,
         }
     }
 
@@ -155,6 +164,9 @@ impl Kind {
             Kind::SkQueues => "SK_QUEUES",
             Kind::MemfdInode => "MEMFD_INODE",
             Kind::FileLocks => "FILE_LOCKS",
+            Kind::IpcnsShm => "IPCNS_SHM",
+            Kind::IpcnsSem => "IPCNS_SEM",
+            Kind::IpcnsMsg => "IPCNS_MSG",
         }
     }
 
@@ -185,6 +197,9 @@ impl Kind {
             Kind::SkQueues => "sk_packet_entry",
             Kind::MemfdInode => "memfd_inode_entry",
             Kind::FileLocks => "file_lock_entry",
+            Kind::IpcnsShm => "ipc_shm_entry",
+            Kind::IpcnsSem => "ipc_sem_entry",
+            Kind::IpcnsMsg => "ipc_msg_entry",
         }
     }
 
@@ -229,9 +244,6 @@ pub const FOREIGN_MAGICS: &[(&str, u32)] = &[
     ("UTSNS", 0x5447_3203),
     ("CREDS", 0x5402_3547),
     ("IPC_VAR", 0x5311_5007),
-    ("IPCNS_SHM", 0x4628_3044),
-    ("IPCNS_MSG", 0x5545_3737),
-    ("IPCNS_SEM", 0x5957_3019),
     ("REG_FILES", 0x5036_3636),
     ("EXT_FILES", 0x5925_5641),
     ("TCP_STREAM", 0x5146_5506),

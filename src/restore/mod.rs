@@ -140,9 +140,11 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
         tmp_base: high + 16,
     };
     let shim_ctl = (moved(shim_r.as_raw_fd(), high)?, moved(ack_w.as_raw_fd(), high)?);
-    if let Some(t) = tty {
-        let _ = nix::unistd::close(t);
-    }
+    // --shell-job: the job's termios on the terminal (put back on failure).
+    let ext_term = match (tty, crate::files::tty::external_info(&plan.files, &plan.ttys)) {
+        (Some(t), Some(info)) => crate::files::tty::ExtTerm::apply(t, info)?,
+        _ => None,
+    };
     drop((ready_w, go_r, err_w, dirfd, shim_r, ack_w));
 
     // A tree that was its own pid namespace comes back as one (its root is
@@ -186,6 +188,14 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
         }
     }
     let restore_us = t0.elapsed().as_micros() as u64;
+    crate::ipc::sysv::remove_destroyed(
+        if own_ns {
+            shim_pid
+        } else {
+            shim::root_host_pid(shim_pid).unwrap_or(shim_pid)
+        },
+        &plan.sysv,
+    )?;
     let root_host_pid = if own_ns {
         shim_pid
     } else {
@@ -197,6 +207,12 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
     );
     let mut guard = guard;
     guard.armed = false;
+    if let Some(et) = ext_term {
+        et.keep(root_host_pid, plan.tasks[0].pgid == plan.tasks[0].pid);
+    }
+    if let Some(t) = tty {
+        let _ = nix::unistd::close(t);
+    }
     write_stats(&dir, restore_us, &plan);
     if let Some(pf) = &opts.pidfile {
         write_pidfile(pf, root_host_pid)?;

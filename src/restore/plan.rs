@@ -68,6 +68,8 @@ pub struct Plan {
     pub fx: crate::files::restore::Extra,
     pub shell_job: bool,
     pub layout: XsaveLayout,
+    /// System V IPC objects (recreated in a fresh ipc namespace).
+    pub sysv: crate::ipc::sysv::Dumped,
 }
 
 impl Plan {
@@ -283,6 +285,7 @@ impl Plan {
             ttys,
             fx,
             shell_job: opts.shell_job,
+            sysv: crate::ipc::sysv::load_dir(dir)?,
             layout,
         };
         plan.check_sessions()?;

@@ -33,7 +33,7 @@ const FORWARDED: [Signal; 8] = [
 /// Forks the shim; returns its host pid.
 pub(crate) fn spawn(plan: &Plan, efds: EngineFds, ctl: (RawFd, RawFd)) -> Result<i32> {
     let engine = unistd::getpid();
-    let flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS) as u64;
+    let flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS) as u64 | crate::ipc::sysv::clone_flags(&plan.sysv);
     match sysc::clone3_with_pid(flags, &[], libc::SIGCHLD as u64).context("Cannot create the pid namespace (clone3)")? {
         ForkResult::Child => {
             let code = match shim_main(plan, efds, ctl, engine) {
@@ -71,6 +71,7 @@ fn shim_main(plan: &Plan, efds: EngineFds, ctl: (RawFd, RawFd), engine: Pid) -> 
         None::<&str>,
     )
     .context("Cannot mount /proc in the new namespace")?;
+    crate::ipc::sysv::restore_objects(&plan.sysv)?;
     let mut set = SigSet::empty();
     set.add(Signal::SIGCHLD);
     for s in FORWARDED {
@@ -136,13 +137,14 @@ fn shim_main(plan: &Plan, efds: EngineFds, ctl: (RawFd, RawFd), engine: Pid) -> 
 /// root itself is forked into a fresh pid and mount namespace, where it is
 /// pid 1 again; no init of ours is needed. Returns its host pid.
 pub(crate) fn spawn_root(plan: &Plan, efds: EngineFds) -> Result<i32> {
-    let flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS) as u64;
+    let flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS) as u64 | crate::ipc::sysv::clone_flags(&plan.sysv);
     match sysc::clone3_with_pid(flags, &[], libc::SIGCHLD as u64).context("Cannot create the pid namespace (clone3)")? {
         ForkResult::Child => {
             let r = (|| -> Result<()> {
                 // Dies with the engine until the restored state takes over.
                 nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).context("PR_SET_PDEATHSIG")?;
-                mount_proc()
+                mount_proc()?;
+                crate::ipc::sysv::restore_objects(&plan.sysv)
             })();
             if let Err(e) = r {
                 report_error(efds.err_w, &format!("Restore of pid 1 failed: {e:#}"));

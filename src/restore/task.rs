@@ -49,6 +49,7 @@ fn restore_task(plan: &Plan, idx: usize, efds: EngineFds) -> Result<Infallible> 
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), None).context("sigprocmask")?;
     set_session(plan, t, efds)?;
     crate::files::restore::setup_fds(plan, idx, efds)?;
+    crate::files::tty::setup_ctty(plan, idx, efds)?;
     setup_fs(plan, t)?;
     super::session::fork_children(plan, &t.children, efds)?;
     let staged = stage_memory(plan, t, efds)?;
@@ -152,7 +153,13 @@ fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
             .filter(|v| {
                 matches!(
                     VmaKind::from_status(v.status),
-                    Some(VmaKind::AnonPrivate | VmaKind::FilePrivate | VmaKind::FileShared | VmaKind::AnonShared)
+                    Some(
+                        VmaKind::AnonPrivate
+                            | VmaKind::FilePrivate
+                            | VmaKind::FileShared
+                            | VmaKind::AnonShared
+                            | VmaKind::SysvShm
+                    )
                 )
             })
             .collect();
@@ -215,6 +222,7 @@ fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
                 )
                 .with_context(|| format!("Cannot map the shared memory for {:#x}", v.start))?;
             }
+            VmaKind::SysvShm => crate::ipc::sysv::vma_attach(v, at)?,
             VmaKind::AnonPrivate => {
                 let mut fl = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE;
                 if growsdown {
