@@ -280,3 +280,9 @@ pub fn set_lock(fd: RawFd, cmd: i32, ty: i16, start: i64, len: i64) -> nix::Resu
     // SAFETY: `fl` is a valid flock the kernel only reads for these commands.
     Errno::result(unsafe { libc::fcntl(fd, cmd, &fl) }).map(drop)
 }
+
+/// fcntl(F_SETLEASE) with F_RDLCK, F_WRLCK or F_UNLCK.
+pub fn set_lease(fd: RawFd, ty: i32) -> nix::Result<()> {
+    // SAFETY: F_SETLEASE takes an integer argument.
+    Errno::result(unsafe { libc::fcntl(fd, libc::F_SETLEASE, ty) }).map(drop)
+}
