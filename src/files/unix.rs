@@ -19,8 +19,9 @@
 //! stream socket whose peer had closed is rebuilt from a socketpair whose
 //! other end is closed after the refill (data, then EOF).
 //!
-//! Limits: names of connected stream/seqpacket sockets are not rebound
-//! (an accepted socket shares its listener's name); descriptors in flight
+//! Limits: an accepted socket (named like a listener of the dump: it
+//! shares the listener's name) comes back unnamed; a connected socket that
+//! bound its own name gets it back; descriptors in flight
 //! (SCM_RIGHTS) and a peer outside the dumped tree are refused at dump.
 
 use std::collections::{BTreeMap, HashMap};
@@ -692,11 +693,28 @@ pub(crate) fn create_group(
             fds.insert(id, s);
         }
     }
-    // 2. Names. Connected stream sockets are not rebound (see the module doc).
+    // 2. Names. A connected stream socket named like a listener of the
+    //    dump was accepted from it (it shares the listener's name): not
+    //    rebound. Any other connected one bound its own name before
+    //    connecting: bound again (best effort: the socketpair is connected
+    //    already).
+    let listener_named = |u: &pb::UnixSkEntry| {
+        files
+            .values()
+            .filter_map(|f| f.usk.as_ref())
+            .any(|x| x.state == ST_LISTEN && x.name == u.name)
+    };
     for &(id, u) in &ents {
         let connected_stream = stream_like(u) && u.state == ST_ESTABLISHED;
-        if !u.name.is_empty() && !connected_stream {
+        if u.name.is_empty() {
+            continue;
+        }
+        if !connected_stream {
             bind_name(&fds[&id], u)?;
+        } else if !listener_named(u) {
+            if let Err(e) = bind_name(&fds[&id], u) {
+                tracing::warn!("unix socket {}: its own name is not kept: {e:#}", u.ino);
+            }
         }
     }
     // 3. Listeners.
