@@ -190,6 +190,8 @@ pub struct FileTable {
     pub(crate) tty_state: tty::DumpState,
     /// Owners (F_SETOWN) of descriptions, until resolved (see `fown`).
     owners: Vec<fown::Owner>,
+    /// Descriptors in flight in socket queues, as received by cryo.
+    inflight: Vec<OwnedFd>,
 }
 
 pub(crate) fn fown0() -> pb::FownEntry {
