@@ -22,6 +22,7 @@ use crate::proc::fdinfo::FdInfo;
 use crate::sys::{clone as sysc, tty as systty};
 
 pub mod anon;
+pub mod fown;
 pub mod inotify;
 pub mod locks;
 pub mod memfd;
@@ -190,6 +191,10 @@ pub struct FileTable {
     raw_images: Vec<ExtraImage>,
     /// pty pairs and controlling terminals (see `tty`).
     pub(crate) tty_state: tty::DumpState,
+    /// Owners (F_SETOWN) of descriptions, until resolved (see `fown`).
+    owners: Vec<fown::Owner>,
+    /// Descriptors in flight in socket queues, as received by cryo.
+    inflight: Vec<OwnedFd>,
 }
 
 pub(crate) fn fown0() -> pb::FownEntry {
@@ -302,7 +307,11 @@ impl FileTable {
             };
             let (id, ty) = match shared {
                 Some(id) => (id, self.types[&id]),
-                None => self.dump_one(&ctx, &kind, shell_job, stat)?,
+                None => {
+                    let (id, ty) = self.dump_one(&ctx, &kind, shell_job, stat)?;
+                    self.note_owner(pid, fd, id)?;
+                    (id, ty)
+                }
             };
             self.types.insert(id, ty);
             self.seen.push((pid, fd, dev, ino, id));

@@ -42,6 +42,8 @@ pub struct Extra {
     pub fifo_data: HashMap<u32, pipe::PipeData>,
     /// Queued socket messages by the socket's file id.
     pub sk_queues: HashMap<u32, Vec<Vec<u8>>>,
+    /// Descriptors in flight: socket file id → message index → file ids.
+    pub sk_rights: HashMap<u32, HashMap<usize, Vec<u32>>>,
     /// memfd inodes (with their content) by inode id.
     pub memfds: HashMap<u32, memfd::Inode>,
     /// Anonymous shared memory: shmid → synthetic file id (see `shmem`).
@@ -104,11 +106,30 @@ pub fn load(dir: &ImageDir, files: &HashMap<u32, pb::FileEntry>) -> Result<Extra
                     e.id_for
                 ),
             }
-            if !e.scm.is_empty() {
-                bail!(
-                    "{path}: a message of file id {} carries control data; not supported",
-                    e.id_for
-                );
+            let idx = x.sk_queues.get(&e.id_for).map_or(0, Vec::len);
+            for scm in &e.scm {
+                if scm.r#type != libc::SCM_RIGHTS as u32 {
+                    bail!(
+                        "{path}: a message of file id {} carries control data of type {}; not supported",
+                        e.id_for,
+                        scm.r#type
+                    );
+                }
+                for r in &scm.rights {
+                    match files.get(r) {
+                        Some(f) if f.r#type != FD_UNIXSK => {}
+                        _ => bail!(
+                            "{path}: a message of file id {} carries file id {r}, which is not a file of files.img that can be in flight",
+                            e.id_for
+                        ),
+                    }
+                }
+                x.sk_rights
+                    .entry(e.id_for)
+                    .or_default()
+                    .entry(idx)
+                    .or_default()
+                    .extend_from_slice(&scm.rights);
             }
             x.sk_queues.entry(e.id_for).or_default().push(data);
         }
@@ -370,6 +391,37 @@ impl Layout {
         for (id, i) in tty::extra_users(plan) {
             users.entry(id).or_default().insert(i, ());
         }
+        // Descriptors in flight: created before their socket's group, by an
+        // ancestor of every task of that group.
+        let all_unix: Vec<u32> = users
+            .keys()
+            .copied()
+            .filter(|id| plan.files[id].r#type == FD_UNIXSK)
+            .collect();
+        let comp = unix::components(&plan.files, &all_unix);
+        let mut rights_of: HashMap<u32, Vec<u32>> = HashMap::new();
+        for (s, msgs) in &plan.fx.sk_rights {
+            if users.contains_key(s) {
+                rights_of
+                    .entry(*s)
+                    .or_default()
+                    .extend(msgs.values().flatten().copied());
+            }
+        }
+        for (s, rights) in &rights_of {
+            let c = comp.get(s).copied();
+            let group_users: Vec<usize> = all_unix
+                .iter()
+                .filter(|id| *id == s || (c.is_some() && comp.get(id).copied() == c))
+                .flat_map(|id| users[id].keys().copied().collect::<Vec<_>>())
+                .collect();
+            for r in rights {
+                let u = users.entry(*r).or_default();
+                for &t in &group_users {
+                    u.insert(t, ());
+                }
+            }
+        }
         let epoll_targets = epoll_targets(plan)?;
         loop {
             let mut changed = false;
@@ -397,6 +449,15 @@ impl Layout {
                     .unwrap_or(0);
                 depth.insert(*ep, d);
             }
+        }
+        for (s, rights) in &rights_of {
+            let d = 1 + rights
+                .iter()
+                .map(|r| depth.get(r).copied().unwrap_or(0))
+                .max()
+                .unwrap_or(0);
+            let e = depth.entry(*s).or_default();
+            *e = (*e).max(d);
         }
         let mut slot = HashMap::new();
         for (n, id) in users.keys().enumerate() {
@@ -463,7 +524,11 @@ fn create(plan: &Plan, g: &Group, lay: &Layout, efds: EngineFds) -> Result<Vec<(
         }
         GroupKey::Pipe(p) => out = pipe::create_pipe(&plan.files, &g.ids, plan.fx.pipe_data.get(&p))?,
         GroupKey::Fifo(p) => out = pipe::create_fifo(&plan.files, &g.ids, plan.fx.fifo_data.get(&p))?,
-        GroupKey::Unix(_) => out = unix::create_group(&plan.files, &g.ids, &plan.fx.sk_queues)?,
+        GroupKey::Unix(_) => {
+            out = unix::create_group(&plan.files, &g.ids, &plan.fx.sk_queues, &plan.fx.sk_rights, |id| {
+                lay.slot.get(&id).copied()
+            })?
+        }
         GroupKey::Memfd(i) => out = memfd::create(&plan.files, &g.ids, &plan.fx.memfds[&i])?,
         GroupKey::Pty(i) => out = tty::create_pair(&plan.files, &plan.ttys, &plan.fx.ttys, &g.ids, i)?,
         GroupKey::Single(id) => {

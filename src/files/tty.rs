@@ -192,6 +192,20 @@ impl DumpState {
         }
     }
 
+    /// Sessions and foreground groups as the tree sees them (`tree`: host
+    /// pid → pid in the tree's pid namespace), for a tree that is its own
+    /// pid namespace.
+    pub(crate) fn translate(&mut self, tree: &HashMap<i32, i32>) {
+        for (sid, fg) in self.cttys.values_mut() {
+            if let Some(&v) = tree.get(&(*sid as i32)).filter(|&&v| v > 0) {
+                *sid = v as u32;
+            }
+            if let Some(&v) = tree.get(fg).filter(|&&v| v > 0) {
+                *fg = v;
+            }
+        }
+    }
+
     /// A slave fd whose session is outside: checked when all fds are seen.
     pub(crate) fn defer_unowned(&mut self, pid: i32, fd: i32, link: &str, index: u32) {
         self.unowned.push((pid, fd, link.to_string(), index));

@@ -168,6 +168,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
     };
 
     wait_ready(&plan, &ready_r, &err_r).context("Stage Fork")?;
+    crate::files::fown::restore(&plan, shim_pid).context("Stage Fork")?;
     debug!("all {} tasks ready", plan.tasks.len());
     fire_ready_events(
         &opts.hook,

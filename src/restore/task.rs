@@ -777,6 +777,7 @@ fn jump(plan: &Plan, t: &TaskImage, efds: EngineFds, staged: Staged) -> Result<I
     }
     // After the closes: closing any fd of a file drops our POSIX locks on it.
     crate::files::locks::restore(&plan.fx.locks, t.pid)?;
+    crate::files::fown::set_async(plan, t.pid, &t.fds)?;
     let threads = fs::read_dir("/proc/thread-self/..").map(|d| d.count()).unwrap_or(0);
     let root = plan.files[&t.fs.root_id]
         .reg
