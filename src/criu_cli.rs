@@ -701,6 +701,8 @@ fn cmd_dump(o: &Options) -> Result<i32> {
         dir: dir.clone(),
         shell_job: o.shell_job,
         leave_running: o.leave_running,
+        tcp_established: o.tcp_established,
+        tcp_close: o.tcp_close,
         hook: Default::default(),
     })?;
     tracing::info!("dumped {} processes, {} pages", st.processes, st.pages_written);
@@ -724,6 +726,7 @@ fn cmd_restore(o: &Options) -> Result<i32> {
     log_ignored(o);
     let r = restore::restore(&restore::RestoreOpts {
         skip_file_check: false,
+        tcp_close: o.tcp_close,
         dir: dir.clone(),
         shell_job: o.shell_job,
         detach: o.detach,

@@ -34,6 +34,10 @@ pub struct DumpOpts {
     pub dir: PathBuf,
     pub shell_job: bool,
     pub leave_running: bool,
+    /// Dump established TCP connections (TCP_REPAIR).
+    pub tcp_established: bool,
+    /// Dump established TCP connections to be restored closed.
+    pub tcp_close: bool,
     /// Called with [`Event::PostDump`](crate::hooks::Event) once the images
     /// are complete, before the tree is killed or resumed; an error leaves
     /// the tree running and fails the dump.
@@ -85,8 +89,10 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
         processes: frozen.procs.len(),
         ..Default::default()
     };
-    let res = write_images(opts, &dir, &frozen, &mut stats);
+    let mut net = crate::net::DumpNet::new(opts.tcp_established, opts.tcp_close);
+    let res = write_images(opts, &dir, &frozen, &mut stats, &mut net);
     if let Err(e) = res {
+        drop(net); // repair off, locks lifted
         drop(frozen); // detaches: the tree runs on untouched
         return Err(e);
     }
@@ -94,14 +100,17 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
     write_stats(&dir, &stats)?;
     dir.finish_manifest()?;
     if let Err(e) = opts.hook.fire(crate::hooks::Event::PostDump) {
+        drop(net); // repair off, locks lifted
         drop(frozen); // detaches: the tree runs on untouched
         return Err(e);
     }
     if opts.leave_running {
+        net.finish(false);
         frozen.resume();
         info!("dump done, tree left running");
     } else {
         frozen.kill();
+        net.finish(true);
         info!("dump done, tree killed");
     }
     Ok(stats)
@@ -217,7 +226,13 @@ fn kobj_ids(ids: &mut Ids, ns: &HashMap<&'static str, u64>, own: bool) -> pb::Ta
     }
 }
 
-fn write_images(opts: &DumpOpts, dir: &ImageDir, frozen: &Frozen, stats: &mut DumpStats) -> Result<()> {
+fn write_images(
+    opts: &DumpOpts,
+    dir: &ImageDir,
+    frozen: &Frozen,
+    stats: &mut DumpStats,
+    net: &mut crate::net::DumpNet,
+) -> Result<()> {
     let layout = xsave_layout();
     let mut ids = Ids {
         next_obj: 1, // 1 is the dumper itself, as CRIU numbers them
@@ -241,6 +256,7 @@ fn write_images(opts: &DumpOpts, dir: &ImageDir, frozen: &Frozen, stats: &mut Du
     }
 
     let mut files = FileTable::default();
+    files.net = std::mem::take(net);
     let mut pstree = Vec::new();
     let mut seccomp: Vec<pb::SeccompFilter> = Vec::new();
     for p in &frozen.procs {
@@ -293,6 +309,7 @@ fn write_images(opts: &DumpOpts, dir: &ImageDir, frozen: &Frozen, stats: &mut Du
     }
     files.resolve_pidfds(&tree)?;
     files.write_images(dir)?;
+    *net = std::mem::take(&mut files.net);
     dir.write_image(
         "seccomp.img",
         Kind::Seccomp,

@@ -48,6 +48,10 @@ pub struct Extra {
     pub shmem: HashMap<u64, u32>,
     /// File locks (filelocks.img).
     pub locks: Vec<pb::FileLockEntry>,
+    /// Established TCP connections' streams, by socket inode.
+    pub tcp: HashMap<u32, crate::net::tcp::Stream>,
+    /// Restore established TCP connections closed (--tcp-close).
+    pub tcp_close: bool,
 }
 
 /// Reads the images that go with files.img.
@@ -112,6 +116,7 @@ pub fn load(dir: &ImageDir, files: &HashMap<u32, pb::FileEntry>) -> Result<Extra
         }
     }
     x.memfds = memfd::load(dir)?;
+    x.tcp = crate::net::load_streams(dir, files)?;
     if dir.exists(names::FILE_LOCKS) {
         x.locks = dir.read_image(names::FILE_LOCKS, Kind::FileLocks)?;
     }
@@ -186,6 +191,7 @@ pub fn check_fd(
         FD_PIDFD => {
             fe.pidfd.as_ref().ok_or_else(missing)?;
         }
+        crate::net::FD_INETSK => crate::net::inet::check(fe)?,
         FD_UNIXSK => {
             let u = fe.usk.as_ref().ok_or_else(missing)?;
             if ![libc::SOCK_STREAM, libc::SOCK_DGRAM, libc::SOCK_SEQPACKET].contains(&(u.r#type as i32)) {
@@ -465,6 +471,7 @@ fn create(plan: &Plan, g: &Group, lay: &Layout, efds: EngineFds) -> Result<Vec<(
                     )
                     .context("open /dev/null")?,
                 ),
+                crate::net::FD_INETSK => crate::net::inet::create(fe, &plan.fx.tcp, plan.fx.tcp_close)?,
                 FD_EVENTFD => anon::create_eventfd(fe.efd.as_ref().context("no eventfd entry")?)?,
                 FD_SIGNALFD => anon::create_signalfd(fe.sgfd.as_ref().context("no signalfd entry")?)?,
                 FD_TIMERFD => anon::create_timerfd(fe.tfd.as_ref().context("no timerfd entry")?)?,

@@ -55,11 +55,12 @@ pub enum Kind {
     SkQueues,
     MemfdInode,
     FileLocks,
+    TcpStream,
 }
 
 impl Kind {
     /// All kinds, in table order.
-    pub const ALL: [Kind; 21] = [
+    pub const ALL: [Kind; 22] = [
         Kind::Inventory,
         Kind::Pstree,
         Kind::Core,
@@ -81,6 +82,7 @@ impl Kind {
         Kind::SkQueues,
         Kind::MemfdInode,
         Kind::FileLocks,
+        Kind::TcpStream,
     ];
 
     /// The image's own magic (the second u32 for common/service headers).
@@ -107,6 +109,7 @@ impl Kind {
             Kind::SkQueues => 0x5626_4026,
             Kind::MemfdInode => 0x4845_3499,
             Kind::FileLocks => 0x5432_3616,
+            Kind::TcpStream => 0x5146_5506,
         }
     }
 
@@ -155,6 +158,7 @@ impl Kind {
             Kind::SkQueues => "SK_QUEUES",
             Kind::MemfdInode => "MEMFD_INODE",
             Kind::FileLocks => "FILE_LOCKS",
+            Kind::TcpStream => "TCP_STREAM",
         }
     }
 
@@ -185,6 +189,7 @@ impl Kind {
             Kind::SkQueues => "sk_packet_entry",
             Kind::MemfdInode => "memfd_inode_entry",
             Kind::FileLocks => "file_lock_entry",
+            Kind::TcpStream => "tcp_stream_entry",
         }
     }
 
@@ -234,7 +239,6 @@ pub const FOREIGN_MAGICS: &[(&str, u32)] = &[
     ("IPCNS_SEM", 0x5957_3019),
     ("REG_FILES", 0x5036_3636),
     ("EXT_FILES", 0x5925_5641),
-    ("TCP_STREAM", 0x5146_5506),
     ("EVENTFD_FILE", 0x4452_3722),
     ("EVENTPOLL_FILE", 0x4502_3858),
     ("EVENTPOLL_TFD", 0x4443_3746),

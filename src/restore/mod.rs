@@ -51,6 +51,8 @@ pub struct RestoreOpts {
     pub trust_images: bool,
     /// Restore even if an open regular file changed size since the dump.
     pub skip_file_check: bool,
+    /// Restore established TCP connections closed.
+    pub tcp_close: bool,
     /// Called once every task is ready and before any runs, with
     /// setup-namespaces, post-setup-namespaces, post-restore (the root's
     /// host pid) and pre-resume; an error kills what was restored.
@@ -107,6 +109,8 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
     let dir = ImageDir::open(&opts.dir)?;
     let plan = Plan::load(&dir, opts).context("Stage Load")?;
     info!("loaded images of {} processes", plan.tasks.len());
+    // Lifted once the tree runs, or on any failure below.
+    let net_lock = crate::net::RestoreLock::of(&plan.files);
 
     // Engine fds, moved high.
     let high = plan.max_fd().max(63) + 1;
@@ -183,6 +187,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
             _ => bail!("The namespace init died after the restore"),
         }
     }
+    drop(net_lock);
     let restore_us = t0.elapsed().as_micros() as u64;
     let root_host_pid = if own_ns {
         shim_pid

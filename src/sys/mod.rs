@@ -21,6 +21,7 @@ pub mod fdops;
 pub mod mmap;
 pub mod probe;
 pub mod rawfd;
+pub mod sock;
 #[cfg(test)]
 mod tests;
 pub mod tty;
