@@ -38,3 +38,220 @@ fn inetsk_roundtrip() {
     );
     assert!(!images.iter().any(|n| n.starts_with("tcp-stream-")), "{images:?}");
 }
+
+// ---- 2. established connections -----------------------------------------------
+
+/// Tests that look at the lock tables run one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The nft tables of the network lock that exist now.
+fn lock_tables() -> Vec<String> {
+    let out = std::process::Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .expect("run nft (hack/setup installs nftables)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("cryo_tcp_"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Spawns a workload and waits for READY.
+fn spawn_ready(sc: &Scratch, bin: &std::path::Path, args: &[&str]) -> Workload {
+    let log = sc.path("wl.log");
+    let mut w = Workload::spawn(bin, args, &log).expect("spawn workload");
+    w.wait_ready().unwrap_or_else(|e| panic!("{e}"));
+    std::thread::sleep(Duration::from_millis(100));
+    w
+}
+
+/// Dump (the original must be killed), crit, restore -d, SIGUSR1: the
+/// verdict.
+fn cycle(sc: &Scratch, mut w: Workload, dump_args: &[&str], restore_args: &[&str]) -> String {
+    dump(sc, w.pid, dump_args);
+    let st = w
+        .wait_exit(GONE_TIMEOUT)
+        .unwrap_or_else(|| panic!("original pid {} still runs after dump", w.pid));
+    assert!(st.code().is_none(), "the original should have been killed: {st:?}");
+    crit_decodes_all(&sc.img);
+    let rpid = restore_with(sc, "1", restore_args);
+    cryo_integration::signal(rpid, libc::SIGUSR1).unwrap_or_else(|e| panic!("{e}"));
+    let v =
+        cryo_integration::wait_for_nth_verdict(&sc.path("wl.log"), 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        cryo_integration::wait_pid_exited(rpid, GONE_TIMEOUT),
+        "restored pid {rpid} did not exit"
+    );
+    v
+}
+
+/// `cryo restore -d --pidfile` with extra arguments; the restored pid.
+fn restore_with(sc: &Scratch, tag: &str, extra: &[&str]) -> i32 {
+    let pf = sc.path(&format!("pidfile-{tag}"));
+    sc.cl.pidfile(&pf);
+    let log = sc.path(&format!("restore-{tag}.log"));
+    let mut args = vec![
+        "restore",
+        "-D",
+        s(&sc.img),
+        "-d",
+        "--pidfile",
+        s(&pf),
+        "-o",
+        s(&log),
+        "-v4",
+    ];
+    args.extend_from_slice(extra);
+    let out = run_cryo(&args);
+    assert_cryo_ok(&out, "cryo restore -d", &log);
+    cryo_integration::read_pidfile(&pf).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn tcpconn_plain_passes_and_detects_a_lost_byte() {
+    expect_plain_pass(bin!("tcpconn"), &[]);
+    expect_plain_fail(bin!("tcpconn"), &["--corrupt"], "C->A queue: byte 0 is");
+    expect_plain_fail(bin!("tcpconn"), &["--closed"], "C is still connected");
+}
+
+fn tcpconn_established(v6: bool) {
+    let _g = serial();
+    let sc = Scratch::new(if v6 { "tcpconn6" } else { "tcpconn4" });
+    let args: &[&str] = if v6 { &["--v6"] } else { &[] };
+    let w = spawn_ready(&sc, bin!("tcpconn"), args);
+    let v = cycle(&sc, w, &["--tcp-established"], &[]);
+    assert!(v.starts_with("PASS"), "{v}");
+    let streams: Vec<String> = std::fs::read_dir(&sc.img)
+        .expect("image dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("tcp-stream-"))
+        .collect();
+    assert_eq!(streams.len(), 2, "one stream per end: {streams:?}");
+    // The client's send queue held unsent bytes and the accepted end's
+    // receive queue was full: both are in the images.
+    let mut inq = 0;
+    let mut unsent = 0;
+    for n in &streams {
+        let j = crit_json(&sc.img.join(n));
+        let e = &j["entries"][0];
+        inq += e["inq_len"].as_u64().unwrap_or(0);
+        unsent += e["unsq_len"].as_u64().unwrap_or(0);
+    }
+    assert!(
+        inq > 3000 && unsent > 0,
+        "queues in the images: inq {inq}, unsent {unsent}"
+    );
+    assert!(
+        lock_tables().is_empty(),
+        "the network lock outlived the restore: {:?}",
+        lock_tables()
+    );
+}
+
+#[test]
+fn tcpconn_ipv4_established_roundtrip() {
+    cryo_integration::require_root!();
+    tcpconn_established(false);
+}
+
+#[test]
+fn tcpconn_ipv6_established_roundtrip() {
+    cryo_integration::require_root!();
+    tcpconn_established(true);
+}
+
+#[test]
+fn established_connection_without_the_flag_is_refused_and_the_tree_runs_on() {
+    cryo_integration::require_root!();
+    let _g = serial();
+    let sc = Scratch::new("tcpconn-refused");
+    let mut w = spawn_ready(&sc, bin!("tcpconn"), &[]);
+    let pid = w.pid.to_string();
+    let out = run_cryo(&["dump", "-t", &pid, "-D", s(&sc.img)]);
+    let err = one_line_error(&out, "dump of a live TCP connection");
+    for must in [
+        "established TCP connection 127.0.0.1:",
+        " -> 127.0.0.1:",
+        "--tcp-established",
+    ] {
+        assert!(err.contains(must), "the error should contain {must:?}: {err}");
+    }
+    assert!(
+        !sc.img.join("inventory.img").exists(),
+        "a failed dump left an inventory.img"
+    );
+    assert!(pid_running(w.pid), "the tree must run on after a failed dump");
+    assert!(
+        lock_tables().is_empty(),
+        "a refused dump left a lock: {:?}",
+        lock_tables()
+    );
+    w.usr1().expect("SIGUSR1");
+    let v = wait_for_verdict(&sc.path("wl.log"), LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(v.starts_with("PASS"), "{v}");
+    assert_eq!(w.wait_exit(GONE_TIMEOUT).and_then(|s| s.code()), Some(0));
+}
+
+#[test]
+fn tcp_close_restores_connections_closed() {
+    cryo_integration::require_root!();
+    let _g = serial();
+    let sc = Scratch::new("tcpconn-close");
+    let w = spawn_ready(&sc, bin!("tcpconn"), &["--closed"]);
+    let v = cycle(&sc, w, &["--tcp-close"], &[]);
+    assert!(v.starts_with("PASS closed"), "{v}");
+    assert!(lock_tables().is_empty(), "{:?}", lock_tables());
+}
+
+#[test]
+fn address_in_use_at_restore_fails_cleanly_and_lifts_the_lock() {
+    cryo_integration::require_root!();
+    let _g = serial();
+    let sc = Scratch::new("tcpconn-inuse");
+    let mut w = spawn_ready(&sc, bin!("tcpconn"), &[]);
+    dump(&sc, w.pid, &["--tcp-established"]);
+    w.wait_exit(GONE_TIMEOUT).expect("the original is killed");
+    assert_eq!(lock_tables().len(), 1, "the connection stays locked until the restore");
+    // Somebody else takes the listener's address.
+    let files = crit_json(&sc.img.join("files.img"));
+    let port = files["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e.get("isk"))
+        .find(|e| e["state"] == 10)
+        .and_then(|e| e["src_port"].as_u64())
+        .expect("a listener in files.img");
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", port as u16)).expect("take the port");
+    let pf = sc.path("pidfile-bad");
+    sc.cl.pidfile(&pf);
+    let (out, left) = cryo_integration::run_cryo_reaped(
+        bin!("reaper"),
+        &["restore", "-D", s(&sc.img), "-d", "--pidfile", s(&pf)],
+    );
+    let err = one_line_error(&out, "restore onto a used address");
+    assert!(
+        err.contains(&format!("Cannot bind tcp 127.0.0.1:{port} to 127.0.0.1:{port}")) && err.contains("in use"),
+        "the error should name the socket and the address: {err}"
+    );
+    assert!(!pf.exists(), "a failed restore wrote the pidfile");
+    assert!(left.is_empty(), "the failed restore left processes behind: {left:?}");
+    assert!(
+        lock_tables().is_empty(),
+        "a failed restore left the lock: {:?}",
+        lock_tables()
+    );
+    // The address is free again: the same images restore.
+    drop(squatter);
+    let rpid = restore_with(&sc, "2", &[]);
+    cryo_integration::signal(rpid, libc::SIGUSR1).unwrap_or_else(|e| panic!("{e}"));
+    let v =
+        cryo_integration::wait_for_nth_verdict(&sc.path("wl.log"), 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(v.starts_with("PASS"), "{v}");
+}

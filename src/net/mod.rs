@@ -194,3 +194,36 @@ impl Drop for RestoreLock {
         }
     }
 }
+
+/// At the end of a task's restore: the established connections it is the
+/// first user of (in tree order) leave repair mode and send their unsent
+/// bytes.
+pub fn finish_repair(plan: &crate::restore::Plan, pid: i32) -> Result<()> {
+    let Some(t) = plan.tasks.iter().find(|t| t.pid == pid) else {
+        return Ok(());
+    };
+    if plan.fx.tcp_close {
+        return Ok(());
+    }
+    let mut done = Vec::new();
+    for f in &t.fds {
+        if f.r#type != FD_INETSK || done.contains(&f.id) {
+            continue;
+        }
+        let Some(isk) = plan.files.get(&f.id).and_then(|fe| fe.isk.as_ref()) else {
+            continue;
+        };
+        let Some(st) = plan.fx.tcp.get(&isk.ino) else { continue };
+        if isk.state != tcp::ESTABLISHED {
+            continue;
+        }
+        let first = plan.tasks.iter().find(|x| x.fds.iter().any(|g| g.id == f.id));
+        if first.map(|x| x.pid) != Some(pid) {
+            continue;
+        }
+        done.push(f.id);
+        let fd = crate::sys::rawfd::borrow(f.fd as i32);
+        tcp::finish(fd, st).with_context(|| format!("pid {pid} fd {}: {}", f.fd, inet::describe_entry(isk)))?;
+    }
+    Ok(())
+}

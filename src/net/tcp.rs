@@ -13,8 +13,10 @@
 //! (the start of each queue), is bound and connected (no handshake in
 //! repair mode), gets the options, the timestamp, the received bytes into
 //! its receive queue and the sent-not-acked bytes into its send queue,
-//! then the windows; repair goes off and the unsent bytes are sent the
-//! ordinary way. The peer sees none of this until the lock is lifted.
+//! then the windows. Repair goes off, and the unsent bytes are sent the
+//! ordinary way, only at the end of the task's restore ([`finish`]), so
+//! that a failed restore closes the socket silently. The peer sees none of
+//! this until the lock is lifted.
 
 use std::os::fd::{AsFd, BorrowedFd};
 
@@ -239,8 +241,9 @@ fn room(fd: BorrowedFd, name: i32, force: i32, need: usize) -> Result<()> {
     Ok(())
 }
 
-/// Step 2, after connect: options, timestamp, queues, windows; then
-/// repair off and the unsent bytes sent.
+/// Step 2, after connect: options, timestamp, queues, windows. The
+/// socket stays in repair mode (if the restore fails it closes without a
+/// word) until [`finish`], right before the task resumes.
 pub fn restore_post_connect(fd: BorrowedFd, s: &Stream) -> Result<()> {
     let e = &s.e;
     let mut opts: Vec<(u32, u32)> = vec![(TCPOPT_MAXSEG, e.mss_clamp)];
@@ -284,12 +287,35 @@ pub fn restore_post_connect(fd: BorrowedFd, s: &Stream) -> Result<()> {
     if e.cork == Some(true) {
         set(fd, libc::TCP_CORK, 1, "TCP_CORK")?;
     }
+    Ok(())
+}
+
+/// Step 3, the last thing before the task resumes: repair off, and the
+/// unsent bytes sent the ordinary way.
+pub fn finish(fd: BorrowedFd, s: &Stream) -> Result<()> {
+    let sent = s.outq.len() - s.e.unsq_len.unwrap_or(0) as usize;
     repair(fd, false)?;
+    if sent == s.outq.len() {
+        return Ok(());
+    }
+    // The send buffer may be locked at its dumped size, which the queue
+    // fills up already (the refilled packets need not have the sizes the
+    // originals had): make room for the unsent bytes, then put the size
+    // and its lock back.
+    let sol = libc::SOL_SOCKET;
+    let old = fdops::getsockopt_int(fd, sol, libc::SO_SNDBUF).context("SO_SNDBUF")?;
+    let lock = fdops::getsockopt_int(fd, sol, libc::SO_BUF_LOCK).context("SO_BUF_LOCK")?;
+    let need = (old as usize + 4 * (s.outq.len() - sent)).min(i32::MAX as usize / 2) as i32;
+    fdops::setsockopt_int(fd, sol, libc::SO_SNDBUFFORCE, need).context("SO_SNDBUFFORCE")?;
     let mut off = sent;
     while off < s.outq.len() {
         let n = sock::send(fd, &s.outq[off..], libc::MSG_DONTWAIT).context("send of the unsent bytes")?;
         off += n;
     }
+    if lock & 1 != 0 {
+        fdops::setsockopt_int(fd, sol, libc::SO_SNDBUFFORCE, old / 2).context("SO_SNDBUFFORCE")?;
+    }
+    fdops::setsockopt_int(fd, sol, libc::SO_BUF_LOCK, lock).context("SO_BUF_LOCK")?;
     Ok(())
 }
 

@@ -1,0 +1,233 @@
+//! tcpconn: an established TCP connection inside the tree keeps its
+//! queues in both directions (received-not-read, sent-not-acked and
+//! unsent), its options and its addresses.
+//!
+//! `tcpconn --log F [--v6] [--closed] [--corrupt]`
+//!
+//! One process holds a listener L, a client C connected to it and the
+//! accepted socket A (loopback, IPv4 or with `--v6` IPv6). A has a small
+//! receive buffer and never reads before the check; C (O_NONBLOCK,
+//! SO_SNDBUF 64 KiB, TCP_NODELAY, SO_KEEPALIVE, TCP_KEEPIDLE 99) writes a numbered byte
+//! pattern until the kernel takes no more, so A's receive queue is full
+//! and C's send queue holds unsent bytes; A sends 3000 bytes that C does
+//! not read.
+//!
+//! On SIGUSR1: the addresses of C and A, C's options and flags, then C's
+//! 3000 bytes and every byte C wrote, in order, read from A; then bytes
+//! both ways again. With `--closed` (a restore with --tcp-close) the check
+//! is instead that C and A are no longer connected. `--corrupt` reads one
+//! byte from A after READY.
+
+use cryo_integration::wl::{self, Args, Log};
+
+fn pat(i: u64, seed: u64) -> u8 {
+    ((i.wrapping_mul(31) ^ seed.wrapping_mul(7)) % 253) as u8
+}
+
+fn check(cond: bool, pr: &mut Vec<String>, what: String) {
+    if !cond {
+        pr.push(what);
+    }
+}
+
+fn getopt(fd: i32, level: i32, name: i32) -> i32 {
+    let mut v: i32 = 0;
+    let mut len: libc::socklen_t = 4;
+    // SAFETY: the kernel writes at most `len` bytes into `v`.
+    unsafe { libc::getsockopt(fd, level, name, (&mut v as *mut i32).cast(), &mut len) };
+    v
+}
+
+fn setopt(fd: i32, level: i32, name: i32, v: i32) {
+    // SAFETY: the kernel reads one int.
+    if unsafe { libc::setsockopt(fd, level, name, (&v as *const i32).cast(), 4) } != 0 {
+        wl::die(&format!("setsockopt {level}/{name}"));
+    }
+}
+
+/// (local, peer) as raw sockaddr bytes, for comparison.
+fn names(fd: i32) -> (Vec<u8>, Vec<u8>) {
+    let get = |peer: bool| {
+        let mut ss = [0u8; 128];
+        let mut len: libc::socklen_t = 128;
+        // SAFETY: the kernel writes at most `len` bytes.
+        let r = unsafe {
+            if peer {
+                libc::getpeername(fd, ss.as_mut_ptr().cast(), &mut len)
+            } else {
+                libc::getsockname(fd, ss.as_mut_ptr().cast(), &mut len)
+            }
+        };
+        if r != 0 {
+            return Vec::new();
+        }
+        ss[..len as usize].to_vec()
+    };
+    (get(false), get(true))
+}
+
+/// Reads exactly `n` bytes from `fd` (waiting up to 10 s), checking the
+/// pattern; returns the first problem.
+fn read_pattern(fd: i32, n: u64, seed: u64) -> Option<String> {
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 65536];
+    let mut idle = 0;
+    while got < n {
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut pfd, 1, 100) };
+        let want = (n - got).min(buf.len() as u64) as usize;
+        // SAFETY: `buf` is writable for `want` bytes.
+        let r = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), want, libc::MSG_DONTWAIT) };
+        if r == 0 {
+            return Some(format!("EOF after {got} of {n} bytes"));
+        }
+        if r < 0 {
+            let e = wl::errno();
+            if e != libc::EAGAIN {
+                return Some(format!("recv errno {e} after {got} of {n} bytes"));
+            }
+            idle += 1;
+            if idle > 100 {
+                return Some(format!("only {got} of {n} bytes arrived"));
+            }
+            continue;
+        }
+        for (k, &b) in buf[..r as usize].iter().enumerate() {
+            let i = got + k as u64;
+            if b != pat(i, seed) {
+                return Some(format!("byte {i} is {b}, expected {}", pat(i, seed)));
+            }
+        }
+        got += r as u64;
+        idle = 0;
+    }
+    None
+}
+
+fn main() {
+    let args = Args::from_env();
+    let log = Log::open(&args.required("log"));
+    let v6 = args.flag("v6");
+    let closed = args.flag("closed");
+    let corrupt = args.flag("corrupt");
+    wl::install_usr1();
+    let fam = if v6 { libc::AF_INET6 } else { libc::AF_INET };
+    let listener = if v6 {
+        std::net::TcpListener::bind("[::1]:0")
+    } else {
+        std::net::TcpListener::bind("127.0.0.1:0")
+    }
+    .unwrap_or_else(|_| wl::die("bind"));
+    let addr = listener.local_addr().unwrap_or_else(|_| wl::die("local_addr"));
+    let client = std::net::TcpStream::connect(addr).unwrap_or_else(|_| wl::die("connect"));
+    let (acc, _) = listener.accept().unwrap_or_else(|_| wl::die("accept"));
+    use std::os::fd::IntoRawFd;
+    let c = client.into_raw_fd();
+    let a = acc.into_raw_fd();
+    let _l = listener;
+    setopt(a, libc::SOL_SOCKET, libc::SO_RCVBUF, 16384);
+    setopt(c, libc::SOL_SOCKET, libc::SO_SNDBUF, 65536);
+    setopt(c, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1);
+    setopt(c, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+    setopt(c, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 99);
+    // SAFETY: plain integer arguments.
+    unsafe { libc::fcntl(c, libc::F_SETFL, libc::fcntl(c, libc::F_GETFL) | libc::O_NONBLOCK) };
+    // A -> C: 3000 bytes C does not read.
+    let back: Vec<u8> = (0..3000).map(|i| pat(i, 2)).collect();
+    // SAFETY: `back` is readable.
+    if unsafe { libc::send(a, back.as_ptr().cast(), back.len(), 0) } != 3000 {
+        wl::die("send A->C");
+    }
+    // C -> A until the kernel takes no more (twice, a moment apart, so
+    // that the window is really closed).
+    let mut sent = 0u64;
+    for _ in 0..2 {
+        loop {
+            let chunk: Vec<u8> = (sent..sent + 4096).map(|i| pat(i, 1)).collect();
+            // SAFETY: `chunk` is readable.
+            let r = unsafe { libc::send(c, chunk.as_ptr().cast(), chunk.len(), libc::MSG_DONTWAIT) };
+            if r <= 0 {
+                break;
+            }
+            sent += r as u64;
+        }
+        wl::sleep_ms(50);
+    }
+    let mut outq: i32 = 0;
+    // SAFETY: SIOCOUTQ writes one int.
+    unsafe { libc::ioctl(c, libc::TIOCOUTQ, &mut outq) };
+    let nc = names(c);
+    let na = names(a);
+    let fl = libc::O_NONBLOCK;
+    log.line(&format!("QUEUES sent={sent} c_outq={outq} family={fam}"));
+    log.ready();
+    while !wl::usr1_seen() {
+        wl::sleep_ms(10);
+    }
+    let mut pr = Vec::new();
+    if corrupt {
+        let mut b = [0u8; 1];
+        // SAFETY: `b` is writable.
+        unsafe { libc::recv(a, b.as_mut_ptr().cast(), 1, libc::MSG_DONTWAIT) };
+    }
+    if closed {
+        check(names(c).1.is_empty(), &mut pr, "C is still connected".into());
+        check(names(a).1.is_empty(), &mut pr, "A is still connected".into());
+        log.verdict(&pr, "closed");
+    }
+    check(names(c) == nc, &mut pr, format!("C addresses changed: {:?}", names(c)));
+    check(names(a) == na, &mut pr, format!("A addresses changed: {:?}", names(a)));
+    check(
+        getopt(c, libc::IPPROTO_TCP, libc::TCP_NODELAY) == 1,
+        &mut pr,
+        "C TCP_NODELAY lost".into(),
+    );
+    check(
+        getopt(c, libc::SOL_SOCKET, libc::SO_KEEPALIVE) == 1,
+        &mut pr,
+        "C SO_KEEPALIVE lost".into(),
+    );
+    check(
+        getopt(c, libc::SOL_SOCKET, libc::SO_SNDBUF) == 131072,
+        &mut pr,
+        format!("C SO_SNDBUF is {}", getopt(c, libc::SOL_SOCKET, libc::SO_SNDBUF)),
+    );
+    check(
+        getopt(c, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE) == 99,
+        &mut pr,
+        format!("C TCP_KEEPIDLE is {}", getopt(c, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE)),
+    );
+    // SAFETY: plain integer arguments.
+    let cf = unsafe { libc::fcntl(c, libc::F_GETFL) };
+    check(cf & fl == fl, &mut pr, format!("C flags {cf:o}"));
+    if let Some(p) = read_pattern(c, 3000, 2) {
+        pr.push(format!("A->C queue: {p}"));
+    }
+    if let Some(p) = read_pattern(a, sent, 1) {
+        pr.push(format!("C->A queue: {p}"));
+    }
+    // Both ways again.
+    // SAFETY: the buffers are readable.
+    let r1 = unsafe { libc::send(a, b"after".as_ptr().cast(), 5, 0) };
+    let mut buf = [0u8; 16];
+    let mut got = -1;
+    for _ in 0..500 {
+        // SAFETY: `buf` is writable.
+        got = unsafe { libc::recv(c, buf.as_mut_ptr().cast(), 16, libc::MSG_DONTWAIT) };
+        if got >= 0 {
+            break;
+        }
+        wl::sleep_ms(10);
+    }
+    check(
+        r1 == 5 && got == 5 && &buf[..5] == b"after",
+        &mut pr,
+        format!("A->C after the check: sent {r1}, received {got}"),
+    );
+    log.verdict(&pr, &format!("sent={sent} c_outq={outq}"));
+}
