@@ -255,3 +255,108 @@ fn address_in_use_at_restore_fails_cleanly_and_lifts_the_lock() {
         cryo_integration::wait_for_nth_verdict(&sc.path("wl.log"), 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     assert!(v.starts_with("PASS"), "{v}");
 }
+
+// ---- 3. the demonstration: a client outside the tree streams through a dump --------
+
+/// The `key=value` number in a verdict.
+fn field(v: &str, key: &str) -> u64 {
+    v.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {key}= in {v:?}"))
+}
+
+/// Both verdicts of a stream whose server went through a dump and restore:
+/// PASS on both sides, a real pause, and messages in both directions after.
+fn judge_stream(server_v: &str, client_v: &str, pause_ms: u64) {
+    eprintln!("server: {server_v}\nclient: {client_v}");
+    assert!(server_v.starts_with("PASS"), "server: {server_v}");
+    assert!(client_v.starts_with("PASS"), "client: {client_v}");
+    for v in [server_v, client_v] {
+        assert!(field(v, "received") >= 100, "too few messages: {v}");
+        assert!(
+            field(v, "max_gap_ms") >= pause_ms,
+            "the stream never paused for the dump: {v}"
+        );
+        assert!(
+            field(v, "after_gap") >= 20,
+            "the stream did not go on after the restore: {v}"
+        );
+    }
+}
+
+#[test]
+fn tcpstream_plain_passes_and_detects_a_skipped_message() {
+    for (corrupt, expect) in [(false, None), (true, Some("expected message 100, got 101"))] {
+        let d = cryo_integration::TempDir::new("tcpstream-plain");
+        let slog = d.join("server.log");
+        let clog = d.join("client.log");
+        let sargs: &[&str] = if corrupt {
+            &["--role", "server", "--corrupt"]
+        } else {
+            &["--role", "server"]
+        };
+        let sw = Workload::spawn(bin!("tcpstream"), sargs, &slog).expect("spawn server");
+        let port = cryo_integration::wait_for_line(&slog, "PORT ", LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+        let port = port.trim().trim_start_matches("PORT ").to_string();
+        let cw = Workload::spawn(bin!("tcpstream"), &["--role", "client", "--port", &port], &clog).expect("client");
+        cw.wait_ready().unwrap_or_else(|e| panic!("{e}"));
+        sw.wait_ready().unwrap_or_else(|e| panic!("{e}"));
+        std::thread::sleep(Duration::from_millis(400));
+        sw.usr1().expect("usr1");
+        cw.usr1().expect("usr1");
+        let cv = wait_for_verdict(&clog, LINE_TIMEOUT);
+        match expect {
+            None => {
+                let sv = wait_for_verdict(&slog, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+                let cv = cv.unwrap_or_else(|e| panic!("{e}"));
+                assert!(sv.starts_with("PASS") && field(&sv, "received") >= 50, "{sv}");
+                assert!(field(&cv, "received") >= 50, "{cv}");
+            }
+            Some(what) => {
+                let e = cv.expect_err("the client must FAIL");
+                assert!(e.contains(what), "{e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn tcpstream_server_dumped_and_restored_in_place_keeps_its_client() {
+    cryo_integration::require_root!();
+    let _g = serial();
+    let sc = Scratch::new("tcpstream");
+    let slog = sc.path("wl.log");
+    let clog = sc.path("client.log");
+    let mut sw = Workload::spawn(bin!("tcpstream"), &["--role", "server"], &slog).expect("spawn server");
+    let port = cryo_integration::wait_for_line(&slog, "PORT ", LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let port = port.trim().trim_start_matches("PORT ").to_string();
+    let cw = Workload::spawn(bin!("tcpstream"), &["--role", "client", "--port", &port], &clog).expect("client");
+    cw.wait_ready().unwrap_or_else(|e| panic!("{e}"));
+    sw.wait_ready().unwrap_or_else(|e| panic!("{e}"));
+    std::thread::sleep(Duration::from_millis(400));
+    dump(&sc, sw.pid, &["--tcp-established"]);
+    sw.wait_exit(GONE_TIMEOUT).expect("the original server is killed");
+    assert_eq!(
+        lock_tables().len(),
+        1,
+        "the connection is locked between dump and restore"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(pid_running(cw.pid), "the client must not notice");
+    crit_decodes_all(&sc.img);
+    let rpid = restore_with(&sc, "1", &[]);
+    assert!(
+        lock_tables().is_empty(),
+        "the lock outlived the restore: {:?}",
+        lock_tables()
+    );
+    // Data flows again once both sides retransmit.
+    cryo_integration::wait_for_line(&clog, "GAP ", Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e}"));
+    std::thread::sleep(Duration::from_millis(500));
+    cryo_integration::signal(rpid, libc::SIGUSR1).unwrap_or_else(|e| panic!("{e}"));
+    cw.usr1().expect("usr1");
+    let sv = cryo_integration::wait_for_nth_verdict(&slog, 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let cv = cryo_integration::wait_for_nth_verdict(&clog, 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    judge_stream(&sv, &cv, 300);
+}
