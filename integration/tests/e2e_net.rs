@@ -360,3 +360,154 @@ fn tcpstream_server_dumped_and_restored_in_place_keeps_its_client() {
     let cv = cryo_integration::wait_for_nth_verdict(&clog, 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     judge_stream(&sv, &cv, 300);
 }
+
+// ---- 4. the server moves to another network namespace ------------------------------
+
+/// Network namespaces (and through them their veths) made by a test,
+/// deleted when it ends.
+struct Netns {
+    names: Vec<String>,
+}
+
+impl Netns {
+    fn ip(args: &[&str]) {
+        let out = std::process::Command::new("ip").args(args).output().expect("run ip");
+        assert!(
+            out.status.success(),
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn add(&mut self, name: &str) {
+        Netns::ip(&["netns", "add", name]);
+        self.names.push(name.to_string());
+        Netns::ip(&["-n", name, "link", "set", "lo", "up"]);
+    }
+
+    /// A veth pair between namespaces `a` and `b` with an address on each end.
+    fn link(a: &str, a_dev: &str, a_ip: &str, b: &str, b_dev: &str, b_ip: &str) {
+        Netns::ip(&["link", "add", a_dev, "type", "veth", "peer", "name", b_dev]);
+        Netns::ip(&["link", "set", a_dev, "netns", a]);
+        Netns::ip(&["link", "set", b_dev, "netns", b]);
+        for (ns, dev, ip) in [(a, a_dev, a_ip), (b, b_dev, b_ip)] {
+            Netns::ip(&["-n", ns, "addr", "add", ip, "dev", dev]);
+            Netns::ip(&["-n", ns, "link", "set", dev, "up"]);
+        }
+    }
+
+    fn del(&mut self, name: &str) {
+        Netns::ip(&["netns", "del", name]);
+        self.names.retain(|n| n != name);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for n in &self.names {
+            let _ = std::process::Command::new("ip").args(["netns", "del", n]).output();
+        }
+    }
+}
+
+/// Runs cryo inside network namespace `ns` (nsenter switches only the
+/// network namespace).
+fn cryo_in(ns: &str, args: &[&str], log: &std::path::Path) {
+    let cryo = cryo_integration::cryo_bin();
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{ns}"))
+        .arg("--")
+        .arg(&cryo)
+        .args(args)
+        .args(["-o", s(log), "-v4"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run nsenter cryo");
+    assert_cryo_ok(&out, &format!("cryo {} in {ns}", args[0]), log);
+}
+
+#[test]
+fn tcpstream_server_moves_to_another_network_namespace_and_keeps_its_client() {
+    cryo_integration::require_root!();
+    let _g = serial();
+    let sc = Scratch::new("tcpstream-ns");
+    let tag = std::process::id();
+    let (nc, na, nb) = (
+        format!("cryo-c-{tag}"),
+        format!("cryo-a-{tag}"),
+        format!("cryo-b-{tag}"),
+    );
+    let mut ns = Netns { names: vec![] };
+    for n in [&nc, &na] {
+        ns.add(n);
+    }
+    // The client's namespace and the server's, linked by a veth.
+    Netns::link(&nc, "cryoc0", "10.213.7.1/24", &na, "cryoa0", "10.213.7.2/24");
+    let slog = sc.path("wl.log");
+    let clog = sc.path("client.log");
+    let netns = |n: &str| format!("--net=/run/netns/{n}");
+    let tcpstream = bin!("tcpstream").to_str().expect("path").to_string();
+    let sargs = [
+        netns(&na),
+        "--".into(),
+        tcpstream.clone(),
+        "--role".into(),
+        "server".into(),
+        "--addr".into(),
+        "10.213.7.2".into(),
+    ];
+    let sargs: Vec<&str> = sargs.iter().map(String::as_str).collect();
+    let mut sw = Workload::spawn(std::path::Path::new("/usr/bin/nsenter"), &sargs, &slog).expect("server");
+    let port = cryo_integration::wait_for_line(&slog, "PORT ", LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let port = port.trim().trim_start_matches("PORT ").to_string();
+    let cargs = [
+        netns(&nc),
+        "--".into(),
+        tcpstream,
+        "--role".into(),
+        "client".into(),
+        "--addr".into(),
+        "10.213.7.2".into(),
+        "--port".into(),
+        port,
+    ];
+    let cargs: Vec<&str> = cargs.iter().map(String::as_str).collect();
+    let cw = Workload::spawn(std::path::Path::new("/usr/bin/nsenter"), &cargs, &clog).expect("client");
+    cw.wait_ready().unwrap_or_else(|e| panic!("{e}"));
+    sw.wait_ready().unwrap_or_else(|e| panic!("{e}"));
+    std::thread::sleep(Duration::from_millis(400));
+    let pid = sw.pid.to_string();
+    cryo_in(
+        &na,
+        &["dump", "-t", &pid, "-D", s(&sc.img), "--tcp-established"],
+        &sc.path("dump.log"),
+    );
+    sw.wait_exit(GONE_TIMEOUT).expect("the original server is killed");
+    // The old namespace goes away; a new one takes over the server's address.
+    ns.del(&na);
+    ns.add(&nb);
+    Netns::link(&nc, "cryoc1", "10.213.7.1/24", &nb, "cryob0", "10.213.7.2/24");
+    let pf = sc.path("pidfile-1");
+    sc.cl.pidfile(&pf);
+    cryo_in(
+        &nb,
+        &["restore", "-D", s(&sc.img), "-d", "--pidfile", s(&pf)],
+        &sc.path("restore.log"),
+    );
+    let rpid = cryo_integration::read_pidfile(&pf).unwrap_or_else(|e| panic!("{e}"));
+    let rns = std::fs::read_link(format!("/proc/{rpid}/ns/net")).expect("restored netns");
+    let bns = std::fs::metadata(format!("/run/netns/{nb}")).expect("netns b");
+    assert_eq!(
+        rns.to_string_lossy(),
+        format!("net:[{}]", std::os::unix::fs::MetadataExt::ino(&bns)),
+        "the server runs in the new namespace"
+    );
+    cryo_integration::wait_for_line(&clog, "GAP ", Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e}"));
+    std::thread::sleep(Duration::from_millis(500));
+    cryo_integration::signal(rpid, libc::SIGUSR1).unwrap_or_else(|e| panic!("{e}"));
+    cw.usr1().expect("usr1");
+    let sv = cryo_integration::wait_for_nth_verdict(&slog, 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let cv = cryo_integration::wait_for_nth_verdict(&clog, 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    judge_stream(&sv, &cv, 100);
+}
