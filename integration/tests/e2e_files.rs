@@ -328,9 +328,9 @@ fn dump_of_a_raw_inet_socket_fails_cleanly() {
 }
 
 #[test]
-fn dump_of_a_netlink_socket_fails_cleanly() {
+fn dump_of_a_packet_socket_fails_cleanly() {
     cryo_integration::require_root!();
-    unsupported_kind_fails_cleanly("netlink", "netlink raw sockets are not supported");
+    unsupported_kind_fails_cleanly("packet", "packet raw sockets are not supported");
 }
 
 #[test]

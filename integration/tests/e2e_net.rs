@@ -511,3 +511,26 @@ fn tcpstream_server_moves_to_another_network_namespace_and_keeps_its_client() {
     let cv = cryo_integration::wait_for_nth_verdict(&clog, 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     judge_stream(&sv, &cv, 100);
 }
+
+// ---- 5. netlink sockets ------------------------------------------------------------
+
+#[test]
+fn nlsk_plain_passes_and_detects_a_lost_group() {
+    expect_plain_pass(bin!("nlsk"), &[]);
+    expect_plain_fail(bin!("nlsk"), &["--corrupt"], "R groups");
+}
+
+#[test]
+fn nlsk_roundtrip() {
+    cryo_integration::require_root!();
+    let (v, _images, sc) = roundtrip("nlsk", bin!("nlsk"), &[]);
+    assert!(v.starts_with("PASS"), "{v}");
+    let files = crit_json(&sc.img.join("files.img"));
+    let n = files["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e.get("nlsk").is_some())
+        .count();
+    assert_eq!(n, 2, "netlink sockets in files.img");
+}

@@ -192,6 +192,7 @@ pub fn check_fd(
             fe.pidfd.as_ref().ok_or_else(missing)?;
         }
         crate::net::FD_INETSK => crate::net::inet::check(fe)?,
+        crate::net::FD_NETLINKSK => crate::net::netlink::check(fe)?,
         FD_UNIXSK => {
             let u = fe.usk.as_ref().ok_or_else(missing)?;
             if ![libc::SOCK_STREAM, libc::SOCK_DGRAM, libc::SOCK_SEQPACKET].contains(&(u.r#type as i32)) {
@@ -472,6 +473,7 @@ fn create(plan: &Plan, g: &Group, lay: &Layout, efds: EngineFds) -> Result<Vec<(
                     .context("open /dev/null")?,
                 ),
                 crate::net::FD_INETSK => crate::net::inet::create(fe, &plan.fx.tcp, plan.fx.tcp_close)?,
+                crate::net::FD_NETLINKSK => crate::net::netlink::create(fe)?,
                 FD_EVENTFD => anon::create_eventfd(fe.efd.as_ref().context("no eventfd entry")?)?,
                 FD_SIGNALFD => anon::create_signalfd(fe.sgfd.as_ref().context("no signalfd entry")?)?,
                 FD_TIMERFD => anon::create_timerfd(fe.tfd.as_ref().context("no timerfd entry")?)?,

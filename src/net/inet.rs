@@ -364,7 +364,13 @@ fn pre_bind(fd: BorrowedFd, isk: &pb::InetSkEntry) -> Result<()> {
 
 /// Every other option, once the socket is bound (and connected).
 fn post(fd: BorrowedFd, isk: &pb::InetSkEntry) -> Result<()> {
-    let o = &isk.opts;
+    apply_sk_opts(fd, &isk.opts)?;
+    post_inet(fd, isk)
+}
+
+/// The socket-level options of any socket (and TCP keepalive knobs when
+/// the image has them).
+pub fn apply_sk_opts(fd: BorrowedFd, o: &pb::SkOptsEntry) -> Result<()> {
     let lock = o.so_buf_lock.unwrap_or(0) as i32;
     if lock & 1 != 0 {
         setopt(
@@ -416,20 +422,21 @@ fn post(fd: BorrowedFd, isk: &pb::InetSkEntry) -> Result<()> {
     if let Some(v) = o.so_mark.filter(|&v| v != 0) {
         setopt(fd, libc::SOL_SOCKET, libc::SO_MARK, v as i32, "SO_MARK")?;
     }
-    let is_tcp = isk.proto as i32 == libc::IPPROTO_TCP;
-    if is_tcp {
-        for (v, name, what) in [
-            (o.tcp_keepcnt, libc::TCP_KEEPCNT, "TCP_KEEPCNT"),
-            (o.tcp_keepidle, libc::TCP_KEEPIDLE, "TCP_KEEPIDLE"),
-            (o.tcp_keepintvl, libc::TCP_KEEPINTVL, "TCP_KEEPINTVL"),
-        ] {
-            if let Some(v) = v {
-                setopt(fd, libc::SOL_TCP, name, v as i32, what)?;
-            }
+    for (v, name, what) in [
+        (o.tcp_keepcnt, libc::TCP_KEEPCNT, "TCP_KEEPCNT"),
+        (o.tcp_keepidle, libc::TCP_KEEPIDLE, "TCP_KEEPIDLE"),
+        (o.tcp_keepintvl, libc::TCP_KEEPINTVL, "TCP_KEEPINTVL"),
+    ] {
+        if let Some(v) = v {
+            setopt(fd, libc::SOL_TCP, name, v as i32, what)?;
         }
-        if isk.cryo_nodelay == Some(true) {
-            setopt(fd, libc::SOL_TCP, libc::TCP_NODELAY, 1, "TCP_NODELAY")?;
-        }
+    }
+    Ok(())
+}
+
+fn post_inet(fd: BorrowedFd, isk: &pb::InetSkEntry) -> Result<()> {
+    if isk.proto as i32 == libc::IPPROTO_TCP && isk.cryo_nodelay == Some(true) {
+        setopt(fd, libc::SOL_TCP, libc::TCP_NODELAY, 1, "TCP_NODELAY")?;
     }
     if let Some(ip) = &isk.ip_opts {
         let v6 = isk.family as i32 == libc::AF_INET6;

@@ -1,6 +1,7 @@
 //! Network sockets other than unix sockets: inet (TCP, UDP) with
-//! established TCP connections by TCP_REPAIR, and the network lock that
-//! keeps their peers waiting (not reset) between dump and restore.
+//! established TCP connections by TCP_REPAIR, netlink sockets, and the
+//! network lock that keeps TCP peers waiting (not reset) between dump and
+//! restore.
 //!
 //! The file layer hands every socket fd to [`dump`] first; unix sockets
 //! go back to `files::unix`. [`DumpNet`] is the dump-wide state: the
@@ -23,9 +24,11 @@ use crate::sys::fdops;
 pub mod diag;
 pub mod inet;
 pub mod lock;
+pub mod netlink;
 pub mod tcp;
 
 pub use inet::FD_INETSK;
+pub use netlink::FD_NETLINKSK;
 
 /// Dump-wide network state (see the module doc).
 #[derive(Default)]
@@ -115,6 +118,7 @@ pub(crate) fn dump(t: &mut FileTable, f: &FdCtx) -> Result<Option<(u32, i32)>> {
     match family {
         libc::AF_UNIX => Ok(None),
         libc::AF_INET | libc::AF_INET6 => Ok(Some((inet::dump(t, f, dup, family, typ)?, FD_INETSK))),
+        libc::AF_NETLINK => Ok(Some((netlink::dump(t, f, dup, typ)?, FD_NETLINKSK))),
         _ => bail!(
             "pid {pid} fd {fd}: {} {} sockets are not supported ({})",
             family_name(family),

@@ -156,3 +156,33 @@ mod tests {
         }
     }
 }
+
+/// getsockname (`peer` false) or getpeername (`peer` true) as raw
+/// sockaddr bytes (netlink, packet sockets).
+pub fn name_raw(fd: BorrowedFd, peer: bool) -> nix::Result<Vec<u8>> {
+    let mut buf = [0u8; 128];
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `buf`.
+    let r = unsafe {
+        if peer {
+            libc::getpeername(fd.as_raw_fd(), buf.as_mut_ptr().cast(), &mut len)
+        } else {
+            libc::getsockname(fd.as_raw_fd(), buf.as_mut_ptr().cast(), &mut len)
+        }
+    };
+    Errno::result(r).map(|_| buf[..(len as usize).min(buf.len())].to_vec())
+}
+
+/// `bind` to a raw sockaddr.
+pub fn bind_raw(fd: BorrowedFd, addr: &[u8]) -> nix::Result<()> {
+    // SAFETY: the kernel reads `addr.len()` bytes.
+    let r = unsafe { libc::bind(fd.as_raw_fd(), addr.as_ptr().cast(), addr.len() as libc::socklen_t) };
+    Errno::result(r).map(drop)
+}
+
+/// `connect` to a raw sockaddr.
+pub fn connect_raw(fd: BorrowedFd, addr: &[u8]) -> nix::Result<()> {
+    // SAFETY: the kernel reads `addr.len()` bytes.
+    let r = unsafe { libc::connect(fd.as_raw_fd(), addr.as_ptr().cast(), addr.len() as libc::socklen_t) };
+    Errno::result(r).map(drop)
+}
