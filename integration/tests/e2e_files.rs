@@ -322,12 +322,6 @@ fn badfd_plain_passes_and_detects_a_closed_fd() {
 }
 
 #[test]
-fn dump_of_a_raw_inet_socket_fails_cleanly() {
-    cryo_integration::require_root!();
-    unsupported_kind_fails_cleanly("raw", "raw (protocol 1)");
-}
-
-#[test]
 fn dump_of_a_packet_socket_fails_cleanly() {
     cryo_integration::require_root!();
     unsupported_kind_fails_cleanly("packet", "packet raw sockets are not supported");

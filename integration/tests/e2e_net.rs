@@ -534,3 +534,84 @@ fn nlsk_roundtrip() {
         .count();
     assert_eq!(n, 2, "netlink sockets in files.img");
 }
+
+// ---- 6. ping and raw sockets -------------------------------------------------------
+
+/// A network namespace where every group may open ping sockets.
+fn ping_netns(tag: &str) -> (Netns, String) {
+    let name = format!("cryo-{tag}-{}", std::process::id());
+    let mut ns = Netns { names: vec![] };
+    ns.add(&name);
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{name}"))
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "echo 0 2147483647 > /proc/sys/net/ipv4/ping_group_range",
+        ])
+        .output()
+        .expect("nsenter sh");
+    assert!(
+        out.status.success(),
+        "ping_group_range: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (ns, name)
+}
+
+fn spawn_in(ns: &str, bin: &std::path::Path, args: &[&str], log: &std::path::Path) -> Workload {
+    let mut full = vec![
+        format!("--net=/run/netns/{ns}"),
+        "--".into(),
+        bin.to_str().expect("path").to_string(),
+    ];
+    full.extend(args.iter().map(|a| a.to_string()));
+    let full: Vec<&str> = full.iter().map(String::as_str).collect();
+    let w = Workload::spawn(std::path::Path::new("/usr/bin/nsenter"), &full, log).expect("spawn");
+    w.wait_ready().unwrap_or_else(|e| panic!("{e}"));
+    w
+}
+
+#[test]
+fn pingsk_plain_passes_and_detects_a_cleared_filter() {
+    cryo_integration::require_root!();
+    let (_ns, name) = ping_netns("ping-plain");
+    for (corrupt, what) in [(false, None), (true, Some("R ICMP_FILTER is 0x0"))] {
+        let d = cryo_integration::TempDir::new("pingsk-plain");
+        let log = d.join("log");
+        let args: &[&str] = if corrupt { &["--corrupt"] } else { &[] };
+        let mut w = spawn_in(&name, bin!("pingsk"), args, &log);
+        w.usr1().expect("usr1");
+        let v = wait_for_verdict(&log, LINE_TIMEOUT);
+        match what {
+            None => assert!(v.unwrap_or_else(|e| panic!("{e}")).starts_with("PASS")),
+            Some(w) => assert!(v.expect_err("must FAIL").contains(w)),
+        }
+        w.wait_exit(GONE_TIMEOUT);
+    }
+}
+
+#[test]
+fn pingsk_roundtrip() {
+    cryo_integration::require_root!();
+    let (_ns, name) = ping_netns("ping");
+    let sc = Scratch::new("pingsk");
+    let log = sc.path("wl.log");
+    let mut w = spawn_in(&name, bin!("pingsk"), &[], &log);
+    let pid = w.pid.to_string();
+    cryo_in(&name, &["dump", "-t", &pid, "-D", s(&sc.img)], &sc.path("dump.log"));
+    w.wait_exit(GONE_TIMEOUT).expect("the original is killed");
+    crit_decodes_all(&sc.img);
+    let pf = sc.path("pidfile-1");
+    sc.cl.pidfile(&pf);
+    cryo_in(
+        &name,
+        &["restore", "-D", s(&sc.img), "-d", "--pidfile", s(&pf)],
+        &sc.path("restore.log"),
+    );
+    let rpid = cryo_integration::read_pidfile(&pf).unwrap_or_else(|e| panic!("{e}"));
+    cryo_integration::signal(rpid, libc::SIGUSR1).unwrap_or_else(|e| panic!("{e}"));
+    let v = cryo_integration::wait_for_nth_verdict(&log, 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(v.starts_with("PASS"), "{v}");
+}

@@ -1,5 +1,8 @@
-//! Inet sockets (TCP and UDP, IPv4 and IPv6): `inet_sk_entry` in
-//! files.img, plus tcp-stream-<ino>.img for an established connection.
+//! Inet sockets (TCP, UDP, ICMP ping and raw; IPv4 and IPv6):
+//! `inet_sk_entry` in files.img, plus tcp-stream-<ino>.img for an
+//! established connection. A ping socket's port is its ICMP identifier
+//! (bound again at restore); a raw socket keeps its bound address,
+//! IP_HDRINCL, IP_NODEFRAG and ICMP filter (`ip_opts.raw`).
 //!
 //! Dump: addresses from getsockname/getpeername on a pidfd_getfd
 //! duplicate (the same open file description), state, backlog and
@@ -165,12 +168,22 @@ pub(crate) fn dump(t: &mut FileTable, f: &FdCtx, dup: OwnedFd, family: i32, typ:
     let what = describe(typ, proto, &local, peer.as_ref());
     let is_tcp = (typ, proto) == (libc::SOCK_STREAM, libc::IPPROTO_TCP);
     let is_udp = (typ, proto) == (libc::SOCK_DGRAM, libc::IPPROTO_UDP);
-    if !is_tcp && !is_udp {
+    let is_ping = is_ping(family, typ, proto);
+    let is_raw = typ == libc::SOCK_RAW;
+    if !is_tcp && !is_udp && !is_ping && !is_raw {
         bail!("pid {pid} fd {fd}: {what}: this kind of inet socket is not supported yet");
+    }
+    if (is_ping || is_raw) && peer.is_some() {
+        bail!("pid {pid} fd {fd}: {what}: connected ping and raw sockets are not supported yet");
     }
     // inet_diag lists only hashed sockets: an unbound, unconnected one is
     // missing, and TCP_INFO gives its state.
-    let diag = match t.net.diag(family as u8, proto as u8, ino)? {
+    let cached = if is_tcp || is_udp {
+        t.net.diag(family as u8, proto as u8, ino)?
+    } else {
+        None
+    };
+    let diag = match cached {
         Some(d) => d,
         None if is_tcp => super::diag::InetDiag {
             state: tcp::state(d).with_context(|| format!("pid {pid} fd {fd} ({what})"))? as u8,
@@ -216,7 +229,10 @@ pub(crate) fn dump(t: &mut FileTable, f: &FdCtx, dup: OwnedFd, family: i32, typ:
         }
     }
     let opts = sk_opts(d, is_tcp).with_context(|| format!("pid {pid} fd {fd} ({what}): socket options"))?;
-    let ip = ip_opts(d, family).with_context(|| format!("pid {pid} fd {fd} ({what}): IP options"))?;
+    let mut ip = ip_opts(d, family).with_context(|| format!("pid {pid} fd {fd} ({what}): IP options"))?;
+    if is_raw {
+        ip.raw = Some(raw_opts(d, family, proto).with_context(|| format!("pid {pid} fd {fd} ({what}): raw options"))?);
+    }
     let v6only = if family == libc::AF_INET6 {
         Some(int(d, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, "IPV6_V6ONLY")? != 0)
     } else {
@@ -266,6 +282,60 @@ pub(crate) fn dump(t: &mut FileTable, f: &FdCtx, dup: OwnedFd, family: i32, typ:
         });
     }
     Ok(id)
+}
+
+/// An ICMP "ping" socket (SOCK_DGRAM with IPPROTO_ICMP or ICMPV6).
+fn is_ping(family: i32, typ: i32, proto: i32) -> bool {
+    typ == libc::SOCK_DGRAM
+        && ((family == libc::AF_INET && proto == libc::IPPROTO_ICMP)
+            || (family == libc::AF_INET6 && proto == libc::IPPROTO_ICMPV6))
+}
+
+const SOL_RAW: i32 = 255;
+const ICMP_FILTER: i32 = 1;
+const ICMP6_FILTER: i32 = 1;
+const IP_NODEFRAG: i32 = 22;
+
+/// Where a raw socket's ICMP filter lives: (level, option, words).
+fn icmp_filter_opt(family: i32, proto: i32) -> Option<(i32, i32, usize)> {
+    match (family, proto) {
+        (libc::AF_INET, libc::IPPROTO_ICMP) => Some((SOL_RAW, ICMP_FILTER, 1)),
+        (libc::AF_INET6, libc::IPPROTO_ICMPV6) => Some((libc::IPPROTO_ICMPV6, ICMP6_FILTER, 8)),
+        _ => None,
+    }
+}
+
+fn raw_opts(fd: BorrowedFd, family: i32, proto: i32) -> Result<pb::IpOptsRawEntry> {
+    let mut r = pb::IpOptsRawEntry::default();
+    if family == libc::AF_INET {
+        r.hdrincl = Some(int(fd, libc::IPPROTO_IP, libc::IP_HDRINCL, "IP_HDRINCL")? != 0);
+        r.nodefrag = Some(int(fd, libc::IPPROTO_IP, IP_NODEFRAG, "IP_NODEFRAG")? != 0);
+    }
+    if let Some((level, name, words)) = icmp_filter_opt(family, proto) {
+        let mut b = vec![0u8; words * 4];
+        let n = sock::getsockopt_buf(fd, level, name, &mut b).context("ICMP filter")?;
+        r.icmpv_filter = b[..n]
+            .chunks_exact(4)
+            .map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+    }
+    Ok(r)
+}
+
+fn apply_raw_opts(fd: BorrowedFd, family: i32, proto: i32, r: &pb::IpOptsRawEntry) -> Result<()> {
+    if r.hdrincl == Some(true) && proto != libc::IPPROTO_RAW {
+        setopt(fd, libc::IPPROTO_IP, libc::IP_HDRINCL, 1, "IP_HDRINCL")?;
+    }
+    if r.nodefrag == Some(true) {
+        setopt(fd, libc::IPPROTO_IP, IP_NODEFRAG, 1, "IP_NODEFRAG")?;
+    }
+    if let Some((level, name, words)) = icmp_filter_opt(family, proto) {
+        if r.icmpv_filter.len() == words {
+            let b: Vec<u8> = r.icmpv_filter.iter().flat_map(|w| w.to_ne_bytes()).collect();
+            sock::setsockopt_buf(fd, level, name, &b).context("ICMP filter")?;
+        }
+    }
+    Ok(())
 }
 
 fn state_name(s: u32) -> &'static str {
@@ -327,6 +397,8 @@ pub fn check(fe: &pb::FileEntry) -> Result<()> {
             }
         }
         (libc::SOCK_DGRAM, libc::IPPROTO_UDP, tcp::ESTABLISHED | tcp::CLOSE) => {}
+        (libc::SOCK_DGRAM, p, tcp::CLOSE) if is_ping(isk.family as i32, typ, p) => {}
+        (libc::SOCK_RAW, _, tcp::CLOSE) => {}
         _ => bail!(
             "files.img: {what} (file id {}) in state {} cannot be restored",
             fe.id,
@@ -514,6 +586,15 @@ pub fn create(fe: &pb::FileEntry, streams: &HashMap<u32, tcp::Stream>, tcp_close
                 let backlog =
                     nsock::Backlog::new(isk.backlog.min(i32::MAX as u32) as i32).unwrap_or(nsock::Backlog::MAXCONN);
                 nsock::listen(&fd, backlog).with_context(|| format!("Cannot listen on {what}"))?;
+            }
+            _ if isk.r#type as i32 == libc::SOCK_RAW => {
+                // A raw socket's "port" is its protocol; only the address binds.
+                if !local.ip().is_unspecified() {
+                    bind(fd, &SocketAddr::new(local.ip(), 0), &what)?;
+                }
+                if let Some(r) = isk.ip_opts.as_ref().and_then(|i| i.raw.as_ref()) {
+                    apply_raw_opts(fd, isk.family as i32, isk.proto as i32, r)?;
+                }
             }
             _ => {
                 if bound {
