@@ -322,12 +322,6 @@ fn badfd_plain_passes_and_detects_a_closed_fd() {
 }
 
 #[test]
-fn dump_of_a_packet_socket_fails_cleanly() {
-    cryo_integration::require_root!();
-    unsupported_kind_fails_cleanly("packet", "packet raw sockets are not supported");
-}
-
-#[test]
 fn dump_of_an_io_uring_fails_cleanly() {
     cryo_integration::require_root!();
     if std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").is_ok_and(|v| v.trim() == "2") {

@@ -615,3 +615,78 @@ fn pingsk_roundtrip() {
     let v = cryo_integration::wait_for_nth_verdict(&log, 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     assert!(v.starts_with("PASS"), "{v}");
 }
+
+// ---- 7. packet sockets -------------------------------------------------------------
+
+#[test]
+fn pktsk_plain_passes_and_detects_a_changed_option() {
+    cryo_integration::require_root!();
+    expect_plain_pass(bin!("pktsk"), &[]);
+    expect_plain_fail(bin!("pktsk"), &["--corrupt"], "P PACKET_AUXDATA is 0");
+}
+
+#[test]
+fn pktsk_roundtrip() {
+    cryo_integration::require_root!();
+    let (v, _images, sc) = roundtrip("pktsk", bin!("pktsk"), &[]);
+    assert!(v.starts_with("PASS"), "{v}");
+    let files = crit_json(&sc.img.join("files.img"));
+    let n = files["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e.get("psk").is_some())
+        .count();
+    assert_eq!(n, 2, "packet sockets in files.img");
+}
+
+#[test]
+fn missing_interface_at_restore_fails_cleanly() {
+    cryo_integration::require_root!();
+    let tag = format!("pkt-{}", std::process::id());
+    let mut ns = Netns { names: vec![] };
+    ns.add(&tag);
+    Netns::ip(&[
+        "-n",
+        &tag,
+        "link",
+        "add",
+        "cryoveth0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "cryoveth1",
+    ]);
+    Netns::ip(&["-n", &tag, "link", "set", "cryoveth0", "up"]);
+    let sc = Scratch::new("pkt-missing");
+    let mut w = spawn_in(&tag, bin!("pktsk"), &["--dev", "cryoveth0"], &sc.path("wl.log"));
+    let pid = w.pid.to_string();
+    cryo_in(&tag, &["dump", "-t", &pid, "-D", s(&sc.img)], &sc.path("dump.log"));
+    w.wait_exit(GONE_TIMEOUT).expect("the original is killed");
+    Netns::ip(&["-n", &tag, "link", "del", "cryoveth0"]);
+    let pf = sc.path("pidfile-bad");
+    sc.cl.pidfile(&pf);
+    let cryo = cryo_integration::cryo_bin();
+    let reaper = bin!("reaper").to_str().expect("path").to_string();
+    let left = sc.path("leftover");
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{tag}"))
+        .args(["--", &reaper, "--leftover", s(&left), "--"])
+        .arg(&cryo)
+        .args(["restore", "-D", s(&sc.img), "-d", "--pidfile", s(&pf)])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run the restore");
+    let err = one_line_error(&out, "restore without the interface");
+    assert!(
+        err.contains("packet socket") && err.contains("interface cryoveth0 does not exist"),
+        "the error should name the socket and the interface: {err}"
+    );
+    assert!(!pf.exists(), "a failed restore wrote the pidfile");
+    let leftover = std::fs::read_to_string(&left).expect("the reaper's report");
+    assert!(
+        leftover.trim().is_empty(),
+        "the failed restore left processes behind: {leftover}"
+    );
+}

@@ -1,7 +1,7 @@
 //! badfd: holds a descriptor of a kind cryo cannot dump, at a known
 //! number, to check that the dump fails cleanly and the tree runs on.
 //!
-//! `badfd --log F --kind io_uring|inet|packet|netlink [--corrupt]`
+//! `badfd --log F --kind io_uring|inet|netlink [--corrupt]`
 //!
 //! It creates the descriptor, moves it to fd 33, writes `READY`, and on
 //! SIGUSR1 checks that fd 33 is still the same object (same inode) and
@@ -32,8 +32,6 @@ fn main() {
         }
         // SAFETY: plain integer arguments.
         "inet" => unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) },
-        // SAFETY: plain integer arguments.
-        "packet" => unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, (libc::ETH_P_ALL as u16).to_be() as i32) },
         // SAFETY: plain integer arguments.
         "netlink" => unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE) },
         k => wl::die(&format!("unknown --kind {k}")),

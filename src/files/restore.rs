@@ -193,6 +193,7 @@ pub fn check_fd(
         }
         crate::net::FD_INETSK => crate::net::inet::check(fe)?,
         crate::net::FD_NETLINKSK => crate::net::netlink::check(fe)?,
+        crate::net::FD_PACKETSK => crate::net::packet::check(fe)?,
         FD_UNIXSK => {
             let u = fe.usk.as_ref().ok_or_else(missing)?;
             if ![libc::SOCK_STREAM, libc::SOCK_DGRAM, libc::SOCK_SEQPACKET].contains(&(u.r#type as i32)) {
@@ -474,6 +475,7 @@ fn create(plan: &Plan, g: &Group, lay: &Layout, efds: EngineFds) -> Result<Vec<(
                 ),
                 crate::net::FD_INETSK => crate::net::inet::create(fe, &plan.fx.tcp, plan.fx.tcp_close)?,
                 crate::net::FD_NETLINKSK => crate::net::netlink::create(fe)?,
+                crate::net::FD_PACKETSK => crate::net::packet::create(fe)?,
                 FD_EVENTFD => anon::create_eventfd(fe.efd.as_ref().context("no eventfd entry")?)?,
                 FD_SIGNALFD => anon::create_signalfd(fe.sgfd.as_ref().context("no signalfd entry")?)?,
                 FD_TIMERFD => anon::create_timerfd(fe.tfd.as_ref().context("no timerfd entry")?)?,

@@ -1,5 +1,5 @@
 //! Network sockets other than unix sockets: inet (TCP, UDP) with
-//! established TCP connections by TCP_REPAIR, netlink sockets, and the
+//! established TCP connections by TCP_REPAIR, netlink and packet sockets, and the
 //! network lock that keeps TCP peers waiting (not reset) between dump and
 //! restore.
 //!
@@ -25,10 +25,12 @@ pub mod diag;
 pub mod inet;
 pub mod lock;
 pub mod netlink;
+pub mod packet;
 pub mod tcp;
 
 pub use inet::FD_INETSK;
 pub use netlink::FD_NETLINKSK;
+pub use packet::FD_PACKETSK;
 
 /// Dump-wide network state (see the module doc).
 #[derive(Default)]
@@ -119,6 +121,7 @@ pub(crate) fn dump(t: &mut FileTable, f: &FdCtx) -> Result<Option<(u32, i32)>> {
         libc::AF_UNIX => Ok(None),
         libc::AF_INET | libc::AF_INET6 => Ok(Some((inet::dump(t, f, dup, family, typ)?, FD_INETSK))),
         libc::AF_NETLINK => Ok(Some((netlink::dump(t, f, dup, typ)?, FD_NETLINKSK))),
+        libc::AF_PACKET => Ok(Some((packet::dump(t, f, dup, typ)?, FD_PACKETSK))),
         _ => bail!(
             "pid {pid} fd {fd}: {} {} sockets are not supported ({})",
             family_name(family),

@@ -186,3 +186,11 @@ pub fn connect_raw(fd: BorrowedFd, addr: &[u8]) -> nix::Result<()> {
     let r = unsafe { libc::connect(fd.as_raw_fd(), addr.as_ptr().cast(), addr.len() as libc::socklen_t) };
     Errno::result(r).map(drop)
 }
+
+/// The index of network interface `name` in this network namespace.
+pub fn if_index(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: `c` is a valid NUL-terminated string.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
+}
