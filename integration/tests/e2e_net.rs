@@ -117,12 +117,21 @@ fn tcpconn_plain_passes_and_detects_a_lost_byte() {
     expect_plain_pass(bin!("tcpconn"), &[]);
     expect_plain_fail(bin!("tcpconn"), &["--corrupt"], "C->A queue: byte 0 is");
     expect_plain_fail(bin!("tcpconn"), &["--closed"], "C is still connected");
+    expect_plain_pass(bin!("tcpconn"), &["--half"]);
+    expect_plain_fail(bin!("tcpconn"), &["--half", "--corrupt"], "C->A queue: byte 0 is");
 }
 
-fn tcpconn_established(v6: bool) {
+fn tcpconn_established(v6: bool, half: bool) {
     let _g = serial();
     let sc = Scratch::new(if v6 { "tcpconn6" } else { "tcpconn4" });
-    let args: &[&str] = if v6 { &["--v6"] } else { &[] };
+    let mut args: Vec<&str> = Vec::new();
+    if v6 {
+        args.push("--v6");
+    }
+    if half {
+        args.push("--half");
+    }
+    let args = &args[..];
     let w = spawn_ready(&sc, bin!("tcpconn"), args);
     let v = cycle(&sc, w, &["--tcp-established"], &[]);
     assert!(v.starts_with("PASS"), "{v}");
@@ -132,7 +141,20 @@ fn tcpconn_established(v6: bool) {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with("tcp-stream-"))
         .collect();
-    assert_eq!(streams.len(), 2, "one stream per end: {streams:?}");
+    assert_eq!(streams.len(), 4, "one stream per end of both connections: {streams:?}");
+    // The half-closed pair was dumped in FIN_WAIT2 and CLOSE_WAIT, and with
+    // --half the full one's client in FIN_WAIT1.
+    let files = crit_json(&sc.img.join("files.img"));
+    let states: Vec<u64> = files["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e.get("isk").and_then(|i| i["state"].as_u64()))
+        .collect();
+    for want in [5, 8] {
+        assert!(states.contains(&want), "state {want} in {states:?}");
+    }
+    assert_eq!(states.contains(&4), half, "FIN_WAIT1 iff --half: {states:?}");
     // The client's send queue held unsent bytes and the accepted end's
     // receive queue was full: both are in the images.
     let mut inq = 0;
@@ -157,13 +179,19 @@ fn tcpconn_established(v6: bool) {
 #[test]
 fn tcpconn_ipv4_established_roundtrip() {
     cryo_integration::require_root!();
-    tcpconn_established(false);
+    tcpconn_established(false, false);
+}
+
+#[test]
+fn tcpconn_half_closed_both_ways_roundtrip() {
+    cryo_integration::require_root!();
+    tcpconn_established(false, true);
 }
 
 #[test]
 fn tcpconn_ipv6_established_roundtrip() {
     cryo_integration::require_root!();
-    tcpconn_established(true);
+    tcpconn_established(true, false);
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! queues in both directions (received-not-read, sent-not-acked and
 //! unsent), its options and its addresses.
 //!
-//! `tcpconn --log F [--v6] [--closed] [--corrupt]`
+//! `tcpconn --log F [--v6] [--half] [--closed] [--corrupt]`
 //!
 //! One process holds a listener L, a client C connected to it and the
 //! accepted socket A (loopback, IPv4 or with `--v6` IPv6). A has a small
@@ -10,11 +10,18 @@
 //! SO_SNDBUF 64 KiB, TCP_NODELAY, SO_KEEPALIVE, TCP_KEEPIDLE 99) writes a numbered byte
 //! pattern until the kernel takes no more, so A's receive queue is full
 //! and C's send queue holds unsent bytes; A sends 3000 bytes that C does
-//! not read.
+//! not read. With `--half`, C then shuts down writing (its FIN waits
+//! behind the unsent bytes: FIN_WAIT1).
+//!
+//! A second pair, C2 -> A2, is half-closed the other way round: C2 sent
+//! "bye" and shut down writing, so A2 is in CLOSE_WAIT with "bye" unread
+//! and C2 in FIN_WAIT2.
 //!
 //! On SIGUSR1: the addresses of C and A, C's options and flags, then C's
-//! 3000 bytes and every byte C wrote, in order, read from A; then bytes
-//! both ways again. With `--closed` (a restore with --tcp-close) the check
+//! 3000 bytes and every byte C wrote, in order, read from A (then EOF
+//! with `--half`); then bytes both ways again (A to C only with
+//! `--half`). A2 reads "bye" and EOF, answers "ack", which C2 reads; C2
+//! cannot send; after A2 closes, C2 reads EOF. With `--closed` (a restore with --tcp-close) the check
 //! is instead that C and A are no longer connected. `--corrupt` reads one
 //! byte from A after READY.
 
@@ -109,11 +116,60 @@ fn read_pattern(fd: i32, n: u64, seed: u64) -> Option<String> {
     None
 }
 
+/// The next bytes on `fd` (waiting up to 3 s): Some(empty) is EOF.
+fn recv_now(fd: i32) -> Option<Vec<u8>> {
+    let mut b = [0u8; 64];
+    for _ in 0..300 {
+        // SAFETY: `b` is writable.
+        let n = unsafe { libc::recv(fd, b.as_mut_ptr().cast(), b.len(), libc::MSG_DONTWAIT) };
+        if n >= 0 {
+            return Some(b[..n as usize].to_vec());
+        }
+        wl::sleep_ms(10);
+    }
+    None
+}
+
+/// The half-closed pair: A2 reads "bye" and EOF, answers "ack", C2 reads
+/// it and cannot send, and sees EOF once A2 closes.
+fn half_pair(c2: i32, a2: i32, pr: &mut Vec<String>) {
+    let mut got = Vec::new();
+    loop {
+        match recv_now(a2) {
+            Some(b) if b.is_empty() => break,
+            Some(b) => got.extend_from_slice(&b),
+            None => {
+                pr.push(format!("A2 saw no EOF after {got:?}"));
+                return;
+            }
+        }
+    }
+    if got != b"bye" {
+        pr.push(format!("A2 read {got:?}, expected \"bye\""));
+    }
+    // SAFETY: the buffers are readable.
+    unsafe { libc::send(a2, b"ack".as_ptr().cast(), 3, libc::MSG_NOSIGNAL) };
+    if recv_now(c2).as_deref() != Some(&b"ack"[..]) {
+        pr.push("C2 did not receive A2's answer".into());
+    }
+    // SAFETY: the buffer is readable.
+    let r = unsafe { libc::send(c2, b"x".as_ptr().cast(), 1, libc::MSG_NOSIGNAL) };
+    if r != -1 || wl::errno() != libc::EPIPE {
+        pr.push(format!("C2 could send after its shutdown ({r})"));
+    }
+    // SAFETY: closing our own descriptor.
+    unsafe { libc::close(a2) };
+    if recv_now(c2) != Some(Vec::new()) {
+        pr.push("C2 saw no EOF after A2 closed".into());
+    }
+}
+
 fn main() {
     let args = Args::from_env();
     let log = Log::open(&args.required("log"));
     let v6 = args.flag("v6");
     let closed = args.flag("closed");
+    let half = args.flag("half");
     let corrupt = args.flag("corrupt");
     wl::install_usr1();
     let fam = if v6 { libc::AF_INET6 } else { libc::AF_INET };
@@ -129,7 +185,6 @@ fn main() {
     use std::os::fd::IntoRawFd;
     let c = client.into_raw_fd();
     let a = acc.into_raw_fd();
-    let _l = listener;
     setopt(a, libc::SOL_SOCKET, libc::SO_RCVBUF, 16384);
     setopt(c, libc::SOL_SOCKET, libc::SO_SNDBUF, 65536);
     setopt(c, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1);
@@ -158,6 +213,21 @@ fn main() {
         }
         wl::sleep_ms(50);
     }
+    if half {
+        // SAFETY: plain integer arguments.
+        unsafe { libc::shutdown(c, libc::SHUT_WR) };
+    }
+    // The second pair: C2 says bye and shuts down writing.
+    let client2 = std::net::TcpStream::connect(addr).unwrap_or_else(|_| wl::die("connect 2"));
+    let (acc2, _) = listener.accept().unwrap_or_else(|_| wl::die("accept 2"));
+    let c2 = client2.into_raw_fd();
+    let a2 = acc2.into_raw_fd();
+    // SAFETY: the buffer is readable; plain integer arguments.
+    unsafe {
+        libc::send(c2, b"bye".as_ptr().cast(), 3, 0);
+        libc::shutdown(c2, libc::SHUT_WR);
+    }
+    wl::sleep_ms(50);
     let mut outq: i32 = 0;
     // SAFETY: SIOCOUTQ writes one int.
     unsafe { libc::ioctl(c, libc::TIOCOUTQ, &mut outq) };
@@ -178,6 +248,8 @@ fn main() {
     if closed {
         check(names(c).1.is_empty(), &mut pr, "C is still connected".into());
         check(names(a).1.is_empty(), &mut pr, "A is still connected".into());
+        check(names(c2).1.is_empty(), &mut pr, "C2 is still connected".into());
+        check(names(a2).1.is_empty(), &mut pr, "A2 is still connected".into());
         log.verdict(&pr, "closed");
     }
     check(names(c) == nc, &mut pr, format!("C addresses changed: {:?}", names(c)));
@@ -211,6 +283,10 @@ fn main() {
     if let Some(p) = read_pattern(a, sent, 1) {
         pr.push(format!("C->A queue: {p}"));
     }
+    if half && recv_now(a) != Some(Vec::new()) {
+        pr.push("A did not see C's FIN after the data".into());
+    }
+    half_pair(c2, a2, &mut pr);
     // Both ways again.
     // SAFETY: the buffers are readable.
     let r1 = unsafe { libc::send(a, b"after".as_ptr().cast(), 5, 0) };
@@ -224,6 +300,14 @@ fn main() {
         }
         wl::sleep_ms(10);
     }
+    if !half {
+        // SAFETY: the buffer is readable.
+        let r2 = unsafe { libc::send(c, b"more".as_ptr().cast(), 4, libc::MSG_NOSIGNAL) };
+        if r2 != 4 || recv_now(a).as_deref() != Some(&b"more"[..]) {
+            pr.push(format!("C->A after the check: sent {r2}"));
+        }
+    }
+    drop(listener);
     check(
         r1 == 5 && got == 5 && &buf[..5] == b"after",
         &mut pr,

@@ -208,7 +208,7 @@ pub(crate) fn dump(t: &mut FileTable, f: &FdCtx, dup: OwnedFd, family: i32, typ:
                 diag.rqueue
             ),
             tcp::LISTEN | tcp::CLOSE => {}
-            tcp::ESTABLISHED => {
+            s if tcp::connected(s) => {
                 let p = peer.context("an established connection without a peer address")?;
                 if t.net.tcp_established {
                     stream = Some(
@@ -217,13 +217,18 @@ pub(crate) fn dump(t: &mut FileTable, f: &FdCtx, dup: OwnedFd, family: i32, typ:
                             .with_context(|| format!("pid {pid} fd {fd}: established connection {what}"))?,
                     );
                 } else if !t.net.tcp_close {
+                    let half = if s == tcp::ESTABLISHED {
+                        String::new()
+                    } else {
+                        format!(" (half-closed, {})", state_name(s))
+                    };
                     bail!(
-                        "pid {pid} fd {fd}: established TCP connection {local} -> {p}; dump with --tcp-established to keep it (or --tcp-close to restore it closed)"
+                        "pid {pid} fd {fd}: established TCP connection {local} -> {p}{half}; dump with --tcp-established to keep it (or --tcp-close to restore it closed)"
                     );
                 }
             }
             s => bail!(
-                "pid {pid} fd {fd}: TCP connection {what} is in state {} ({s}); half-closed and closing connections are not supported",
+                "pid {pid} fd {fd}: TCP connection {what} is in state {} ({s}), which cryo cannot restore",
                 state_name(s)
             ),
         }
@@ -391,7 +396,7 @@ pub fn check(fe: &pb::FileEntry) -> Result<()> {
     let (typ, proto) = (isk.r#type as i32, isk.proto as i32);
     match (typ, proto, isk.state) {
         (libc::SOCK_STREAM, libc::IPPROTO_TCP, tcp::LISTEN | tcp::CLOSE) => {}
-        (libc::SOCK_STREAM, libc::IPPROTO_TCP, tcp::ESTABLISHED) => {
+        (libc::SOCK_STREAM, libc::IPPROTO_TCP, s) if tcp::connected(s) => {
             if isk.dst_port == 0 {
                 bail!("files.img: established {what} has no peer");
             }
@@ -568,7 +573,7 @@ pub fn create(fe: &pb::FileEntry, streams: &HashMap<u32, tcp::Stream>, tcp_close
         let bound = local.port() != 0 || !local.ip().is_unspecified();
         let is_tcp = isk.proto as i32 == libc::IPPROTO_TCP;
         match (is_tcp, isk.state) {
-            (true, tcp::ESTABLISHED) => {
+            (true, s) if tcp::connected(s) => {
                 let peer = peer.context("no peer")?;
                 match streams.get(&isk.ino) {
                     Some(st) if !tcp_close => {

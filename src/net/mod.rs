@@ -155,7 +155,7 @@ pub fn load_streams(dir: &ImageDir, files: &HashMap<u32, pb::FileEntry>) -> Resu
     let mut out = HashMap::new();
     for fe in files.values() {
         let Some(isk) = &fe.isk else { continue };
-        if isk.state != tcp::ESTABLISHED || isk.proto as i32 != libc::IPPROTO_TCP {
+        if !tcp::connected(isk.state) || isk.proto as i32 != libc::IPPROTO_TCP {
             continue;
         }
         let name = tcp::image_name(isk.ino);
@@ -164,7 +164,9 @@ pub fn load_streams(dir: &ImageDir, files: &HashMap<u32, pb::FileEntry>) -> Resu
         }
         let bytes = dir.read_bytes(&name)?;
         let path = dir.path().join(&name).display().to_string();
-        out.insert(isk.ino, tcp::decode(&path, &bytes)?);
+        let mut st = tcp::decode(&path, &bytes)?;
+        st.state = isk.state;
+        out.insert(isk.ino, st);
     }
     Ok(out)
 }
@@ -180,7 +182,7 @@ impl RestoreLock {
         let mut tables = Vec::new();
         for fe in files.values() {
             let Some(isk) = &fe.isk else { continue };
-            if isk.state != tcp::ESTABLISHED || isk.proto as i32 != libc::IPPROTO_TCP {
+            if !tcp::connected(isk.state) || isk.proto as i32 != libc::IPPROTO_TCP {
                 continue;
             }
             if let Ok((l, Some(p))) = inet::addrs(isk) {
@@ -221,7 +223,7 @@ pub fn finish_repair(plan: &crate::restore::Plan, pid: i32) -> Result<()> {
             continue;
         };
         let Some(st) = plan.fx.tcp.get(&isk.ino) else { continue };
-        if isk.state != tcp::ESTABLISHED {
+        if !tcp::connected(isk.state) {
             continue;
         }
         let first = plan.tasks.iter().find(|x| x.fds.iter().any(|g| g.id == f.id));

@@ -47,12 +47,40 @@ const SIOCOUTQNSD: u64 = 0x894B;
 
 /// The TCP state numbers of the kernel.
 pub const ESTABLISHED: u32 = 1;
+pub const FIN_WAIT1: u32 = 4;
+pub const FIN_WAIT2: u32 = 5;
 pub const CLOSE: u32 = 7;
+pub const CLOSE_WAIT: u32 = 8;
+pub const LAST_ACK: u32 = 9;
 pub const LISTEN: u32 = 10;
+pub const CLOSING: u32 = 11;
+
+/// This side sent its FIN (it shut down writing).
+pub fn fin_sent(state: u32) -> bool {
+    matches!(state, FIN_WAIT1 | FIN_WAIT2 | LAST_ACK | CLOSING)
+}
+
+/// The peer's FIN arrived (reads end after the queue).
+pub fn fin_received(state: u32) -> bool {
+    matches!(state, CLOSE_WAIT | LAST_ACK | CLOSING)
+}
+
+/// Our FIN is not acked yet: SIOCOUTQ counts it.
+fn fin_in_outq(state: u32) -> bool {
+    matches!(state, FIN_WAIT1 | LAST_ACK | CLOSING)
+}
+
+/// A connection state cryo dumps with its stream: established or
+/// half-closed either way.
+pub fn connected(state: u32) -> bool {
+    state == ESTABLISHED || fin_sent(state) || fin_received(state)
+}
 
 /// One connection's repair state and queues.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stream {
+    /// The TCP state (inet_sk_entry.state; not in the stream image).
+    pub state: u32,
     pub e: pb::TcpStreamEntry,
     /// Received, not yet read.
     pub inq: Vec<u8>,
@@ -119,12 +147,16 @@ fn peek_queue(fd: BorrowedFd, queue: i32, len: usize) -> Result<(u32, Vec<u8>)> 
 pub fn dump(fd: BorrowedFd) -> Result<Stream> {
     let info = tcp_info(fd)?;
     let (st, opts, snd_ws, rcv_ws) = info_fields(&info).context("short TCP_INFO")?;
-    if st != ESTABLISHED {
-        bail!("it is in TCP state {st}, not established");
+    if !connected(st) {
+        bail!("it is in TCP state {st}, which cryo cannot repair");
     }
+    // An unacked FIN of ours is counted in both send queue figures (it
+    // is the last thing queued), but it is no data.
+    let fin = usize::from(fin_in_outq(st));
     let inq_len = sock::ioctl_int(fd, SIOCINQ).context("SIOCINQ")?.max(0) as usize;
-    let outq_len = sock::ioctl_int(fd, SIOCOUTQ).context("SIOCOUTQ")?.max(0) as usize;
-    let unsq_len = sock::ioctl_int(fd, SIOCOUTQNSD).context("SIOCOUTQNSD")?.max(0) as u32;
+    let outq_len = (sock::ioctl_int(fd, SIOCOUTQ).context("SIOCOUTQ")?.max(0) as usize).saturating_sub(fin);
+    let unsq_len =
+        (sock::ioctl_int(fd, SIOCOUTQNSD).context("SIOCOUTQNSD")?.max(0) as usize).saturating_sub(fin) as u32;
     let (inq_seq, inq) = peek_queue(fd, TCP_RECV_QUEUE, inq_len).context("receive queue")?;
     let (outq_seq, outq) = peek_queue(fd, TCP_SEND_QUEUE, outq_len).context("send queue")?;
     set(fd, TCP_REPAIR_QUEUE, 0, "TCP_REPAIR_QUEUE")?;
@@ -139,6 +171,7 @@ pub fn dump(fd: BorrowedFd) -> Result<Stream> {
     let nodelay = fdops::getsockopt_int(fd, SOL_TCP, libc::TCP_NODELAY).context("TCP_NODELAY")? != 0;
     let cork = fdops::getsockopt_int(fd, SOL_TCP, libc::TCP_CORK).context("TCP_CORK")? != 0;
     Ok(Stream {
+        state: st,
         e: pb::TcpStreamEntry {
             inq_len: inq_len as u32,
             inq_seq,
@@ -185,7 +218,12 @@ pub fn decode(path: &str, bytes: &[u8]) -> Result<Stream> {
             e.outq_len
         );
     }
-    Ok(Stream { e, inq, outq })
+    Ok(Stream {
+        state: ESTABLISHED,
+        e,
+        inq,
+        outq,
+    })
 }
 
 /// Step 1 of the restore, before bind and connect: repair mode and the
@@ -203,7 +241,9 @@ pub fn restore_pre_connect(fd: BorrowedFd, s: &Stream) -> Result<()> {
     set(
         fd,
         TCP_QUEUE_SEQ,
-        s.e.outq_seq.wrapping_sub(s.e.outq_len) as i32,
+        s.e.outq_seq
+            .wrapping_sub(u32::from(fin_sent(s.state)))
+            .wrapping_sub(s.e.outq_len) as i32,
         "TCP_QUEUE_SEQ (send)",
     )?;
     set(fd, TCP_REPAIR_QUEUE, 0, "TCP_REPAIR_QUEUE")?;
@@ -267,8 +307,7 @@ pub fn restore_post_connect(fd: BorrowedFd, s: &Stream) -> Result<()> {
             set(fd, TCP_TIMESTAMP, ts as i32, "TCP_TIMESTAMP")?;
         }
     }
-    let unsent = e.unsq_len.unwrap_or(0) as usize;
-    let sent = s.outq.len() - unsent;
+    let sent = s.outq.len() - unsent(s);
     room(fd, libc::SO_RCVBUF, libc::SO_RCVBUFFORCE, s.inq.len())?;
     room(fd, libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, s.outq.len())?;
     fill(fd, TCP_RECV_QUEUE, &s.inq).context("receive queue")?;
@@ -287,13 +326,40 @@ pub fn restore_post_connect(fd: BorrowedFd, s: &Stream) -> Result<()> {
     if e.cork == Some(true) {
         set(fd, libc::TCP_CORK, 1, "TCP_CORK")?;
     }
+    // Half-closed: the peer's FIN was received (its sequence number is in
+    // inq_seq already): reads end after the queue. Our FIN was sent: in
+    // repair mode with the send queue selected, shutdown queues it as sent
+    // and transmits nothing (it is retransmitted like any unacked data).
+    // The kernel state becomes ESTABLISHED or FIN_WAIT1 with the receive
+    // side shut, which the program cannot tell from CLOSE_WAIT or LAST_ACK
+    // except by TCP_INFO.
+    use std::os::fd::AsRawFd;
+    if fin_received(s.state) {
+        nix::sys::socket::shutdown(fd.as_raw_fd(), nix::sys::socket::Shutdown::Read).context("shutdown(SHUT_RD)")?;
+    }
+    if fin_sent(s.state) {
+        set(fd, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE")?;
+        nix::sys::socket::shutdown(fd.as_raw_fd(), nix::sys::socket::Shutdown::Write).context("shutdown(SHUT_WR)")?;
+        set(fd, TCP_REPAIR_QUEUE, 0, "TCP_REPAIR_QUEUE")?;
+    }
     Ok(())
+}
+
+/// The bytes sent the ordinary way after repair: the unsent tail of the
+/// send queue, unless our FIN went out (then everything is queued as
+/// sent, before the FIN).
+fn unsent(s: &Stream) -> usize {
+    if fin_sent(s.state) {
+        0
+    } else {
+        (s.e.unsq_len.unwrap_or(0) as usize).min(s.outq.len())
+    }
 }
 
 /// Step 3, the last thing before the task resumes: repair off, and the
 /// unsent bytes sent the ordinary way.
 pub fn finish(fd: BorrowedFd, s: &Stream) -> Result<()> {
-    let sent = s.outq.len() - s.e.unsq_len.unwrap_or(0) as usize;
+    let sent = s.outq.len() - unsent(s);
     repair(fd, false)?;
     if sent == s.outq.len() {
         return Ok(());
@@ -336,6 +402,7 @@ mod tests {
     #[test]
     fn stream_image_roundtrip() {
         let s = Stream {
+            state: ESTABLISHED,
             e: pb::TcpStreamEntry {
                 inq_len: 3,
                 inq_seq: 100,
