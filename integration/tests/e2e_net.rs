@@ -227,6 +227,33 @@ fn established_connection_without_the_flag_is_refused_and_the_tree_runs_on() {
 }
 
 #[test]
+fn listener_with_a_connection_not_yet_accepted_is_refused() {
+    cryo_integration::require_root!();
+    let _g = serial();
+    let sc = Scratch::new("tcpconn-pending");
+    let mut w = spawn_ready(&sc, bin!("tcpconn"), &["--pending"]);
+    let pid = w.pid.to_string();
+    let out = run_cryo(&["dump", "-t", &pid, "-D", s(&sc.img), "--tcp-established"]);
+    let err = one_line_error(&out, "dump of a listener with a pending connection");
+    for must in [
+        "listening socket tcp 127.0.0.1:",
+        "1 connection(s) the program has not accepted yet",
+    ] {
+        assert!(err.contains(must), "the error should contain {must:?}: {err}");
+    }
+    assert!(pid_running(w.pid), "the tree must run on after a failed dump");
+    assert!(
+        lock_tables().is_empty(),
+        "a refused dump left a lock: {:?}",
+        lock_tables()
+    );
+    w.usr1().expect("SIGUSR1");
+    let v = wait_for_verdict(&sc.path("wl.log"), LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(v.starts_with("PASS"), "{v}");
+    assert_eq!(w.wait_exit(GONE_TIMEOUT).and_then(|s| s.code()), Some(0));
+}
+
+#[test]
 fn tcp_close_restores_connections_closed() {
     cryo_integration::require_root!();
     let _g = serial();

@@ -2,7 +2,7 @@
 //! queues in both directions (received-not-read, sent-not-acked and
 //! unsent), its options and its addresses.
 //!
-//! `tcpconn --log F [--v6] [--half] [--closed] [--corrupt]`
+//! `tcpconn --log F [--v6] [--half] [--pending] [--closed] [--corrupt]`
 //!
 //! One process holds a listener L, a client C connected to it and the
 //! accepted socket A (loopback, IPv4 or with `--v6` IPv6). A has a small
@@ -12,6 +12,9 @@
 //! and C's send queue holds unsent bytes; A sends 3000 bytes that C does
 //! not read. With `--half`, C then shuts down writing (its FIN waits
 //! behind the unsent bytes: FIN_WAIT1).
+//!
+//! With `--pending` a third client connects and is never accepted (the
+//! kernel completed the handshake; the connection waits in L's queue).
 //!
 //! A second pair, C2 -> A2, is half-closed the other way round: C2 sent
 //! "bye" and shut down writing, so A2 is in CLOSE_WAIT with "bye" unread
@@ -227,6 +230,9 @@ fn main() {
         libc::send(c2, b"bye".as_ptr().cast(), 3, 0);
         libc::shutdown(c2, libc::SHUT_WR);
     }
+    let _pending = args
+        .flag("pending")
+        .then(|| std::net::TcpStream::connect(addr).unwrap_or_else(|_| wl::die("connect 3")));
     wl::sleep_ms(50);
     let mut outq: i32 = 0;
     // SAFETY: SIOCOUTQ writes one int.
