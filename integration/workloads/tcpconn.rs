@@ -2,7 +2,7 @@
 //! queues in both directions (received-not-read, sent-not-acked and
 //! unsent), its options and its addresses.
 //!
-//! `tcpconn --log F [--v6] [--half] [--pending] [--closed] [--corrupt]`
+//! `tcpconn --log F [--v6] [--half] [--pending] [--badfd] [--closed] [--corrupt]`
 //!
 //! One process holds a listener L, a client C connected to it and the
 //! accepted socket A (loopback, IPv4 or with `--v6` IPv6). A has a small
@@ -15,6 +15,8 @@
 //!
 //! With `--pending` a third client connects and is never accepted (the
 //! kernel completed the handshake; the connection waits in L's queue).
+//! With `--badfd` the highest fd is a packet socket in a fanout group,
+//! which cryo refuses: the dump fails after the connections.
 //!
 //! A second pair, C2 -> A2, is half-closed the other way round: C2 sent
 //! "bye" and shut down writing, so A2 is in CLOSE_WAIT with "bye" unread
@@ -233,6 +235,19 @@ fn main() {
     let _pending = args
         .flag("pending")
         .then(|| std::net::TcpStream::connect(addr).unwrap_or_else(|_| wl::die("connect 3")));
+    if args.flag("badfd") {
+        let eth_all = i32::from((libc::ETH_P_ALL as u16).to_be());
+        // SAFETY: plain integer arguments.
+        let p = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, eth_all) };
+        let fanout: i32 = 77; // group 77, PACKET_FANOUT_HASH
+                              // SAFETY: the kernel reads one int.
+        let r = unsafe { libc::setsockopt(p, 263, 18, (&fanout as *const i32).cast(), 4) };
+        if p < 0 || r != 0 {
+            wl::die("fanout packet socket");
+        }
+        // SAFETY: dup2 onto an unused high number.
+        unsafe { libc::dup2(p, 200) };
+    }
     wl::sleep_ms(50);
     let mut outq: i32 = 0;
     // SAFETY: SIOCOUTQ writes one int.
