@@ -809,3 +809,62 @@ fn missing_interface_at_restore_fails_cleanly() {
         "the failed restore left processes behind: {leftover}"
     );
 }
+
+// ---- 8. the CRIU dialect ------------------------------------------------------------
+
+/// `criu dump --tcp-established` / `criu restore -d` (the binary under the
+/// name criu) carry the connections like the native CLI.
+#[test]
+fn criu_dialect_tcp_established_roundtrip() {
+    cryo_integration::require_root!();
+    let _g = serial();
+    let sc = Scratch::new("tcpconn-criu");
+    let link = sc.path("criu");
+    std::os::unix::fs::symlink(cryo_integration::cryo_bin(), &link).expect("symlink criu");
+    let mut w = spawn_ready(&sc, bin!("tcpconn"), &[]);
+    let pid = w.pid.to_string();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&link)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run criu");
+        assert!(
+            out.status.success(),
+            "criu {}: {}",
+            args[0],
+            cryo_integration::describe(&out)
+        );
+    };
+    run(&[
+        "dump",
+        "-t",
+        &pid,
+        "-D",
+        s(&sc.img),
+        "--tcp-established",
+        "-o",
+        "dump.log",
+        "-v4",
+    ]);
+    w.wait_exit(GONE_TIMEOUT).expect("the original is killed");
+    let pf = sc.path("pidfile-1");
+    sc.cl.pidfile(&pf);
+    run(&[
+        "restore",
+        "-D",
+        s(&sc.img),
+        "-d",
+        "--pidfile",
+        s(&pf),
+        "-o",
+        "restore.log",
+        "-v4",
+    ]);
+    let rpid = cryo_integration::read_pidfile(&pf).unwrap_or_else(|e| panic!("{e}"));
+    cryo_integration::signal(rpid, libc::SIGUSR1).unwrap_or_else(|e| panic!("{e}"));
+    let v =
+        cryo_integration::wait_for_nth_verdict(&sc.path("wl.log"), 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(v.starts_with("PASS"), "{v}");
+    assert!(lock_tables().is_empty(), "{:?}", lock_tables());
+}
