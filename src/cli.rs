@@ -78,6 +78,10 @@ pub enum Cmd {
         /// Restore established TCP connections closed.
         #[arg(long = "tcp-close")]
         tcp_close: bool,
+        /// For a tree with its own network namespace: veth IN's other end is
+        /// created as OUT in this namespace (IN=OUT, repeatable).
+        #[arg(long = "veth-pair")]
+        veth_pair: Vec<String>,
         #[command(flatten)]
         log: LogOpts,
     },
@@ -200,6 +204,7 @@ fn run(cli: Cli) -> Result<i32> {
             trust_images,
             skip_file_check,
             tcp_close,
+            veth_pair,
             log,
         } => {
             let (dir, _tmp) = match (&dir, &tar) {
@@ -226,6 +231,10 @@ fn run(cli: Cli) -> Result<i32> {
                 trust_images: trust_images || _tmp.is_some(),
                 skip_file_check,
                 tcp_close,
+                veth_pairs: veth_pair
+                    .iter()
+                    .map(|v| crate::net::ns::parse_veth_pair(v))
+                    .collect::<Result<_>>()?,
                 hook: Default::default(),
             };
             let r = restore::restore(&opts)?;

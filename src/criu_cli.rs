@@ -716,6 +716,7 @@ fn cmd_restore(o: &Options) -> Result<i32> {
     let r = restore::restore(&restore::RestoreOpts {
         skip_file_check: false,
         tcp_close: o.tcp_close,
+        veth_pairs: Vec::new(),
         dir: dir.clone(),
         shell_job: o.shell_job,
         detach: o.detach,

@@ -78,6 +78,17 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
     let t0 = Instant::now();
     let frozen = Frozen::seize_tree(pid)?;
     let t_frozen = Instant::now();
+    // A tree in a network namespace of its own: the dump works from inside
+    // it (sockets, lock, interfaces), and writes the namespace first.
+    let tree_net = crate::net::ns::owned_by(pid)?;
+    let _in_net = match &tree_net {
+        Some(f) => Some(crate::net::ns::Enter::new(f)?),
+        None => None,
+    };
+    if tree_net.is_some() {
+        let n = crate::net::ns::dump().context("Cannot dump the tree's network namespace")?;
+        dir.write_bytes(crate::net::ns::IMAGE, &n.to_json())?;
+    }
     info!(
         "froze {} processes in {} us",
         frozen.procs.len(),

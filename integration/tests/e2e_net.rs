@@ -868,3 +868,113 @@ fn criu_dialect_tcp_established_roundtrip() {
     assert!(v.starts_with("PASS"), "{v}");
     assert!(lock_tables().is_empty(), "{:?}", lock_tables());
 }
+
+// ---- 9. a network namespace owned by the tree ----------------------------------------
+
+/// Namespaces H (outside) and A (the tree's), a veth between them
+/// (10.213.8.1 in H, 10.213.8.2 in A, MTU 1400), a route, sysctls and an
+/// nftables table in A, and a listener in H that sends bytes to whoever
+/// connects. Returns the namespaces, their names, the listener and "IP:PORT".
+fn tree_netns(tag: &str, sc: &Scratch) -> (Netns, String, String, Workload, String) {
+    let (h, a) = (
+        format!("cryo-h{tag}-{}", std::process::id()),
+        format!("cryo-n{tag}-{}", std::process::id()),
+    );
+    let mut ns = Netns { names: vec![] };
+    ns.add(&h);
+    ns.add(&a);
+    Netns::link(&h, "cryoh0", "10.213.8.1/24", &a, "cryon0", "10.213.8.2/24");
+    Netns::ip(&["-n", &h, "link", "set", "cryoh0", "mtu", "1400"]);
+    Netns::ip(&["-n", &a, "link", "set", "cryon0", "mtu", "1400"]);
+    Netns::ip(&["-n", &a, "route", "add", "10.213.99.0/24", "via", "10.213.8.1"]);
+    let sh = |script: &str| {
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{a}"))
+            .args(["--", "sh", "-c", script])
+            .output()
+            .expect("nsenter sh");
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sh("echo 1 > /proc/sys/net/ipv4/ip_forward && echo 2 > /proc/sys/net/ipv4/conf/all/rp_filter");
+    sh("nft add table inet cryotest && nft add chain inet cryotest c '{ type filter hook input priority 0; policy accept; }' && nft add rule inet cryotest c tcp dport 4444 drop");
+    let slog = sc.path("peer.log");
+    let tcpstream = bin!("tcpstream").to_str().expect("path").to_string();
+    let net = format!("--net=/run/netns/{h}");
+    let peer = Workload::spawn(
+        std::path::Path::new("/usr/bin/nsenter"),
+        &[&net, "--", &tcpstream, "--role", "server", "--addr", "10.213.8.1"],
+        &slog,
+    )
+    .expect("peer");
+    let port = cryo_integration::wait_for_line(&slog, "PORT ", LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let port = port.trim().trim_start_matches("PORT ").to_string();
+    (ns, h, a, peer, format!("10.213.8.1:{port}"))
+}
+
+#[test]
+fn netnsck_plain_passes_and_detects_a_changed_sysctl() {
+    cryo_integration::require_root!();
+    for corrupt in [false, true] {
+        let sc = Scratch::new("netnsck-plain");
+        let (_ns, _h, a, _peer, addr) = tree_netns("p", &sc);
+        let log = sc.path("wl.log");
+        let mut args = vec!["--peer", addr.as_str()];
+        if corrupt {
+            args.push("--corrupt");
+        }
+        let mut w = spawn_in(&a, bin!("netnsck"), &args, &log);
+        w.usr1().expect("usr1");
+        let v = wait_for_verdict(&log, LINE_TIMEOUT);
+        if corrupt {
+            assert!(v.expect_err("must FAIL").contains("net/ipv4/conf/all/rp_filter"));
+        } else {
+            v.unwrap_or_else(|e| panic!("{e}"));
+        }
+        w.wait_exit(GONE_TIMEOUT);
+    }
+}
+
+#[test]
+fn tree_network_namespace_is_rebuilt_in_a_fresh_one() {
+    cryo_integration::require_root!();
+    let sc = Scratch::new("netnsck");
+    let (mut ns, h, a, _peer, addr) = tree_netns("r", &sc);
+    let log = sc.path("wl.log");
+    let mut w = spawn_in(&a, bin!("netnsck"), &["--peer", &addr], &log);
+    // cryo runs outside the tree's namespace.
+    dump(&sc, w.pid, &[]);
+    w.wait_exit(GONE_TIMEOUT).expect("the original is killed");
+    assert!(sc.img.join("cryo-netns.json").exists(), "no namespace image");
+    crit_decodes_all(&sc.img);
+    ns.del(&a);
+    // Without the veth mapping the restore refuses, naming the veth.
+    let out = run_cryo(&["restore", "-D", s(&sc.img), "-d"]);
+    let err = one_line_error(&out, "restore without --veth-pair");
+    assert!(err.contains("--veth-pair cryon0="), "{err}");
+    // The caller's namespace is H: the veth's other end appears there.
+    let pf = sc.path("pidfile-1");
+    sc.cl.pidfile(&pf);
+    cryo_in(
+        &h,
+        &[
+            "restore",
+            "-D",
+            s(&sc.img),
+            "-d",
+            "--pidfile",
+            s(&pf),
+            "--veth-pair",
+            "cryon0=cryoh1",
+        ],
+        &sc.path("restore.log"),
+    );
+    Netns::ip(&["-n", &h, "addr", "add", "10.213.8.1/24", "dev", "cryoh1"]);
+    let rpid = cryo_integration::read_pidfile(&pf).unwrap_or_else(|e| panic!("{e}"));
+    cryo_integration::signal(rpid, libc::SIGUSR1).unwrap_or_else(|e| panic!("{e}"));
+    let v = cryo_integration::wait_for_nth_verdict(&log, 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(v.starts_with("PASS"), "{v}");
+}

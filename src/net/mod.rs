@@ -25,6 +25,7 @@ pub mod diag;
 pub mod inet;
 pub mod lock;
 pub mod netlink;
+pub mod ns;
 pub mod packet;
 pub mod tcp;
 

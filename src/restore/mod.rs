@@ -53,6 +53,9 @@ pub struct RestoreOpts {
     pub skip_file_check: bool,
     /// Restore established TCP connections closed.
     pub tcp_close: bool,
+    /// For a tree with a network namespace of its own: the name in the
+    /// caller's namespace of the outside end of each veth (IN, OUT).
+    pub veth_pairs: Vec<(String, String)>,
     /// Called once every task is ready and before any runs, with
     /// setup-namespaces, post-setup-namespaces, post-restore (the root's
     /// host pid) and pre-resume; an error kills what was restored.
@@ -111,6 +114,9 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
     info!("loaded images of {} processes", plan.tasks.len());
     // Lifted once the tree runs, or on any failure below.
     let net_lock = crate::net::RestoreLock::of(&plan.files);
+    // A tree that had a network namespace gets a fresh one, entered here
+    // so that everything forked from now on is in it.
+    crate::net::ns::restore(&dir, &opts.veth_pairs)?;
 
     // Engine fds, moved high.
     let high = plan.max_fd().max(63) + 1;

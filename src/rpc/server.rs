@@ -478,6 +478,7 @@ impl Session {
             pidfile: None,
             trust_images: false,
             tcp_close: o.tcp_close(),
+            veth_pairs: Vec::new(),
             hook: self.hook(),
         };
         let r = restore::restore(&ro)?;
