@@ -45,6 +45,12 @@ pub enum Cmd {
         /// Leave the tree running after the dump.
         #[arg(short = 'R', long = "leave-running")]
         leave_running: bool,
+        /// Dump established TCP connections (TCP_REPAIR); their peers stay connected.
+        #[arg(long = "tcp-established")]
+        tcp_established: bool,
+        /// Dump established TCP connections so that they come back closed.
+        #[arg(long = "tcp-close")]
+        tcp_close: bool,
         #[command(flatten)]
         log: LogOpts,
     },
@@ -69,6 +75,13 @@ pub enum Cmd {
         /// Restore even if an open file changed size since the dump.
         #[arg(long = "skip-file-check")]
         skip_file_check: bool,
+        /// Restore established TCP connections closed.
+        #[arg(long = "tcp-close")]
+        tcp_close: bool,
+        /// For a tree with its own network namespace: veth IN's other end is
+        /// created as OUT in this namespace (IN=OUT, repeatable).
+        #[arg(long = "veth-pair")]
+        veth_pair: Vec<String>,
         #[command(flatten)]
         log: LogOpts,
     },
@@ -137,6 +150,8 @@ fn run(cli: Cli) -> Result<i32> {
             tar,
             shell_job,
             leave_running,
+            tcp_established,
+            tcp_close,
             log,
         } => {
             let (dir, tmp) = match (&dir, &tar) {
@@ -158,6 +173,8 @@ fn run(cli: Cli) -> Result<i32> {
                 dir: dir.clone(),
                 shell_job,
                 leave_running,
+                tcp_established,
+                tcp_close,
                 hook: Default::default(),
             };
             let st = dump::dump(&opts)?;
@@ -186,6 +203,8 @@ fn run(cli: Cli) -> Result<i32> {
             pidfile,
             trust_images,
             skip_file_check,
+            tcp_close,
+            veth_pair,
             log,
         } => {
             let (dir, _tmp) = match (&dir, &tar) {
@@ -211,6 +230,11 @@ fn run(cli: Cli) -> Result<i32> {
                 pidfile,
                 trust_images: trust_images || _tmp.is_some(),
                 skip_file_check,
+                tcp_close,
+                veth_pairs: veth_pair
+                    .iter()
+                    .map(|v| crate::net::ns::parse_veth_pair(v))
+                    .collect::<Result<_>>()?,
                 hook: Default::default(),
             };
             let r = restore::restore(&opts)?;

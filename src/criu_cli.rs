@@ -617,22 +617,11 @@ fn log_ignored(o: &Options) {
 /// Features `criu check --feature` knows, and whether cryo has them.
 fn feature(name: &str) -> Option<bool> {
     Some(match name {
-        "mem_dirty_track"
-        | "uffd"
-        | "uffd-noncoop"
-        | "lazy_pages"
-        | "external_net_ns"
-        | "network_lock_nftables"
-        | "pidfd_store"
-        | "ns_pid"
-        | "ns_get_userns"
-        | "ns_get_parent"
-        | "timens"
-        | "cgroupns" => false,
+        "mem_dirty_track" | "uffd" | "uffd-noncoop" | "lazy_pages" | "external_net_ns" | "pidfd_store" | "ns_pid"
+        | "ns_get_userns" | "ns_get_parent" | "timens" | "cgroupns" => false,
         "compat_cr"
         | "autofs"
         | "tun"
-        | "tcp_half_closed"
         | "stream_unix"
         | "nsid"
         | "link_nsid"
@@ -648,7 +637,7 @@ fn feature(name: &str) -> Option<bool> {
         | "seccomp_suspend"
         | "seccomp_filters"
         | "memfd_hugetlb" => false,
-        "clone3_set_tid" | "rseq" | "ptrace_get_rseq_conf" => true,
+        "clone3_set_tid" | "rseq" | "ptrace_get_rseq_conf" | "tcp_half_closed" | "network_lock_nftables" => true,
         _ => return None,
     })
 }
@@ -701,6 +690,8 @@ fn cmd_dump(o: &Options) -> Result<i32> {
         dir: dir.clone(),
         shell_job: o.shell_job,
         leave_running: o.leave_running,
+        tcp_established: o.tcp_established,
+        tcp_close: o.tcp_close,
         hook: Default::default(),
     })?;
     tracing::info!("dumped {} processes, {} pages", st.processes, st.pages_written);
@@ -724,6 +715,8 @@ fn cmd_restore(o: &Options) -> Result<i32> {
     log_ignored(o);
     let r = restore::restore(&restore::RestoreOpts {
         skip_file_check: false,
+        tcp_close: o.tcp_close,
+        veth_pairs: Vec::new(),
         dir: dir.clone(),
         shell_job: o.shell_job,
         detach: o.detach,

@@ -34,6 +34,10 @@ pub struct DumpOpts {
     pub dir: PathBuf,
     pub shell_job: bool,
     pub leave_running: bool,
+    /// Dump established TCP connections (TCP_REPAIR).
+    pub tcp_established: bool,
+    /// Dump established TCP connections to be restored closed.
+    pub tcp_close: bool,
     /// Called with [`Event::PostDump`](crate::hooks::Event) once the images
     /// are complete, before the tree is killed or resumed; an error leaves
     /// the tree running and fails the dump.
@@ -74,6 +78,17 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
     let t0 = Instant::now();
     let frozen = Frozen::seize_tree(pid)?;
     let t_frozen = Instant::now();
+    // A tree in a network namespace of its own: the dump works from inside
+    // it (sockets, lock, interfaces), and writes the namespace first.
+    let tree_net = crate::net::ns::owned_by(pid)?;
+    let _in_net = match &tree_net {
+        Some(f) => Some(crate::net::ns::Enter::new(f)?),
+        None => None,
+    };
+    if tree_net.is_some() {
+        let n = crate::net::ns::dump().context("Cannot dump the tree's network namespace")?;
+        dir.write_bytes(crate::net::ns::IMAGE, &n.to_json())?;
+    }
     info!(
         "froze {} processes in {} us",
         frozen.procs.len(),
@@ -85,8 +100,10 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
         processes: frozen.procs.len(),
         ..Default::default()
     };
-    let res = write_images(opts, &dir, &frozen, &mut stats);
+    let mut net = crate::net::DumpNet::new(opts.tcp_established, opts.tcp_close);
+    let res = write_images(opts, &dir, &frozen, &mut stats, &mut net);
     if let Err(e) = res {
+        drop(net); // repair off, locks lifted
         drop(frozen); // detaches: the tree runs on untouched
         return Err(e);
     }
@@ -94,14 +111,17 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
     write_stats(&dir, &stats)?;
     dir.finish_manifest()?;
     if let Err(e) = opts.hook.fire(crate::hooks::Event::PostDump) {
+        drop(net); // repair off, locks lifted
         drop(frozen); // detaches: the tree runs on untouched
         return Err(e);
     }
     if opts.leave_running {
+        net.finish(false);
         frozen.resume();
         info!("dump done, tree left running");
     } else {
         frozen.kill();
+        net.finish(true);
         info!("dump done, tree killed");
     }
     Ok(stats)
@@ -217,7 +237,13 @@ fn kobj_ids(ids: &mut Ids, ns: &HashMap<&'static str, u64>, own: bool) -> pb::Ta
     }
 }
 
-fn write_images(opts: &DumpOpts, dir: &ImageDir, frozen: &Frozen, stats: &mut DumpStats) -> Result<()> {
+fn write_images(
+    opts: &DumpOpts,
+    dir: &ImageDir,
+    frozen: &Frozen,
+    stats: &mut DumpStats,
+    net: &mut crate::net::DumpNet,
+) -> Result<()> {
     let layout = xsave_layout();
     let mut ids = Ids {
         next_obj: 1, // 1 is the dumper itself, as CRIU numbers them
@@ -241,6 +267,7 @@ fn write_images(opts: &DumpOpts, dir: &ImageDir, frozen: &Frozen, stats: &mut Du
     }
 
     let mut files = FileTable::default();
+    files.net = std::mem::take(net);
     let mut pstree = Vec::new();
     let mut seccomp: Vec<pb::SeccompFilter> = Vec::new();
     for p in &frozen.procs {
@@ -307,6 +334,7 @@ fn write_images(opts: &DumpOpts, dir: &ImageDir, frozen: &Frozen, stats: &mut Du
         root.pid,
         ipc_ino != own_ns["ipc"],
     )?;
+    *net = std::mem::take(&mut files.net);
     dir.write_image(
         "seccomp.img",
         Kind::Seccomp,

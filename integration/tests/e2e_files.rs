@@ -322,18 +322,6 @@ fn badfd_plain_passes_and_detects_a_closed_fd() {
 }
 
 #[test]
-fn dump_of_an_inet_socket_fails_cleanly() {
-    cryo_integration::require_root!();
-    unsupported_kind_fails_cleanly("inet", "inet datagram sockets are not supported");
-}
-
-#[test]
-fn dump_of_a_netlink_socket_fails_cleanly() {
-    cryo_integration::require_root!();
-    unsupported_kind_fails_cleanly("netlink", "netlink raw sockets are not supported");
-}
-
-#[test]
 fn dump_of_an_io_uring_fails_cleanly() {
     cryo_integration::require_root!();
     if std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").is_ok_and(|v| v.trim() == "2") {

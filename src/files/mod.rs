@@ -172,7 +172,7 @@ pub struct FileTable {
     fifo_data: Vec<(pb::PipeDataEntry, Vec<u8>)>,
     /// Pipe inodes whose data was taken already.
     pipes_done: std::collections::HashSet<u64>,
-    extra_images: Vec<ExtraImage>,
+    pub(crate) extra_images: Vec<ExtraImage>,
     /// Every unix socket of the net namespace (sock_diag), on first use.
     unix_diag: Option<HashMap<u32, unix::Diag>>,
     unix_dumped: Vec<unix::Dumped>,
@@ -187,6 +187,8 @@ pub struct FileTable {
     lock_seen: locks::Seen,
     /// (file id, holder pid, fd) of every pidfd, until resolved.
     pidfd_holders: Vec<(u32, i32, i32)>,
+    /// Inet sockets: diag cache, repaired sockets, network locks.
+    pub(crate) net: crate::net::DumpNet,
     /// Raw files (memfd pages), not in the manifest.
     raw_images: Vec<ExtraImage>,
     /// pty pairs and controlling terminals (see `tty`).
@@ -371,7 +373,10 @@ impl FileTable {
             }
             FdKind::Pipe => (pipe::dump_pipe(self, f)?, FD_PIPE),
             FdKind::Fifo => (pipe::dump_fifo(self, f)?, FD_FIFO),
-            FdKind::Socket => (unix::dump(self, f)?, FD_UNIXSK),
+            FdKind::Socket => match crate::net::dump(self, f)? {
+                Some(r) => r,
+                None => (unix::dump(self, f)?, FD_UNIXSK),
+            },
             FdKind::AnonInode(k) => match k.as_str() {
                 "[eventfd]" => (anon::dump_eventfd(self, f)?, FD_EVENTFD),
                 "[signalfd]" => (anon::dump_signalfd(self, f)?, FD_SIGNALFD),

@@ -52,6 +52,10 @@ pub struct Extra {
     pub locks: Vec<pb::FileLockEntry>,
     /// pty pairs of the dump and their queued bytes.
     pub ttys: tty::Loaded,
+    /// Established TCP connections' streams, by socket inode.
+    pub tcp: HashMap<u32, crate::net::tcp::Stream>,
+    /// Restore established TCP connections closed (--tcp-close).
+    pub tcp_close: bool,
 }
 
 /// Reads the images that go with files.img.
@@ -136,6 +140,7 @@ pub fn load(dir: &ImageDir, files: &HashMap<u32, pb::FileEntry>) -> Result<Extra
     }
     x.memfds = memfd::load(dir)?;
     x.ttys = tty::load(dir)?;
+    x.tcp = crate::net::load_streams(dir, files)?;
     if dir.exists(names::FILE_LOCKS) {
         x.locks = dir.read_image(names::FILE_LOCKS, Kind::FileLocks)?;
     }
@@ -210,6 +215,9 @@ pub fn check_fd(
         FD_PIDFD => {
             fe.pidfd.as_ref().ok_or_else(missing)?;
         }
+        crate::net::FD_INETSK => crate::net::inet::check(fe)?,
+        crate::net::FD_NETLINKSK => crate::net::netlink::check(fe)?,
+        crate::net::FD_PACKETSK => crate::net::packet::check(fe)?,
         FD_UNIXSK => {
             let u = fe.usk.as_ref().ok_or_else(missing)?;
             if ![libc::SOCK_STREAM, libc::SOCK_DGRAM, libc::SOCK_SEQPACKET].contains(&(u.r#type as i32)) {
@@ -552,6 +560,9 @@ fn create(plan: &Plan, g: &Group, lay: &Layout, efds: EngineFds) -> Result<Vec<(
                     )
                     .context("open /dev/null")?,
                 ),
+                crate::net::FD_INETSK => crate::net::inet::create(fe, &plan.fx.tcp, plan.fx.tcp_close)?,
+                crate::net::FD_NETLINKSK => crate::net::netlink::create(fe)?,
+                crate::net::FD_PACKETSK => crate::net::packet::create(fe)?,
                 FD_EVENTFD => anon::create_eventfd(fe.efd.as_ref().context("no eventfd entry")?)?,
                 FD_SIGNALFD => anon::create_signalfd(fe.sgfd.as_ref().context("no signalfd entry")?)?,
                 FD_TIMERFD => anon::create_timerfd(fe.tfd.as_ref().context("no timerfd entry")?)?,

@@ -58,11 +58,12 @@ pub enum Kind {
     IpcnsShm,
     IpcnsSem,
     IpcnsMsg,
+    TcpStream,
 }
 
 impl Kind {
     /// All kinds, in table order.
-    pub const ALL: [Kind; 24] = [
+    pub const ALL: [Kind; 25] = [
         Kind::Inventory,
         Kind::Pstree,
         Kind::Core,
@@ -87,6 +88,7 @@ impl Kind {
         Kind::IpcnsShm,
         Kind::IpcnsSem,
         Kind::IpcnsMsg,
+        Kind::TcpStream,
     ];
 
     /// The image's own magic (the second u32 for common/service headers).
@@ -116,6 +118,7 @@ impl Kind {
             Kind::IpcnsShm => 0x4628_3044,
             Kind::IpcnsSem => 0x5957_3019,
             Kind::IpcnsMsg => 0x5545_3737,
+            Kind::TcpStream => 0x5146_5506,
         }
     }
 
@@ -167,6 +170,7 @@ impl Kind {
             Kind::IpcnsShm => "IPCNS_SHM",
             Kind::IpcnsSem => "IPCNS_SEM",
             Kind::IpcnsMsg => "IPCNS_MSG",
+            Kind::TcpStream => "TCP_STREAM",
         }
     }
 
@@ -200,6 +204,7 @@ impl Kind {
             Kind::IpcnsShm => "ipc_shm_entry",
             Kind::IpcnsSem => "ipc_sem_entry",
             Kind::IpcnsMsg => "ipc_msg_entry",
+            Kind::TcpStream => "tcp_stream_entry",
         }
     }
 
@@ -246,7 +251,6 @@ pub const FOREIGN_MAGICS: &[(&str, u32)] = &[
     ("IPC_VAR", 0x5311_5007),
     ("REG_FILES", 0x5036_3636),
     ("EXT_FILES", 0x5925_5641),
-    ("TCP_STREAM", 0x5146_5506),
     ("EVENTFD_FILE", 0x4452_3722),
     ("EVENTPOLL_FILE", 0x4502_3858),
     ("EVENTPOLL_TFD", 0x4443_3746),

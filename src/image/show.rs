@@ -149,6 +149,11 @@ pub fn show_bytes(file: &str, data: &[u8]) -> Result<Value> {
                 Some(PipeDataEntry::decode(payload).map(|e| e.bytes as usize).unwrap_or(0))
             }
             (Kind::SkQueues, _) => Some(SkPacketEntry::decode(payload).map(|e| e.length as usize).unwrap_or(0)),
+            (Kind::TcpStream, _) => Some(
+                super::pb::TcpStreamEntry::decode(payload)
+                    .map(|e| e.inq_len as usize + e.outq_len as usize)
+                    .unwrap_or(0),
+            ),
             (Kind::GhostFile, 0) => {
                 let chunks = GhostFileEntry::decode(payload)
                     .ok()

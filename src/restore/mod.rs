@@ -53,6 +53,11 @@ pub struct RestoreOpts {
     pub trust_images: bool,
     /// Restore even if an open regular file changed size since the dump.
     pub skip_file_check: bool,
+    /// Restore established TCP connections closed.
+    pub tcp_close: bool,
+    /// For a tree with a network namespace of its own: the name in the
+    /// caller's namespace of the outside end of each veth (IN, OUT).
+    pub veth_pairs: Vec<(String, String)>,
     /// Called once every task is ready and before any runs, with
     /// setup-namespaces, post-setup-namespaces, post-restore (the root's
     /// host pid) and pre-resume; an error kills what was restored.
@@ -109,6 +114,11 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
     let dir = ImageDir::open(&opts.dir)?;
     let plan = Plan::load(&dir, opts).context("Stage Load")?;
     info!("loaded images of {} processes", plan.tasks.len());
+    // Lifted once the tree runs, or on any failure below.
+    let net_lock = crate::net::RestoreLock::of(&plan.files);
+    // A tree that had a network namespace gets a fresh one, entered here
+    // so that everything forked from now on is in it.
+    crate::net::ns::restore(&dir, &opts.veth_pairs)?;
 
     // Engine fds, moved high.
     let high = plan.max_fd().max(63) + 1;
@@ -188,6 +198,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
             _ => bail!("The namespace init died after the restore"),
         }
     }
+    drop(net_lock);
     let restore_us = t0.elapsed().as_micros() as u64;
     crate::ipc::sysv::remove_destroyed(
         if own_ns {

@@ -98,6 +98,7 @@ impl Plan {
             HashMap::new()
         };
         let mut fx = crate::files::restore::load(dir, &files)?;
+        fx.tcp_close = opts.tcp_close;
         let layout = xsave_layout();
         let pid_max: i64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
             .ok()

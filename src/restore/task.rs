@@ -761,6 +761,8 @@ fn jump(plan: &Plan, t: &TaskImage, efds: EngineFds, staged: Staged) -> Result<I
     };
     // pidfds: their targets exist now or soon (the tree is being built).
     crate::files::pidfd::restore(&plan.files, &t.fds, t.pid)?;
+    // Established TCP connections leave repair mode last.
+    crate::net::finish_repair(plan, t.pid)?;
     // Close what the restored task must not see: everything but its own
     // fds and the three the blob closes itself (ready, go, exe). The
     // error pipe goes too: from here on failures travel as blob reports.

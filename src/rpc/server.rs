@@ -451,6 +451,8 @@ impl Session {
             dir: self.images.path.clone(),
             shell_job: o.shell_job(),
             leave_running: o.leave_running(),
+            tcp_established: o.tcp_established(),
+            tcp_close: o.tcp_close(),
             hook: self.hook(),
         };
         let st = dump::dump(&d)?;
@@ -475,6 +477,8 @@ impl Session {
             detach: true,
             pidfile: None,
             trust_images: false,
+            tcp_close: o.tcp_close(),
+            veth_pairs: Vec::new(),
             hook: self.hook(),
         };
         let r = restore::restore(&ro)?;

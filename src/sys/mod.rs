@@ -22,6 +22,7 @@ pub mod ipc;
 pub mod mmap;
 pub mod probe;
 pub mod rawfd;
+pub mod sock;
 #[cfg(test)]
 mod tests;
 pub mod tty;

@@ -1,0 +1,980 @@
+//! End-to-end tests of network sockets: TCP listeners and UDP sockets
+//! with their options, established TCP connections (--tcp-established,
+//! TCP_REPAIR), the network lock, and the refusals.
+//!
+//! Each workload first runs without cryo (PASS, and FAIL with
+//! `--corrupt`), then goes through a real dump and restore and judges
+//! itself; crit must decode every image. Traffic stays on loopback.
+
+use cryo_integration::{bin, one_line_error, pid_running, run_cryo, s, wait_for_verdict, Workload, LINE_TIMEOUT};
+use std::time::Duration;
+
+use cryo_integration::cycle::*;
+
+// ---- 1. listeners and datagram sockets ---------------------------------------
+
+#[test]
+fn inetsk_plain_passes_and_detects_a_changed_option() {
+    expect_plain_pass(bin!("inetsk"), &[]);
+    expect_plain_fail(bin!("inetsk"), &["--corrupt"], "L4 IP_TTL is 34, was 33");
+}
+
+#[test]
+fn inetsk_roundtrip() {
+    cryo_integration::require_root!();
+    let (v, images, sc) = roundtrip("inetsk", bin!("inetsk"), &[]);
+    assert!(v.starts_with("PASS"), "{v}");
+    let files = crit_json(&sc.img.join("files.img"));
+    let isk: Vec<&serde_json::Value> = files["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e.get("isk"))
+        .collect();
+    assert_eq!(isk.len(), 6, "inet sockets in files.img: {isk:?}");
+    assert!(
+        isk.iter().any(|e| e["state"] == 10 && e["backlog"] == 7),
+        "a listener with backlog 7: {isk:?}"
+    );
+    assert!(!images.iter().any(|n| n.starts_with("tcp-stream-")), "{images:?}");
+}
+
+// ---- 2. established connections -----------------------------------------------
+
+/// Tests that look at the lock tables run one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Held by a test that dumps connections: one such test at a time, and
+/// whatever lock table it leaves (a failed assertion before the restore)
+/// is deleted when it ends.
+struct Serial(#[allow(dead_code)] std::sync::MutexGuard<'static, ()>);
+
+impl Drop for Serial {
+    fn drop(&mut self) {
+        for t in lock_tables() {
+            if let Some(name) = t.split_whitespace().last() {
+                let _ = std::process::Command::new("nft")
+                    .args(["delete", "table", "inet", name])
+                    .output();
+            }
+        }
+    }
+}
+
+fn serial() -> Serial {
+    Serial(SERIAL.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// The nft tables of the network lock that exist now.
+fn lock_tables() -> Vec<String> {
+    let out = std::process::Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .expect("run nft (hack/setup installs nftables)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("cryo_tcp_"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Spawns a workload and waits for READY.
+fn spawn_ready(sc: &Scratch, bin: &std::path::Path, args: &[&str]) -> Workload {
+    let log = sc.path("wl.log");
+    let w = Workload::spawn(bin, args, &log).expect("spawn workload");
+    w.wait_ready().unwrap_or_else(|e| panic!("{e}"));
+    std::thread::sleep(Duration::from_millis(100));
+    w
+}
+
+/// Dump (the original must be killed), crit, restore -d, SIGUSR1: the
+/// verdict.
+fn cycle(sc: &Scratch, mut w: Workload, dump_args: &[&str], restore_args: &[&str]) -> String {
+    dump(sc, w.pid, dump_args);
+    let st = w
+        .wait_exit(GONE_TIMEOUT)
+        .unwrap_or_else(|| panic!("original pid {} still runs after dump", w.pid));
+    assert!(st.code().is_none(), "the original should have been killed: {st:?}");
+    crit_decodes_all(&sc.img);
+    let rpid = restore_with(sc, "1", restore_args);
+    cryo_integration::signal(rpid, libc::SIGUSR1).unwrap_or_else(|e| panic!("{e}"));
+    let v =
+        cryo_integration::wait_for_nth_verdict(&sc.path("wl.log"), 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        cryo_integration::wait_pid_exited(rpid, GONE_TIMEOUT),
+        "restored pid {rpid} did not exit"
+    );
+    v
+}
+
+/// `cryo restore -d --pidfile` with extra arguments; the restored pid.
+fn restore_with(sc: &Scratch, tag: &str, extra: &[&str]) -> i32 {
+    let pf = sc.path(&format!("pidfile-{tag}"));
+    sc.cl.pidfile(&pf);
+    let log = sc.path(&format!("restore-{tag}.log"));
+    let mut args = vec![
+        "restore",
+        "-D",
+        s(&sc.img),
+        "-d",
+        "--pidfile",
+        s(&pf),
+        "-o",
+        s(&log),
+        "-v4",
+    ];
+    args.extend_from_slice(extra);
+    let out = run_cryo(&args);
+    assert_cryo_ok(&out, "cryo restore -d", &log);
+    cryo_integration::read_pidfile(&pf).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn tcpconn_plain_passes_and_detects_a_lost_byte() {
+    expect_plain_pass(bin!("tcpconn"), &[]);
+    expect_plain_fail(bin!("tcpconn"), &["--corrupt"], "C->A queue: byte 0 is");
+    expect_plain_fail(bin!("tcpconn"), &["--closed"], "C is still connected");
+    expect_plain_pass(bin!("tcpconn"), &["--half"]);
+    expect_plain_fail(bin!("tcpconn"), &["--half", "--corrupt"], "C->A queue: byte 0 is");
+}
+
+fn tcpconn_established(v6: bool, half: bool) {
+    let _g = serial();
+    let sc = Scratch::new(if v6 { "tcpconn6" } else { "tcpconn4" });
+    let mut args: Vec<&str> = Vec::new();
+    if v6 {
+        args.push("--v6");
+    }
+    if half {
+        args.push("--half");
+    }
+    let args = &args[..];
+    let w = spawn_ready(&sc, bin!("tcpconn"), args);
+    let v = cycle(&sc, w, &["--tcp-established"], &[]);
+    assert!(v.starts_with("PASS"), "{v}");
+    let streams: Vec<String> = std::fs::read_dir(&sc.img)
+        .expect("image dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("tcp-stream-"))
+        .collect();
+    assert_eq!(streams.len(), 4, "one stream per end of both connections: {streams:?}");
+    // The half-closed pair was dumped in FIN_WAIT2 and CLOSE_WAIT, and with
+    // --half the full one's client in FIN_WAIT1.
+    let files = crit_json(&sc.img.join("files.img"));
+    let states: Vec<u64> = files["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e.get("isk").and_then(|i| i["state"].as_u64()))
+        .collect();
+    for want in [5, 8] {
+        assert!(states.contains(&want), "state {want} in {states:?}");
+    }
+    assert_eq!(states.contains(&4), half, "FIN_WAIT1 iff --half: {states:?}");
+    // The client's send queue held unsent bytes and the accepted end's
+    // receive queue was full: both are in the images.
+    let mut inq = 0;
+    let mut unsent = 0;
+    for n in &streams {
+        let j = crit_json(&sc.img.join(n));
+        let e = &j["entries"][0];
+        inq += e["inq_len"].as_u64().unwrap_or(0);
+        unsent += e["unsq_len"].as_u64().unwrap_or(0);
+    }
+    assert!(
+        inq > 3000 && unsent > 0,
+        "queues in the images: inq {inq}, unsent {unsent}"
+    );
+    assert!(
+        lock_tables().is_empty(),
+        "the network lock outlived the restore: {:?}",
+        lock_tables()
+    );
+}
+
+#[test]
+fn tcpconn_ipv4_established_roundtrip() {
+    cryo_integration::require_root!();
+    tcpconn_established(false, false);
+}
+
+#[test]
+fn tcpconn_half_closed_both_ways_roundtrip() {
+    cryo_integration::require_root!();
+    tcpconn_established(false, true);
+}
+
+#[test]
+fn tcpconn_ipv6_established_roundtrip() {
+    cryo_integration::require_root!();
+    tcpconn_established(true, false);
+}
+
+#[test]
+fn established_connection_without_the_flag_is_refused_and_the_tree_runs_on() {
+    cryo_integration::require_root!();
+    let _g = serial();
+    let sc = Scratch::new("tcpconn-refused");
+    let mut w = spawn_ready(&sc, bin!("tcpconn"), &[]);
+    let pid = w.pid.to_string();
+    let out = run_cryo(&["dump", "-t", &pid, "-D", s(&sc.img)]);
+    let err = one_line_error(&out, "dump of a live TCP connection");
+    for must in [
+        "established TCP connection 127.0.0.1:",
+        " -> 127.0.0.1:",
+        "--tcp-established",
+    ] {
+        assert!(err.contains(must), "the error should contain {must:?}: {err}");
+    }
+    assert!(
+        !sc.img.join("inventory.img").exists(),
+        "a failed dump left an inventory.img"
+    );
+    assert!(pid_running(w.pid), "the tree must run on after a failed dump");
+    assert!(
+        lock_tables().is_empty(),
+        "a refused dump left a lock: {:?}",
+        lock_tables()
+    );
+    w.usr1().expect("SIGUSR1");
+    let v = wait_for_verdict(&sc.path("wl.log"), LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(v.starts_with("PASS"), "{v}");
+    assert_eq!(w.wait_exit(GONE_TIMEOUT).and_then(|s| s.code()), Some(0));
+}
+
+#[test]
+fn listener_with_a_connection_not_yet_accepted_is_refused() {
+    cryo_integration::require_root!();
+    let _g = serial();
+    let sc = Scratch::new("tcpconn-pending");
+    let mut w = spawn_ready(&sc, bin!("tcpconn"), &["--pending"]);
+    let pid = w.pid.to_string();
+    let out = run_cryo(&["dump", "-t", &pid, "-D", s(&sc.img), "--tcp-established"]);
+    let err = one_line_error(&out, "dump of a listener with a pending connection");
+    for must in [
+        "listening socket tcp 127.0.0.1:",
+        "1 connection(s) the program has not accepted yet",
+    ] {
+        assert!(err.contains(must), "the error should contain {must:?}: {err}");
+    }
+    assert!(pid_running(w.pid), "the tree must run on after a failed dump");
+    assert!(
+        lock_tables().is_empty(),
+        "a refused dump left a lock: {:?}",
+        lock_tables()
+    );
+    w.usr1().expect("SIGUSR1");
+    let v = wait_for_verdict(&sc.path("wl.log"), LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(v.starts_with("PASS"), "{v}");
+    assert_eq!(w.wait_exit(GONE_TIMEOUT).and_then(|s| s.code()), Some(0));
+}
+
+/// After the connections were locked and put into repair mode, the dump
+/// fails on a later fd: repair is off again, the lock is lifted, and the
+/// workload finds every queue intact and its connections working.
+#[test]
+fn dump_failing_after_repair_leaves_the_connections_intact() {
+    cryo_integration::require_root!();
+    let _g = serial();
+    let sc = Scratch::new("tcpconn-badfd");
+    let mut w = spawn_ready(&sc, bin!("tcpconn"), &["--badfd"]);
+    let pid = w.pid.to_string();
+    let out = run_cryo(&["dump", "-t", &pid, "-D", s(&sc.img), "--tcp-established"]);
+    let err = one_line_error(&out, "dump with a fanout packet socket");
+    assert!(err.contains("fanout groups are not supported"), "{err}");
+    assert!(pid_running(w.pid), "the tree must run on after a failed dump");
+    assert!(
+        lock_tables().is_empty(),
+        "a failed dump left a lock: {:?}",
+        lock_tables()
+    );
+    w.usr1().expect("SIGUSR1");
+    let v = wait_for_verdict(&sc.path("wl.log"), LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(v.starts_with("PASS"), "{v}");
+    assert_eq!(w.wait_exit(GONE_TIMEOUT).and_then(|s| s.code()), Some(0));
+}
+
+/// --leave-running: the tree goes on with its connections out of repair
+/// mode and unlocked; the images restore elsewhere later (not checked).
+#[test]
+fn leave_running_keeps_the_connections_working() {
+    cryo_integration::require_root!();
+    let _g = serial();
+    let sc = Scratch::new("tcpconn-leave");
+    let mut w = spawn_ready(&sc, bin!("tcpconn"), &[]);
+    dump(&sc, w.pid, &["--tcp-established", "--leave-running"]);
+    assert!(pid_running(w.pid), "--leave-running");
+    assert!(
+        lock_tables().is_empty(),
+        "the lock outlived the dump: {:?}",
+        lock_tables()
+    );
+    crit_decodes_all(&sc.img);
+    w.usr1().expect("SIGUSR1");
+    let v = wait_for_verdict(&sc.path("wl.log"), LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(v.starts_with("PASS"), "{v}");
+    assert_eq!(w.wait_exit(GONE_TIMEOUT).and_then(|s| s.code()), Some(0));
+}
+
+#[test]
+fn tcp_close_restores_connections_closed() {
+    cryo_integration::require_root!();
+    let _g = serial();
+    let sc = Scratch::new("tcpconn-close");
+    let w = spawn_ready(&sc, bin!("tcpconn"), &["--closed"]);
+    let v = cycle(&sc, w, &["--tcp-close"], &[]);
+    assert!(v.starts_with("PASS closed"), "{v}");
+    assert!(lock_tables().is_empty(), "{:?}", lock_tables());
+}
+
+#[test]
+fn address_in_use_at_restore_fails_cleanly_and_lifts_the_lock() {
+    cryo_integration::require_root!();
+    let _g = serial();
+    let sc = Scratch::new("tcpconn-inuse");
+    let mut w = spawn_ready(&sc, bin!("tcpconn"), &[]);
+    dump(&sc, w.pid, &["--tcp-established"]);
+    w.wait_exit(GONE_TIMEOUT).expect("the original is killed");
+    assert_eq!(lock_tables().len(), 2, "both connections stay locked until the restore");
+    // Somebody else takes the listener's address.
+    let files = crit_json(&sc.img.join("files.img"));
+    let port = files["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e.get("isk"))
+        .find(|e| e["state"] == 10)
+        .and_then(|e| e["src_port"].as_u64())
+        .expect("a listener in files.img");
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", port as u16)).expect("take the port");
+    let pf = sc.path("pidfile-bad");
+    sc.cl.pidfile(&pf);
+    let (out, left) = cryo_integration::run_cryo_reaped(
+        bin!("reaper"),
+        &["restore", "-D", s(&sc.img), "-d", "--pidfile", s(&pf)],
+    );
+    let err = one_line_error(&out, "restore onto a used address");
+    assert!(
+        err.contains(&format!("Cannot bind tcp 127.0.0.1:{port} to 127.0.0.1:{port}")) && err.contains("in use"),
+        "the error should name the socket and the address: {err}"
+    );
+    assert!(!pf.exists(), "a failed restore wrote the pidfile");
+    assert!(left.is_empty(), "the failed restore left processes behind: {left:?}");
+    assert!(
+        lock_tables().is_empty(),
+        "a failed restore left the lock: {:?}",
+        lock_tables()
+    );
+    // The address is free again: the same images restore.
+    drop(squatter);
+    let rpid = restore_with(&sc, "2", &[]);
+    cryo_integration::signal(rpid, libc::SIGUSR1).unwrap_or_else(|e| panic!("{e}"));
+    let v =
+        cryo_integration::wait_for_nth_verdict(&sc.path("wl.log"), 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(v.starts_with("PASS"), "{v}");
+}
+
+// ---- 3. the demonstration: a client outside the tree streams through a dump --------
+
+/// The `key=value` number in a verdict.
+fn field(v: &str, key: &str) -> u64 {
+    v.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {key}= in {v:?}"))
+}
+
+/// Both verdicts of a stream whose server went through a dump and restore:
+/// PASS on both sides, a real pause, and messages in both directions after.
+fn judge_stream(server_v: &str, client_v: &str, pause_ms: u64) {
+    eprintln!("server: {server_v}\nclient: {client_v}");
+    assert!(server_v.starts_with("PASS"), "server: {server_v}");
+    assert!(client_v.starts_with("PASS"), "client: {client_v}");
+    for v in [server_v, client_v] {
+        assert!(field(v, "received") >= 100, "too few messages: {v}");
+        assert!(
+            field(v, "max_gap_ms") >= pause_ms,
+            "the stream never paused for the dump: {v}"
+        );
+        assert!(
+            field(v, "after_gap") >= 20,
+            "the stream did not go on after the restore: {v}"
+        );
+    }
+}
+
+#[test]
+fn tcpstream_plain_passes_and_detects_a_skipped_message() {
+    for (corrupt, expect) in [(false, None), (true, Some("expected message 100, got 101"))] {
+        let d = cryo_integration::TempDir::new("tcpstream-plain");
+        let slog = d.join("server.log");
+        let clog = d.join("client.log");
+        let sargs: &[&str] = if corrupt {
+            &["--role", "server", "--corrupt"]
+        } else {
+            &["--role", "server"]
+        };
+        let sw = Workload::spawn(bin!("tcpstream"), sargs, &slog).expect("spawn server");
+        let port = cryo_integration::wait_for_line(&slog, "PORT ", LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+        let port = port.trim().trim_start_matches("PORT ").to_string();
+        let cw = Workload::spawn(bin!("tcpstream"), &["--role", "client", "--port", &port], &clog).expect("client");
+        cw.wait_ready().unwrap_or_else(|e| panic!("{e}"));
+        sw.wait_ready().unwrap_or_else(|e| panic!("{e}"));
+        std::thread::sleep(Duration::from_millis(400));
+        sw.usr1().expect("usr1");
+        cw.usr1().expect("usr1");
+        let cv = wait_for_verdict(&clog, LINE_TIMEOUT);
+        match expect {
+            None => {
+                let sv = wait_for_verdict(&slog, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+                let cv = cv.unwrap_or_else(|e| panic!("{e}"));
+                assert!(sv.starts_with("PASS") && field(&sv, "received") >= 50, "{sv}");
+                assert!(field(&cv, "received") >= 50, "{cv}");
+            }
+            Some(what) => {
+                let e = cv.expect_err("the client must FAIL");
+                assert!(e.contains(what), "{e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn tcpstream_server_dumped_and_restored_in_place_keeps_its_client() {
+    cryo_integration::require_root!();
+    let _g = serial();
+    let sc = Scratch::new("tcpstream");
+    let slog = sc.path("wl.log");
+    let clog = sc.path("client.log");
+    let mut sw = Workload::spawn(bin!("tcpstream"), &["--role", "server"], &slog).expect("spawn server");
+    let port = cryo_integration::wait_for_line(&slog, "PORT ", LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let port = port.trim().trim_start_matches("PORT ").to_string();
+    let cw = Workload::spawn(bin!("tcpstream"), &["--role", "client", "--port", &port], &clog).expect("client");
+    cw.wait_ready().unwrap_or_else(|e| panic!("{e}"));
+    sw.wait_ready().unwrap_or_else(|e| panic!("{e}"));
+    std::thread::sleep(Duration::from_millis(400));
+    dump(&sc, sw.pid, &["--tcp-established"]);
+    sw.wait_exit(GONE_TIMEOUT).expect("the original server is killed");
+    assert_eq!(
+        lock_tables().len(),
+        1,
+        "the connection is locked between dump and restore"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(pid_running(cw.pid), "the client must not notice");
+    crit_decodes_all(&sc.img);
+    let rpid = restore_with(&sc, "1", &[]);
+    assert!(
+        lock_tables().is_empty(),
+        "the lock outlived the restore: {:?}",
+        lock_tables()
+    );
+    // Data flows again once both sides retransmit.
+    cryo_integration::wait_for_line(&clog, "GAP ", Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e}"));
+    std::thread::sleep(Duration::from_millis(500));
+    cryo_integration::signal(rpid, libc::SIGUSR1).unwrap_or_else(|e| panic!("{e}"));
+    cw.usr1().expect("usr1");
+    let sv = cryo_integration::wait_for_nth_verdict(&slog, 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let cv = cryo_integration::wait_for_nth_verdict(&clog, 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    judge_stream(&sv, &cv, 300);
+}
+
+// ---- 4. the server moves to another network namespace ------------------------------
+
+/// Network namespaces (and through them their veths) made by a test,
+/// deleted when it ends.
+struct Netns {
+    names: Vec<String>,
+}
+
+impl Netns {
+    fn ip(args: &[&str]) {
+        let out = std::process::Command::new("ip").args(args).output().expect("run ip");
+        assert!(
+            out.status.success(),
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn add(&mut self, name: &str) {
+        Netns::ip(&["netns", "add", name]);
+        self.names.push(name.to_string());
+        Netns::ip(&["-n", name, "link", "set", "lo", "up"]);
+    }
+
+    /// A veth pair between namespaces `a` and `b` with an address on each end.
+    fn link(a: &str, a_dev: &str, a_ip: &str, b: &str, b_dev: &str, b_ip: &str) {
+        Netns::ip(&["link", "add", a_dev, "type", "veth", "peer", "name", b_dev]);
+        Netns::ip(&["link", "set", a_dev, "netns", a]);
+        Netns::ip(&["link", "set", b_dev, "netns", b]);
+        for (ns, dev, ip) in [(a, a_dev, a_ip), (b, b_dev, b_ip)] {
+            Netns::ip(&["-n", ns, "addr", "add", ip, "dev", dev]);
+            Netns::ip(&["-n", ns, "link", "set", dev, "up"]);
+        }
+    }
+
+    fn del(&mut self, name: &str) {
+        Netns::ip(&["netns", "del", name]);
+        self.names.retain(|n| n != name);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for n in &self.names {
+            let _ = std::process::Command::new("ip").args(["netns", "del", n]).output();
+        }
+    }
+}
+
+/// Runs cryo inside network namespace `ns` (nsenter switches only the
+/// network namespace).
+fn cryo_in(ns: &str, args: &[&str], log: &std::path::Path) {
+    let cryo = cryo_integration::cryo_bin();
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{ns}"))
+        .arg("--")
+        .arg(&cryo)
+        .args(args)
+        .args(["-o", s(log), "-v4"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run nsenter cryo");
+    assert_cryo_ok(&out, &format!("cryo {} in {ns}", args[0]), log);
+}
+
+#[test]
+fn tcpstream_server_moves_to_another_network_namespace_and_keeps_its_client() {
+    cryo_integration::require_root!();
+    let _g = serial();
+    let sc = Scratch::new("tcpstream-ns");
+    let tag = std::process::id();
+    let (nc, na, nb) = (
+        format!("cryo-c-{tag}"),
+        format!("cryo-a-{tag}"),
+        format!("cryo-b-{tag}"),
+    );
+    let mut ns = Netns { names: vec![] };
+    for n in [&nc, &na] {
+        ns.add(n);
+    }
+    // The client's namespace and the server's, linked by a veth.
+    Netns::link(&nc, "cryoc0", "10.213.7.1/24", &na, "cryoa0", "10.213.7.2/24");
+    let slog = sc.path("wl.log");
+    let clog = sc.path("client.log");
+    let netns = |n: &str| format!("--net=/run/netns/{n}");
+    let tcpstream = bin!("tcpstream").to_str().expect("path").to_string();
+    let sargs = [
+        netns(&na),
+        "--".into(),
+        tcpstream.clone(),
+        "--role".into(),
+        "server".into(),
+        "--addr".into(),
+        "10.213.7.2".into(),
+    ];
+    let sargs: Vec<&str> = sargs.iter().map(String::as_str).collect();
+    let mut sw = Workload::spawn(std::path::Path::new("/usr/bin/nsenter"), &sargs, &slog).expect("server");
+    let port = cryo_integration::wait_for_line(&slog, "PORT ", LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let port = port.trim().trim_start_matches("PORT ").to_string();
+    let cargs = [
+        netns(&nc),
+        "--".into(),
+        tcpstream,
+        "--role".into(),
+        "client".into(),
+        "--addr".into(),
+        "10.213.7.2".into(),
+        "--port".into(),
+        port,
+    ];
+    let cargs: Vec<&str> = cargs.iter().map(String::as_str).collect();
+    let cw = Workload::spawn(std::path::Path::new("/usr/bin/nsenter"), &cargs, &clog).expect("client");
+    cw.wait_ready().unwrap_or_else(|e| panic!("{e}"));
+    sw.wait_ready().unwrap_or_else(|e| panic!("{e}"));
+    std::thread::sleep(Duration::from_millis(400));
+    let pid = sw.pid.to_string();
+    cryo_in(
+        &na,
+        &["dump", "-t", &pid, "-D", s(&sc.img), "--tcp-established"],
+        &sc.path("dump.log"),
+    );
+    sw.wait_exit(GONE_TIMEOUT).expect("the original server is killed");
+    // The old namespace goes away; a new one takes over the server's address.
+    ns.del(&na);
+    ns.add(&nb);
+    Netns::link(&nc, "cryoc1", "10.213.7.1/24", &nb, "cryob0", "10.213.7.2/24");
+    let pf = sc.path("pidfile-1");
+    sc.cl.pidfile(&pf);
+    cryo_in(
+        &nb,
+        &["restore", "-D", s(&sc.img), "-d", "--pidfile", s(&pf)],
+        &sc.path("restore.log"),
+    );
+    let rpid = cryo_integration::read_pidfile(&pf).unwrap_or_else(|e| panic!("{e}"));
+    let rns = std::fs::read_link(format!("/proc/{rpid}/ns/net")).expect("restored netns");
+    let bns = std::fs::metadata(format!("/run/netns/{nb}")).expect("netns b");
+    assert_eq!(
+        rns.to_string_lossy(),
+        format!("net:[{}]", std::os::unix::fs::MetadataExt::ino(&bns)),
+        "the server runs in the new namespace"
+    );
+    cryo_integration::wait_for_line(&clog, "GAP ", Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e}"));
+    std::thread::sleep(Duration::from_millis(500));
+    cryo_integration::signal(rpid, libc::SIGUSR1).unwrap_or_else(|e| panic!("{e}"));
+    cw.usr1().expect("usr1");
+    let sv = cryo_integration::wait_for_nth_verdict(&slog, 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let cv = cryo_integration::wait_for_nth_verdict(&clog, 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    judge_stream(&sv, &cv, 100);
+}
+
+// ---- 5. netlink sockets ------------------------------------------------------------
+
+#[test]
+fn nlsk_plain_passes_and_detects_a_lost_group() {
+    expect_plain_pass(bin!("nlsk"), &[]);
+    expect_plain_fail(bin!("nlsk"), &["--corrupt"], "R groups");
+}
+
+#[test]
+fn nlsk_roundtrip() {
+    cryo_integration::require_root!();
+    let (v, _images, sc) = roundtrip("nlsk", bin!("nlsk"), &[]);
+    assert!(v.starts_with("PASS"), "{v}");
+    let files = crit_json(&sc.img.join("files.img"));
+    let n = files["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e.get("nlsk").is_some())
+        .count();
+    assert_eq!(n, 2, "netlink sockets in files.img");
+}
+
+// ---- 6. ping and raw sockets -------------------------------------------------------
+
+/// A network namespace where every group may open ping sockets.
+fn ping_netns(tag: &str) -> (Netns, String) {
+    let name = format!("cryo-{tag}-{}", std::process::id());
+    let mut ns = Netns { names: vec![] };
+    ns.add(&name);
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{name}"))
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "echo 0 2147483647 > /proc/sys/net/ipv4/ping_group_range",
+        ])
+        .output()
+        .expect("nsenter sh");
+    assert!(
+        out.status.success(),
+        "ping_group_range: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (ns, name)
+}
+
+fn spawn_in(ns: &str, bin: &std::path::Path, args: &[&str], log: &std::path::Path) -> Workload {
+    let mut full = vec![
+        format!("--net=/run/netns/{ns}"),
+        "--".into(),
+        bin.to_str().expect("path").to_string(),
+    ];
+    full.extend(args.iter().map(|a| a.to_string()));
+    let full: Vec<&str> = full.iter().map(String::as_str).collect();
+    let w = Workload::spawn(std::path::Path::new("/usr/bin/nsenter"), &full, log).expect("spawn");
+    w.wait_ready().unwrap_or_else(|e| panic!("{e}"));
+    w
+}
+
+#[test]
+fn pingsk_plain_passes_and_detects_a_cleared_filter() {
+    cryo_integration::require_root!();
+    let (_ns, name) = ping_netns("ping-plain");
+    for (corrupt, what) in [(false, None), (true, Some("R ICMP_FILTER is 0x0"))] {
+        let d = cryo_integration::TempDir::new("pingsk-plain");
+        let log = d.join("log");
+        let args: &[&str] = if corrupt { &["--corrupt"] } else { &[] };
+        let mut w = spawn_in(&name, bin!("pingsk"), args, &log);
+        w.usr1().expect("usr1");
+        let v = wait_for_verdict(&log, LINE_TIMEOUT);
+        match what {
+            None => assert!(v.unwrap_or_else(|e| panic!("{e}")).starts_with("PASS")),
+            Some(w) => assert!(v.expect_err("must FAIL").contains(w)),
+        }
+        w.wait_exit(GONE_TIMEOUT);
+    }
+}
+
+#[test]
+fn pingsk_roundtrip() {
+    cryo_integration::require_root!();
+    let (_ns, name) = ping_netns("ping");
+    let sc = Scratch::new("pingsk");
+    let log = sc.path("wl.log");
+    let mut w = spawn_in(&name, bin!("pingsk"), &[], &log);
+    let pid = w.pid.to_string();
+    cryo_in(&name, &["dump", "-t", &pid, "-D", s(&sc.img)], &sc.path("dump.log"));
+    w.wait_exit(GONE_TIMEOUT).expect("the original is killed");
+    crit_decodes_all(&sc.img);
+    let pf = sc.path("pidfile-1");
+    sc.cl.pidfile(&pf);
+    cryo_in(
+        &name,
+        &["restore", "-D", s(&sc.img), "-d", "--pidfile", s(&pf)],
+        &sc.path("restore.log"),
+    );
+    let rpid = cryo_integration::read_pidfile(&pf).unwrap_or_else(|e| panic!("{e}"));
+    cryo_integration::signal(rpid, libc::SIGUSR1).unwrap_or_else(|e| panic!("{e}"));
+    let v = cryo_integration::wait_for_nth_verdict(&log, 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(v.starts_with("PASS"), "{v}");
+}
+
+// ---- 7. packet sockets -------------------------------------------------------------
+
+#[test]
+fn pktsk_plain_passes_and_detects_a_changed_option() {
+    cryo_integration::require_root!();
+    expect_plain_pass(bin!("pktsk"), &[]);
+    expect_plain_fail(bin!("pktsk"), &["--corrupt"], "P PACKET_AUXDATA is 0");
+}
+
+#[test]
+fn pktsk_roundtrip() {
+    cryo_integration::require_root!();
+    let (v, _images, sc) = roundtrip("pktsk", bin!("pktsk"), &[]);
+    assert!(v.starts_with("PASS"), "{v}");
+    let files = crit_json(&sc.img.join("files.img"));
+    let n = files["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e.get("psk").is_some())
+        .count();
+    assert_eq!(n, 2, "packet sockets in files.img");
+}
+
+#[test]
+fn missing_interface_at_restore_fails_cleanly() {
+    cryo_integration::require_root!();
+    let tag = format!("pkt-{}", std::process::id());
+    let mut ns = Netns { names: vec![] };
+    ns.add(&tag);
+    Netns::ip(&[
+        "-n",
+        &tag,
+        "link",
+        "add",
+        "cryoveth0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "cryoveth1",
+    ]);
+    Netns::ip(&["-n", &tag, "link", "set", "cryoveth0", "up"]);
+    let sc = Scratch::new("pkt-missing");
+    let mut w = spawn_in(&tag, bin!("pktsk"), &["--dev", "cryoveth0"], &sc.path("wl.log"));
+    let pid = w.pid.to_string();
+    cryo_in(&tag, &["dump", "-t", &pid, "-D", s(&sc.img)], &sc.path("dump.log"));
+    w.wait_exit(GONE_TIMEOUT).expect("the original is killed");
+    Netns::ip(&["-n", &tag, "link", "del", "cryoveth0"]);
+    let pf = sc.path("pidfile-bad");
+    sc.cl.pidfile(&pf);
+    let cryo = cryo_integration::cryo_bin();
+    let reaper = bin!("reaper").to_str().expect("path").to_string();
+    let left = sc.path("leftover");
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{tag}"))
+        .args(["--", &reaper, "--leftover", s(&left), "--"])
+        .arg(&cryo)
+        .args(["restore", "-D", s(&sc.img), "-d", "--pidfile", s(&pf)])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run the restore");
+    let err = one_line_error(&out, "restore without the interface");
+    assert!(
+        err.contains("packet socket") && err.contains("interface cryoveth0 does not exist"),
+        "the error should name the socket and the interface: {err}"
+    );
+    assert!(!pf.exists(), "a failed restore wrote the pidfile");
+    let leftover = std::fs::read_to_string(&left).expect("the reaper's report");
+    assert!(
+        leftover.trim().is_empty(),
+        "the failed restore left processes behind: {leftover}"
+    );
+}
+
+// ---- 8. the CRIU dialect ------------------------------------------------------------
+
+/// `criu dump --tcp-established` / `criu restore -d` (the binary under the
+/// name criu) carry the connections like the native CLI.
+#[test]
+fn criu_dialect_tcp_established_roundtrip() {
+    cryo_integration::require_root!();
+    let _g = serial();
+    let sc = Scratch::new("tcpconn-criu");
+    let link = sc.path("criu");
+    std::os::unix::fs::symlink(cryo_integration::cryo_bin(), &link).expect("symlink criu");
+    let mut w = spawn_ready(&sc, bin!("tcpconn"), &[]);
+    let pid = w.pid.to_string();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&link)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run criu");
+        assert!(
+            out.status.success(),
+            "criu {}: {}",
+            args[0],
+            cryo_integration::describe(&out)
+        );
+    };
+    run(&[
+        "dump",
+        "-t",
+        &pid,
+        "-D",
+        s(&sc.img),
+        "--tcp-established",
+        "-o",
+        "dump.log",
+        "-v4",
+    ]);
+    w.wait_exit(GONE_TIMEOUT).expect("the original is killed");
+    let pf = sc.path("pidfile-1");
+    sc.cl.pidfile(&pf);
+    run(&[
+        "restore",
+        "-D",
+        s(&sc.img),
+        "-d",
+        "--pidfile",
+        s(&pf),
+        "-o",
+        "restore.log",
+        "-v4",
+    ]);
+    let rpid = cryo_integration::read_pidfile(&pf).unwrap_or_else(|e| panic!("{e}"));
+    cryo_integration::signal(rpid, libc::SIGUSR1).unwrap_or_else(|e| panic!("{e}"));
+    let v =
+        cryo_integration::wait_for_nth_verdict(&sc.path("wl.log"), 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(v.starts_with("PASS"), "{v}");
+    assert!(lock_tables().is_empty(), "{:?}", lock_tables());
+}
+
+// ---- 9. a network namespace owned by the tree ----------------------------------------
+
+/// Namespaces H (outside) and A (the tree's), a veth between them
+/// (10.213.8.1 in H, 10.213.8.2 in A, MTU 1400), a route, sysctls and an
+/// nftables table in A, and a listener in H that sends bytes to whoever
+/// connects. Returns the namespaces, their names, the listener and "IP:PORT".
+fn tree_netns(tag: &str, sc: &Scratch) -> (Netns, String, String, Workload, String) {
+    let (h, a) = (
+        format!("cryo-h{tag}-{}", std::process::id()),
+        format!("cryo-n{tag}-{}", std::process::id()),
+    );
+    let mut ns = Netns { names: vec![] };
+    ns.add(&h);
+    ns.add(&a);
+    Netns::link(&h, "cryoh0", "10.213.8.1/24", &a, "cryon0", "10.213.8.2/24");
+    Netns::ip(&["-n", &h, "link", "set", "cryoh0", "mtu", "1400"]);
+    Netns::ip(&["-n", &a, "link", "set", "cryon0", "mtu", "1400"]);
+    Netns::ip(&["-n", &a, "route", "add", "10.213.99.0/24", "via", "10.213.8.1"]);
+    let sh = |script: &str| {
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{a}"))
+            .args(["--", "sh", "-c", script])
+            .output()
+            .expect("nsenter sh");
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sh("echo 1 > /proc/sys/net/ipv4/ip_forward && echo 2 > /proc/sys/net/ipv4/conf/all/rp_filter");
+    sh("nft add table inet cryotest && nft add chain inet cryotest c '{ type filter hook input priority 0; policy accept; }' && nft add rule inet cryotest c tcp dport 4444 drop");
+    let slog = sc.path("peer.log");
+    let tcpstream = bin!("tcpstream").to_str().expect("path").to_string();
+    let net = format!("--net=/run/netns/{h}");
+    let peer = Workload::spawn(
+        std::path::Path::new("/usr/bin/nsenter"),
+        &[&net, "--", &tcpstream, "--role", "server", "--addr", "10.213.8.1"],
+        &slog,
+    )
+    .expect("peer");
+    let port = cryo_integration::wait_for_line(&slog, "PORT ", LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let port = port.trim().trim_start_matches("PORT ").to_string();
+    (ns, h, a, peer, format!("10.213.8.1:{port}"))
+}
+
+#[test]
+fn netnsck_plain_passes_and_detects_a_changed_sysctl() {
+    cryo_integration::require_root!();
+    for corrupt in [false, true] {
+        let sc = Scratch::new("netnsck-plain");
+        let (_ns, _h, a, _peer, addr) = tree_netns("p", &sc);
+        let log = sc.path("wl.log");
+        let mut args = vec!["--peer", addr.as_str()];
+        if corrupt {
+            args.push("--corrupt");
+        }
+        let mut w = spawn_in(&a, bin!("netnsck"), &args, &log);
+        w.usr1().expect("usr1");
+        let v = wait_for_verdict(&log, LINE_TIMEOUT);
+        if corrupt {
+            assert!(v.expect_err("must FAIL").contains("net/ipv4/conf/all/rp_filter"));
+        } else {
+            v.unwrap_or_else(|e| panic!("{e}"));
+        }
+        w.wait_exit(GONE_TIMEOUT);
+    }
+}
+
+#[test]
+fn tree_network_namespace_is_rebuilt_in_a_fresh_one() {
+    cryo_integration::require_root!();
+    let sc = Scratch::new("netnsck");
+    let (mut ns, h, a, _peer, addr) = tree_netns("r", &sc);
+    let log = sc.path("wl.log");
+    let mut w = spawn_in(&a, bin!("netnsck"), &["--peer", &addr], &log);
+    // cryo runs outside the tree's namespace.
+    dump(&sc, w.pid, &[]);
+    w.wait_exit(GONE_TIMEOUT).expect("the original is killed");
+    assert!(sc.img.join("cryo-netns.json").exists(), "no namespace image");
+    crit_decodes_all(&sc.img);
+    ns.del(&a);
+    // Without the veth mapping the restore refuses, naming the veth.
+    let out = run_cryo(&["restore", "-D", s(&sc.img), "-d"]);
+    let err = one_line_error(&out, "restore without --veth-pair");
+    assert!(err.contains("--veth-pair cryon0="), "{err}");
+    // The caller's namespace is H: the veth's other end appears there.
+    let pf = sc.path("pidfile-1");
+    sc.cl.pidfile(&pf);
+    cryo_in(
+        &h,
+        &[
+            "restore",
+            "-D",
+            s(&sc.img),
+            "-d",
+            "--pidfile",
+            s(&pf),
+            "--veth-pair",
+            "cryon0=cryoh1",
+        ],
+        &sc.path("restore.log"),
+    );
+    Netns::ip(&["-n", &h, "addr", "add", "10.213.8.1/24", "dev", "cryoh1"]);
+    let rpid = cryo_integration::read_pidfile(&pf).unwrap_or_else(|e| panic!("{e}"));
+    cryo_integration::signal(rpid, libc::SIGUSR1).unwrap_or_else(|e| panic!("{e}"));
+    let v = cryo_integration::wait_for_nth_verdict(&log, 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(v.starts_with("PASS"), "{v}");
+}

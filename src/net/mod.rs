@@ -1,0 +1,239 @@
+//! Network sockets other than unix sockets: inet (TCP, UDP) with
+//! established TCP connections by TCP_REPAIR, netlink and packet sockets, and the
+//! network lock that keeps TCP peers waiting (not reset) between dump and
+//! restore.
+//!
+//! The file layer hands every socket fd to [`dump`] first; unix sockets
+//! go back to `files::unix`. [`DumpNet`] is the dump-wide state: the
+//! inet_diag cache, the sockets put into repair mode and the lock tables.
+//! It undoes both (repair off, lock lifted) unless the dump ends with the
+//! tree killed ([`DumpNet::finish`]), in which case the repaired sockets
+//! close silently and the locks stay until the restore lifts them
+//! ([`RestoreLock`]).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+
+use anyhow::{bail, Context, Result};
+
+use crate::files::{FdCtx, FileTable};
+use crate::image::{pb, ImageDir};
+use crate::sys::fdops;
+
+pub mod diag;
+pub mod inet;
+pub mod lock;
+pub mod netlink;
+pub mod ns;
+pub mod packet;
+pub mod tcp;
+
+pub use inet::FD_INETSK;
+pub use netlink::FD_NETLINKSK;
+pub use packet::FD_PACKETSK;
+
+/// Dump-wide network state (see the module doc).
+#[derive(Default)]
+pub struct DumpNet {
+    /// Dump established TCP connections (repair); else refuse them...
+    pub tcp_established: bool,
+    /// ...or record them to be restored closed.
+    pub tcp_close: bool,
+    diag: HashMap<(u8, u8), HashMap<u32, diag::InetDiag>>,
+    /// Duplicates of sockets in repair mode.
+    repaired: Vec<OwnedFd>,
+    /// nft tables of locked connections.
+    locks: Vec<String>,
+}
+
+impl DumpNet {
+    pub fn new(tcp_established: bool, tcp_close: bool) -> DumpNet {
+        let mut n = DumpNet::default();
+        n.tcp_established = tcp_established;
+        n.tcp_close = tcp_close;
+        n
+    }
+
+    /// inet_diag's view of socket `ino` (one netlink dump per family and
+    /// protocol, repeated once if the socket is newer than the cache).
+    pub(crate) fn diag(&mut self, family: u8, proto: u8, ino: u32) -> Result<Option<diag::InetDiag>> {
+        let key = (family, proto);
+        if let Some(d) = self.diag.get(&key).and_then(|m| m.get(&ino)) {
+            return Ok(Some(d.clone()));
+        }
+        let all = diag::dump_all(family, proto)?;
+        let r = all.get(&ino).cloned();
+        self.diag.insert(key, all);
+        Ok(r)
+    }
+
+    /// Locks the connection, puts the socket into repair mode (kept until
+    /// [`DumpNet::finish`]) and reads its stream.
+    pub(crate) fn repair_and_dump(
+        &mut self,
+        dup: &OwnedFd,
+        local: &SocketAddr,
+        peer: &SocketAddr,
+    ) -> Result<tcp::Stream> {
+        let name = lock::table_name(local, peer);
+        if !self.locks.contains(&name) {
+            self.locks.push(lock::lock(local, peer)?);
+        }
+        tcp::repair(dup.as_fd(), true)?;
+        self.repaired.push(dup.try_clone().context("dup of a repaired socket")?);
+        tcp::dump(dup.as_fd())
+    }
+
+    /// The dump is complete. `killed`: the tree was killed, so the
+    /// repaired sockets close now without a word to their peers, and the
+    /// locks stay for the restore to lift. Otherwise (the tree runs on)
+    /// repair goes off and the locks are lifted.
+    pub fn finish(mut self, killed: bool) {
+        if killed {
+            self.repaired.clear();
+            self.locks.clear();
+        }
+        // Drop undoes what is left.
+    }
+}
+
+impl Drop for DumpNet {
+    fn drop(&mut self) {
+        for fd in self.repaired.drain(..) {
+            if let Err(e) = tcp::repair(fd.as_fd(), false) {
+                tracing::warn!("cannot take a socket out of repair mode: {e:#}");
+            }
+        }
+        for name in self.locks.drain(..) {
+            lock::unlock(&name);
+        }
+    }
+}
+
+/// Dumps a socket fd that is not a unix socket; `None` for unix sockets
+/// (the caller dumps those).
+pub(crate) fn dump(t: &mut FileTable, f: &FdCtx) -> Result<Option<(u32, i32)>> {
+    let (pid, fd) = (f.pid, f.fd);
+    let dup = t.dup_fd(pid, fd)?;
+    let family = fdops::getsockopt_int(dup.as_fd(), libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(-1);
+    let typ = fdops::getsockopt_int(dup.as_fd(), libc::SOL_SOCKET, libc::SO_TYPE).unwrap_or(-1);
+    match family {
+        libc::AF_UNIX => Ok(None),
+        libc::AF_INET | libc::AF_INET6 => Ok(Some((inet::dump(t, f, dup, family, typ)?, FD_INETSK))),
+        libc::AF_NETLINK => Ok(Some((netlink::dump(t, f, dup, typ)?, FD_NETLINKSK))),
+        libc::AF_PACKET => Ok(Some((packet::dump(t, f, dup, typ)?, FD_PACKETSK))),
+        _ => bail!(
+            "pid {pid} fd {fd}: {} {} sockets are not supported ({})",
+            family_name(family),
+            type_name(typ),
+            f.link
+        ),
+    }
+}
+
+fn type_name(t: i32) -> String {
+    match t {
+        libc::SOCK_STREAM => "stream".into(),
+        libc::SOCK_DGRAM => "datagram".into(),
+        libc::SOCK_SEQPACKET => "seqpacket".into(),
+        libc::SOCK_RAW => "raw".into(),
+        t => format!("type {t}"),
+    }
+}
+
+fn family_name(f: i32) -> String {
+    match f {
+        libc::AF_NETLINK => "netlink".into(),
+        libc::AF_PACKET => "packet".into(),
+        f => format!("family {f}"),
+    }
+}
+
+/// Reads the tcp-stream image of every established connection in
+/// files.img that has one (Stage Load), by socket inode.
+pub fn load_streams(dir: &ImageDir, files: &HashMap<u32, pb::FileEntry>) -> Result<HashMap<u32, tcp::Stream>> {
+    let mut out = HashMap::new();
+    for fe in files.values() {
+        let Some(isk) = &fe.isk else { continue };
+        if !tcp::connected(isk.state) || isk.proto as i32 != libc::IPPROTO_TCP {
+            continue;
+        }
+        let name = tcp::image_name(isk.ino);
+        if !dir.exists(&name) {
+            continue;
+        }
+        let bytes = dir.read_bytes(&name)?;
+        let path = dir.path().join(&name).display().to_string();
+        let mut st = tcp::decode(&path, &bytes)?;
+        st.state = isk.state;
+        out.insert(isk.ino, st);
+    }
+    Ok(out)
+}
+
+/// The locks of the connections a restore brings back: lifted when this
+/// is dropped (once the tree runs, or when the restore fails).
+pub struct RestoreLock {
+    tables: Vec<String>,
+}
+
+impl RestoreLock {
+    pub fn of(files: &HashMap<u32, pb::FileEntry>) -> RestoreLock {
+        let mut tables = Vec::new();
+        for fe in files.values() {
+            let Some(isk) = &fe.isk else { continue };
+            if !tcp::connected(isk.state) || isk.proto as i32 != libc::IPPROTO_TCP {
+                continue;
+            }
+            if let Ok((l, Some(p))) = inet::addrs(isk) {
+                let n = lock::table_name(&l, &p);
+                if !tables.contains(&n) {
+                    tables.push(n);
+                }
+            }
+        }
+        RestoreLock { tables }
+    }
+}
+
+impl Drop for RestoreLock {
+    fn drop(&mut self) {
+        for t in &self.tables {
+            lock::unlock(t);
+        }
+    }
+}
+
+/// At the end of a task's restore: the established connections it is the
+/// first user of (in tree order) leave repair mode and send their unsent
+/// bytes.
+pub fn finish_repair(plan: &crate::restore::Plan, pid: i32) -> Result<()> {
+    let Some(t) = plan.tasks.iter().find(|t| t.pid == pid) else {
+        return Ok(());
+    };
+    if plan.fx.tcp_close {
+        return Ok(());
+    }
+    let mut done = Vec::new();
+    for f in &t.fds {
+        if f.r#type != FD_INETSK || done.contains(&f.id) {
+            continue;
+        }
+        let Some(isk) = plan.files.get(&f.id).and_then(|fe| fe.isk.as_ref()) else {
+            continue;
+        };
+        let Some(st) = plan.fx.tcp.get(&isk.ino) else { continue };
+        if !tcp::connected(isk.state) {
+            continue;
+        }
+        let first = plan.tasks.iter().find(|x| x.fds.iter().any(|g| g.id == f.id));
+        if first.map(|x| x.pid) != Some(pid) {
+            continue;
+        }
+        done.push(f.id);
+        let fd = crate::sys::rawfd::borrow(f.fd as i32);
+        tcp::finish(fd, st).with_context(|| format!("pid {pid} fd {}: {}", f.fd, inet::describe_entry(isk)))?;
+    }
+    Ok(())
+}
