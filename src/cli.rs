@@ -158,6 +158,7 @@ fn run(cli: Cli) -> Result<i32> {
                 dir: dir.clone(),
                 shell_job,
                 leave_running,
+                ext_mnt: Vec::new(),
                 hook: Default::default(),
             };
             let st = dump::dump(&opts)?;
@@ -211,6 +212,9 @@ fn run(cli: Cli) -> Result<i32> {
                 pidfile,
                 trust_images: trust_images || _tmp.is_some(),
                 skip_file_check,
+                root: None,
+                ext_mnt: Vec::new(),
+                inherit_fd: Vec::new(),
                 hook: Default::default(),
             };
             let r = restore::restore(&opts)?;

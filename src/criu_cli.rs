@@ -701,6 +701,7 @@ fn cmd_dump(o: &Options) -> Result<i32> {
         dir: dir.clone(),
         shell_job: o.shell_job,
         leave_running: o.leave_running,
+        ext_mnt: Vec::new(),
         hook: Default::default(),
     })?;
     tracing::info!("dumped {} processes, {} pages", st.processes, st.pages_written);
@@ -729,6 +730,9 @@ fn cmd_restore(o: &Options) -> Result<i32> {
         detach: o.detach,
         pidfile: o.pidfile.clone(),
         trust_images: false,
+        root: None,
+        ext_mnt: Vec::new(),
+        inherit_fd: Vec::new(),
         hook: Default::default(),
     })?;
     if let Some(w) = &o.work_dir {

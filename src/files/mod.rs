@@ -175,6 +175,9 @@ pub struct FileTable {
     /// memfd inodes by (dev, ino): their inode id.
     memfd_inodes: HashMap<(u64, u64), u32>,
     memfd_entries: Vec<pb::MemfdInodeEntry>,
+    /// For a tree in its own mount namespace, "/proc/PID/root": paths the
+    /// tree names are looked up through it.
+    pub root_prefix: Option<String>,
     /// Anonymous shared memory objects saved so far, by (dev, ino).
     shmem_done: HashMap<(u64, u64), ()>,
     /// File locks (filelocks.img) and what they were deduplicated by.
@@ -220,7 +223,10 @@ impl FileTable {
                 return Ok(id);
             }
         }
-        let md = fs::metadata(path).ok();
+        let md = match &self.root_prefix {
+            Some(r) => fs::metadata(format!("{r}{path}")).ok(),
+            None => fs::metadata(path).ok(),
+        };
         let id = self.new_id();
         self.entries.push(pb::FileEntry {
             r#type: FD_REG,

@@ -48,6 +48,10 @@ pub struct Extra {
     pub shmem: HashMap<u64, u32>,
     /// File locks (filelocks.img).
     pub locks: Vec<pb::FileLockEntry>,
+    /// The caller's substitutes (CRIU's inherit_fd): "pipe:[INO]" → an
+    /// engine fd every task inherits; a pipe with that inode is not
+    /// recreated, its descriptors become copies of that fd.
+    pub inherit: HashMap<String, RawFd>,
 }
 
 /// Reads the images that go with files.img.
@@ -438,6 +442,14 @@ fn create(plan: &Plan, g: &Group, lay: &Layout, efds: EngineFds) -> Result<Vec<(
             let gfd = reg::make_ghost(ghost, name)?;
             for &id in &g.ids {
                 out.push((id, reg::open(&plan.files[&id], Some(gfd.as_raw_fd()))?));
+            }
+        }
+        GroupKey::Pipe(p) if plan.fx.inherit.contains_key(&format!("pipe:[{p}]")) => {
+            let fd = plan.fx.inherit[&format!("pipe:[{p}]")];
+            for &id in &g.ids {
+                let n = fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(lay.scratch))
+                    .with_context(|| format!("dup of the inherited fd {fd} for pipe:[{p}]"))?;
+                out.push((id, crate::sys::rawfd::own(n)));
             }
         }
         GroupKey::Pipe(p) => out = pipe::create_pipe(&plan.files, &g.ids, plan.fx.pipe_data.get(&p))?,

@@ -55,11 +55,13 @@ pub enum Kind {
     SkQueues,
     MemfdInode,
     FileLocks,
+    Utsns,
+    Mnts,
 }
 
 impl Kind {
     /// All kinds, in table order.
-    pub const ALL: [Kind; 21] = [
+    pub const ALL: [Kind; 23] = [
         Kind::Inventory,
         Kind::Pstree,
         Kind::Core,
@@ -81,6 +83,8 @@ impl Kind {
         Kind::SkQueues,
         Kind::MemfdInode,
         Kind::FileLocks,
+        Kind::Utsns,
+        Kind::Mnts,
     ];
 
     /// The image's own magic (the second u32 for common/service headers).
@@ -107,6 +111,8 @@ impl Kind {
             Kind::SkQueues => 0x5626_4026,
             Kind::MemfdInode => 0x4845_3499,
             Kind::FileLocks => 0x5432_3616,
+            Kind::Utsns => 0x5447_3203,
+            Kind::Mnts => 0x5556_3928,
         }
     }
 
@@ -155,6 +161,8 @@ impl Kind {
             Kind::SkQueues => "SK_QUEUES",
             Kind::MemfdInode => "MEMFD_INODE",
             Kind::FileLocks => "FILE_LOCKS",
+            Kind::Utsns => "UTSNS",
+            Kind::Mnts => "MNTS",
         }
     }
 
@@ -185,6 +193,8 @@ impl Kind {
             Kind::SkQueues => "sk_packet_entry",
             Kind::MemfdInode => "memfd_inode_entry",
             Kind::FileLocks => "file_lock_entry",
+            Kind::Utsns => "utsns_entry",
+            Kind::Mnts => "mnt_entry",
         }
     }
 
@@ -226,7 +236,6 @@ pub const FOREIGN_MAGICS: &[(&str, u32)] = &[
     ("PACKETSK", 0x6045_4618),
     ("ITIMERS", 0x5746_4056),
     ("POSIX_TIMERS", 0x5260_3957),
-    ("UTSNS", 0x5447_3203),
     ("CREDS", 0x5402_3547),
     ("IPC_VAR", 0x5311_5007),
     ("IPCNS_SHM", 0x4628_3044),
@@ -241,7 +250,6 @@ pub const FOREIGN_MAGICS: &[(&str, u32)] = &[
     ("SIGNALFD", 0x5732_3820),
     ("INOTIFY_FILE", 0x4842_4431),
     ("INOTIFY_WD", 0x5456_2009),
-    ("MNTS", 0x5556_3928),
     ("NETDEV", 0x5737_3951),
     ("NETNS", 0x5593_3752),
     ("TTY_FILES", 0x5943_3025),

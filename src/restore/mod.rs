@@ -51,6 +51,13 @@ pub struct RestoreOpts {
     pub trust_images: bool,
     /// Restore even if an open regular file changed size since the dump.
     pub skip_file_check: bool,
+    /// A container's root directory: its mount tree is rebuilt over it.
+    pub root: Option<PathBuf>,
+    /// External mounts: name → host path (CRIU's ext_mnt at restore).
+    pub ext_mnt: Vec<(String, String)>,
+    /// CRIU's inherit_fd: "pipe:[INO]" → an fd of the engine that replaces
+    /// that pipe in the restored tree.
+    pub inherit_fd: Vec<(String, RawFd)>,
     /// Called once every task is ready and before any runs, with
     /// setup-namespaces, post-setup-namespaces, post-restore (the root's
     /// host pid) and pre-resume; an error kills what was restored.
@@ -105,7 +112,12 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
     let t0 = Instant::now();
     check_dir_trust(&opts.dir, opts.trust_images)?;
     let dir = ImageDir::open(&opts.dir)?;
-    let plan = Plan::load(&dir, opts).context("Stage Load")?;
+    let mut plan = Plan::load(&dir, opts).context("Stage Load")?;
+    let nsp =
+        crate::ns::load(&dir, plan.tasks[0].pid as u32, opts.root.as_deref(), &opts.ext_mnt).context("Stage Load")?;
+    if nsp.is_some() && plan.tasks[0].pid != 1 {
+        bail!("Stage Load: a container's root task must be pid 1 of its pid namespace");
+    }
     info!("loaded images of {} processes", plan.tasks.len());
 
     // Engine fds, moved high.
@@ -138,6 +150,15 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
         tmp_base: high + 16,
     };
     let shim_ctl = (moved(shim_r.as_raw_fd(), high)?, moved(ack_w.as_raw_fd(), high)?);
+    let mut inherited = Vec::new();
+    for (key, fd) in &opts.inherit_fd {
+        if !key.starts_with("pipe:[") {
+            bail!("inherit_fd {key}: only pipes (pipe:[INO]) can be substituted");
+        }
+        let n = moved(*fd, high).with_context(|| format!("inherit_fd {key}: fd {fd} is not open"))?;
+        plan.fx.inherit.insert(key.clone(), n);
+        inherited.push(n);
+    }
     if let Some(t) = tty {
         let _ = nix::unistd::close(t);
     }
@@ -147,12 +168,15 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
     // pid 1 again); any other tree gets an init of ours as pid 1.
     let own_ns = plan.tasks[0].pid == 1;
     let shim_pid = if own_ns {
-        shim::spawn_root(&plan, efds).context("Stage Fork")?
+        shim::spawn_root(&plan, efds, nsp.as_ref()).context("Stage Fork")?
     } else {
         shim::spawn(&plan, efds, shim_ctl).context("Stage Shim")?
     };
     // The engine keeps only the ends it reads or writes.
-    for fd in [efds.ready_w, efds.go_r, efds.err_w, efds.dir, shim_ctl.0, shim_ctl.1] {
+    for fd in [efds.ready_w, efds.go_r, efds.err_w, efds.dir, shim_ctl.0, shim_ctl.1]
+        .into_iter()
+        .chain(inherited)
+    {
         let _ = nix::unistd::close(fd);
     }
     if efds.tty >= 0 {

@@ -451,6 +451,7 @@ impl Session {
             dir: self.images.path.clone(),
             shell_job: o.shell_job(),
             leave_running: o.leave_running(),
+            ext_mnt: o.ext_mnt.iter().map(|m| (m.key.clone(), m.val.clone())).collect(),
             hook: self.hook(),
         };
         let st = dump::dump(&d)?;
@@ -475,6 +476,9 @@ impl Session {
             detach: true,
             pidfile: None,
             trust_images: false,
+            root: o.root.as_ref().map(PathBuf::from),
+            ext_mnt: o.ext_mnt.iter().map(|m| (m.key.clone(), m.val.clone())).collect(),
+            inherit_fd: o.inherit_fd.iter().map(|i| (i.key.clone(), i.fd)).collect(),
             hook: self.hook(),
         };
         let r = restore::restore(&ro)?;

@@ -19,6 +19,7 @@ pub mod vm;
 pub mod cpu;
 pub mod fdops;
 pub mod mmap;
+pub mod ns;
 pub mod probe;
 pub mod rawfd;
 #[cfg(test)]
