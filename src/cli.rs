@@ -159,6 +159,7 @@ fn run(cli: Cli) -> Result<i32> {
                 shell_job,
                 leave_running,
                 ext_mnt: Vec::new(),
+                external: Vec::new(),
                 hook: Default::default(),
             };
             let st = dump::dump(&opts)?;

@@ -37,6 +37,9 @@ pub struct DumpOpts {
     /// External mounts of a container: mountpoint → name (CRIU's ext_mnt
     /// at dump).
     pub ext_mnt: Vec<(String, String)>,
+    /// CRIU's `external` (e.g. "net[INODE]:extRootNetNS": the caller owns
+    /// that namespace and hands it back at restore).
+    pub external: Vec<String>,
     /// Called with [`Event::PostDump`](crate::hooks::Event) once the images
     /// are complete, before the tree is killed or resumed; an error leaves
     /// the tree running and fails the dump.
@@ -251,6 +254,7 @@ fn write_images(opts: &DumpOpts, dir: &ImageDir, frozen: &Frozen, stats: &mut Du
             own: &own_ns,
             tree: &tree_ns,
             ext_mnt: &opts.ext_mnt,
+            external: &opts.external,
         },
         |k, ino| ids.ns_id(k, ino),
     )?;

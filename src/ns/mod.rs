@@ -32,6 +32,9 @@ use tracing::{debug, info};
 use crate::image::{pb, ImageDir, Kind};
 use mounts::{How, Step};
 
+/// The inherit_fd key of an external network namespace (runc, podman).
+pub const EXT_NET_KEY: &str = "extRootNetNS";
+
 /// The namespace kinds a tree may own, with CLONE_NEW* flags.
 const KINDS: [(&str, i32); 5] = [
     ("mnt", libc::CLONE_NEWNS),
@@ -55,6 +58,9 @@ pub struct DumpCtx<'a> {
     pub tree: &'a HashMap<&'static str, u64>,
     /// `ext_mnt` of the request: mountpoint → external name.
     pub ext_mnt: &'a [(String, String)],
+    /// CRIU's `external`: "net[INODE]:KEY" marks the net namespace as the
+    /// caller's (not dumped; joined again at restore via inherit_fd KEY).
+    pub external: &'a [String],
 }
 
 /// Dumps the namespaces the root task owns (those that differ from the
@@ -76,7 +82,11 @@ pub fn dump(dir: &ImageDir, c: &DumpCtx, mut ns_id: impl FnMut(&str, u64) -> u32
     }
     info!("pid {pid} owns the {} namespaces", owned.join(", "));
     if owned.contains(&"net") {
-        dump_net(pid)?;
+        let tag = format!("net[{}]:", c.tree["net"]);
+        match c.external.iter().find(|e| e.starts_with(&tag)) {
+            Some(e) => info!("the network namespace is external ({e}): the caller hands it back at restore"),
+            None => dump_net(pid)?,
+        }
     }
     if owned.contains(&"ipc") {
         dump_ipc(dir, pid)?;
@@ -329,6 +339,20 @@ pub struct NsPlan {
     /// host path).
     pub root: PathBuf,
     pub ext_mnt: Vec<(String, String)>,
+    /// An fd of the network namespace to join instead of creating one
+    /// (CRIU's inherit_fd extRootNetNS).
+    pub join_net: Option<std::os::fd::RawFd>,
+}
+
+impl NsPlan {
+    /// CLONE_NEW* flags of the namespaces the root task is cloned into.
+    pub fn clone_flags(&self) -> i32 {
+        if self.join_net.is_some() {
+            self.flags & !libc::CLONE_NEWNET
+        } else {
+            self.flags
+        }
+    }
 }
 
 /// Reads the namespace images of a dump whose root task is `root_pid`;
@@ -398,6 +422,7 @@ pub fn load(
         tmpfs,
         root,
         ext_mnt: ext_mnt.to_vec(),
+        join_net: None,
     }))
 }
 
@@ -417,6 +442,11 @@ fn ext_source<'a>(ext: &'a [(String, String)], key: &str, mountpoint: &str) -> R
 /// the root, enter it, set the host name and bring loopback up.
 pub fn enter(p: &NsPlan) -> Result<()> {
     let none = None::<&str>;
+    if let Some(fd) = p.join_net {
+        // Before sysfs is mounted: it shows the mounter's network namespace.
+        nix::sched::setns(crate::sys::rawfd::borrow(fd), nix::sched::CloneFlags::CLONE_NEWNET)
+            .context("Cannot join the network namespace given as extRootNetNS")?;
+    }
     mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
         .context("Cannot make the mount namespace private")?;
     let root = &p.root;
@@ -529,7 +559,7 @@ pub fn enter(p: &NsPlan) -> Result<()> {
         nix::unistd::sethostname(&u.nodename).with_context(|| format!("sethostname {:?}", u.nodename))?;
         crate::sys::ns::set_domainname(&u.domainname).with_context(|| format!("setdomainname {:?}", u.domainname))?;
     }
-    if p.flags & libc::CLONE_NEWNET != 0 {
+    if p.clone_flags() & libc::CLONE_NEWNET != 0 {
         crate::sys::ns::loopback_up().context("Cannot bring lo up in the new network namespace")?;
     }
     Ok(())

@@ -113,7 +113,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
     check_dir_trust(&opts.dir, opts.trust_images)?;
     let dir = ImageDir::open(&opts.dir)?;
     let mut plan = Plan::load(&dir, opts).context("Stage Load")?;
-    let nsp =
+    let mut nsp =
         crate::ns::load(&dir, plan.tasks[0].pid as u32, opts.root.as_deref(), &opts.ext_mnt).context("Stage Load")?;
     if nsp.is_some() && plan.tasks[0].pid != 1 {
         bail!("Stage Load: a container's root task must be pid 1 of its pid namespace");
@@ -152,12 +152,21 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
     let shim_ctl = (moved(shim_r.as_raw_fd(), high)?, moved(ack_w.as_raw_fd(), high)?);
     let mut inherited = Vec::new();
     for (key, fd) in &opts.inherit_fd {
-        if !key.starts_with("pipe:[") {
-            bail!("inherit_fd {key}: only pipes (pipe:[INO]) can be substituted");
-        }
         let n = moved(*fd, high).with_context(|| format!("inherit_fd {key}: fd {fd} is not open"))?;
-        plan.fx.inherit.insert(key.clone(), n);
         inherited.push(n);
+        if key == crate::ns::EXT_NET_KEY {
+            match nsp.as_mut() {
+                Some(p) => p.join_net = Some(n),
+                None => bail!("inherit_fd {key}: the images hold no network namespace of their own"),
+            }
+        } else if key.starts_with("pipe:[") {
+            plan.fx.inherit.insert(key.clone(), n);
+        } else {
+            bail!(
+                "inherit_fd {key}: only pipes (pipe:[INO]) and {} can be substituted",
+                crate::ns::EXT_NET_KEY
+            );
+        }
     }
     if let Some(t) = tty {
         let _ = nix::unistd::close(t);

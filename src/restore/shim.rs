@@ -140,7 +140,7 @@ fn shim_main(plan: &Plan, efds: EngineFds, ctl: (RawFd, RawFd), engine: Pid) -> 
 /// root itself is forked into a fresh pid and mount namespace, where it is
 /// pid 1 again; no init of ours is needed. Returns its host pid.
 pub(crate) fn spawn_root(plan: &Plan, efds: EngineFds, ns: Option<&crate::ns::NsPlan>) -> Result<i32> {
-    let flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS | ns.map_or(0, |n| n.flags)) as u64;
+    let flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS | ns.map_or(0, |n| n.clone_flags())) as u64;
     match sysc::clone3_with_pid(flags, &[], libc::SIGCHLD as u64).context("Cannot create the pid namespace (clone3)")? {
         ForkResult::Child => {
             let r = (|| -> Result<()> {

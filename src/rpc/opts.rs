@@ -108,11 +108,12 @@ pub fn review_dump(o: &CriuOpts) -> Review {
     // A container's root and external mounts: the mount tree is dumped
     // from the container's own view; ext_mnt names the mounts that come
     // from the host.
-    if !o.external.is_empty() {
-        r.warn(format!(
-            "external {:?} accepted; external namespaces are not handled yet",
-            o.external
-        ));
+    for e in &o.external {
+        if !e.starts_with("net[") {
+            r.warn(format!(
+                "external {e:?} accepted; only an external net namespace is handled"
+            ));
+        }
     }
     if let Some(cg) = &o.freeze_cgroup {
         r.warn(format!(
@@ -136,10 +137,12 @@ pub fn review_restore(o: &CriuOpts, root_is_host: bool) -> Review {
         r.refuse(format!("join_ns ({})", ns.join(", ")));
     }
     for i in &o.inherit_fd {
-        if !i.key.starts_with("pipe:[") {
+        if !i.key.starts_with("pipe:[") && i.key != crate::ns::EXT_NET_KEY {
             r.refuse(format!(
-                "inherit_fd {}=fd {} (only pipes can be substituted)",
-                i.key, i.fd
+                "inherit_fd {}=fd {} (only pipes and {} can be substituted)",
+                i.key,
+                i.fd,
+                crate::ns::EXT_NET_KEY
             ));
         }
     }
@@ -149,9 +152,7 @@ pub fn review_restore(o: &CriuOpts, root_is_host: bool) -> Review {
             o.cg_root.len()
         ));
     }
-    if !o.external.is_empty() {
-        r.refuse(format!("external {:?}", o.external));
-    }
+
     if o.lsm_profile.is_some() || o.lsm_mount_context.is_some() {
         r.refuse("lsm_profile / lsm_mount_context (LSM labels are not applied)");
     }
@@ -255,7 +256,7 @@ mod tests {
         assert!(r.warnings.iter().any(|w| w.contains("cg_root")), "{r:?}");
         // What cryo cannot honour yet is refused, by name.
         o.inherit_fd.push(InheritFd {
-            key: "extRootNetNS".into(),
+            key: "extRootPidNS".into(),
             fd: 4,
         });
         o.join_ns = vec![JoinNamespace {
@@ -264,7 +265,7 @@ mod tests {
             extra_opt: None,
         }];
         let e = review_restore(&o, false).error().unwrap();
-        for part in ["inherit_fd extRootNetNS=fd 4", "join_ns (ipc=/proc/1/ns/ipc)"] {
+        for part in ["inherit_fd extRootPidNS=fd 4", "join_ns (ipc=/proc/1/ns/ipc)"] {
             assert!(e.contains(part), "{part} missing from {e}");
         }
         assert!(!e.contains("pipe:[123]"), "{e}");

@@ -452,6 +452,7 @@ impl Session {
             shell_job: o.shell_job(),
             leave_running: o.leave_running(),
             ext_mnt: o.ext_mnt.iter().map(|m| (m.key.clone(), m.val.clone())).collect(),
+            external: o.external.clone(),
             hook: self.hook(),
         };
         let st = dump::dump(&d)?;
