@@ -176,6 +176,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
     // A tree that was its own pid namespace comes back as one (its root is
     // pid 1 again); any other tree gets an init of ours as pid 1.
     let own_ns = plan.tasks[0].pid == 1;
+    let t_fork = Instant::now();
     let shim_pid = if own_ns {
         shim::spawn_root(&plan, efds, nsp.as_ref()).context("Stage Fork")?
     } else {
@@ -197,6 +198,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
     };
 
     wait_ready(&plan, &ready_r, &err_r).context("Stage Fork")?;
+    let forking_us = t_fork.elapsed().as_micros() as u64;
     debug!("all {} tasks ready", plan.tasks.len());
     fire_ready_events(
         &opts.hook,
@@ -228,7 +230,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
     );
     let mut guard = guard;
     guard.armed = false;
-    write_stats(&dir, restore_us, &plan);
+    write_stats(&dir, restore_us, forking_us, &plan);
     if let Some(pf) = &opts.pidfile {
         write_pidfile(pf, root_host_pid)?;
     }
@@ -644,13 +646,15 @@ fn write_pidfile(path: &Path, pid: i32) -> Result<()> {
     Ok(())
 }
 
-fn write_stats(dir: &ImageDir, restore_us: u64, plan: &Plan) {
+/// stats-restore; forking_time is the time from the first fork until every
+/// task was ready (CRIU's "forking" phase covers the same ground).
+fn write_stats(dir: &ImageDir, restore_us: u64, forking_us: u64, plan: &Plan) {
     let e = pb::StatsEntry {
         dump: None,
         restore: Some(pb::RestoreStatsEntry {
             pages_compared: 0,
             pages_skipped_cow: 0,
-            forking_time: 0,
+            forking_time: forking_us as u32,
             restore_time: restore_us as u32,
             pages_restored: Some(plan.pages_total()),
         }),
