@@ -9,7 +9,7 @@
 //! the checkpoint stopped them. stdout is a pipe read by the test, which
 //! runc hands to the engine at restore (inherit_fd `pipe:[INO]`).
 
-use std::fs::{self, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -37,6 +37,7 @@ fn script(marker: &str) -> String {
            [ \"$(cat /tok)\" = \"$tok\" ] || {{ echo \"FAIL token $(cat /tok) != $tok\"; exit 1; }}; \
            [ \"$(hostname)\" = {HOSTNAME} ] || {{ echo \"FAIL hostname $(hostname)\"; exit 1; }}; \
            [ $$ = 1 ] || {{ echo \"FAIL pid $$\"; exit 1; }}; \
+           if [ -e /want-tty ]; then [ -t 1 ] || {{ echo \"FAIL no terminal\"; exit 1; }}; fi; \
            echo \"step $i\"; echo $i > /counter; i=$((i+1)); sleep 0.2; \
          done"
     )
@@ -350,6 +351,114 @@ fn runc_checkpoint_and_restore() {
     let k = r.runc_out(&["kill", &id, "KILL"]);
     assert!(k.status.success(), "{}", describe(&k));
     assert!(cryo_integration::wait_pid_gone(pid, Duration::from_secs(5)));
+}
+
+/// A unix socket runc sends a pty master to (--console-socket); the
+/// master's output is copied line by line into `out`.
+fn console_socket(path: &Path, out: &Path) {
+    let l = std::os::unix::net::UnixListener::bind(path).expect("bind console socket");
+    let out = out.to_path_buf();
+    std::thread::spawn(move || {
+        let Ok((c, _)) = l.accept() else { return };
+        let Some(master) = recv_fd(&c) else { return };
+        let mut f = OpenOptions::new().create(true).append(true).open(&out).unwrap();
+        for line in BufReader::new(File::from(master)).split(b'\n') {
+            let Ok(line) = line else { break };
+            let _ = writeln!(f, "{}", String::from_utf8_lossy(&line).trim_end_matches('\r'));
+        }
+    });
+}
+
+/// One fd received with SCM_RIGHTS.
+fn recv_fd(c: &std::os::unix::net::UnixStream) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut byte = [0u8; 64];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: byte.len(),
+    };
+    let mut cbuf = [0u64; 8];
+    // SAFETY: msghdr is plain data; all-zero is valid before we fill it.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cbuf);
+    // SAFETY: every pointer in `msg` refers to a live local buffer.
+    let n = unsafe { libc::recvmsg(c.as_raw_fd(), &mut msg, 0) };
+    if n < 0 {
+        return None;
+    }
+    // SAFETY: the kernel filled `msg`; CMSG_FIRSTHDR/CMSG_DATA stay within
+    // msg_control (checked by msg_controllen).
+    unsafe {
+        let h = libc::CMSG_FIRSTHDR(&msg);
+        if h.is_null() || (*h).cmsg_level != libc::SOL_SOCKET || (*h).cmsg_type != libc::SCM_RIGHTS {
+            return None;
+        }
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(h) as *const libc::c_int);
+        Some(std::os::fd::OwnedFd::from_raw_fd(fd))
+    }
+}
+
+#[test]
+fn runc_terminal_container_keeps_its_pty() {
+    let Some(r) = Runc::new("runc-tty") else { return };
+    let p = r.bundle.join("config.json");
+    let mut c: serde_json::Value = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
+    c["process"]["terminal"] = true.into();
+    fs::write(&p, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
+    fs::write(r.bundle.join("rootfs/want-tty"), b"").unwrap();
+    let id = r.id(1);
+    let out = r.tmp.join("ctr.out");
+    let sock1 = r.tmp.join("console1.sock");
+    console_socket(&sock1, &out);
+    let o = r.runc_out(&["run", "-d", "--console-socket", s(&sock1), &id]);
+    assert!(o.status.success(), "runc run -d (terminal): {}", describe(&o));
+    r.track(&id);
+    wait_step(&out, 3);
+    let (img, work) = (r.tmp.join("img"), r.tmp.join("work"));
+    let ck = r.checkpoint(&id, &img, &work, &[]);
+    assert_ok(&ck, "runc checkpoint of a terminal container", &work.join("dump.log"));
+    std::thread::sleep(Duration::from_millis(300));
+    let before = *steps(&out).last().unwrap();
+    // The restored container's new pty master arrives on a new socket
+    // (orphan-pts-master, forwarded by runc).
+    let out2 = r.tmp.join("restored.out");
+    let sock2 = r.tmp.join("console2.sock");
+    console_socket(&sock2, &out2);
+    let rs = r.runc_out(&[
+        "restore",
+        "-d",
+        "--console-socket",
+        s(&sock2),
+        "--image-path",
+        s(&img),
+        "--work-path",
+        s(&work),
+        &id,
+    ]);
+    assert_ok(&rs, "runc restore of a terminal container", &work.join("restore.log"));
+    r.track(&id);
+    let log = fs::read_to_string(work.join("restore.log")).unwrap();
+    assert!(log.contains("notify orphan-pts-master with fd"), "{log}");
+    assert_counts_on(&r, &id, before, &out2);
+    // Its stdio is the pty of its own devpts, and it is its controlling tty.
+    let ex = r.runc_out(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "readlink /proc/1/fd/1; cut -d' ' -f7 /proc/1/stat",
+    ]);
+    let text = String::from_utf8_lossy(&ex.stdout);
+    let mut l = text.lines();
+    assert_eq!(l.next(), Some("/dev/pts/0"), "{text}");
+    assert_ne!(
+        l.next().unwrap_or("0").trim(),
+        "0",
+        "pid 1 has no controlling terminal: {text}"
+    );
 }
 
 #[test]

@@ -420,10 +420,14 @@ impl FileTable {
             return Ok(id);
         }
         let id = index << 1;
+        let open_path = match &self.root_prefix {
+            Some(r) => format!("{r}{path}"),
+            None => path.to_string(),
+        };
         let f = fs::OpenOptions::new()
             .read(true)
             .custom_flags_noctty()
-            .open(path)
+            .open(&open_path)
             .with_context(|| format!("Cannot open the terminal {path}"))?;
         let t = systty::get_termios(f.as_fd()).with_context(|| format!("TCGETS on {path}"))?;
         let ws = systty::get_winsize(f.as_fd()).with_context(|| format!("TIOCGWINSZ on {path}"))?;

@@ -207,7 +207,8 @@ pub fn check_fd(
             }
         }
         FD_TTY if fe.tty.is_some() => {
-            if !shell_job {
+            // A container's console is re-created in its devpts (ns::Console).
+            if !shell_job && opts.root.is_none() {
                 bail!(
                     "pid {pid} fd {} is a terminal of the dumping session; restore with --shell-job",
                     f.fd

@@ -342,6 +342,82 @@ pub struct NsPlan {
     /// An fd of the network namespace to join instead of creating one
     /// (CRIU's inherit_fd extRootNetNS).
     pub join_net: Option<std::os::fd::RawFd>,
+    /// The console pty to re-create (see [`Console`]).
+    pub console: Option<Console>,
+}
+
+/// A container's console: a pty slave of the container's devpts whose
+/// master was outside the tree (the runtime's console socket holds it).
+#[derive(Debug, Clone, Copy)]
+pub struct Console {
+    /// Its index in the devpts (the slave is /dev/pts/INDEX).
+    pub index: u32,
+    /// The fd number where the restored tasks find the slave.
+    pub slot: std::os::fd::RawFd,
+    /// Where the new master goes to the engine (SCM_RIGHTS).
+    pub sock: std::os::fd::RawFd,
+}
+
+/// The index of the pty that is a controlling terminal (a container's
+/// console: its init, pid 1, leads the only session), if the images hold
+/// one. (tty-info records the session by its host pid at dump.)
+pub fn console_index(ttys: &HashMap<u32, pb::TtyInfoEntry>, root: u32) -> Option<u32> {
+    if root != 1 {
+        return None;
+    }
+    ttys.values()
+        .find(|t| t.sid != 0)
+        .and_then(|t| t.pty.as_ref())
+        .map(|p| p.index)
+}
+
+/// Engine side: the master the root task sent while it built its mounts.
+pub fn recv_console(sock: &std::os::fd::OwnedFd) -> Result<std::os::fd::OwnedFd> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let mut b = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut b)];
+    let mut space = nix::cmsg_space!(std::os::fd::RawFd);
+    let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_DONTWAIT)
+        .context("The restored init sent no console master")?;
+    for c in msg.cmsgs().context("console message")? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            if let Some(&fd) = fds.first() {
+                return Ok(crate::sys::rawfd::own(fd));
+            }
+        }
+    }
+    bail!("The console message carries no fd")
+}
+
+/// Inside the fresh devpts mounted at `pts`: a new pty with the saved
+/// index; the slave goes to the tty slot, the master to the engine.
+fn make_console(pts: &Path, c: &Console) -> Result<()> {
+    use nix::fcntl::OFlag;
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    use std::os::fd::{AsFd, AsRawFd};
+    let flags = OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+    let m = nix::fcntl::open(&pts.join("ptmx"), flags, nix::sys::stat::Mode::empty())
+        .with_context(|| format!("Cannot open {}/ptmx", pts.display()))?;
+    let master = crate::sys::rawfd::own(m);
+    let idx = crate::sys::ns::pty_unlock_index(master.as_fd()).context("Cannot unlock the new pty")?;
+    if idx != c.index {
+        bail!("the console came back as pts {idx}, not {}", c.index);
+    }
+    let sl = nix::fcntl::open(&pts.join(idx.to_string()), flags, nix::sys::stat::Mode::empty())
+        .with_context(|| format!("Cannot open the console slave {}/{idx}", pts.display()))?;
+    let slave = crate::sys::rawfd::own(sl);
+    nix::unistd::dup2(slave.as_raw_fd(), c.slot).context("dup2 of the console slave")?;
+    let fds = [master.as_raw_fd()];
+    sendmsg::<()>(
+        c.sock,
+        &[std::io::IoSlice::new(b"m")],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .context("Cannot send the console master to the engine")?;
+    Ok(())
 }
 
 impl NsPlan {
@@ -423,6 +499,7 @@ pub fn load(
         root,
         ext_mnt: ext_mnt.to_vec(),
         join_net: None,
+        console: None,
     }))
 }
 
@@ -503,6 +580,11 @@ pub fn enter(p: &NsPlan) -> Result<()> {
                     Some(opts.as_str()),
                 )
                 .with_context(ctx)?;
+                if fsname == "devpts" {
+                    if let Some(c) = &p.console {
+                        make_console(&target, c)?;
+                    }
+                }
                 if let Some(tar) = p.tmpfs.get(&e.mnt_id) {
                     untar_tree(tar, &target).with_context(|| format!("Cannot fill the tmpfs at {}", e.mountpoint))?;
                 }

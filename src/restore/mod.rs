@@ -128,8 +128,33 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
     let (shim_r, shim_w) = nix::unistd::pipe()?;
     let (ack_r, ack_w) = nix::unistd::pipe()?;
     let dirfd = fs::File::open(&opts.dir).with_context(|| format!("Cannot open {}", opts.dir.display()))?;
+    // A container's console (a pty slave whose master was outside the
+    // tree): the root task makes a new pty in the container's devpts and
+    // leaves the slave at the tty slot; its master comes back to us.
+    let console = match &nsp {
+        Some(_) if !opts.shell_job => crate::ns::console_index(&plan.ttys, plan.tasks[0].pid as u32),
+        _ => None,
+    };
+    let console_sock = match console {
+        Some(_) => Some(
+            nix::sys::socket::socketpair(
+                nix::sys::socket::AddressFamily::Unix,
+                nix::sys::socket::SockType::SeqPacket,
+                None,
+                nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            )
+            .context("socketpair for the console")?,
+        ),
+        None => None,
+    };
     let tty = if opts.shell_job {
         Some(nix::unistd::dup(0).context("Cannot dup stdin for --shell-job")?)
+    } else if console.is_some() {
+        // A placeholder holding the slot the console slave will take.
+        Some(
+            nix::fcntl::open("/dev/null", nix::fcntl::OFlag::O_RDWR, nix::sys::stat::Mode::empty())
+                .context("open /dev/null")?,
+        )
     } else {
         None
     };
@@ -151,6 +176,15 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
     };
     let shim_ctl = (moved(shim_r.as_raw_fd(), high)?, moved(ack_w.as_raw_fd(), high)?);
     let mut inherited = Vec::new();
+    if let (Some(index), Some((_, child_end)), Some(p)) = (console, &console_sock, nsp.as_mut()) {
+        let sock = moved(child_end.as_raw_fd(), high)?;
+        inherited.push(sock);
+        p.console = Some(crate::ns::Console {
+            index,
+            slot: efds.tty,
+            sock,
+        });
+    }
     for (key, fd) in &opts.inherit_fd {
         let n = moved(*fd, high).with_context(|| format!("inherit_fd {key}: fd {fd} is not open"))?;
         inherited.push(n);
@@ -200,6 +234,10 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
     wait_ready(&plan, &ready_r, &err_r).context("Stage Fork")?;
     let forking_us = t_fork.elapsed().as_micros() as u64;
     debug!("all {} tasks ready", plan.tasks.len());
+    let master = match &console_sock {
+        Some((engine_end, _)) => Some(crate::ns::recv_console(engine_end).context("Stage Fork")?),
+        None => None,
+    };
     fire_ready_events(
         &opts.hook,
         if own_ns {
@@ -207,7 +245,9 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
         } else {
             shim::root_host_pid(shim_pid).unwrap_or(shim_pid)
         },
+        master.as_ref().map(|m| m.as_raw_fd()),
     )?;
+    drop(master);
     release(&plan, shim_pid, own_ns, go_w, &ready_r, efds).context("Stage Go")?;
     if !own_ns {
         // Let the shim drop its parent-death signal, and wait for it to say so.
@@ -244,17 +284,15 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
 }
 
 /// The hook events of a restore whose tasks are all ready.
-fn fire_ready_events(hook: &crate::hooks::Hook, pid: i32) -> Result<()> {
+fn fire_ready_events(hook: &crate::hooks::Hook, pid: i32, console: Option<RawFd>) -> Result<()> {
     use crate::hooks::Event;
-    for ev in [
-        Event::SetupNamespaces { pid },
-        Event::PostSetupNamespaces,
-        Event::PostRestore { pid },
-        Event::PreResume,
-    ] {
-        hook.fire(ev)?;
+    hook.fire(Event::SetupNamespaces { pid })?;
+    hook.fire(Event::PostSetupNamespaces)?;
+    if let Some(fd) = console {
+        hook.fire(Event::OrphanPtsMaster { fd })?;
     }
-    Ok(())
+    hook.fire(Event::PostRestore { pid })?;
+    hook.fire(Event::PreResume)
 }
 
 /// Stage Go. Every restored thread is seized while it waits for its go

@@ -37,3 +37,25 @@ pub fn loopback_up() -> nix::Result<()> {
     let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) };
     Errno::result(r).map(drop)
 }
+
+/// Unlocks the pty whose master is `master` (TIOCSPTLCK 0) and returns
+/// its index (TIOCGPTN).
+pub fn pty_unlock_index(master: std::os::fd::BorrowedFd<'_>) -> nix::Result<u32> {
+    let zero: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one int from the pointer, which is live.
+    let r = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &zero) };
+    Errno::result(r)?;
+    let mut n: libc::c_uint = 0;
+    // SAFETY: TIOCGPTN writes one unsigned int to the pointer, which is live.
+    let r = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTN, &mut n) };
+    Errno::result(r)?;
+    Ok(n)
+}
+
+/// Makes the terminal `fd` the caller's controlling terminal (TIOCSCTTY;
+/// the caller is a session leader without one).
+pub fn set_ctty(fd: std::os::fd::BorrowedFd<'_>) -> nix::Result<()> {
+    // SAFETY: TIOCSCTTY takes an integer argument (0: do not steal).
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSCTTY, 0) };
+    Errno::result(r).map(drop)
+}
