@@ -45,6 +45,11 @@ pub enum Cmd {
         /// Leave the tree running after the dump.
         #[arg(short = 'R', long = "leave-running")]
         leave_running: bool,
+        /// The tree is an OCI container of this bundle: its bind mounts
+        /// (and cgroup v1 binds, a network namespace given by path) are
+        /// external; --tar writes podman's export layout with spec.dump.
+        #[arg(long)]
+        bundle: Option<PathBuf>,
         #[command(flatten)]
         log: LogOpts,
     },
@@ -69,6 +74,12 @@ pub enum Cmd {
         /// Restore even if an open file changed size since the dump.
         #[arg(long = "skip-file-check")]
         skip_file_check: bool,
+        /// A container's root directory: its mount tree is rebuilt over it.
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Where an external mount comes from: NAME:PATH (repeatable).
+        #[arg(long = "ext-mount", value_name = "NAME:PATH")]
+        ext_mount: Vec<String>,
         #[command(flatten)]
         log: LogOpts,
     },
@@ -137,6 +148,7 @@ fn run(cli: Cli) -> Result<i32> {
             tar,
             shell_job,
             leave_running,
+            bundle: oci_bundle,
             log,
         } => {
             let (dir, tmp) = match (&dir, &tar) {
@@ -153,13 +165,21 @@ fn run(cli: Cli) -> Result<i32> {
                 crate::image::ImageDir::create(&dir)?;
             }
             log::init(log_path(&log, logdir).as_deref(), log.verbosity)?;
+            let spec = match &oci_bundle {
+                Some(b) => Some(crate::oci::read_spec(b)?),
+                None => None,
+            };
+            let ext = match &spec {
+                Some(sp) => crate::oci::externals(sp, pid)?,
+                None => Default::default(),
+            };
             let opts = dump::DumpOpts {
                 pid,
                 dir: dir.clone(),
                 shell_job,
                 leave_running,
-                ext_mnt: Vec::new(),
-                external: Vec::new(),
+                ext_mnt: ext.ext_mnt,
+                external: ext.external,
                 hook: Default::default(),
             };
             let st = dump::dump(&opts)?;
@@ -170,12 +190,30 @@ fn run(cli: Cli) -> Result<i32> {
                 st.frozen_us
             );
             if let Some(t) = &tar {
-                if t == "-" {
-                    let out = io::stdout().lock();
-                    bundle::write_tar(&dir, out)?;
+                let out: Box<dyn Write> = if t == "-" {
+                    Box::new(io::stdout().lock())
                 } else {
-                    let f = bundle::create_private(Path::new(t))?;
-                    bundle::write_tar(&dir, f)?;
+                    Box::new(bundle::create_private(Path::new(t))?)
+                };
+                let container = fs::read_dir(&dir)?
+                    .flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with("mountpoints-"));
+                if container {
+                    let id = oci_bundle
+                        .as_deref()
+                        .and_then(|b| b.file_name())
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| format!("cryo-{pid}"));
+                    let mut meta = vec![(
+                        "config.dump",
+                        serde_json::to_vec_pretty(&crate::oci::config_dump(&id, "cryo"))?,
+                    )];
+                    if let Some(sp) = &spec {
+                        meta.push(("spec.dump", serde_json::to_vec_pretty(sp)?));
+                    }
+                    bundle::write_container_tar(&dir, out, &meta)?;
+                } else {
+                    bundle::write_tar(&dir, out)?;
                 }
             }
             Ok(0)
@@ -188,6 +226,8 @@ fn run(cli: Cli) -> Result<i32> {
             pidfile,
             trust_images,
             skip_file_check,
+            root,
+            ext_mount,
             log,
         } => {
             let (dir, _tmp) = match (&dir, &tar) {
@@ -213,8 +253,15 @@ fn run(cli: Cli) -> Result<i32> {
                 pidfile,
                 trust_images: trust_images || _tmp.is_some(),
                 skip_file_check,
-                root: None,
-                ext_mnt: Vec::new(),
+                root,
+                ext_mnt: ext_mount
+                    .iter()
+                    .map(|m| {
+                        m.split_once(':')
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .with_context(|| format!("--ext-mount {m}: expected NAME:PATH"))
+                    })
+                    .collect::<Result<_>>()?,
                 inherit_fd: Vec::new(),
                 hook: Default::default(),
             };

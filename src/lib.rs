@@ -24,6 +24,7 @@ pub mod kerndat;
 pub mod log;
 pub mod mem;
 pub mod ns;
+pub mod oci;
 pub mod proc;
 pub mod regs;
 pub mod restore;

@@ -32,12 +32,13 @@ fn have(cmd: &str) -> bool {
 /// its command line unique, so the test can tell whether any copy is left.
 fn script(marker: &str) -> String {
     format!(
-        "M={marker}; tok=$(cat /proc/sys/kernel/random/uuid); echo $tok > /tok; i=0; \
+        "M={marker}; fail() {{ echo \"FAIL $*\"; echo \"FAIL $*\" > /fail; exit 1; }}; \
+         tok=$(cat /proc/sys/kernel/random/uuid); echo $tok > /tok; i=0; \
          while true; do \
-           [ \"$(cat /tok)\" = \"$tok\" ] || {{ echo \"FAIL token $(cat /tok) != $tok\"; exit 1; }}; \
-           [ \"$(hostname)\" = {HOSTNAME} ] || {{ echo \"FAIL hostname $(hostname)\"; exit 1; }}; \
-           [ $$ = 1 ] || {{ echo \"FAIL pid $$\"; exit 1; }}; \
-           if [ -e /want-tty ]; then [ -t 1 ] || {{ echo \"FAIL no terminal\"; exit 1; }}; fi; \
+           [ \"$(cat /tok)\" = \"$tok\" ] || fail token $(cat /tok) != $tok; \
+           [ \"$(hostname)\" = {HOSTNAME} ] || fail hostname $(hostname); \
+           [ $$ = 1 ] || fail pid $$; \
+           if [ -e /want-tty ]; then [ -t 1 ] || fail no terminal; fi; \
            echo \"step $i\"; echo $i > /counter; i=$((i+1)); sleep 0.2; \
          done"
     )
@@ -618,4 +619,111 @@ fn runc_restore_whose_setup_namespaces_hook_fails_leaves_nothing() {
         r.marked()
     );
     assert!(steps(&out2).is_empty(), "the tree ran: {:?}", steps(&out2));
+}
+
+/// `cryo dump --bundle --tar` of a runc container writes podman's export
+/// layout, and `cryo restore --tar --root --ext-mount` brings it back in
+/// fresh namespaces, counting on (the counter file in its rootfs).
+#[test]
+fn cryo_tar_of_a_runc_container_in_podman_layout() {
+    let Some(r) = Runc::new("runc-tar") else { return };
+    let id = r.id(1);
+    let st = r
+        .runc()
+        .args(["run", "-d", &id])
+        .current_dir(&r.bundle)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    r.track(&id);
+    let counter = r.bundle.join("rootfs/counter");
+    let count = || -> u64 {
+        fs::read_to_string(&counter)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let t0 = Instant::now();
+    while count() < 3 {
+        assert!(t0.elapsed() < LINE_TIMEOUT, "the container does not count");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = r.pid(&id).unwrap();
+    // The cgroup v1 binds the container has (the host's hierarchies).
+    let mi = fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    let cg: Vec<String> = mi
+        .lines()
+        .filter(|l| l.contains(" - cgroup "))
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .collect();
+    let tar = r.tmp.join("ctr.tar");
+    let o = Command::new(cryo_bin())
+        .args([
+            "dump",
+            "-t",
+            &pid.to_string(),
+            "--bundle",
+            s(&r.bundle),
+            "--tar",
+            s(&tar),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "cryo dump --bundle --tar: {}", describe(&o));
+    assert!(r.marked().is_empty(), "the dumped container still runs");
+    let at = count();
+    let o = Command::new("tar").args(["-tf", s(&tar)]).output().unwrap();
+    let list = String::from_utf8_lossy(&o.stdout);
+    for want in [
+        "checkpoint/inventory.img",
+        "checkpoint/pstree.img",
+        "config.dump",
+        "spec.dump",
+        "stats-dump",
+    ] {
+        assert!(list.lines().any(|l| l == want), "{want} not in the tar:\n{list}");
+    }
+    let mut args: Vec<String> = ["restore", "--tar", s(&tar), "-d", "--root"]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    args.push(s(&r.bundle.join("rootfs")).to_string());
+    let pidfile = r.tmp.join("restored.pid");
+    args.extend(["--pidfile".to_string(), s(&pidfile).to_string()]);
+    for m in &cg {
+        // The key is the mountpoint; the host has the same hierarchy there.
+        args.extend(["--ext-mount".to_string(), format!("{m}:{m}")]);
+    }
+    r.cleanup.pidfile(&pidfile);
+    let o = Command::new(cryo_bin())
+        .args(&args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "cryo restore --tar --root: {}", describe(&o));
+    let t0 = Instant::now();
+    while count() < at + 3 {
+        assert!(
+            !r.bundle.join("rootfs/fail").exists(),
+            "{}",
+            fs::read_to_string(r.bundle.join("rootfs/fail")).unwrap()
+        );
+        assert!(
+            t0.elapsed() < LINE_TIMEOUT,
+            "the restored container does not count on from {at}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!r.bundle.join("rootfs/fail").exists());
+    let rpid = cryo_integration::read_pidfile(&pidfile).unwrap();
+    let status = fs::read_to_string(format!("/proc/{rpid}/status")).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("NSpid:") && l.trim_end().ends_with("\t1")),
+        "{status}"
+    );
 }
