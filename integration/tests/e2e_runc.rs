@@ -621,12 +621,16 @@ fn runc_restore_whose_setup_namespaces_hook_fails_leaves_nothing() {
     assert!(steps(&out2).is_empty(), "the tree ran: {:?}", steps(&out2));
 }
 
-/// `cryo dump --bundle --tar` of a runc container writes podman's export
-/// layout, and `cryo restore --tar --root --ext-mount` brings it back in
-/// fresh namespaces, counting on (the counter file in its rootfs).
-#[test]
-fn cryo_tar_of_a_runc_container_in_podman_layout() {
-    let Some(r) = Runc::new("runc-tar") else { return };
+/// How a native round trip dumps and restores: (dump args, restore args)
+/// given the container's pid, its cgroup v1 bind mountpoints and the
+/// scratch directory, with the program to run; the restore args end
+/// before --pidfile.
+type Cmds = dyn Fn(i32, &[String], &Path, &Path) -> (PathBuf, Vec<String>, Vec<String>);
+
+/// A runc container (stdio /dev/null; its count is read from the counter
+/// file in its rootfs) dumped and restored by cryo's own command lines.
+fn native_round_trip(tag: &str, cmds: &Cmds, check_dump: &dyn Fn(&Path)) {
+    let Some(r) = Runc::new(tag) else { return };
     let id = r.id(1);
     let st = r
         .runc()
@@ -640,6 +644,7 @@ fn cryo_tar_of_a_runc_container_in_podman_layout() {
     assert!(st.success());
     r.track(&id);
     let counter = r.bundle.join("rootfs/counter");
+    let fail = r.bundle.join("rootfs/fail");
     let count = || -> u64 {
         fs::read_to_string(&counter)
             .ok()
@@ -659,65 +664,31 @@ fn cryo_tar_of_a_runc_container_in_podman_layout() {
         .filter(|l| l.contains(" - cgroup "))
         .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
         .collect();
-    let tar = r.tmp.join("ctr.tar");
-    let o = Command::new(cryo_bin())
-        .args([
-            "dump",
-            "-t",
-            &pid.to_string(),
-            "--bundle",
-            s(&r.bundle),
-            "--tar",
-            s(&tar),
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "cryo dump --bundle --tar: {}", describe(&o));
+    let (prog, dump, mut restore) = cmds(pid, &cg, r.tmp.path(), &r.bundle);
+    let o = Command::new(&prog).args(&dump).output().unwrap();
+    assert!(o.status.success(), "cryo {}: {}", dump.join(" "), describe(&o));
     assert!(r.marked().is_empty(), "the dumped container still runs");
     let at = count();
-    let o = Command::new("tar").args(["-tf", s(&tar)]).output().unwrap();
-    let list = String::from_utf8_lossy(&o.stdout);
-    for want in [
-        "checkpoint/inventory.img",
-        "checkpoint/pstree.img",
-        "config.dump",
-        "spec.dump",
-        "stats-dump",
-    ] {
-        assert!(list.lines().any(|l| l == want), "{want} not in the tar:\n{list}");
-    }
-    let mut args: Vec<String> = ["restore", "--tar", s(&tar), "-d", "--root"]
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
-    args.push(s(&r.bundle.join("rootfs")).to_string());
+    check_dump(r.tmp.path());
     let pidfile = r.tmp.join("restored.pid");
-    args.extend(["--pidfile".to_string(), s(&pidfile).to_string()]);
-    for m in &cg {
-        // The key is the mountpoint; the host has the same hierarchy there.
-        args.extend(["--ext-mount".to_string(), format!("{m}:{m}")]);
-    }
+    restore.extend(["--pidfile".to_string(), s(&pidfile).to_string()]);
     r.cleanup.pidfile(&pidfile);
-    let o = Command::new(cryo_bin())
-        .args(&args)
+    let o = Command::new(&prog)
+        .args(&restore)
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert!(o.status.success(), "cryo restore --tar --root: {}", describe(&o));
+    assert!(o.status.success(), "cryo {}: {}", restore.join(" "), describe(&o));
     let t0 = Instant::now();
     while count() < at + 3 {
-        assert!(
-            !r.bundle.join("rootfs/fail").exists(),
-            "{}",
-            fs::read_to_string(r.bundle.join("rootfs/fail")).unwrap()
-        );
+        assert!(!fail.exists(), "{}", fs::read_to_string(&fail).unwrap_or_default());
         assert!(
             t0.elapsed() < LINE_TIMEOUT,
             "the restored container does not count on from {at}"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(!r.bundle.join("rootfs/fail").exists());
+    assert!(!fail.exists());
     let rpid = cryo_integration::read_pidfile(&pidfile).unwrap();
     let status = fs::read_to_string(format!("/proc/{rpid}/status")).unwrap();
     assert!(
@@ -725,5 +696,69 @@ fn cryo_tar_of_a_runc_container_in_podman_layout() {
             .lines()
             .any(|l| l.starts_with("NSpid:") && l.trim_end().ends_with("\t1")),
         "{status}"
+    );
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|a| a.to_string()).collect()
+}
+
+/// `cryo dump --bundle --tar` of a runc container writes podman's export
+/// layout, and `cryo restore --tar --root --ext-mount` brings it back in
+/// fresh namespaces, counting on (the counter file in its rootfs).
+#[test]
+fn cryo_tar_of_a_runc_container_in_podman_layout() {
+    native_round_trip(
+        "runc-tar",
+        &|pid, cg, tmp, bundle| {
+            let tar = tmp.join("ctr.tar");
+            let dump = strings(&["dump", "-t", &pid.to_string(), "--bundle", s(bundle), "--tar", s(&tar)]);
+            let mut restore = strings(&["restore", "--tar", s(&tar), "-d", "--root", s(&bundle.join("rootfs"))]);
+            for m in cg {
+                // The key is the mountpoint; the host has the same hierarchy there.
+                restore.extend(["--ext-mount".to_string(), format!("{m}:{m}")]);
+            }
+            (cryo_bin(), dump, restore)
+        },
+        &|tmp| {
+            let o = Command::new("tar")
+                .args(["-tf", s(&tmp.join("ctr.tar"))])
+                .output()
+                .unwrap();
+            let list = String::from_utf8_lossy(&o.stdout);
+            for want in [
+                "checkpoint/inventory.img",
+                "checkpoint/pstree.img",
+                "config.dump",
+                "spec.dump",
+                "stats-dump",
+            ] {
+                assert!(list.lines().any(|l| l == want), "{want} not in the tar:\n{list}");
+            }
+        },
+    );
+}
+
+/// CRIU's command line (cryo called as `criu`) with the options CRIU's own
+/// users pass for a container: --root and --external mnt[KEY]:VAL.
+#[test]
+fn criu_cli_dump_and_restore_of_a_runc_container() {
+    native_round_trip(
+        "runc-criucli",
+        &|pid, cg, tmp, bundle| {
+            let img = tmp.join("criu-img");
+            let mut dump = strings(&["dump", "-t", &pid.to_string(), "-D", s(&img), "-v4", "-o", "dump.log"]);
+            let mut restore = strings(&["restore", "-D", s(&img), "-d", "--root", s(&bundle.join("rootfs"))]);
+            for m in cg {
+                dump.extend(["--external".to_string(), format!("mnt[{m}]:{m}")]);
+                restore.extend(["--external".to_string(), format!("mnt[{m}]:{m}")]);
+            }
+            // As `criu`: the link to the multi-call binary Runc::new made.
+            (tmp.join("criu"), dump, restore)
+        },
+        &|tmp| {
+            let names = cryo_integration::cycle::crit_decodes_all(&tmp.join("criu-img"));
+            assert!(names.iter().any(|n| n.starts_with("mountpoints-")), "{names:?}");
+        },
     );
 }
