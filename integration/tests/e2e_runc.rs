@@ -462,6 +462,45 @@ fn runc_terminal_container_keeps_its_pty() {
     );
 }
 
+/// A container with its own cgroup namespace: its cgroup mounts are its
+/// own (no externals), made afresh in a new cgroup namespace rooted at the
+/// cgroup runc put the restore in.
+#[test]
+fn runc_container_with_a_cgroup_namespace() {
+    let Some(r) = Runc::new("runc-cgns") else { return };
+    let p = r.bundle.join("config.json");
+    let mut c: serde_json::Value = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
+    c["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"type": "cgroup"}));
+    fs::write(&p, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
+    let id = r.id(1);
+    let out = r.tmp.join("ctr.out");
+    r.start(&id, &out);
+    let (img, work) = (r.tmp.join("img"), r.tmp.join("work"));
+    let ck = r.checkpoint(&id, &img, &work, &[]);
+    assert_ok(&ck, "runc checkpoint (cgroup ns)", &work.join("dump.log"));
+    std::thread::sleep(Duration::from_millis(300));
+    let before = *steps(&out).last().unwrap();
+    let out2 = r.tmp.join("restored.out");
+    let rs = r.restore(&id, &img, &work, &out2);
+    assert_ok(&rs, "runc restore (cgroup ns)", &work.join("restore.log"));
+    assert_counts_on(&r, &id, before, &out2);
+    let pid = r.pid(&id).unwrap();
+    let (mine, its) = (
+        fs::read_link("/proc/self/ns/cgroup").unwrap(),
+        fs::read_link(format!("/proc/{pid}/ns/cgroup")).unwrap(),
+    );
+    assert_ne!(mine, its, "the restored init has a cgroup namespace of its own");
+    let ex = r.runc_out(&["exec", &id, "cat", "/proc/1/cgroup"]);
+    let text = String::from_utf8_lossy(&ex.stdout);
+    assert!(
+        !text.is_empty() && text.lines().all(|l| l.ends_with(":/")),
+        "inside, its cgroups are the namespace roots: {text}"
+    );
+}
+
 #[test]
 fn runc_leave_running_then_restore_under_a_new_id() {
     let Some(r) = Runc::new("runc-leave") else { return };

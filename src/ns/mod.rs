@@ -105,7 +105,7 @@ pub fn dump(dir: &ImageDir, c: &DumpCtx, mut ns_id: impl FnMut(&str, u64) -> u32
     }
     if owned.contains(&"mnt") {
         let id = ns_id("mnt", c.tree["mnt"]);
-        dump_mounts(dir, pid, id, c.ext_mnt)?;
+        dump_mounts(dir, pid, id, c.ext_mnt, owned.contains(&"cgroup"))?;
     } else {
         bail!(
             "pid {pid} owns namespaces ({}) but shares cryo's mount namespace; such trees are not supported",
@@ -189,9 +189,19 @@ fn read_uts(pid: i32) -> Result<(String, String)> {
     })
 }
 
-fn dump_mounts(dir: &ImageDir, pid: i32, ns_id: u32, ext: &[(String, String)]) -> Result<()> {
-    let text = fs::read_to_string(format!("/proc/{pid}/mountinfo"))
-        .with_context(|| format!("Cannot read /proc/{pid}/mountinfo"))?;
+fn dump_mounts(dir: &ImageDir, pid: i32, ns_id: u32, ext: &[(String, String)], cgroup_ns: bool) -> Result<()> {
+    let path = format!("/proc/{pid}/mountinfo");
+    // cgroup mounts show their root relative to the reader's cgroup
+    // namespace: read them as the container sees them (its own cgroup at
+    // "/", a mount the restore makes afresh in the new cgroup namespace).
+    let text = if cgroup_ns {
+        let p = path.clone();
+        in_ns_thread(pid, "cgroup", libc::CLONE_NEWCGROUP, move || {
+            fs::read_to_string(&p).with_context(|| format!("Cannot read {p}"))
+        })?
+    } else {
+        fs::read_to_string(&path).with_context(|| format!("Cannot read {path}"))?
+    };
     let infos = mounts::parse_mountinfo(&text)?;
     let entries = mounts::to_entries(&infos, ext);
     // Refuse now what the restore could not rebuild.

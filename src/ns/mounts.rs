@@ -191,7 +191,12 @@ pub struct Step {
 }
 
 fn is_fresh_kind(fsname: &str) -> bool {
-    matches!(fsname, "proc" | "sysfs" | "tmpfs" | "devpts" | "mqueue" | "cgroup2")
+    // cgroup (v1) and cgroup2 with root "/" are the container's own cgroup
+    // in its cgroup namespace: mounted afresh in the new one.
+    matches!(
+        fsname,
+        "proc" | "sysfs" | "tmpfs" | "devpts" | "mqueue" | "cgroup" | "cgroup2"
+    )
 }
 
 /// Orders the entries parents first and decides how each comes back.
