@@ -29,6 +29,7 @@ pub mod proc;
 pub mod regs;
 pub mod restore;
 pub mod rpc;
+pub mod runtime;
 pub mod sys;
 
 /// Fails with a clear message when not running as root.

@@ -137,6 +137,11 @@ impl Podman {
 
     /// Starts a container named `name` running the workload.
     fn run(&self, name: &str) {
+        self.run_with(name, "runc");
+    }
+
+    /// The same with podman's `--runtime RUNTIME`.
+    fn run_with(&self, name: &str, runtime: &str) {
         let (nofile, nproc) = (soft_limit(libc::RLIMIT_NOFILE), soft_limit(libc::RLIMIT_NPROC));
         let netns = format!("ns:/run/netns/{}", self.netns);
         let sc = script(&self.marker);
@@ -146,7 +151,7 @@ impl Podman {
             "--name",
             name,
             "--runtime",
-            "runc",
+            runtime,
             "--ulimit",
             &format!("nofile={nofile}:{nofile}"),
             "--ulimit",
@@ -396,4 +401,39 @@ fn podman_import_of_a_foreign_archive_fails_cleanly() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(p.marked().len(), 1, "only the original runs: {:?}", p.marked());
     assert_eq!(p.status("c1"), "running");
+}
+
+/// `cryo-runtime-runc` as podman's --runtime: every verb goes to runc,
+/// checkpoint and restore run with cryo as the engine even though no
+/// `criu` of cryo's is on PATH.
+#[test]
+fn podman_with_the_cryo_runtime_wrapper() {
+    let Some(p) = Podman::new("pm-wrap") else { return };
+    fs::remove_file(p.tmp.join("bin/criu")).unwrap();
+    let wrapper = p.tmp.join("bin/cryo-runtime-runc");
+    std::os::unix::fs::symlink(cryo_bin(), &wrapper).unwrap();
+    p.run_with("w1", s(&wrapper));
+    let bundle = p.bundle("w1");
+    p.ok(&["container", "checkpoint", "--keep", "w1"]);
+    let log = fs::read_to_string(bundle.join("dump.log")).unwrap_or_default();
+    assert!(
+        log.contains("serving DUMP as criu"),
+        "the dump did not go through cryo:\n{log}"
+    );
+    assert_eq!(p.status("w1"), "exited");
+    p.ok(&["container", "restore", "w1"]);
+    assert_eq!(p.status("w1"), "running");
+    p.wait_steps("w1", 3);
+    assert_unbroken(&p, "w1");
+    // Over a runtime without checkpoint support the wrapper says why.
+    if have("crun") {
+        let o = Command::new(cryo_bin())
+            .args(["runtime", "checkpoint", "w1"])
+            .env("CRYO_RUNTIME", "crun")
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("crun has no checkpoint support"), "{err}");
+    }
 }
