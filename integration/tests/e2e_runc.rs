@@ -614,6 +614,21 @@ fn runc_checkpoint_refusals_leave_the_container_running() {
         }
     }
 
+    // Its runtime state cannot be read: runc says so, the container runs on.
+    let state = r.state.join(&id).join("state.json");
+    let hidden = r.state.join(&id).join("state.json.hidden");
+    fs::rename(&state, &hidden).unwrap();
+    let o = r.checkpoint(&id, &img, &work, &[]);
+    fs::rename(&hidden, &state).unwrap();
+    assert!(!o.status.success(), "checkpoint without a readable runtime state");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("does not exist"),
+        "{}",
+        describe(&o)
+    );
+    assert_eq!(r.status(&id), "running");
+    wait_step(&out, 2);
+
     // A stopped container: runc refuses, the engine is not reached.
     let o = r.runc_out(&["kill", &id, "KILL"]);
     assert!(o.status.success(), "{}", describe(&o));
