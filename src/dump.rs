@@ -305,7 +305,7 @@ fn write_images(opts: &DumpOpts, dir: &ImageDir, frozen: &Frozen, stats: &mut Du
             threads: p.tids.iter().map(|&t| view.pid(t)).collect::<Result<_>>()?,
         });
     }
-    check_groups(&pstree, opts.shell_job)?;
+    check_groups(&pstree)?;
     dir.write_image("pstree.img", Kind::Pstree, &pstree)?;
     let mut tree = HashMap::new();
     for p in &frozen.procs {
@@ -315,6 +315,20 @@ fn write_images(opts: &DumpOpts, dir: &ImageDir, frozen: &Frozen, stats: &mut Du
     }
     files.resolve_pidfds(&tree)?;
     files.write_images(dir)?;
+    let ipc_ino = ns_inodes(root.pid)?["ipc"];
+    let live: Vec<i32> = frozen
+        .procs
+        .iter()
+        .filter(|p| p.zombie.is_none())
+        .map(|p| p.pid)
+        .collect();
+    crate::ipc::sysv::dump(
+        dir,
+        ids.ns_id("ipc", ipc_ino),
+        &live,
+        root.pid,
+        ipc_ino != own_ns["ipc"],
+    )?;
     dir.write_image(
         "seccomp.img",
         Kind::Seccomp,
@@ -342,25 +356,26 @@ fn write_images(opts: &DumpOpts, dir: &ImageDir, frozen: &Frozen, stats: &mut Du
     Ok(())
 }
 
-/// Every process group and session must have its leader in the tree (or,
-/// for a shell job, be the shell's own), or the restore could not
-/// recreate it. A group whose leader exited needs a placeholder task at
-/// restore, which cryo does not create yet: refuse it here, while the tree
-/// can still run on untouched.
-fn check_groups(pstree: &[pb::PstreeEntry], shell_job: bool) -> Result<()> {
-    let root = &pstree[0];
-    let known = |id: u32| pstree.iter().any(|e| e.pid == id);
+/// Refuses, while the tree can still run on untouched, the session
+/// layouts the restore could not recreate.
+fn check_groups(pstree: &[pb::PstreeEntry]) -> Result<()> {
+    // Sessions and groups whose leader is gone (or outside) are recreated
+    // with placeholders at restore (restore/session.rs). What cannot be:
+    // a task in the session of another task of the tree while its parent
+    // is in a different one (the parent called setsid() after forking it:
+    // a session is entered only by fork).
+    let by_pid = |id: u32| pstree.iter().find(|e| e.pid == id);
     for e in pstree {
-        for (what, id, outside_ok) in [
-            ("session", e.sid, shell_job && e.sid == root.sid),
-            ("process group", e.pgid, shell_job && e.pgid == root.pgid),
-        ] {
-            if id != 0 && !known(id) && !outside_ok {
-                bail!(
-                    "pid {} is in {what} {id}, whose leader is not in the dumped tree (it exited or lives outside); such {what}s cannot be recreated yet",
-                    e.pid
-                );
-            }
+        let Some(parent) = by_pid(e.ppid) else { continue };
+        if e.sid != e.pid && e.sid != parent.sid && by_pid(e.sid).is_some() {
+            bail!(
+                "pid {} is in session {} of pid {}, but its parent {} moved to session {} after forking it; such a tree cannot be recreated",
+                e.pid,
+                e.sid,
+                e.sid,
+                parent.pid,
+                parent.sid
+            );
         }
     }
     Ok(())
@@ -473,6 +488,7 @@ fn dump_process(
                 mask: w(3),
             };
         }
+        out.timers_read_at_ns = crate::restore::timers::realtime_ns();
         for (i, which) in [libc::ITIMER_REAL, libc::ITIMER_VIRTUAL, libc::ITIMER_PROF]
             .into_iter()
             .enumerate()
@@ -581,7 +597,12 @@ fn dump_process(
     }
     // Files: exe, mapped files, fds, cwd/root.
     let exe = fs::read_link(format!("/proc/{pid}/exe")).with_context(|| format!("Cannot read /proc/{pid}/exe"))?;
-    let exe_id = files.reg_path(&exe.to_string_lossy(), 0, 0)?;
+    let exe = exe.to_string_lossy();
+    let exe_id = if exe.ends_with(" (deleted)") {
+        files.unlinked_mapping(pid, &exe, &format!("/proc/{pid}/exe"), libc::O_RDONLY as u32)?
+    } else {
+        files.reg_path(&exe, 0, 0)?
+    };
     let mut vma_entries = Vec::with_capacity(vmas.len());
     let pagemap =
         fs::File::open(format!("/proc/{pid}/pagemap")).with_context(|| format!("Cannot open /proc/{pid}/pagemap"))?;
@@ -595,9 +616,12 @@ fn dump_process(
             VmaKind::FilePrivate | VmaKind::FileShared => {
                 let path = v.path.as_deref().unwrap_or_default();
                 if v.deleted() {
-                    bail!("pid {pid} maps the deleted file {path}; deleted mappings are not supported yet");
+                    let flags = mem::vma_entry(v, Some(0)).fdflags.unwrap_or(0);
+                    let via = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
+                    Some(files.unlinked_mapping(pid, path, &via, flags)?)
+                } else {
+                    Some(files.reg_path(path, 0, 0)?)
                 }
-                Some(files.reg_path(path, 0, 0)?)
             }
             VmaKind::AnonShared => bail!(
                 "pid {pid} has shared anonymous memory at {:#x}-{:#x}; not supported yet",
@@ -735,6 +759,7 @@ fn dump_process(
                     virt: (it(&inj_out.itimers[1])),
                     prof: (it(&inj_out.itimers[2])),
                     posix: inj_out.posix.clone(),
+                    cryo_read_at_ns: Some(inj_out.timers_read_at_ns),
                 }),
                 rlimits: Some(pb::TaskRlimitsEntry {
                     rlimits: rlimits.clone(),
@@ -902,6 +927,8 @@ struct Injected {
     pdeathsig: u32,
     subreaper: bool,
     posix: Vec<pb::PosixTimerEntry>,
+    /// CLOCK_REALTIME (ns) when the timers were read.
+    timers_read_at_ns: u64,
 }
 
 impl Default for Injected {
@@ -918,6 +945,7 @@ impl Default for Injected {
             pdeathsig: 0,
             subreaper: false,
             posix: Vec::new(),
+            timers_read_at_ns: 0,
         }
     }
 }

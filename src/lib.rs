@@ -20,6 +20,7 @@ pub mod files;
 pub mod freeze;
 pub mod hooks;
 pub mod image;
+pub mod ipc;
 pub mod kerndat;
 pub mod log;
 pub mod mem;

@@ -15,6 +15,7 @@ pub const VMA_FILE_PRIVATE: u32 = 0x40;
 pub const VMA_FILE_SHARED: u32 = 0x80;
 pub const VMA_ANON_SHARED: u32 = 0x100;
 pub const VMA_ANON_PRIVATE: u32 = 0x200;
+pub const VMA_AREA_SYSVIPC: u32 = 0x400;
 pub const VMA_AREA_VVAR: u32 = 0x1000;
 
 // pagemap_entry.flags.
@@ -37,6 +38,8 @@ pub enum VmaKind {
     FilePrivate,
     FileShared,
     AnonShared,
+    /// A System V shared memory attachment (see `ipc::sysv`).
+    SysvShm,
     Vdso,
     Vvar,
     Vsyscall,
@@ -50,6 +53,8 @@ impl VmaKind {
             VmaKind::Vdso
         } else if v.is_vvar() {
             VmaKind::Vvar
+        } else if crate::ipc::sysv::is_sysv(v) {
+            VmaKind::SysvShm
         } else if is_file_backed(v) {
             if v.shared {
                 VmaKind::FileShared
@@ -75,6 +80,8 @@ impl VmaKind {
             VmaKind::Vdso
         } else if status & VMA_AREA_VVAR != 0 {
             VmaKind::Vvar
+        } else if status & VMA_AREA_SYSVIPC != 0 {
+            VmaKind::SysvShm
         } else if status & VMA_FILE_PRIVATE != 0 {
             VmaKind::FilePrivate
         } else if status & VMA_FILE_SHARED != 0 {
@@ -141,6 +148,7 @@ pub fn vma_entry(v: &Vma, file_id: Option<u32>) -> pb::VmaEntry {
         }
         VmaKind::FilePrivate => status |= VMA_FILE_PRIVATE,
         VmaKind::FileShared => status |= VMA_FILE_SHARED,
+        VmaKind::SysvShm => status |= VMA_AREA_SYSVIPC,
         VmaKind::Vdso => {
             flags |= libc::MAP_ANONYMOUS as u32;
             status |= VMA_AREA_VDSO | VMA_ANON_PRIVATE;
@@ -160,13 +168,21 @@ pub fn vma_entry(v: &Vma, file_id: Option<u32>) -> pb::VmaEntry {
     if v.vmflags.iter().any(|f| f == "lo") {
         flags |= libc::MAP_LOCKED as u32;
     }
-    let file = matches!(kind, VmaKind::FilePrivate | VmaKind::FileShared);
+    let sysv = kind == VmaKind::SysvShm;
+    let file = matches!(kind, VmaKind::FilePrivate | VmaKind::FileShared) || sysv;
     let madv = madv_from_vmflags(&v.vmflags);
     pb::VmaEntry {
         start: v.start,
         end: v.end,
         pgoff: if file { v.offset } else { 0 },
-        shmid: if file { u64::from(file_id.unwrap_or(0)) } else { 0 },
+        // A SysV attachment: the segment id (its inode number in maps).
+        shmid: if sysv {
+            v.inode
+        } else if file {
+            u64::from(file_id.unwrap_or(0))
+        } else {
+            0
+        },
         prot: v.prot,
         flags,
         status,
@@ -174,11 +190,14 @@ pub fn vma_entry(v: &Vma, file_id: Option<u32>) -> pb::VmaEntry {
         madv: (madv != 0).then_some(madv),
         cryo_lock_onfault: v.vmflags.iter().any(|f| f == "lf").then_some(true),
         cryo_guards: Vec::new(),
-        fdflags: file.then_some(if v.shared && v.prot & libc::PROT_WRITE as u32 != 0 {
-            libc::O_RDWR as u32
-        } else {
-            libc::O_RDONLY as u32
-        }),
+        // SysV: attached writable (VM_MAYWRITE) or SHM_RDONLY.
+        fdflags: file.then_some(
+            if v.shared && (v.prot & libc::PROT_WRITE as u32 != 0 || (sysv && v.vmflags.iter().any(|f| f == "mw"))) {
+                libc::O_RDWR as u32
+            } else {
+                libc::O_RDONLY as u32
+            },
+        ),
     }
 }
 

@@ -310,12 +310,9 @@ fn assert_counts_on(r: &Runc, id: &str, before: u64, after_out: &Path) {
     let ex = r.runc_out(&["exec", id, "hostname"]);
     assert!(ex.status.success(), "runc exec: {}", describe(&ex));
     assert_eq!(String::from_utf8_lossy(&ex.stdout).trim(), HOSTNAME);
-    // The counter file inside the container follows the restored counter.
-    let c: u64 = fs::read_to_string(r.bundle.join("rootfs/counter"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    // The counter file inside the container follows the restored counter
+    // (the shell truncates it before each write: read until it holds one).
+    let c = read_counter(&r.bundle.join("rootfs/counter"));
     assert!(c > before, "counter file {c} after restore, checkpoint at {before}");
     let nspid = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     assert!(
@@ -324,6 +321,19 @@ fn assert_counts_on(r: &Runc, id: &str, before: u64, after_out: &Path) {
             .any(|l| l.starts_with("NSpid:") && l.trim_end().ends_with("\t1")),
         "the restored init is pid 1 of its namespace:\n{nspid}"
     );
+}
+
+/// The number in the workload's counter file, read again while the shell
+/// is between truncating and writing it.
+fn read_counter(p: &Path) -> u64 {
+    let t0 = Instant::now();
+    loop {
+        if let Some(n) = fs::read_to_string(p).ok().and_then(|t| t.trim().parse().ok()) {
+            return n;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "{} holds no number", p.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 #[test]

@@ -221,6 +221,26 @@ fn timers_posix() {
 }
 
 #[test]
+fn timers_keep_wall_clock_deadlines_across_a_pause() {
+    require_root!();
+    // 3 s between dump and restore: the absolute timer's deadline (checked
+    // to within 1 s by the workload) and the relative ones must not move
+    // by those 3 s.
+    let what = "timers_keep_wall_clock_deadlines_across_a_pause";
+    let d = e2e::checkpoint(
+        what,
+        what,
+        bin!("timers"),
+        &["--check", "posix,itimers"],
+        Duration::from_millis(100),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let rpid = e2e::restore(&d.sc, "1", what);
+    let v = e2e::trigger_restored(rpid, d.pid, &d.log, 1, what);
+    assert!(v.starts_with("PASS"), "[{what}] {v}");
+}
+
+#[test]
 fn timers_overrun() {
     require_root!();
     simple("timers_overrun", bin!("timers"), &["--check", "overrun"]);
@@ -423,15 +443,27 @@ fn mem_sparse_4gib_small_image() {
 #[test]
 fn mem_deleted_exe() {
     require_root!();
-    // Not supported yet: the dump must refuse it cleanly and leave the
-    // original running (a restore of such a mapping needs its content
-    // saved like a ghost file).
+    // The workload runs a copy of itself that it then deletes: the exe
+    // link and the text mappings point at a deleted file, whose content
+    // the dump saves as a ghost file and the restore maps again.
     let dir = TempDir::new("delexe");
-    e2e::refused(
+    simple(
         "mem_deleted_exe",
         bin!("memshape"),
         &["--check", "deleted-exe", "--dir", cryo_integration::s(dir.path())],
-        "deleted",
+    );
+}
+
+#[test]
+fn mem_deleted_file_mappings() {
+    require_root!();
+    // A private (partly copied) and a shared mapping of one unlinked file:
+    // restored from one ghost file, so they still share its pages.
+    let dir = TempDir::new("deldata");
+    simple(
+        "mem_deleted_file_mappings",
+        bin!("memshape"),
+        &["--check", "deleted-data", "--dir", cryo_integration::s(dir.path())],
     );
 }
 
@@ -523,14 +555,23 @@ fn tree_stopped_child() {
 #[test]
 fn tree_sessions_and_groups() {
     require_root!();
-    // This tree has a process group whose leader exited: recreating it
-    // needs a placeholder task, which cryo does not create yet. The dump
-    // must refuse it cleanly and leave the tree running.
+    // Groups and sessions of every kind, among them a group whose leader
+    // was killed (its member a child of the root) and a session and group
+    // whose leader was killed (its member re-parented to the root, a
+    // subreaper): the restore recreates those with placeholder leaders.
+    shape("tree_sessions_and_groups", "sessions", &|_, _| {});
+}
+
+#[test]
+fn tree_session_left_by_the_parent_is_refused() {
+    require_root!();
+    // A1 is in the root's session but its parent A left it with setsid():
+    // sessions are entered only by fork, so no restore can rebuild this.
     e2e::refused(
-        "tree_sessions_and_groups",
+        "tree_session_left_by_the_parent_is_refused",
         bin!("shapes"),
-        &["--shape", "sessions"],
-        "cannot be recreated yet",
+        &["--shape", "leftsession"],
+        "cannot be recreated",
     );
 }
 

@@ -306,6 +306,17 @@ fn memshape_deleted_exe_passes_and_detects() {
     );
 }
 
+#[test]
+fn memshape_deleted_data_passes_and_detects() {
+    let d = TempDir::new("deldata");
+    expect_pass(bin!("memshape"), &["--check", "deleted-data", "--dir", s(d.path())]);
+    expect_fail(
+        bin!("memshape"),
+        &["--check", "deleted-data", "--dir", s(d.path()), "--corrupt"],
+        &["deleted-data: page checksums"],
+    );
+}
+
 // ---- tree shapes ------------------------------------------------------
 
 #[test]

@@ -7,7 +7,9 @@
 //! - `append.log` O_WRONLY|O_APPEND (after writing `first\n`);
 //! - `sparse.dat` O_RDWR, a 1 MiB sparse file, positioned at offset 4096;
 //! - fd 17, a dup2 of the O_RDONLY fd (shares its offset, no cloexec);
-//! - `cloexec.dat` O_RDONLY|O_CLOEXEC, positioned at offset 3.
+//! - `cloexec.dat` O_RDONLY|O_CLOEXEC, positioned at offset 3;
+//! - `before-rename.dat` O_RDONLY at offset 5, then renamed to
+//!   `after-rename.dat` (the fd must come back on the renamed file).
 //!
 //! On SIGUSR1 it checks each fd number is open on the same inode with the
 //! same F_GETFL access mode and O_APPEND, the same FD_CLOEXEC and the same
@@ -137,6 +139,13 @@ fn main() {
         wl::die("lseek cloexec.dat");
     }
 
+    std::fs::write(p("before-rename.dat"), b"renamed file\n").unwrap_or_else(|_| wl::die("write before-rename.dat"));
+    let rn = open(&p("before-rename.dat"), libc::O_RDONLY);
+    if lseek(rn, 5, libc::SEEK_SET) != 5 {
+        wl::die("lseek before-rename.dat");
+    }
+    std::fs::rename(p("before-rename.dat"), p("after-rename.dat")).unwrap_or_else(|_| wl::die("rename"));
+
     let expect = [
         Expect {
             name: "ro",
@@ -177,6 +186,14 @@ fn main() {
             fl: libc::O_RDONLY,
             cloexec: true,
             offset: 3,
+        },
+        Expect {
+            name: "renamed",
+            fd: rn,
+            path: p("after-rename.dat"),
+            fl: libc::O_RDONLY,
+            cloexec: false,
+            offset: 5,
         },
     ];
     let table: Vec<String> = expect.iter().map(|e| format!("{}={}", e.name, e.fd)).collect();

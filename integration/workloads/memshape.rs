@@ -34,11 +34,17 @@
 //!   D, re-executes the copy and deletes it: /proc/self/exe ends in
 //!   " (deleted)", the maps lines of the deleted file and the checksum of
 //!   its mapped code must be the same.
+//! - `deleted-data` (needs `--dir`): a 4-page file in D mapped twice, private
+//!   (page 1 written: copied on write) and shared (page 2 written), then
+//!   unlinked: both maps lines still end in " (deleted)", each page holds
+//!   its data, and a write through the shared mapping to page 3 shows in
+//!   the private one (whose page 3 was never copied): both still map one
+//!   file.
 //!
 //! `--corrupt` changes each checked shape after the trigger (page 8 made
 //! writable, a guard removed, the stack grown, DONTFORK undone, NOHUGEPAGE,
 //! a page unlocked, one more sparse page touched, an exe mapping made
-//! writable).
+//! writable, a page of the deleted data file rewritten).
 
 use cryo_integration::probe::{self, Only, Problems, PAGE};
 use cryo_integration::wl::{self, Args, Log};
@@ -53,6 +59,7 @@ const ALL: &[&str] = &[
     "mlock",
     "sparse",
     "deleted-exe",
+    "deleted-data",
 ];
 const DEFAULT: &[&str] = &["holes", "guard", "growsdown", "madvise", "thp", "mlock", "sparse"];
 
@@ -573,6 +580,86 @@ fn setup_deleted_exe(args: &Args) -> DelExe {
     }
 }
 
+struct DelData {
+    path: String,
+    private: usize,
+    shared: usize,
+    /// Checksums of the private mapping's 4 pages, then the shared one's.
+    sums: Vec<u64>,
+}
+
+fn open_flags(path: &str, flags: i32) -> i32 {
+    let c = CString::new(path).unwrap_or_default();
+    // SAFETY: `c` is a valid NUL-terminated path.
+    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC, 0o600) };
+    if fd < 0 {
+        wl::die(&format!("open {path}: {}", std::io::Error::last_os_error()));
+    }
+    fd
+}
+
+fn map_file(fd: i32, len: usize, flags: i32) -> usize {
+    // SAFETY: a new mapping chosen by the kernel; no existing memory is touched.
+    let a = unsafe { libc::mmap(std::ptr::null_mut(), len, RW, flags, fd, 0) };
+    if a == libc::MAP_FAILED {
+        wl::die(&format!("mmap of the data file: {}", std::io::Error::last_os_error()));
+    }
+    a as usize
+}
+
+fn setup_deleted_data(args: &Args) -> DelData {
+    let dir = args.value("dir").unwrap_or_else(|| wl::die("deleted-data needs --dir"));
+    let path = format!("{dir}/memshape-data");
+    let mut content = vec![0u8; 4 * PAGE];
+    for (i, b) in content.iter_mut().enumerate() {
+        *b = (i * 7 % 251) as u8;
+    }
+    std::fs::write(&path, &content).unwrap_or_else(|e| wl::die(&format!("write {path}: {e}")));
+    let fd = open_flags(&path, libc::O_RDWR);
+    let private = map_file(fd, 4 * PAGE, libc::MAP_PRIVATE);
+    let shared = map_file(fd, 4 * PAGE, libc::MAP_SHARED);
+    // SAFETY: our own descriptor, no longer needed (the mappings hold the file).
+    unsafe { libc::close(fd) };
+    probe::fill_at(private + PAGE, PAGE, 0xd1);
+    probe::fill_at(shared + 2 * PAGE, PAGE, 0xd2);
+    std::fs::remove_file(&path).unwrap_or_else(|e| wl::die(&format!("unlink {path}: {e}")));
+    let sums = (0..4)
+        .map(|i| probe::sum_at(private + i * PAGE, PAGE))
+        .chain((0..4).map(|i| probe::sum_at(shared + i * PAGE, PAGE)))
+        .collect();
+    DelData {
+        path,
+        private,
+        shared,
+        sums,
+    }
+}
+
+fn check_deleted_data(d: &DelData, p: &mut Problems) {
+    let c = "deleted-data";
+    for (name, at) in [("private", d.private), ("shared", d.shared)] {
+        let path = probe::maps_in(at, at + 4 * PAGE).first().map(|m| m.path.clone());
+        p.eq(
+            c,
+            &format!("{name} mapping's file"),
+            path,
+            Some(format!("{} (deleted)", d.path)),
+        );
+    }
+    let sums: Vec<u64> = (0..4)
+        .map(|i| probe::sum_at(d.private + i * PAGE, PAGE))
+        .chain((0..4).map(|i| probe::sum_at(d.shared + i * PAGE, PAGE)))
+        .collect();
+    p.eq(c, "page checksums (private then shared)", sums, d.sums.clone());
+    probe::fill_at(d.shared + 3 * PAGE, PAGE, 0xd3);
+    p.eq(
+        c,
+        "page 3 written through the shared mapping, read through the private one",
+        probe::sum_at(d.private + 3 * PAGE, PAGE),
+        probe::sum_at(d.shared + 3 * PAGE, PAGE),
+    );
+}
+
 fn check_deleted_exe(d: &DelExe, p: &mut Problems) {
     let c = "deleted-exe";
     let link = std::fs::read_link("/proc/self/exe")
@@ -599,6 +686,7 @@ fn main() {
     let lock = only.has("mlock").then(setup_mlock);
     let sparse = only.has("sparse").then(|| setup_sparse(args.num("gib", 4) as usize));
     let dexe = only.has("deleted-exe").then(|| setup_deleted_exe(&args));
+    let ddata = only.has("deleted-data").then(|| setup_deleted_data(&args));
     log.line(&format!("MEMSHAPE checks={}", only.list()));
     log.ready();
     while !wl::usr1_seen() {
@@ -636,6 +724,9 @@ fn main() {
                 probe::mprotect(l.0, l.1 - l.0, RW);
             }
         }
+        if let Some(d) = &ddata {
+            probe::fill_at(d.private, PAGE, 0xbad);
+        }
     }
 
     let mut p = Problems::new();
@@ -666,6 +757,9 @@ fn main() {
     }
     if let Some(d) = &dexe {
         check_deleted_exe(d, &mut p);
+    }
+    if let Some(d) = &ddata {
+        check_deleted_data(d, &mut p);
     }
     log.verdict(&p.v, &details);
 }

@@ -34,6 +34,9 @@
 //! - `subreaper`: the root is a child subreaper with a > B. After the
 //!   trigger a exits; B must then be the root's child (getppid, waitpid).
 //!
+//! - `leftsession`: A forks A1 and then calls setsid(): A1 is in the
+//!   root's session, its parent in its own (the dump must refuse this).
+//!
 //! `--corrupt`: deep/orphan/sessions: a member changes its process group;
 //! zombie: z1 is reaped early; stopped: the CLD_CONTINUED report is
 //! consumed early; pdeathsig: P never sets its pdeathsig; subreaper: the
@@ -549,6 +552,32 @@ fn subreaper(ctx: &'static Ctx) -> ! {
     finish(ctx, p, &[], &names(&["a", "B"]), "shape=subreaper");
 }
 
+/// A forks A1, then leaves the root's session with setsid(): A1 stays in
+/// the root's session while its parent is not (no restore can fork A1
+/// into that session again).
+fn leftsession(ctx: &'static Ctx) -> ! {
+    let a = spawn(move || {
+        ctx.pipe.close_r();
+        let a1 = spawn(move || {
+            ctx.pipe.close_r();
+            ctx.leaf(Want::me("A1"), 2, false)
+        });
+        // SAFETY: setsid takes no arguments.
+        if unsafe { libc::setsid() } < 0 {
+            wl::die("setsid A");
+        }
+        let want = Want::me("A");
+        ctx.ready(1);
+        member::live(ctx.log, &want, libc::SIGUSR2, &[a1], &no_extra, false)
+    });
+    let m = collect(ctx, 2);
+    ctx.log.line(&format!("LEFTSESSION A={a} A1={}", m[&2]));
+    ctx.log.ready();
+    wait_trigger();
+    wake(&[a, m[&2]]);
+    finish(ctx, Vec::new(), &[("A", a)], &names(&["A", "A1"]), "shape=leftsession");
+}
+
 fn main() {
     let args = Args::from_env();
     let log_path = args.required("log");
@@ -576,8 +605,9 @@ fn main() {
         "sessions" => sessions(ctx),
         "pdeathsig" => pdeathsig(ctx),
         "subreaper" => subreaper(ctx),
+        "leftsession" => leftsession(ctx),
         o => wl::die(&format!(
-            "--shape {o}: deep, orphan, zombie, stopped, sessions, pdeathsig or subreaper"
+            "--shape {o}: deep, orphan, zombie, stopped, sessions, pdeathsig, subreaper or leftsession"
         )),
     }
 }

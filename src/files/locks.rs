@@ -10,7 +10,9 @@
 //! Restore: each task takes its own locks right before the blob, after
 //! every temporary fd is closed (a close of any fd of a file drops the
 //! process's POSIX locks on it): flock, fcntl F_SETLK or F_OFD_SETLK on
-//! the restored fd, never blocking.
+//! the restored fd, never blocking. Leases (F_SETLEASE, shown as `LEASE
+//! ACTIVE` lines) are kept the same way, once per description; a lease
+//! being broken at dump time is refused.
 
 use std::collections::HashSet;
 
@@ -22,6 +24,8 @@ use crate::image::pb;
 pub const FL_POSIX: u32 = 1;
 pub const FL_FLOCK: u32 = 2;
 pub const FL_OFD: u32 = 4;
+/// A lease (F_SETLEASE) on an open file description (CRIU's FL_LEASE).
+pub const FL_LEASE: u32 = 8;
 
 /// One `lock:` line of fdinfo (the /proc/locks format).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,10 +56,14 @@ pub fn parse_lock(val: &str) -> std::result::Result<Lock, String> {
         "POSIX" => FL_POSIX,
         "FLOCK" => FL_FLOCK,
         "OFDLCK" => FL_OFD,
+        "LEASE" => FL_LEASE,
         k => return Err(bad(&format!("unsupported lock class {k}"))),
     };
-    if w[2] != "ADVISORY" {
-        return Err(bad(&format!("unsupported mode {}", w[2])));
+    match (flag, w[2]) {
+        (FL_LEASE, "ACTIVE") => {}
+        (FL_LEASE, m) => return Err(bad(&format!("a lease being broken ({m})"))),
+        (_, "ADVISORY") => {}
+        (_, m) => return Err(bad(&format!("unsupported mode {m}"))),
     }
     let write = match w[3] {
         "WRITE" => true,
@@ -154,6 +162,7 @@ pub fn restore(locks: &[pb::FileLockEntry], pid: i32) -> Result<()> {
                 match l.flag {
                     FL_POSIX => "POSIX",
                     FL_FLOCK => "flock",
+                    FL_LEASE => "lease",
                     _ => "OFD",
                 },
                 l.start,
@@ -174,6 +183,10 @@ pub fn restore(locks: &[pb::FileLockEntry], pid: i32) -> Result<()> {
                 let ty = if write { libc::F_WRLCK } else { libc::F_RDLCK };
                 crate::sys::fdops::set_lock(l.fd, cmd, ty as i16, l.start, l.len).with_context(what)?
             }
+            // The lease belongs to the description; its break signal goes
+            // to the process that sets it, as when the tree set it.
+            FL_LEASE => crate::sys::fdops::set_lease(l.fd, if write { libc::F_WRLCK } else { libc::F_RDLCK })
+                .with_context(what)?,
             f => bail!("pid {pid} fd {}: unknown lock flag {f}", l.fd),
         }
     }
@@ -202,7 +215,10 @@ mod tests {
         assert_eq!((f.flag, f.write, f.ino, f.start, f.len), (FL_FLOCK, false, 9, 0, 0));
         let o = parse_lock("3: OFDLCK ADVISORY  WRITE -1 fd:00:5 0 0").unwrap();
         assert_eq!((o.flag, o.pid, o.len), (FL_OFD, -1, 1));
-        assert!(parse_lock("4: LEASE  ACTIVE    READ 5 08:01:3 0 EOF").is_err());
+        let l = parse_lock("4: LEASE  ACTIVE    READ 5 08:01:3 0 EOF").unwrap();
+        assert_eq!((l.flag, l.write, l.pid, l.ino), (FL_LEASE, false, 5, 3));
+        assert!(parse_lock("4: LEASE  BREAKING  READ 5 08:01:3 0 EOF").is_err());
+        assert!(parse_lock("4: POSIX  MANDATORY  READ 5 08:01:3 0 EOF").is_err());
         assert!(parse_lock("5: POSIX  ADVISORY  WRITE 1 08:01:3 9 2").is_err());
         assert!(parse_lock("6: POSIX").is_err());
     }

@@ -22,6 +22,7 @@ use crate::proc::fdinfo::FdInfo;
 use crate::sys::{clone as sysc, tty as systty};
 
 pub mod anon;
+pub mod fown;
 pub mod inotify;
 pub mod locks;
 pub mod memfd;
@@ -30,6 +31,7 @@ pub mod pipe;
 pub mod reg;
 pub mod restore;
 pub mod shmem;
+pub mod tty;
 pub mod unix;
 
 /// fd_types values (image-format.md §3.15).
@@ -162,6 +164,9 @@ pub struct FileTable {
     pidfds: HashMap<i32, OwnedFd>,
     /// Ghost files by (dev, ino): their remap id.
     ghost_ids: HashMap<(u64, u64), u32>,
+    /// Ids of deleted files reached only through mappings or exe, by
+    /// (dev, ino, open flags).
+    mapped_ghosts: HashMap<(u64, u64, u32), u32>,
     remaps: Vec<pb::RemapFilePathEntry>,
     pipe_data: Vec<(pb::PipeDataEntry, Vec<u8>)>,
     fifo_data: Vec<(pb::PipeDataEntry, Vec<u8>)>,
@@ -187,6 +192,12 @@ pub struct FileTable {
     pidfd_holders: Vec<(u32, i32, i32)>,
     /// Raw files (memfd pages), not in the manifest.
     raw_images: Vec<ExtraImage>,
+    /// pty pairs and controlling terminals (see `tty`).
+    pub(crate) tty_state: tty::DumpState,
+    /// Owners (F_SETOWN) of descriptions, until resolved (see `fown`).
+    owners: Vec<fown::Owner>,
+    /// Descriptors in flight in socket queues, as received by cryo.
+    inflight: Vec<OwnedFd>,
 }
 
 pub(crate) fn fown0() -> pb::FownEntry {
@@ -213,6 +224,12 @@ impl FileTable {
         }
         let p = &self.pidfds[&pid];
         sysc::pidfd_getfd(p.as_fd(), fd).with_context(|| format!("pidfd_getfd of pid {pid} fd {fd}"))
+    }
+
+    /// A REG entry, with its content saved as a ghost file, for a deleted
+    /// file `pid` maps or runs (see `reg::dump_unlinked_mapping`).
+    pub fn unlinked_mapping(&mut self, pid: i32, link: &str, proc_path: &str, flags: u32) -> Result<u32> {
+        reg::dump_unlinked_mapping(self, pid, link, proc_path, flags)
     }
 
     /// A REG entry for a path not tied to an open fd (exe, mapped file,
@@ -252,6 +269,7 @@ impl FileTable {
     /// Dumps the fd table of `pid`.
     pub fn dump_fds(&mut self, pid: i32, shell_job: bool, stat: &proc::stat::Stat) -> Result<Vec<pb::FdinfoEntry>> {
         let mut out = Vec::new();
+        self.tty_state.note_task(stat);
         for fd in proc::fds(pid as u32)? {
             let lpath = format!("/proc/{pid}/fd/{fd}");
             let link = match fs::read_link(&lpath) {
@@ -295,7 +313,11 @@ impl FileTable {
             };
             let (id, ty) = match shared {
                 Some(id) => (id, self.types[&id]),
-                None => self.dump_one(&ctx, &kind, shell_job, stat)?,
+                None => {
+                    let (id, ty) = self.dump_one(&ctx, &kind, shell_job, stat)?;
+                    self.note_owner(pid, fd, id)?;
+                    (id, ty)
+                }
             };
             self.types.insert(id, ty);
             self.seen.push((pid, fd, dev, ino, id));
@@ -324,9 +346,8 @@ impl FileTable {
                 let md = f.md.expect("pty has metadata");
                 let owned_by_tree = stat.tty_nr as u64 == md.rdev() && stat.session == pid as u32;
                 if !shell_job && !owned_by_tree {
-                    bail!(
-                        "pid {pid} fd {fd} is the terminal {link}, which belongs to a session outside the dumped tree; pass --shell-job"
-                    );
+                    // Fine if its master is in the dump (checked at the end).
+                    self.tty_state.defer_unowned(pid, fd, link, *index);
                 }
                 let info_id = self.tty_info(*index, link, md, stat)?;
                 let regf = self.reg_path(link, 0, 0)?;
@@ -344,6 +365,12 @@ impl FileTable {
                     ..Default::default()
                 });
                 (id, FD_TTY)
+            }
+            FdKind::OtherTty
+                if f.md
+                    .is_some_and(|m| (major(m.rdev()), minor(m.rdev())) == tty::PTMX_RDEV) =>
+            {
+                (tty::dump_master(self, f)?, FD_TTY)
             }
             FdKind::OtherTty => {
                 bail!("pid {pid} fd {fd}: terminal {link} is not supported yet (only pseudo-terminal slaves)")
@@ -366,8 +393,10 @@ impl FileTable {
 
     /// Writes files.img and every image that goes with the file entries
     /// (tty-info, remap-fpath, ghost files, pipe and FIFO data...).
-    pub fn write_images(&self, dir: &ImageDir) -> Result<()> {
+    pub fn write_images(&mut self, dir: &ImageDir) -> Result<()> {
         unix::check_peers(self)?;
+        let tty_data = tty::finish(self)?;
+        tty::write_data(dir, &tty_data)?;
         dir.write_image(image::names::FILES, Kind::Files, &self.entries)?;
         if !self.tty_infos.is_empty() {
             dir.write_image(image::names::TTY_INFO, Kind::TtyInfo, &self.tty_infos)?;

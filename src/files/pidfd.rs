@@ -57,6 +57,8 @@ impl FileTable {
     /// Turns the targets of the pidfds (host pids) into pids of the tree,
     /// given every task and thread of the tree (host → tree pid).
     pub fn resolve_pidfds(&mut self, tree: &HashMap<i32, i32>) -> Result<()> {
+        self.resolve_owners(tree);
+        self.tty_state.translate(tree);
         for (id, holder, fd) in std::mem::take(&mut self.pidfd_holders) {
             let Some(p) = self
                 .entries

@@ -72,36 +72,91 @@ pub(crate) fn dump(t: &mut FileTable, f: &FdCtx) -> Result<u32> {
                 f.link
             );
         }
-        let remap_id = match t.ghost_ids.get(&(md.dev(), md.ino())) {
-            Some(&g) => g,
-            None => {
-                let g = t.ghost_ids.len() as u32 + 1;
-                let bytes = ghost_image(f, md)
-                    .with_context(|| format!("pid {pid} fd {fd}: cannot save the deleted file {name}"))?;
-                t.extra_images.push(ExtraImage {
-                    name: image::names::ghost_file(g),
-                    bytes,
-                });
-                t.ghost_ids.insert((md.dev(), md.ino()), g);
-                g
-            }
-        };
-        t.remaps.push(pb::RemapFilePathEntry {
-            orig_id: id,
-            remap_id,
-            remap_type: Some(pb::RemapType::Ghost as i32),
-        });
+        add_ghost(t, id, md, &f.proc_path())
+            .with_context(|| format!("pid {pid} fd {fd}: cannot save the deleted file {name}"))?;
     }
     Ok(id)
 }
 
-/// The bytes of a ghost-file image for the deleted file behind `f`.
-fn ghost_image(f: &FdCtx, md: &fs::Metadata) -> Result<Vec<u8>> {
+/// A file id for a deleted file that `pid` maps or runs but need not hold
+/// open: `link` is what /proc shows ("PATH (deleted)"), `proc_path` a
+/// /proc link that reaches the inode (/proc/PID/map_files/A-B or
+/// /proc/PID/exe), `flags` the open mode a mapping of it needs. The
+/// content is saved as a ghost file, once per inode; one id per (inode,
+/// flags), shared by every mapping and process.
+pub(crate) fn dump_unlinked_mapping(
+    t: &mut FileTable,
+    pid: i32,
+    link: &str,
+    proc_path: &str,
+    flags: u32,
+) -> Result<u32> {
+    let name = link.strip_suffix(DELETED).unwrap_or(link);
+    let md = fs::metadata(proc_path).with_context(|| format!("pid {pid}: cannot stat {proc_path} ({link})"))?;
+    if !md.is_file() {
+        bail!("pid {pid} maps {link}, a deleted non-regular file; not supported");
+    }
+    if md.nlink() != 0 {
+        bail!("pid {pid} maps {link}, which was unlinked but still has other hard links; not supported");
+    }
+    let key = (md.dev(), md.ino(), flags);
+    if let Some(&id) = t.mapped_ghosts.get(&key) {
+        return Ok(id);
+    }
+    let id = t.new_id();
+    t.entries.push(pb::FileEntry {
+        r#type: FD_REG,
+        id,
+        reg: Some(pb::RegFileEntry {
+            id,
+            flags,
+            pos: 0,
+            fown: fown0(),
+            name: name.to_string(),
+            size: Some(md.len()),
+            mode: Some(md.mode()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    add_ghost(t, id, &md, proc_path)
+        .with_context(|| format!("pid {pid}: cannot save the deleted mapped file {name}"))?;
+    t.mapped_ghosts.insert(key, id);
+    Ok(id)
+}
+
+/// Ties REG entry `id` to the ghost file of inode `md` (saved from
+/// `proc_path` the first time that inode is seen).
+fn add_ghost(t: &mut FileTable, id: u32, md: &fs::Metadata, proc_path: &str) -> Result<()> {
+    let remap_id = match t.ghost_ids.get(&(md.dev(), md.ino())) {
+        Some(&g) => g,
+        None => {
+            let g = t.ghost_ids.len() as u32 + 1;
+            let bytes = ghost_image(proc_path, md)?;
+            t.extra_images.push(ExtraImage {
+                name: image::names::ghost_file(g),
+                bytes,
+            });
+            t.ghost_ids.insert((md.dev(), md.ino()), g);
+            g
+        }
+    };
+    t.remaps.push(pb::RemapFilePathEntry {
+        orig_id: id,
+        remap_id,
+        remap_type: Some(pb::RemapType::Ghost as i32),
+    });
+    Ok(())
+}
+
+/// The bytes of a ghost-file image for the deleted file reached through
+/// the /proc link `path`.
+fn ghost_image(path: &str, md: &fs::Metadata) -> Result<Vec<u8>> {
     let size = md.len();
     if md.blocks() * 512 > GHOST_LIMIT && size > GHOST_LIMIT {
         bail!("it holds {size} bytes (the limit is {GHOST_LIMIT})");
     }
-    let file = fs::File::open(f.proc_path()).with_context(|| format!("Cannot open {}", f.proc_path()))?;
+    let file = fs::File::open(path).with_context(|| format!("Cannot open {path}"))?;
     let chunks = size >= CHUNKS_FROM;
     let head = pb::GhostFileEntry {
         uid: md.uid(),

@@ -21,8 +21,8 @@ use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::unistd;
 
 use super::{
-    anon, inotify, memfd, pipe, reg, shmem, unix, FD_EVENTFD, FD_EVENTPOLL, FD_FIFO, FD_INOTIFY, FD_MEMFD, FD_PIDFD,
-    FD_PIPE, FD_REG, FD_SIGNALFD, FD_TIMERFD, FD_TTY, FD_UNIXSK,
+    anon, inotify, memfd, pipe, reg, shmem, tty, unix, FD_EVENTFD, FD_EVENTPOLL, FD_FIFO, FD_INOTIFY, FD_MEMFD,
+    FD_PIDFD, FD_PIPE, FD_REG, FD_SIGNALFD, FD_TIMERFD, FD_TTY, FD_UNIXSK,
 };
 use crate::image::{names, pb, ImageDir, Kind};
 use crate::proc;
@@ -42,12 +42,16 @@ pub struct Extra {
     pub fifo_data: HashMap<u32, pipe::PipeData>,
     /// Queued socket messages by the socket's file id.
     pub sk_queues: HashMap<u32, Vec<Vec<u8>>>,
+    /// Descriptors in flight: socket file id → message index → file ids.
+    pub sk_rights: HashMap<u32, HashMap<usize, Vec<u32>>>,
     /// memfd inodes (with their content) by inode id.
     pub memfds: HashMap<u32, memfd::Inode>,
     /// Anonymous shared memory: shmid → synthetic file id (see `shmem`).
     pub shmem: HashMap<u64, u32>,
     /// File locks (filelocks.img).
     pub locks: Vec<pb::FileLockEntry>,
+    /// pty pairs of the dump and their queued bytes.
+    pub ttys: tty::Loaded,
     /// The caller's substitutes (CRIU's inherit_fd): "pipe:[INO]" → an
     /// engine fd every task inherits; a pipe with that inode is not
     /// recreated, its descriptors become copies of that fd.
@@ -106,16 +110,36 @@ pub fn load(dir: &ImageDir, files: &HashMap<u32, pb::FileEntry>) -> Result<Extra
                     e.id_for
                 ),
             }
-            if !e.scm.is_empty() {
-                bail!(
-                    "{path}: a message of file id {} carries control data; not supported",
-                    e.id_for
-                );
+            let idx = x.sk_queues.get(&e.id_for).map_or(0, Vec::len);
+            for scm in &e.scm {
+                if scm.r#type != libc::SCM_RIGHTS as u32 {
+                    bail!(
+                        "{path}: a message of file id {} carries control data of type {}; not supported",
+                        e.id_for,
+                        scm.r#type
+                    );
+                }
+                for r in &scm.rights {
+                    match files.get(r) {
+                        Some(f) if f.r#type != FD_UNIXSK => {}
+                        _ => bail!(
+                            "{path}: a message of file id {} carries file id {r}, which is not a file of files.img that can be in flight",
+                            e.id_for
+                        ),
+                    }
+                }
+                x.sk_rights
+                    .entry(e.id_for)
+                    .or_default()
+                    .entry(idx)
+                    .or_default()
+                    .extend_from_slice(&scm.rights);
             }
             x.sk_queues.entry(e.id_for).or_default().push(data);
         }
     }
     x.memfds = memfd::load(dir)?;
+    x.ttys = tty::load(dir)?;
     if dir.exists(names::FILE_LOCKS) {
         x.locks = dir.read_image(names::FILE_LOCKS, Kind::FileLocks)?;
     }
@@ -207,8 +231,9 @@ pub fn check_fd(
             }
         }
         FD_TTY if fe.tty.is_some() => {
+            let inside = fe.tty.as_ref().is_some_and(|t| fx.ttys.inside.contains(&t.tty_info_id));
             // A container's console is re-created in its devpts (ns::Console).
-            if !shell_job && opts.root.is_none() {
+            if !shell_job && !inside && opts.root.is_none() {
                 bail!(
                     "pid {pid} fd {} is a terminal of the dumping session; restore with --shell-job",
                     f.fd
@@ -243,6 +268,8 @@ enum GroupKey {
     Unix(u32),
     /// Every description of one memfd (by inode id).
     Memfd(u32),
+    /// Both ends of a pty pair of the dump (by pty index).
+    Pty(u32),
 }
 
 #[derive(Debug)]
@@ -278,6 +305,14 @@ fn group_key(plan: &Plan, id: u32, unix_comp: &HashMap<u32, u32>) -> GroupKey {
         (FD_PIPE, Some(p), _) => GroupKey::Pipe(p.pipe_id),
         (FD_FIFO, _, Some(f)) => GroupKey::Fifo(f.pipe_id),
         (FD_MEMFD, _, _) if fe.memfd.is_some() => GroupKey::Memfd(fe.memfd.as_ref().map_or(0, |m| m.inode_id)),
+        (FD_TTY, _, _)
+            if fe
+                .tty
+                .as_ref()
+                .is_some_and(|t| plan.fx.ttys.inside.contains(&t.tty_info_id)) =>
+        {
+            GroupKey::Pty(fe.tty.as_ref().map_or(0, |t| t.tty_info_id >> 1))
+        }
         _ => GroupKey::Single(id),
     }
 }
@@ -349,8 +384,46 @@ impl Layout {
                 users.entry(f.id).or_default().insert(i, ());
             }
             for v in &t.mm.vmas {
-                if let Some(id) = shmem::vma_file_id(v, &plan.files, &plan.fx.shmem) {
+                if let Some(id) = shmem::vma_file_id(v, &plan.files, &plan.fx.shmem, &plan.fx.ghost_of) {
                     users.entry(id).or_default().insert(i, ());
+                }
+            }
+            // A deleted executable: the exe link is set from the ghost.
+            if plan.fx.ghost_of.contains_key(&t.mm.exe_file_id) {
+                users.entry(t.mm.exe_file_id).or_default().insert(i, ());
+            }
+        }
+        for (id, i) in tty::extra_users(plan) {
+            users.entry(id).or_default().insert(i, ());
+        }
+        // Descriptors in flight: created before their socket's group, by an
+        // ancestor of every task of that group.
+        let all_unix: Vec<u32> = users
+            .keys()
+            .copied()
+            .filter(|id| plan.files[id].r#type == FD_UNIXSK)
+            .collect();
+        let comp = unix::components(&plan.files, &all_unix);
+        let mut rights_of: HashMap<u32, Vec<u32>> = HashMap::new();
+        for (s, msgs) in &plan.fx.sk_rights {
+            if users.contains_key(s) {
+                rights_of
+                    .entry(*s)
+                    .or_default()
+                    .extend(msgs.values().flatten().copied());
+            }
+        }
+        for (s, rights) in &rights_of {
+            let c = comp.get(s).copied();
+            let group_users: Vec<usize> = all_unix
+                .iter()
+                .filter(|id| *id == s || (c.is_some() && comp.get(id).copied() == c))
+                .flat_map(|id| users[id].keys().copied().collect::<Vec<_>>())
+                .collect();
+            for r in rights {
+                let u = users.entry(*r).or_default();
+                for &t in &group_users {
+                    u.insert(t, ());
                 }
             }
         }
@@ -381,6 +454,15 @@ impl Layout {
                     .unwrap_or(0);
                 depth.insert(*ep, d);
             }
+        }
+        for (s, rights) in &rights_of {
+            let d = 1 + rights
+                .iter()
+                .map(|r| depth.get(r).copied().unwrap_or(0))
+                .max()
+                .unwrap_or(0);
+            let e = depth.entry(*s).or_default();
+            *e = (*e).max(d);
         }
         let mut slot = HashMap::new();
         for (n, id) in users.keys().enumerate() {
@@ -455,8 +537,13 @@ fn create(plan: &Plan, g: &Group, lay: &Layout, efds: EngineFds) -> Result<Vec<(
         }
         GroupKey::Pipe(p) => out = pipe::create_pipe(&plan.files, &g.ids, plan.fx.pipe_data.get(&p))?,
         GroupKey::Fifo(p) => out = pipe::create_fifo(&plan.files, &g.ids, plan.fx.fifo_data.get(&p))?,
-        GroupKey::Unix(_) => out = unix::create_group(&plan.files, &g.ids, &plan.fx.sk_queues)?,
+        GroupKey::Unix(_) => {
+            out = unix::create_group(&plan.files, &g.ids, &plan.fx.sk_queues, &plan.fx.sk_rights, |id| {
+                lay.slot.get(&id).copied()
+            })?
+        }
         GroupKey::Memfd(i) => out = memfd::create(&plan.files, &g.ids, &plan.fx.memfds[&i])?,
+        GroupKey::Pty(i) => out = tty::create_pair(&plan.files, &plan.ttys, &plan.fx.ttys, &g.ids, i)?,
         GroupKey::Single(id) => {
             let fe = &plan.files[&id];
             let fd = match fe.r#type {

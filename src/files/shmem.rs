@@ -169,14 +169,21 @@ pub fn attach<'a>(
     Ok(out)
 }
 
-/// The file id a restored VMA maps through a slot (a memfd description or
-/// a synthetic anonymous shmem one), if any.
-pub fn vma_file_id(v: &pb::VmaEntry, files: &HashMap<u32, pb::FileEntry>, anon: &HashMap<u64, u32>) -> Option<u32> {
+/// The file id a restored VMA maps through a slot (a memfd description,
+/// a synthetic anonymous shmem one, or a recreated ghost file: `ghosts`
+/// holds the ids of the ghost REG entries), if any.
+pub fn vma_file_id<V>(
+    v: &pb::VmaEntry,
+    files: &HashMap<u32, pb::FileEntry>,
+    anon: &HashMap<u64, u32>,
+    ghosts: &HashMap<u32, V>,
+) -> Option<u32> {
     match VmaKind::from_status(v.status)? {
         VmaKind::AnonShared => anon.get(&v.shmid).copied(),
         VmaKind::FileShared | VmaKind::FilePrivate => {
             let id = v.shmid as u32;
-            files.get(&id).filter(|f| f.memfd.is_some()).map(|_| id)
+            let via_slot = files.get(&id).is_some_and(|f| f.memfd.is_some()) || ghosts.contains_key(&id);
+            via_slot.then_some(id)
         }
         _ => None,
     }

@@ -19,9 +19,14 @@
 //! stream socket whose peer had closed is rebuilt from a socketpair whose
 //! other end is closed after the refill (data, then EOF).
 //!
-//! Limits: names of connected stream/seqpacket sockets are not rebound
-//! (an accepted socket shares its listener's name); descriptors in flight
-//! (SCM_RIGHTS) and a peer outside the dumped tree are refused at dump.
+//! Limits: an accepted socket (named like a listener of the dump: it
+//! shares the listener's name) comes back unnamed; a connected socket that
+//! bound its own name gets it back; descriptors in flight
+//! (SCM_RIGHTS) are kept: the peek receives copies, each is dumped like
+//! an fd (or found to be a description the tree has open, with kcmp) and
+//! listed in the message's `scm`; at restore they are created before the
+//! socket's group and sent again with the refill. Sockets in flight and a
+//! peer outside the dumped tree are refused at dump.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -232,15 +237,20 @@ fn sock_opts(fd: BorrowedFd) -> Result<pb::SkOptsEntry> {
     })
 }
 
+/// One queued message: its bytes and the descriptors in flight with it
+/// (copies installed in cryo by the peek).
+pub(crate) type Queued = (Vec<u8>, Vec<OwnedFd>);
+
 /// The receive queue of a socket, message by message, not consumed.
-fn peek_queue(fd: BorrowedFd, typ: u32) -> Result<Vec<Vec<u8>>> {
+fn peek_queue(fd: BorrowedFd, typ: u32) -> Result<Vec<Queued>> {
     let old = fdops::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF).context("SO_PEEK_OFF")?;
     fdops::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0).context("SO_PEEK_OFF")?;
-    let res = (|| -> Result<Vec<Vec<u8>>> {
+    let res = (|| -> Result<Vec<Queued>> {
         let mut out = Vec::new();
         let mut buf = vec![0u8; 1 << 20];
         loop {
-            let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 32]);
+            // SCM_MAX_FD (253) descriptors per message at most.
+            let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 253]);
             let mut iov = [std::io::IoSliceMut::new(&mut buf)];
             let r = sock::recvmsg::<()>(
                 fd.as_raw_fd(),
@@ -253,38 +263,89 @@ fn peek_queue(fd: BorrowedFd, typ: u32) -> Result<Vec<Vec<u8>>> {
                 Err(nix::errno::Errno::EAGAIN) => break,
                 Err(e) => return Err(e).context("recvmsg(MSG_PEEK)"),
             };
-            let mut rights = false;
+            let mut rights = Vec::new();
             if let Ok(cms) = msg.cmsgs() {
                 for c in cms {
                     if let sock::ControlMessageOwned::ScmRights(fds) = c {
-                        rights = true;
-                        for f in fds {
-                            let _ = nix::unistd::close(f);
-                        }
+                        rights.extend(fds.into_iter().map(crate::sys::rawfd::own));
                     }
                 }
             }
-            if rights || msg.flags.contains(MsgFlags::MSG_CTRUNC) {
-                bail!("it has descriptors in flight (SCM_RIGHTS); not supported");
+            if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+                bail!("a queued message carries control data that does not fit; not supported");
             }
             let n = msg.bytes;
-            if n == 0 {
+            if n == 0 && rights.is_empty() {
                 // A zero-length datagram, or the end of a stream.
                 if typ == libc::SOCK_STREAM as u32 {
                     break;
                 }
-                out.push(Vec::new());
+                out.push((Vec::new(), rights));
                 continue;
             }
             if n > buf.len() {
                 bail!("a queued message of {n} bytes is too big");
             }
-            out.push(buf[..n].to_vec());
+            out.push((buf[..n].to_vec(), rights));
         }
         Ok(out)
     })();
     let _ = fdops::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, old);
     res
+}
+
+impl FileTable {
+    /// A descriptor in flight in a socket's queue, received by the peek as
+    /// `fd` in cryo: the file id of its description (one the tree has open
+    /// too, found with kcmp, or a new entry). Kept open until the end of
+    /// the dump so that later kcmp comparisons still see it.
+    pub(crate) fn dump_inflight(&mut self, fd: OwnedFd) -> Result<u32> {
+        use std::os::unix::fs::MetadataExt;
+        let me = std::process::id() as i32;
+        let n = fd.as_raw_fd();
+        let lpath = format!("/proc/{me}/fd/{n}");
+        let link = std::fs::read_link(&lpath)
+            .with_context(|| format!("Cannot read {lpath}"))?
+            .to_string_lossy()
+            .into_owned();
+        let md = std::fs::metadata(&lpath).ok();
+        let info = crate::proc::fdinfo::read(me as u32, n)?;
+        let kind = super::classify(&link, md.as_ref(), info.flags);
+        if kind == super::FdKind::Socket {
+            bail!("a socket in flight ({link}) is not supported");
+        }
+        let (dev, ino) = md.as_ref().map(|m| (m.dev(), m.ino())).unwrap_or((0, 0));
+        for &(p2, fd2, d2, i2, id2) in &self.seen {
+            if d2 == dev
+                && i2 == ino
+                && crate::sys::clone::kcmp(
+                    nix::unistd::Pid::from_raw(me),
+                    nix::unistd::Pid::from_raw(p2),
+                    crate::sys::clone::kcmp_type::FILE,
+                    n as u64,
+                    fd2 as u64,
+                )
+                .map(|r| r == 0)
+                .unwrap_or(false)
+            {
+                return Ok(id2);
+            }
+        }
+        let ctx = FdCtx {
+            pid: me,
+            fd: n,
+            link: &link,
+            md: md.as_ref(),
+            info: &info,
+            flags: info.flags & !(libc::O_CLOEXEC as u32),
+        };
+        let stat = crate::proc::stat::read(me as u32)?;
+        let (id, ty) = self.dump_one(&ctx, &kind, false, &stat)?;
+        self.types.insert(id, ty);
+        self.seen.push((me, n, dev, ino, id));
+        self.inflight.push(fd);
+        Ok(id)
+    }
 }
 
 /// The type name for messages.
@@ -391,12 +452,26 @@ pub(crate) fn dump(t: &mut FileTable, f: &FdCtx) -> Result<u32> {
         }),
         ..Default::default()
     });
-    for m in queue {
+    for (m, fds) in queue {
+        let mut rights = Vec::with_capacity(fds.len());
+        for f in fds {
+            rights.push(
+                t.dump_inflight(f)
+                    .with_context(|| format!("pid {pid} fd {fd}: a descriptor queued in the socket (SCM_RIGHTS)"))?,
+            );
+        }
         t.sk_queues.push((
             pb::SkPacketEntry {
                 id_for: id,
                 length: m.len() as u32,
-                scm: vec![],
+                scm: if rights.is_empty() {
+                    vec![]
+                } else {
+                    vec![pb::ScmEntry {
+                        r#type: libc::SCM_RIGHTS as u32,
+                        rights,
+                    }]
+                },
             },
             m,
         ));
@@ -592,6 +667,21 @@ fn bind_name(fd: &OwnedFd, u: &pb::UnixSkEntry) -> Result<()> {
     })
 }
 
+/// Sends one message with descriptors in flight (SCM_RIGHTS) attached.
+fn send_rights(fd: BorrowedFd, data: &[u8], fds: &[std::os::fd::RawFd], stream: bool) -> Result<()> {
+    let iov = [std::io::IoSlice::new(data)];
+    let cmsg = [sock::ControlMessage::ScmRights(fds)];
+    let n = sock::sendmsg::<()>(fd.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_DONTWAIT, None)
+        .context("sendmsg with SCM_RIGHTS")?;
+    if n < data.len() {
+        if !stream {
+            bail!("sent {n} of a {}-byte message", data.len());
+        }
+        send_all(fd, &data[n..], true)?;
+    }
+    Ok(())
+}
+
 fn send_all(fd: BorrowedFd, data: &[u8], stream: bool) -> Result<()> {
     if !stream {
         let n = sock::send(fd.as_raw_fd(), data, MsgFlags::MSG_DONTWAIT).context("send of a queued message")?;
@@ -648,6 +738,8 @@ pub(crate) fn create_group(
     files: &HashMap<u32, pb::FileEntry>,
     ids: &[u32],
     queues: &HashMap<u32, Vec<Vec<u8>>>,
+    rights: &HashMap<u32, HashMap<usize, Vec<u32>>>,
+    slot_of: impl Fn(u32) -> Option<std::os::fd::RawFd>,
 ) -> Result<Vec<(u32, OwnedFd)>> {
     let mut ents: Vec<(u32, &pb::UnixSkEntry)> = Vec::new();
     for &id in ids {
@@ -692,11 +784,28 @@ pub(crate) fn create_group(
             fds.insert(id, s);
         }
     }
-    // 2. Names. Connected stream sockets are not rebound (see the module doc).
+    // 2. Names. A connected stream socket named like a listener of the
+    //    dump was accepted from it (it shares the listener's name): not
+    //    rebound. Any other connected one bound its own name before
+    //    connecting: bound again (best effort: the socketpair is connected
+    //    already).
+    let listener_named = |u: &pb::UnixSkEntry| {
+        files
+            .values()
+            .filter_map(|f| f.usk.as_ref())
+            .any(|x| x.state == ST_LISTEN && x.name == u.name)
+    };
     for &(id, u) in &ents {
         let connected_stream = stream_like(u) && u.state == ST_ESTABLISHED;
-        if !u.name.is_empty() && !connected_stream {
+        if u.name.is_empty() {
+            continue;
+        }
+        if !connected_stream {
             bind_name(&fds[&id], u)?;
+        } else if !listener_named(u) {
+            if let Err(e) = bind_name(&fds[&id], u) {
+                tracing::warn!("unix socket {}: its own name is not kept: {e:#}", u.ino);
+            }
         }
     }
     // 3. Listeners.
@@ -746,8 +855,18 @@ pub(crate) fn create_group(
             libc::SO_SNDBUFFORCE,
             (total as i32).saturating_mul(2).max(1 << 16),
         );
-        for m in msgs {
-            send_all(from, m, stream).with_context(|| format!("Cannot refill the queue of unix socket {}", u.ino))?;
+        for (i, m) in msgs.iter().enumerate() {
+            let what = || format!("Cannot refill the queue of unix socket {}", u.ino);
+            match rights.get(&id).and_then(|r| r.get(&i)) {
+                Some(r) => {
+                    let fds: Vec<std::os::fd::RawFd> = r
+                        .iter()
+                        .map(|f| slot_of(*f).with_context(|| format!("file id {f} in flight has no slot")))
+                        .collect::<Result<_>>()?;
+                    send_rights(from, m, &fds, stream).with_context(what)?
+                }
+                None => send_all(from, m, stream).with_context(what)?,
+            }
         }
     }
     drop(ghosts);
@@ -864,9 +983,10 @@ mod tests {
         for m in [&b"one"[..], b"2", b"three"] {
             sock::send(b.as_raw_fd(), m, MsgFlags::empty()).unwrap();
         }
-        let q = peek_queue(a.as_fd(), libc::SOCK_DGRAM as u32).unwrap();
+        let bytes = |q: Vec<Queued>| q.into_iter().map(|(m, _)| m).collect::<Vec<_>>();
+        let q = bytes(peek_queue(a.as_fd(), libc::SOCK_DGRAM as u32).unwrap());
         assert_eq!(q, vec![b"one".to_vec(), b"2".to_vec(), b"three".to_vec()]);
-        let q2 = peek_queue(a.as_fd(), libc::SOCK_DGRAM as u32).unwrap();
+        let q2 = bytes(peek_queue(a.as_fd(), libc::SOCK_DGRAM as u32).unwrap());
         assert_eq!(q, q2);
         let mut buf = [0u8; 8];
         assert_eq!(sock::recv(a.as_raw_fd(), &mut buf, MsgFlags::empty()).unwrap(), 3);

@@ -57,11 +57,14 @@ pub enum Kind {
     FileLocks,
     Utsns,
     Mnts,
+    IpcnsShm,
+    IpcnsSem,
+    IpcnsMsg,
 }
 
 impl Kind {
     /// All kinds, in table order.
-    pub const ALL: [Kind; 23] = [
+    pub const ALL: [Kind; 26] = [
         Kind::Inventory,
         Kind::Pstree,
         Kind::Core,
@@ -85,6 +88,9 @@ impl Kind {
         Kind::FileLocks,
         Kind::Utsns,
         Kind::Mnts,
+        Kind::IpcnsShm,
+        Kind::IpcnsSem,
+        Kind::IpcnsMsg,
     ];
 
     /// The image's own magic (the second u32 for common/service headers).
@@ -113,6 +119,9 @@ impl Kind {
             Kind::FileLocks => 0x5432_3616,
             Kind::Utsns => 0x5447_3203,
             Kind::Mnts => 0x5556_3928,
+            Kind::IpcnsShm => 0x4628_3044,
+            Kind::IpcnsSem => 0x5957_3019,
+            Kind::IpcnsMsg => 0x5545_3737,
         }
     }
 
@@ -163,6 +172,9 @@ impl Kind {
             Kind::FileLocks => "FILE_LOCKS",
             Kind::Utsns => "UTSNS",
             Kind::Mnts => "MNTS",
+            Kind::IpcnsShm => "IPCNS_SHM",
+            Kind::IpcnsSem => "IPCNS_SEM",
+            Kind::IpcnsMsg => "IPCNS_MSG",
         }
     }
 
@@ -195,6 +207,9 @@ impl Kind {
             Kind::FileLocks => "file_lock_entry",
             Kind::Utsns => "utsns_entry",
             Kind::Mnts => "mnt_entry",
+            Kind::IpcnsShm => "ipc_shm_entry",
+            Kind::IpcnsSem => "ipc_sem_entry",
+            Kind::IpcnsMsg => "ipc_msg_entry",
         }
     }
 
@@ -238,9 +253,6 @@ pub const FOREIGN_MAGICS: &[(&str, u32)] = &[
     ("POSIX_TIMERS", 0x5260_3957),
     ("CREDS", 0x5402_3547),
     ("IPC_VAR", 0x5311_5007),
-    ("IPCNS_SHM", 0x4628_3044),
-    ("IPCNS_MSG", 0x5545_3737),
-    ("IPCNS_SEM", 0x5957_3019),
     ("REG_FILES", 0x5036_3636),
     ("EXT_FILES", 0x5925_5641),
     ("TCP_STREAM", 0x5146_5506),

@@ -13,9 +13,11 @@
 //! mount tree over the caller's root directory (`root`), pivots into it,
 //! sets the host name and brings loopback up.
 //!
+//! The IPC namespace is fresh; its System V objects are dumped and
+//! recreated by `ipc::sysv`.
+//!
 //! Not yet: network devices other than loopback and addresses (refused at
-//! dump; see [`dump_net`]), System V IPC objects (a fresh IPC namespace;
-//! [`dump_ipc`] is the hook), user and time namespaces (refused).
+//! dump; see [`dump_net`]), user and time namespaces (refused).
 
 pub mod mounts;
 
@@ -88,9 +90,6 @@ pub fn dump(dir: &ImageDir, c: &DumpCtx, mut ns_id: impl FnMut(&str, u64) -> u32
             None => dump_net(pid)?,
         }
     }
-    if owned.contains(&"ipc") {
-        dump_ipc(dir, pid)?;
-    }
     if owned.contains(&"uts") {
         let (node, domain) = read_uts(pid)?;
         let id = ns_id("uts", c.tree["uts"]);
@@ -138,23 +137,6 @@ pub fn net_devices(text: &str) -> Vec<String> {
         .skip(2)
         .filter_map(|l| l.split_once(':').map(|(n, _)| n.trim().to_string()))
         .collect()
-}
-
-/// The IPC namespace comes back empty. The hook for System V objects
-/// (ipcns-var, ipcns-shm/msg/sem images): refuse a namespace that holds
-/// any, rather than lose them.
-fn dump_ipc(_dir: &ImageDir, pid: i32) -> Result<()> {
-    let objs = in_ns_thread(pid, "ipc", libc::CLONE_NEWIPC, || {
-        let mut n = 0;
-        for f in ["/proc/sysvipc/shm", "/proc/sysvipc/msg", "/proc/sysvipc/sem"] {
-            n += fs::read_to_string(f).map(|t| t.lines().skip(1).count()).unwrap_or(0);
-        }
-        Ok(n)
-    })?;
-    if objs > 0 {
-        bail!("pid {pid}'s IPC namespace holds {objs} System V objects; they are not dumped yet");
-    }
-    Ok(())
 }
 
 /// Runs `f` on a thread that joined `pid`'s namespace of `kind` (UTS,
@@ -368,15 +350,20 @@ pub struct Console {
     pub sock: std::os::fd::RawFd,
 }
 
-/// The index of the pty that is a controlling terminal (a container's
-/// console: its init, pid 1, leads the only session), if the images hold
-/// one. (tty-info records the session by its host pid at dump.)
-pub fn console_index(ttys: &HashMap<u32, pb::TtyInfoEntry>, root: u32) -> Option<u32> {
+/// The index of the pty whose master was outside the tree and that is a
+/// controlling terminal (a container's console: its init, pid 1, leads
+/// the session), if the images hold one; `inside` are the tty-info ids of
+/// pairs held inside the tree.
+pub fn console_index(
+    ttys: &HashMap<u32, pb::TtyInfoEntry>,
+    inside: &std::collections::HashSet<u32>,
+    root: u32,
+) -> Option<u32> {
     if root != 1 {
         return None;
     }
     ttys.values()
-        .find(|t| t.sid != 0)
+        .find(|t| t.sid != 0 && !inside.contains(&t.id))
         .and_then(|t| t.pty.as_ref())
         .map(|p| p.index)
 }

@@ -19,8 +19,10 @@
 
 pub mod blob;
 mod plan;
+mod session;
 mod shim;
 mod task;
+pub(crate) mod timers;
 
 use std::collections::HashMap;
 use std::fs;
@@ -132,7 +134,9 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
     // tree): the root task makes a new pty in the container's devpts and
     // leaves the slave at the tty slot; its master comes back to us.
     let console = match &nsp {
-        Some(_) if !opts.shell_job => crate::ns::console_index(&plan.ttys, plan.tasks[0].pid as u32),
+        Some(_) if !opts.shell_job => {
+            crate::ns::console_index(&plan.ttys, &plan.fx.ttys.inside, plan.tasks[0].pid as u32)
+        }
         _ => None,
     };
     let console_sock = match console {
@@ -202,9 +206,14 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
             );
         }
     }
-    if let Some(t) = tty {
-        let _ = nix::unistd::close(t);
-    }
+    // --shell-job: the job's termios on the terminal (put back on failure).
+    let ext_term = match (
+        tty.filter(|_| opts.shell_job),
+        crate::files::tty::external_info(&plan.files, &plan.ttys),
+    ) {
+        (Some(t), Some(info)) => crate::files::tty::ExtTerm::apply(t, info)?,
+        _ => None,
+    };
     drop((ready_w, go_r, err_w, dirfd, shim_r, ack_w));
 
     // A tree that was its own pid namespace comes back as one (its root is
@@ -233,6 +242,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
 
     wait_ready(&plan, &ready_r, &err_r).context("Stage Fork")?;
     let forking_us = t_fork.elapsed().as_micros() as u64;
+    crate::files::fown::restore(&plan, shim_pid).context("Stage Fork")?;
     debug!("all {} tasks ready", plan.tasks.len());
     let master = match &console_sock {
         Some((engine_end, _)) => Some(crate::ns::recv_console(engine_end).context("Stage Fork")?),
@@ -259,6 +269,14 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
         }
     }
     let restore_us = t0.elapsed().as_micros() as u64;
+    crate::ipc::sysv::remove_destroyed(
+        if own_ns {
+            shim_pid
+        } else {
+            shim::root_host_pid(shim_pid).unwrap_or(shim_pid)
+        },
+        &plan.sysv,
+    )?;
     let root_host_pid = if own_ns {
         shim_pid
     } else {
@@ -270,6 +288,12 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
     );
     let mut guard = guard;
     guard.armed = false;
+    if let Some(et) = ext_term {
+        et.keep(root_host_pid, plan.tasks[0].pgid == plan.tasks[0].pid);
+    }
+    if let Some(t) = tty {
+        let _ = nix::unistd::close(t);
+    }
     write_stats(&dir, restore_us, forking_us, &plan);
     if let Some(pf) = &opts.pidfile {
         write_pidfile(pf, root_host_pid)?;

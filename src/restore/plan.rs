@@ -68,6 +68,8 @@ pub struct Plan {
     pub fx: crate::files::restore::Extra,
     pub shell_job: bool,
     pub layout: XsaveLayout,
+    /// System V IPC objects (recreated in a fresh ipc namespace).
+    pub sysv: crate::ipc::sysv::Dumped,
 }
 
 impl Plan {
@@ -283,6 +285,7 @@ impl Plan {
             ttys,
             fx,
             shell_job: opts.shell_job,
+            sysv: crate::ipc::sysv::load_dir(dir)?,
             layout,
         };
         plan.check_sessions()?;
@@ -357,31 +360,19 @@ impl Plan {
     /// Sessions and groups must be reproducible with setsid/setpgid in
     /// tree order (or inherited from outside with --shell-job).
     fn check_sessions(&self) -> Result<()> {
-        let root = &self.tasks[0];
-        if !self.shell_job && root.sid != root.pid {
-            bail!(
-                "pid {} was dumped as part of session {} (a shell job); restore with --shell-job",
-                root.pid,
-                root.sid
-            );
-        }
+        // A session or group whose leader is not in the tree is recreated
+        // with a placeholder (restore/session.rs); a session of another
+        // task of the tree is entered only by being forked in it.
         for t in &self.tasks {
             let parent_sid = t.parent.map(|p| self.tasks[p].sid);
-            let ok = t.sid == t.pid || Some(t.sid) == parent_sid || (self.shell_job && !self.is_pid(t.sid));
-            if !ok {
+            if t.sid != t.pid && Some(t.sid) != parent_sid && self.is_pid(t.sid) {
                 bail!(
-                    "pid {} is in session {} which neither it nor its parent leads; not supported yet",
+                    "pid {} is in session {} of pid {}, but its parent is in session {}; such a tree cannot be recreated",
                     t.pid,
-                    t.sid
+                    t.sid,
+                    t.sid,
+                    parent_sid.unwrap_or(0)
                 );
-            }
-            let parent_pgid = t.parent.map(|p| self.tasks[p].pgid);
-            let ok = t.pgid == t.pid
-                || Some(t.pgid) == parent_pgid
-                || self.is_pid(t.pgid)
-                || (self.shell_job && !self.is_pid(t.pgid));
-            if !ok {
-                bail!("pid {} is in process group {} that cannot be recreated", t.pid, t.pgid);
             }
         }
         Ok(())

@@ -33,7 +33,7 @@ const FORWARDED: [Signal; 8] = [
 /// Forks the shim; returns its host pid.
 pub(crate) fn spawn(plan: &Plan, efds: EngineFds, ctl: (RawFd, RawFd)) -> Result<i32> {
     let engine = unistd::getpid();
-    let flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS) as u64;
+    let flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS) as u64 | crate::ipc::sysv::clone_flags(&plan.sysv);
     match sysc::clone3_with_pid(flags, &[], libc::SIGCHLD as u64).context("Cannot create the pid namespace (clone3)")? {
         ForkResult::Child => {
             let code = match shim_main(plan, efds, ctl, engine) {
@@ -71,6 +71,7 @@ fn shim_main(plan: &Plan, efds: EngineFds, ctl: (RawFd, RawFd), engine: Pid) -> 
         None::<&str>,
     )
     .context("Cannot mount /proc in the new namespace")?;
+    crate::ipc::sysv::restore_objects(&plan.sysv)?;
     let mut set = SigSet::empty();
     set.add(Signal::SIGCHLD);
     for s in FORWARDED {
@@ -79,12 +80,8 @@ fn shim_main(plan: &Plan, efds: EngineFds, ctl: (RawFd, RawFd), engine: Pid) -> 
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None).context("sigprocmask")?;
 
     let root = &plan.tasks[0];
-    let root_pid = match sysc::clone3_with_pid(0, &[root.pid], libc::SIGCHLD as u64)
-        .with_context(|| format!("Cannot create pid {} (clone3 with set_tid)", root.pid))?
-    {
-        ForkResult::Child => task::run(plan, 0, efds),
-        ForkResult::Parent { child } => child.as_raw(),
-    };
+    super::session::fork_children(plan, &[0], efds)?;
+    let root_pid = root.pid;
     // Keep nothing of the engine's but the control pipes: with -d the
     // caller's stdout (a pipe, a terminal) must not stay open for the life
     // of the restored tree.
@@ -140,15 +137,25 @@ fn shim_main(plan: &Plan, efds: EngineFds, ctl: (RawFd, RawFd), engine: Pid) -> 
 /// root itself is forked into a fresh pid and mount namespace, where it is
 /// pid 1 again; no init of ours is needed. Returns its host pid.
 pub(crate) fn spawn_root(plan: &Plan, efds: EngineFds, ns: Option<&crate::ns::NsPlan>) -> Result<i32> {
-    let flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS | ns.map_or(0, |n| n.clone_flags())) as u64;
+    let flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS | ns.map_or(0, |n| n.clone_flags())) as u64
+        | crate::ipc::sysv::clone_flags(&plan.sysv);
     match sysc::clone3_with_pid(flags, &[], libc::SIGCHLD as u64).context("Cannot create the pid namespace (clone3)")? {
         ForkResult::Child => {
             let r = (|| -> Result<()> {
                 // Dies with the engine until the restored state takes over.
                 nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).context("PR_SET_PDEATHSIG")?;
                 match ns {
-                    Some(n) => crate::ns::enter(n),
-                    None => mount_proc(),
+                    // A container's objects first: its /proc/sys is
+                    // read-only once its mounts are in place (the ipc
+                    // sysctls follow the writer's ipc namespace).
+                    Some(n) => {
+                        crate::ipc::sysv::restore_objects(&plan.sysv)?;
+                        crate::ns::enter(n)
+                    }
+                    None => {
+                        mount_proc()?;
+                        crate::ipc::sysv::restore_objects(&plan.sysv)
+                    }
                 }
             })();
             if let Err(e) = r {

@@ -16,7 +16,7 @@ use cryo_restorer::abi::{
 use nix::fcntl::OFlag;
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
 use nix::sys::stat::Mode;
-use nix::unistd::{self, ForkResult, Pid};
+use nix::unistd::{self, Pid};
 
 use super::blob::{self, BlobPlan};
 use super::plan::{pages_of, Plan, TaskImage};
@@ -49,20 +49,9 @@ fn restore_task(plan: &Plan, idx: usize, efds: EngineFds) -> Result<Infallible> 
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), None).context("sigprocmask")?;
     set_session(plan, t, efds)?;
     crate::files::restore::setup_fds(plan, idx, efds)?;
+    crate::files::tty::setup_ctty(plan, idx, efds)?;
     setup_fs(plan, t)?;
-    for &c in &t.children {
-        let child = &plan.tasks[c];
-        match sysc::clone3_with_pid(0, &[child.pid], libc::SIGCHLD as u64)
-            .with_context(|| format!("Cannot create pid {} (clone3 with set_tid)", child.pid))?
-        {
-            ForkResult::Child if child.zombie.is_some() => become_zombie(plan, c, efds),
-            ForkResult::Child => run(plan, c, efds),
-            ForkResult::Parent { child: got } if got.as_raw() != child.pid => {
-                bail!("clone3 gave pid {got} instead of {}", child.pid)
-            }
-            ForkResult::Parent { .. } => {}
-        }
-    }
+    super::session::fork_children(plan, &t.children, efds)?;
     let staged = stage_memory(plan, t, efds)?;
     set_rlimits(t);
     set_task_attrs(t)?;
@@ -71,7 +60,7 @@ fn restore_task(plan: &Plan, idx: usize, efds: EngineFds) -> Result<Infallible> 
 
 /// A dumped zombie: take its session and group, then die the way it died.
 /// The restored parent collects the status with wait() as it would have.
-fn become_zombie(plan: &Plan, idx: usize, efds: EngineFds) -> ! {
+pub(crate) fn become_zombie(plan: &Plan, idx: usize, efds: EngineFds) -> ! {
     crate::log::silence();
     let t = &plan.tasks[idx];
     if let Err(e) = set_session(plan, t, efds) {
@@ -94,7 +83,10 @@ fn set_session(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<()> {
     if t.sid == t.pid {
         unistd::setsid().with_context(|| format!("setsid for pid {}", t.pid))?;
         // A container's console: the init takes its terminal back.
-        if !plan.shell_job && efds.tty >= 0 && crate::ns::console_index(&plan.ttys, t.pid as u32).is_some() {
+        if !plan.shell_job
+            && efds.tty >= 0
+            && crate::ns::console_index(&plan.ttys, &plan.fx.ttys.inside, t.pid as u32).is_some()
+        {
             crate::sys::ns::set_ctty(unsafe_borrow(efds.tty))
                 .with_context(|| format!("pid {} cannot take its controlling terminal back", t.pid))?;
         }
@@ -110,8 +102,24 @@ fn set_session(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<()> {
             let tty = unsafe_borrow(efds.tty);
             let _ = unistd::tcsetpgrp(tty, me);
         }
-    } else if Some(t.pgid) != parent_pgid && plan.is_pid(t.pgid) {
-        unistd::setpgid(me, Pid::from_raw(t.pgid)).with_context(|| format!("setpgid({}, {})", t.pid, t.pgid))?;
+    } else if t.pgid != 0 && Some(t.pgid) != parent_pgid && !(t.parent.is_none() && plan.shell_job) {
+        // Another group of the session: its leader (restored by another
+        // branch of the tree at the same time) or, when the leader is
+        // gone, a placeholder or another member (see `session`) may not
+        // have made it yet: retry for a while.
+        let start = std::time::Instant::now();
+        loop {
+            match unistd::setpgid(me, Pid::from_raw(t.pgid)) {
+                Ok(()) => break,
+                Err(nix::errno::Errno::EPERM) if start.elapsed() < std::time::Duration::from_secs(20) => {
+                    std::thread::sleep(std::time::Duration::from_micros(500))
+                }
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("setpgid({}, {}): the process group did not appear", t.pid, t.pgid))
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -153,7 +161,13 @@ fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
             .filter(|v| {
                 matches!(
                     VmaKind::from_status(v.status),
-                    Some(VmaKind::AnonPrivate | VmaKind::FilePrivate | VmaKind::FileShared | VmaKind::AnonShared)
+                    Some(
+                        VmaKind::AnonPrivate
+                            | VmaKind::FilePrivate
+                            | VmaKind::FileShared
+                            | VmaKind::AnonShared
+                            | VmaKind::SysvShm
+                    )
                 )
             })
             .collect();
@@ -192,23 +206,31 @@ fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
         let len = v.end - v.start;
         let kind = VmaKind::from_status(v.status).expect("filtered");
         let growsdown = v.flags & libc::MAP_GROWSDOWN as u32 != 0;
-        let shm = crate::files::shmem::vma_file_id(v, &plan.files, &plan.fx.shmem);
+        let shm = crate::files::shmem::vma_file_id(v, &plan.files, &plan.fx.shmem, &plan.fx.ghost_of);
         match kind {
             _ if shm.is_some() => {
-                // Shared memory: the description the fd restore parked
-                // at its slot.
+                // Shared memory, a memfd or a deleted file: the
+                // description the fd restore parked at its slot. A private
+                // mapping of it is staged writable like any private file
+                // mapping (its saved pages go on top).
                 let id = shm.unwrap_or_default();
                 let slot = *slots.get(&id).with_context(|| format!("file id {id} has no slot"))?;
+                let (prot, fl) = if kind == VmaKind::FilePrivate {
+                    (libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE)
+                } else {
+                    (v.prot as i32, libc::MAP_SHARED)
+                };
                 mmap::mmap_at(
                     at,
                     len,
-                    v.prot as i32,
-                    libc::MAP_SHARED | libc::MAP_FIXED_NOREPLACE,
+                    prot,
+                    fl | libc::MAP_FIXED_NOREPLACE,
                     Some(unsafe_borrow(slot)),
                     v.pgoff,
                 )
                 .with_context(|| format!("Cannot map the shared memory for {:#x}", v.start))?;
             }
+            VmaKind::SysvShm => crate::ipc::sysv::vma_attach(v, at)?,
             VmaKind::AnonPrivate => {
                 let mut fl = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE;
                 if growsdown {
@@ -433,8 +455,10 @@ fn set_task_attrs(t: &TaskImage) -> Result<()> {
         None => None,
     };
     nix::sys::prctl::set_pdeathsig(pdeath).context("PR_SET_PDEATHSIG")?;
-    if tc.child_subreaper == Some(true) {
-        nix::sys::prctl::set_child_subreaper(true).context("PR_SET_CHILD_SUBREAPER")?;
+    // Always set: a session placeholder made this task a subreaper for a
+    // moment (see `session`).
+    {
+        nix::sys::prctl::set_child_subreaper(tc.child_subreaper == Some(true)).context("PR_SET_CHILD_SUBREAPER")?;
     }
     if t.mm.thp_disabled == Some(true) {
         nix::sys::prctl::set_thp_disable(true).context("PR_SET_THP_DISABLE")?;
@@ -514,18 +538,26 @@ fn blob_counts(plan: &Plan, t: &TaskImage, nr_moves: usize) -> BlobPlan {
 
 /// The POSIX timers with a value, for the blob to arm last.
 fn timer_arms(tc: &pb::TaskCoreEntry) -> Vec<cryo_restorer::abi::TimerArm> {
-    tc.timers
-        .as_ref()
-        .map(|tm| tm.posix.as_slice())
-        .unwrap_or(&[])
+    let Some(tm) = tc.timers.as_ref() else {
+        return Vec::new();
+    };
+    let elapsed = super::timers::elapsed_since(tm.cryo_read_at_ns);
+    tm.posix
         .iter()
         .filter(|p| p.vsec != 0 || p.vnsec != 0)
-        .map(|p| cryo_restorer::abi::TimerArm {
-            id: i64::from(p.it_id),
-            interval_sec: p.isec as i64,
-            interval_nsec: p.insec as i64,
-            value_sec: p.vsec as i64,
-            value_nsec: p.vnsec as i64,
+        .map(|p| {
+            let (vsec, vnsec) = if super::timers::is_wall_clock(p.clock_id) {
+                super::timers::shift(p.vsec, p.vnsec, 1, elapsed)
+            } else {
+                (p.vsec, p.vnsec)
+            };
+            cryo_restorer::abi::TimerArm {
+                id: i64::from(p.it_id),
+                interval_sec: p.isec as i64,
+                interval_nsec: p.insec as i64,
+                value_sec: vsec as i64,
+                value_nsec: vnsec as i64,
+            }
         })
         .collect()
 }
@@ -619,12 +651,19 @@ fn jump(plan: &Plan, t: &TaskImage, efds: EngineFds, staged: Staged) -> Result<I
     }
     let mut itimers = [ItimerVal::default(); 3];
     if let Some(tm) = &tc.timers {
+        let elapsed = super::timers::elapsed_since(tm.cryo_read_at_ns);
         for (i, it) in [&tm.real, &tm.virt, &tm.prof].into_iter().enumerate() {
+            // Only ITIMER_REAL counts wall-clock time.
+            let (vsec, vusec) = if i == 0 {
+                super::timers::shift(it.vsec, it.vusec, 1000, elapsed)
+            } else {
+                (it.vsec, it.vusec)
+            };
             itimers[i] = ItimerVal {
                 interval_sec: it.isec as i64,
                 interval_usec: it.iusec as i64,
-                value_sec: it.vsec as i64,
-                value_usec: it.vusec as i64,
+                value_sec: vsec as i64,
+                value_usec: vusec as i64,
             };
         }
     }
@@ -660,8 +699,18 @@ fn jump(plan: &Plan, t: &TaskImage, efds: EngineFds, staged: Staged) -> Result<I
         .as_ref()
         .map(|r| r.name.clone())
         .unwrap_or_default();
-    let exe_fd = nix::fcntl::open(exe_name.as_str(), OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
-        .with_context(|| format!("Cannot open the executable {exe_name}"))?;
+    let exe_fd = if plan.fx.ghost_of.contains_key(&t.mm.exe_file_id) {
+        // A deleted executable: the recreated ghost parked at its slot.
+        let slots = crate::files::restore::slots(plan, efds)?;
+        let slot = *slots
+            .get(&t.mm.exe_file_id)
+            .with_context(|| format!("the deleted executable {exe_name} has no slot"))?;
+        nix::fcntl::fcntl(slot, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(0))
+            .with_context(|| format!("Cannot open the deleted executable {exe_name}"))?
+    } else {
+        nix::fcntl::open(exe_name.as_str(), OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+            .with_context(|| format!("Cannot open the executable {exe_name}"))?
+    };
     let mm = &t.mm;
     let mmap_ = PrctlMmMap {
         start_code: mm.mm_start_code,
@@ -736,6 +785,7 @@ fn jump(plan: &Plan, t: &TaskImage, efds: EngineFds, staged: Staged) -> Result<I
     }
     // After the closes: closing any fd of a file drops our POSIX locks on it.
     crate::files::locks::restore(&plan.fx.locks, t.pid)?;
+    crate::files::fown::set_async(plan, t.pid, &t.fds)?;
     let threads = fs::read_dir("/proc/thread-self/..").map(|d| d.count()).unwrap_or(0);
     let root = plan.files[&t.fs.root_id]
         .reg

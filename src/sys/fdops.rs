@@ -280,3 +280,45 @@ pub fn set_lock(fd: RawFd, cmd: i32, ty: i16, start: i64, len: i64) -> nix::Resu
     // SAFETY: `fl` is a valid flock the kernel only reads for these commands.
     Errno::result(unsafe { libc::fcntl(fd, cmd, &fl) }).map(drop)
 }
+
+/// fcntl(F_SETLEASE) with F_RDLCK, F_WRLCK or F_UNLCK.
+pub fn set_lease(fd: RawFd, ty: i32) -> nix::Result<()> {
+    // SAFETY: F_SETLEASE takes an integer argument.
+    Errno::result(unsafe { libc::fcntl(fd, libc::F_SETLEASE, ty) }).map(drop)
+}
+
+/// The kernel's `struct f_owner_ex`.
+#[repr(C)]
+struct FOwnerEx {
+    kind: libc::c_int,
+    pid: libc::pid_t,
+}
+const F_SETOWN_EX: libc::c_int = 15;
+const F_GETOWN_EX: libc::c_int = 16;
+
+/// fcntl(F_GETOWN_EX): (F_OWNER_TID/PID/PGRP, pid).
+pub fn get_owner(fd: BorrowedFd) -> nix::Result<(i32, i32)> {
+    let mut o = FOwnerEx { kind: 0, pid: 0 };
+    // SAFETY: F_GETOWN_EX writes one f_owner_ex (two ints) through the pointer.
+    Errno::result(unsafe { libc::fcntl(fd.as_raw_fd(), F_GETOWN_EX, &mut o as *mut FOwnerEx) })?;
+    Ok((o.kind, o.pid))
+}
+
+/// fcntl(F_SETOWN_EX).
+pub fn set_owner(fd: BorrowedFd, kind: i32, pid: i32) -> nix::Result<()> {
+    let o = FOwnerEx { kind, pid };
+    // SAFETY: F_SETOWN_EX reads one f_owner_ex through the pointer.
+    Errno::result(unsafe { libc::fcntl(fd.as_raw_fd(), F_SETOWN_EX, &o as *const FOwnerEx) }).map(drop)
+}
+
+/// fcntl(F_GETSIG) (Linux: 11).
+pub fn get_sig(fd: BorrowedFd) -> nix::Result<i32> {
+    // SAFETY: F_GETSIG takes no argument.
+    Errno::result(unsafe { libc::fcntl(fd.as_raw_fd(), 11) })
+}
+
+/// fcntl(F_SETSIG) (Linux: 10).
+pub fn set_sig(fd: BorrowedFd, sig: i32) -> nix::Result<()> {
+    // SAFETY: F_SETSIG takes an integer argument.
+    Errno::result(unsafe { libc::fcntl(fd.as_raw_fd(), 10, sig) }).map(drop)
+}

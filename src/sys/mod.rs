@@ -18,6 +18,7 @@ pub mod vm;
 
 pub mod cpu;
 pub mod fdops;
+pub mod ipc;
 pub mod mmap;
 pub mod ns;
 pub mod probe;
