@@ -37,6 +37,7 @@ fn script(marker: &str) -> String {
            [ \"$(cat /tok)\" = \"$tok\" ] || {{ echo \"FAIL token\"; exit 1; }}; \
            [ \"$(hostname)\" = {HOSTNAME} ] || {{ echo \"FAIL hostname $(hostname)\"; exit 1; }}; \
            [ $$ = 1 ] || {{ echo \"FAIL pid $$\"; exit 1; }}; \
+           if [ -n \"$WANT_TTY\" ]; then [ -t 1 ] || {{ echo \"FAIL no terminal\"; exit 1; }}; fi; \
            echo \"step $i\"; i=$((i+1)); sleep 0.2; \
          done"
     )
@@ -142,6 +143,11 @@ impl Podman {
 
     /// The same with podman's `--runtime RUNTIME`.
     fn run_with(&self, name: &str, runtime: &str) {
+        self.run_opts(name, runtime, &[]);
+    }
+
+    /// The same with more `podman run` options.
+    fn run_opts(&self, name: &str, runtime: &str, extra: &[&str]) {
         let (nofile, nproc) = (soft_limit(libc::RLIMIT_NOFILE), soft_limit(libc::RLIMIT_NPROC));
         let netns = format!("ns:/run/netns/{}", self.netns);
         let sc = script(&self.marker);
@@ -160,11 +166,11 @@ impl Podman {
             HOSTNAME,
             "--network",
             &netns,
-            &self.image,
-            "sh",
-            "-c",
-            &sc,
-        ]);
+        ]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .chain([&self.image[..], "sh", "-c", &sc])
+        .collect::<Vec<&str>>());
         self.wait_steps(name, 3);
     }
 
@@ -436,4 +442,21 @@ fn podman_with_the_cryo_runtime_wrapper() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains("crun has no checkpoint support"), "{err}");
     }
+}
+
+/// `podman run -t`: conmon holds the console; after the restore the
+/// container's new pty master reaches conmon through runc
+/// (orphan-pts-master) and the log goes on.
+#[test]
+fn podman_terminal_container() {
+    let Some(p) = Podman::new("pm-tty") else { return };
+    p.run_opts("t1", "runc", &["-t", "-e", "WANT_TTY=1"]);
+    p.ok(&["container", "checkpoint", "t1"]);
+    assert_eq!(p.status("t1"), "exited");
+    p.ok(&["container", "restore", "t1"]);
+    assert_eq!(p.status("t1"), "running");
+    p.wait_steps("t1", 3);
+    assert_unbroken(&p, "t1");
+    let fd1 = p.ok(&["exec", "t1", "busybox", "readlink", "/proc/1/fd/1"]);
+    assert_eq!(fd1.trim(), "/dev/pts/0");
 }
