@@ -51,6 +51,11 @@ pub enum Cmd {
         /// Dump established TCP connections so that they come back closed.
         #[arg(long = "tcp-close")]
         tcp_close: bool,
+        /// The tree is an OCI container of this bundle: its bind mounts
+        /// (and cgroup v1 binds, a network namespace given by path) are
+        /// external; --tar writes podman's export layout with spec.dump.
+        #[arg(long)]
+        bundle: Option<PathBuf>,
         #[command(flatten)]
         log: LogOpts,
     },
@@ -82,6 +87,12 @@ pub enum Cmd {
         /// created as OUT in this namespace (IN=OUT, repeatable).
         #[arg(long = "veth-pair")]
         veth_pair: Vec<String>,
+        /// A container's root directory: its mount tree is rebuilt over it.
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Where an external mount comes from: NAME:PATH (repeatable).
+        #[arg(long = "ext-mount", value_name = "NAME:PATH")]
+        ext_mount: Vec<String>,
         #[command(flatten)]
         log: LogOpts,
     },
@@ -152,6 +163,7 @@ fn run(cli: Cli) -> Result<i32> {
             leave_running,
             tcp_established,
             tcp_close,
+            bundle: oci_bundle,
             log,
         } => {
             let (dir, tmp) = match (&dir, &tar) {
@@ -168,6 +180,14 @@ fn run(cli: Cli) -> Result<i32> {
                 crate::image::ImageDir::create(&dir)?;
             }
             log::init(log_path(&log, logdir).as_deref(), log.verbosity)?;
+            let spec = match &oci_bundle {
+                Some(b) => Some(crate::oci::read_spec(b)?),
+                None => None,
+            };
+            let ext = match &spec {
+                Some(sp) => crate::oci::externals(sp, pid)?,
+                None => Default::default(),
+            };
             let opts = dump::DumpOpts {
                 pid,
                 dir: dir.clone(),
@@ -175,6 +195,8 @@ fn run(cli: Cli) -> Result<i32> {
                 leave_running,
                 tcp_established,
                 tcp_close,
+                ext_mnt: ext.ext_mnt,
+                external: ext.external,
                 hook: Default::default(),
             };
             let st = dump::dump(&opts)?;
@@ -185,12 +207,30 @@ fn run(cli: Cli) -> Result<i32> {
                 st.frozen_us
             );
             if let Some(t) = &tar {
-                if t == "-" {
-                    let out = io::stdout().lock();
-                    bundle::write_tar(&dir, out)?;
+                let out: Box<dyn Write> = if t == "-" {
+                    Box::new(io::stdout().lock())
                 } else {
-                    let f = bundle::create_private(Path::new(t))?;
-                    bundle::write_tar(&dir, f)?;
+                    Box::new(bundle::create_private(Path::new(t))?)
+                };
+                let container = fs::read_dir(&dir)?
+                    .flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with("mountpoints-"));
+                if container {
+                    let id = oci_bundle
+                        .as_deref()
+                        .and_then(|b| b.file_name())
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| format!("cryo-{pid}"));
+                    let mut meta = vec![(
+                        "config.dump",
+                        serde_json::to_vec_pretty(&crate::oci::config_dump(&id, "cryo"))?,
+                    )];
+                    if let Some(sp) = &spec {
+                        meta.push(("spec.dump", serde_json::to_vec_pretty(sp)?));
+                    }
+                    bundle::write_container_tar(&dir, out, &meta)?;
+                } else {
+                    bundle::write_tar(&dir, out)?;
                 }
             }
             Ok(0)
@@ -205,6 +245,8 @@ fn run(cli: Cli) -> Result<i32> {
             skip_file_check,
             tcp_close,
             veth_pair,
+            root,
+            ext_mount,
             log,
         } => {
             let (dir, _tmp) = match (&dir, &tar) {
@@ -235,6 +277,16 @@ fn run(cli: Cli) -> Result<i32> {
                     .iter()
                     .map(|v| crate::net::ns::parse_veth_pair(v))
                     .collect::<Result<_>>()?,
+                root,
+                ext_mnt: ext_mount
+                    .iter()
+                    .map(|m| {
+                        m.split_once(':')
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .with_context(|| format!("--ext-mount {m}: expected NAME:PATH"))
+                    })
+                    .collect::<Result<_>>()?,
+                inherit_fd: Vec::new(),
                 hook: Default::default(),
             };
             let r = restore::restore(&opts)?;

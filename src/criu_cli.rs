@@ -67,6 +67,12 @@ enum Act {
     GhostLimit,
     FreezeCgroup,
     Root,
+    /// `--external mnt[KEY]:VAL` / `net[INO]:KEY`.
+    External,
+    /// `-M KEY:VAL` (CRIU's older spelling of `--external mnt[KEY]:VAL`).
+    ExtMountMap,
+    /// `--inherit-fd fd[N]:KEY`.
+    InheritFd,
     Feature,
     Config,
     NoDefaultConfig,
@@ -163,9 +169,9 @@ const SPECS: &[Spec] = &[
         No,
         Act::Refused("it is only meaningful for swrk callers")
     ),
-    o!("inherit-fd", None, Required, Act::Refused(NS)),
-    o!("ext-mount-map", Some('M'), Required, Act::Refused(NS)),
-    o!("external", None, Required, Act::Refused(NS)),
+    o!("inherit-fd", None, Required, Act::InheritFd),
+    o!("ext-mount-map", Some('M'), Required, Act::ExtMountMap),
+    o!("external", None, Required, Act::External),
     o!("join-ns", Some('J'), Required, Act::Refused(NS)),
     o!("empty-ns", None, Required, Act::Refused(NS)),
     o!("veth-pair", None, Required, Act::Refused(NS)),
@@ -238,6 +244,12 @@ pub struct Options {
     pub ghost_limit: Option<u32>,
     pub freeze_cgroup: Option<String>,
     pub root: Option<String>,
+    /// Mounts named external: dump mountpoint → name, restore name → path.
+    pub ext_mnt: Vec<(String, String)>,
+    /// Other `--external` resources, as given (`net[INO]:KEY`).
+    pub external: Vec<String>,
+    /// `--inherit-fd fd[N]:KEY` as (KEY, N).
+    pub inherit_fd: Vec<(String, i32)>,
     pub features: Vec<String>,
     pub config: Option<PathBuf>,
     pub no_default_config: bool,
@@ -324,6 +336,28 @@ impl Options {
             Act::GhostLimit => self.ghost_limit = Some(parse_size(&val()).ok_or_else(|| bad(&val()))?),
             Act::FreezeCgroup => self.freeze_cgroup = Some(val()),
             Act::Root => self.root = Some(val()),
+            Act::External => {
+                let v = val();
+                match v.strip_prefix("mnt[").and_then(|r| r.split_once("]:")) {
+                    Some((k, name)) => self.ext_mnt.push((k.to_string(), name.to_string())),
+                    None if v.starts_with("net[") && v.contains("]:") => self.external.push(v),
+                    None => return Err(bad(&v)),
+                }
+            }
+            Act::ExtMountMap => {
+                let v = val();
+                let (k, name) = v.split_once(':').ok_or_else(|| bad(&v))?;
+                self.ext_mnt.push((k.to_string(), name.to_string()));
+            }
+            Act::InheritFd => {
+                let v = val();
+                let (n, key) = v
+                    .strip_prefix("fd[")
+                    .and_then(|r| r.split_once("]:"))
+                    .and_then(|(n, k)| Some((n.parse::<i32>().ok()?, k)))
+                    .ok_or_else(|| bad(&v))?;
+                self.inherit_fd.push((key.to_string(), n));
+            }
             Act::Feature => self.features.push(val()),
             Act::Config => self.config = Some(val().into()),
             Act::NoDefaultConfig => self.no_default_config = true,
@@ -673,9 +707,6 @@ fn cmd_check(o: &Options) -> Result<i32> {
 fn cmd_dump(o: &Options) -> Result<i32> {
     let pid = o.tree.context("dump needs the tree's root: -t PID")?;
     let dir = o.images_dir.clone().context("dump needs an images directory: -D DIR")?;
-    if o.root.is_some() {
-        bail!("Option --root is not supported by cryo ({NS})");
-    }
     crate::image::ImageDir::create(&dir)?;
     if let Some(w) = &o.work_dir {
         fs::create_dir_all(w).with_context(|| format!("Cannot create work directory {}", w.display()))?;
@@ -692,6 +723,8 @@ fn cmd_dump(o: &Options) -> Result<i32> {
         leave_running: o.leave_running,
         tcp_established: o.tcp_established,
         tcp_close: o.tcp_close,
+        ext_mnt: o.ext_mnt.clone(),
+        external: o.external.clone(),
         hook: Default::default(),
     })?;
     tracing::info!("dumped {} processes, {} pages", st.processes, st.pages_written);
@@ -706,11 +739,11 @@ fn cmd_restore(o: &Options) -> Result<i32> {
         .images_dir
         .clone()
         .context("restore needs an images directory: -D DIR")?;
-    if let Some(r) = &o.root {
-        if Path::new(r) != Path::new("/") {
-            bail!("Option --root is not supported by cryo ({NS})");
-        }
-    }
+    let root = o
+        .root
+        .as_ref()
+        .filter(|r| Path::new(r) != Path::new("/"))
+        .map(PathBuf::from);
     log::init(log_path(o).as_deref(), o.verbosity)?;
     log_ignored(o);
     let r = restore::restore(&restore::RestoreOpts {
@@ -722,6 +755,9 @@ fn cmd_restore(o: &Options) -> Result<i32> {
         detach: o.detach,
         pidfile: o.pidfile.clone(),
         trust_images: false,
+        root,
+        ext_mnt: o.ext_mnt.clone(),
+        inherit_fd: o.inherit_fd.clone(),
         hook: Default::default(),
     })?;
     if let Some(w) = &o.work_dir {
@@ -790,9 +826,23 @@ mod tests {
     fn refusals_and_mistakes() {
         assert!(matches!(p("dump --track-mem"), Err(CliError::Unsupported { ref opt, .. }) if opt == "--track-mem"));
         assert!(matches!(
-            p("restore --inherit-fd fd[1]:pipe"),
-            Err(CliError::Unsupported { .. })
+            p("restore --inherit-fd 1:pipe"),
+            Err(CliError::BadValue { .. })
         ));
+        assert!(matches!(p("restore --external foo"), Err(CliError::BadValue { .. })));
+        let o = p(
+            "restore --inherit-fd fd[1]:pipe:[7] --external mnt[/data]:/srv -M /x:/y --external net[5]:extRootNetNS",
+        )
+        .unwrap();
+        assert_eq!(o.inherit_fd, vec![("pipe:[7]".to_string(), 1)]);
+        assert_eq!(
+            o.ext_mnt,
+            vec![
+                ("/data".to_string(), "/srv".to_string()),
+                ("/x".to_string(), "/y".to_string())
+            ]
+        );
+        assert_eq!(o.external, vec!["net[5]:extRootNetNS".to_string()]);
         assert!(matches!(p("restore -S"), Err(CliError::Unsupported { ref opt, .. }) if opt == "-S"));
         assert_eq!(
             p("dump --no-such"),

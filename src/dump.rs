@@ -38,6 +38,12 @@ pub struct DumpOpts {
     pub tcp_established: bool,
     /// Dump established TCP connections to be restored closed.
     pub tcp_close: bool,
+    /// External mounts of a container: mountpoint → name (CRIU's ext_mnt
+    /// at dump).
+    pub ext_mnt: Vec<(String, String)>,
+    /// CRIU's `external` (e.g. "net[INODE]:extRootNetNS": the caller owns
+    /// that namespace and hands it back at restore).
+    pub external: Vec<String>,
     /// Called with [`Event::PostDump`](crate::hooks::Event) once the images
     /// are complete, before the tree is killed or resumed; an error leaves
     /// the tree running and fails the dump.
@@ -266,8 +272,24 @@ fn write_images(
         );
     }
 
+    let tree_ns = ns_inodes(root.pid)?;
+    let owned = crate::ns::dump(
+        dir,
+        &crate::ns::DumpCtx {
+            pid: root.pid,
+            own: &own_ns,
+            tree: &tree_ns,
+            ext_mnt: &opts.ext_mnt,
+            external: &opts.external,
+        },
+        |k, ino| ids.ns_id(k, ino),
+    )?;
+
     let mut files = FileTable::default();
     files.net = std::mem::take(net);
+    if owned.contains(&"mnt") {
+        files.root_prefix = Some(format!("/proc/{}/root", root.pid));
+    }
     let mut pstree = Vec::new();
     let mut seccomp: Vec<pb::SeccompFilter> = Vec::new();
     for p in &frozen.procs {
@@ -292,9 +314,9 @@ fn write_images(
             if k == "pid" && view.own_ns {
                 continue;
             }
-            if ns[k] != own_ns[k] {
+            if ns[k] != own_ns[k] && !(owned.contains(&k) && ns[k] == tree_ns[k]) {
                 bail!(
-                    "pid {} is in its own {k} namespace; namespaces are not supported yet",
+                    "pid {} is in a {k} namespace of its own, below the tree's; nested namespaces are not supported",
                     p.pid
                 );
             }

@@ -26,6 +26,10 @@ pub enum Event {
     PostRestore { pid: i32 },
     /// Restore: the tasks are about to be released.
     PreResume,
+    /// Restore: the master of a re-created pty whose master was outside
+    /// the tree (a container's console); the engine keeps the fd open for
+    /// the call.
+    OrphanPtsMaster { fd: i32 },
 }
 
 impl Event {
@@ -37,6 +41,7 @@ impl Event {
             Event::PostSetupNamespaces => "post-setup-namespaces",
             Event::PostRestore { .. } => "post-restore",
             Event::PreResume => "pre-resume",
+            Event::OrphanPtsMaster { .. } => "orphan-pts-master",
         }
     }
 

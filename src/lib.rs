@@ -25,10 +25,13 @@ pub mod kerndat;
 pub mod log;
 pub mod mem;
 pub mod net;
+pub mod ns;
+pub mod oci;
 pub mod proc;
 pub mod regs;
 pub mod restore;
 pub mod rpc;
+pub mod runtime;
 pub mod sys;
 
 /// Fails with a clear message when not running as root.

@@ -252,6 +252,7 @@ const PR_CAP_AMBIENT_RAISE: usize = 2;
 const PR_CAP_AMBIENT_CLEAR_ALL: usize = 4;
 const SECBIT_NO_SETUID_FIXUP: usize = 1 << 2;
 const CAP_SETPCAP: u32 = 8;
+const CAP_SYS_ADMIN: u32 = 21;
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 const RSEQ_FLAG_UNREGISTER: usize = 1;
 const SIGKILL: usize = 9;
@@ -572,6 +573,8 @@ impl Blob<'_> {
         let t = unsafe { &*(self.a.threads as *const ThreadState).add(i as usize) };
         self.set_thread(t);
         self.set_creds();
+        // The process's filters are installed by the main thread (TSYNC).
+        self.finish_creds_after_seccomp();
         self.sync_with_engine();
         self.queue_signals(false);
         self.sigreturn(t)
@@ -685,6 +688,10 @@ impl Blob<'_> {
 
         let mut prm = c.cap_prm;
         prm[0] |= 1 << CAP_SETPCAP;
+        let admin = self.seccomp_needs_admin();
+        if admin {
+            prm[0] |= 1 << CAP_SYS_ADMIN;
+        }
         self.capset(prm, prm, c.cap_inh);
 
         self.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0);
@@ -697,9 +704,39 @@ impl Blob<'_> {
         }
 
         self.prctl(PR_SET_SECUREBITS, c.secbits as usize, 0);
+        if admin {
+            // Kept until the filters are in (see seccomp_needs_admin).
+            let mut eff = c.cap_eff;
+            let mut prm = c.cap_prm;
+            eff[0] |= 1 << CAP_SYS_ADMIN;
+            prm[0] |= 1 << CAP_SYS_ADMIN;
+            self.capset(eff, prm, c.cap_inh);
+            return;
+        }
         self.capset(c.cap_eff, c.cap_prm, c.cap_inh);
         if c.no_new_privs != 0 {
             self.prctl(PR_SET_NO_NEW_PRIVS, 1, 0);
+        }
+    }
+
+    /// A filter may be installed only with CAP_SYS_ADMIN or no_new_privs.
+    /// A task that got its filters while privileged (a container whose
+    /// runtime installed them before dropping capabilities) keeps
+    /// CAP_SYS_ADMIN through the seccomp step and drops it right after.
+    fn seccomp_needs_admin(&self) -> bool {
+        let c: &Creds = &self.a.creds;
+        c.skip == 0
+            && self.a.seccomp_mode == 2
+            && self.a.nr_seccomp > 0
+            && c.no_new_privs == 0
+            && c.cap_eff[0] & (1 << CAP_SYS_ADMIN) == 0
+    }
+
+    /// The creds' last step when [`seccomp_needs_admin`]: the final sets.
+    fn finish_creds_after_seccomp(&self) {
+        if self.seccomp_needs_admin() {
+            let c: &Creds = &self.a.creds;
+            self.capset(c.cap_eff, c.cap_prm, c.cap_inh);
         }
     }
 
@@ -864,6 +901,7 @@ impl Blob<'_> {
         self.set_creds();
         self.sync_with_engine();
         self.install_seccomp();
+        self.finish_creds_after_seccomp();
         self.queue_signals(true);
         self.arm_timers();
         self.sigreturn(&a.thread)

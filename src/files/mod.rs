@@ -180,6 +180,9 @@ pub struct FileTable {
     /// memfd inodes by (dev, ino): their inode id.
     memfd_inodes: HashMap<(u64, u64), u32>,
     memfd_entries: Vec<pb::MemfdInodeEntry>,
+    /// For a tree in its own mount namespace, "/proc/PID/root": paths the
+    /// tree names are looked up through it.
+    pub root_prefix: Option<String>,
     /// Anonymous shared memory objects saved so far, by (dev, ino).
     shmem_done: HashMap<(u64, u64), ()>,
     /// File locks (filelocks.img) and what they were deduplicated by.
@@ -239,7 +242,10 @@ impl FileTable {
                 return Ok(id);
             }
         }
-        let md = fs::metadata(path).ok();
+        let md = match &self.root_prefix {
+            Some(r) => fs::metadata(format!("{r}{path}")).ok(),
+            None => fs::metadata(path).ok(),
+        };
         let id = self.new_id();
         self.entries.push(pb::FileEntry {
             r#type: FD_REG,
@@ -448,10 +454,14 @@ impl FileTable {
             return Ok(id);
         }
         let id = index << 1;
+        let open_path = match &self.root_prefix {
+            Some(r) => format!("{r}{path}"),
+            None => path.to_string(),
+        };
         let f = fs::OpenOptions::new()
             .read(true)
             .custom_flags_noctty()
-            .open(path)
+            .open(&open_path)
             .with_context(|| format!("Cannot open the terminal {path}"))?;
         let t = systty::get_termios(f.as_fd()).with_context(|| format!("TCGETS on {path}"))?;
         let ws = systty::get_winsize(f.as_fd()).with_context(|| format!("TIOCGWINSZ on {path}"))?;

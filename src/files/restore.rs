@@ -56,6 +56,10 @@ pub struct Extra {
     pub tcp: HashMap<u32, crate::net::tcp::Stream>,
     /// Restore established TCP connections closed (--tcp-close).
     pub tcp_close: bool,
+    /// The caller's substitutes (CRIU's inherit_fd): "pipe:[INO]" → an
+    /// engine fd every task inherits; a pipe with that inode is not
+    /// recreated, its descriptors become copies of that fd.
+    pub inherit: HashMap<String, RawFd>,
 }
 
 /// Reads the images that go with files.img.
@@ -236,7 +240,8 @@ pub fn check_fd(
         }
         FD_TTY if fe.tty.is_some() => {
             let inside = fe.tty.as_ref().is_some_and(|t| fx.ttys.inside.contains(&t.tty_info_id));
-            if !shell_job && !inside {
+            // A container's console is re-created in its devpts (ns::Console).
+            if !shell_job && !inside && opts.root.is_none() {
                 bail!(
                     "pid {pid} fd {} is a terminal of the dumping session; restore with --shell-job",
                     f.fd
@@ -528,6 +533,14 @@ fn create(plan: &Plan, g: &Group, lay: &Layout, efds: EngineFds) -> Result<Vec<(
             let gfd = reg::make_ghost(ghost, name)?;
             for &id in &g.ids {
                 out.push((id, reg::open(&plan.files[&id], Some(gfd.as_raw_fd()))?));
+            }
+        }
+        GroupKey::Pipe(p) if plan.fx.inherit.contains_key(&format!("pipe:[{p}]")) => {
+            let fd = plan.fx.inherit[&format!("pipe:[{p}]")];
+            for &id in &g.ids {
+                let n = fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(lay.scratch))
+                    .with_context(|| format!("dup of the inherited fd {fd} for pipe:[{p}]"))?;
+                out.push((id, crate::sys::rawfd::own(n)));
             }
         }
         GroupKey::Pipe(p) => out = pipe::create_pipe(&plan.files, &g.ids, plan.fx.pipe_data.get(&p))?,

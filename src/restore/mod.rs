@@ -58,6 +58,13 @@ pub struct RestoreOpts {
     /// For a tree with a network namespace of its own: the name in the
     /// caller's namespace of the outside end of each veth (IN, OUT).
     pub veth_pairs: Vec<(String, String)>,
+    /// A container's root directory: its mount tree is rebuilt over it.
+    pub root: Option<PathBuf>,
+    /// External mounts: name → host path (CRIU's ext_mnt at restore).
+    pub ext_mnt: Vec<(String, String)>,
+    /// CRIU's inherit_fd: "pipe:[INO]" → an fd of the engine that replaces
+    /// that pipe in the restored tree.
+    pub inherit_fd: Vec<(String, RawFd)>,
     /// Called once every task is ready and before any runs, with
     /// setup-namespaces, post-setup-namespaces, post-restore (the root's
     /// host pid) and pre-resume; an error kills what was restored.
@@ -112,7 +119,12 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
     let t0 = Instant::now();
     check_dir_trust(&opts.dir, opts.trust_images)?;
     let dir = ImageDir::open(&opts.dir)?;
-    let plan = Plan::load(&dir, opts).context("Stage Load")?;
+    let mut plan = Plan::load(&dir, opts).context("Stage Load")?;
+    let mut nsp =
+        crate::ns::load(&dir, plan.tasks[0].pid as u32, opts.root.as_deref(), &opts.ext_mnt).context("Stage Load")?;
+    if nsp.is_some() && plan.tasks[0].pid != 1 {
+        bail!("Stage Load: a container's root task must be pid 1 of its pid namespace");
+    }
     info!("loaded images of {} processes", plan.tasks.len());
     // Lifted once the tree runs, or on any failure below.
     let net_lock = crate::net::RestoreLock::of(&plan.files);
@@ -128,8 +140,35 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
     let (shim_r, shim_w) = nix::unistd::pipe()?;
     let (ack_r, ack_w) = nix::unistd::pipe()?;
     let dirfd = fs::File::open(&opts.dir).with_context(|| format!("Cannot open {}", opts.dir.display()))?;
+    // A container's console (a pty slave whose master was outside the
+    // tree): the root task makes a new pty in the container's devpts and
+    // leaves the slave at the tty slot; its master comes back to us.
+    let console = match &nsp {
+        Some(_) if !opts.shell_job => {
+            crate::ns::console_index(&plan.ttys, &plan.fx.ttys.inside, plan.tasks[0].pid as u32)
+        }
+        _ => None,
+    };
+    let console_sock = match console {
+        Some(_) => Some(
+            nix::sys::socket::socketpair(
+                nix::sys::socket::AddressFamily::Unix,
+                nix::sys::socket::SockType::SeqPacket,
+                None,
+                nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            )
+            .context("socketpair for the console")?,
+        ),
+        None => None,
+    };
     let tty = if opts.shell_job {
         Some(nix::unistd::dup(0).context("Cannot dup stdin for --shell-job")?)
+    } else if console.is_some() {
+        // A placeholder holding the slot the console slave will take.
+        Some(
+            nix::fcntl::open("/dev/null", nix::fcntl::OFlag::O_RDWR, nix::sys::stat::Mode::empty())
+                .context("open /dev/null")?,
+        )
     } else {
         None
     };
@@ -150,8 +189,38 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
         tmp_base: high + 16,
     };
     let shim_ctl = (moved(shim_r.as_raw_fd(), high)?, moved(ack_w.as_raw_fd(), high)?);
+    let mut inherited = Vec::new();
+    if let (Some(index), Some((_, child_end)), Some(p)) = (console, &console_sock, nsp.as_mut()) {
+        let sock = moved(child_end.as_raw_fd(), high)?;
+        inherited.push(sock);
+        p.console = Some(crate::ns::Console {
+            index,
+            slot: efds.tty,
+            sock,
+        });
+    }
+    for (key, fd) in &opts.inherit_fd {
+        let n = moved(*fd, high).with_context(|| format!("inherit_fd {key}: fd {fd} is not open"))?;
+        inherited.push(n);
+        if key == crate::ns::EXT_NET_KEY {
+            match nsp.as_mut() {
+                Some(p) => p.join_net = Some(n),
+                None => bail!("inherit_fd {key}: the images hold no network namespace of their own"),
+            }
+        } else if key.starts_with("pipe:[") {
+            plan.fx.inherit.insert(key.clone(), n);
+        } else {
+            bail!(
+                "inherit_fd {key}: only pipes (pipe:[INO]) and {} can be substituted",
+                crate::ns::EXT_NET_KEY
+            );
+        }
+    }
     // --shell-job: the job's termios on the terminal (put back on failure).
-    let ext_term = match (tty, crate::files::tty::external_info(&plan.files, &plan.ttys)) {
+    let ext_term = match (
+        tty.filter(|_| opts.shell_job),
+        crate::files::tty::external_info(&plan.files, &plan.ttys),
+    ) {
         (Some(t), Some(info)) => crate::files::tty::ExtTerm::apply(t, info)?,
         _ => None,
     };
@@ -160,13 +229,17 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
     // A tree that was its own pid namespace comes back as one (its root is
     // pid 1 again); any other tree gets an init of ours as pid 1.
     let own_ns = plan.tasks[0].pid == 1;
+    let t_fork = Instant::now();
     let shim_pid = if own_ns {
-        shim::spawn_root(&plan, efds).context("Stage Fork")?
+        shim::spawn_root(&plan, efds, nsp.as_ref()).context("Stage Fork")?
     } else {
         shim::spawn(&plan, efds, shim_ctl).context("Stage Shim")?
     };
     // The engine keeps only the ends it reads or writes.
-    for fd in [efds.ready_w, efds.go_r, efds.err_w, efds.dir, shim_ctl.0, shim_ctl.1] {
+    for fd in [efds.ready_w, efds.go_r, efds.err_w, efds.dir, shim_ctl.0, shim_ctl.1]
+        .into_iter()
+        .chain(inherited)
+    {
         let _ = nix::unistd::close(fd);
     }
     if efds.tty >= 0 {
@@ -178,8 +251,13 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
     };
 
     wait_ready(&plan, &ready_r, &err_r).context("Stage Fork")?;
+    let forking_us = t_fork.elapsed().as_micros() as u64;
     crate::files::fown::restore(&plan, shim_pid).context("Stage Fork")?;
     debug!("all {} tasks ready", plan.tasks.len());
+    let master = match &console_sock {
+        Some((engine_end, _)) => Some(crate::ns::recv_console(engine_end).context("Stage Fork")?),
+        None => None,
+    };
     fire_ready_events(
         &opts.hook,
         if own_ns {
@@ -187,7 +265,9 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
         } else {
             shim::root_host_pid(shim_pid).unwrap_or(shim_pid)
         },
+        master.as_ref().map(|m| m.as_raw_fd()),
     )?;
+    drop(master);
     release(&plan, shim_pid, own_ns, go_w, &ready_r, efds).context("Stage Go")?;
     if !own_ns {
         // Let the shim drop its parent-death signal, and wait for it to say so.
@@ -225,7 +305,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
     if let Some(t) = tty {
         let _ = nix::unistd::close(t);
     }
-    write_stats(&dir, restore_us, &plan);
+    write_stats(&dir, restore_us, forking_us, &plan);
     if let Some(pf) = &opts.pidfile {
         write_pidfile(pf, root_host_pid)?;
     }
@@ -239,17 +319,15 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
 }
 
 /// The hook events of a restore whose tasks are all ready.
-fn fire_ready_events(hook: &crate::hooks::Hook, pid: i32) -> Result<()> {
+fn fire_ready_events(hook: &crate::hooks::Hook, pid: i32, console: Option<RawFd>) -> Result<()> {
     use crate::hooks::Event;
-    for ev in [
-        Event::SetupNamespaces { pid },
-        Event::PostSetupNamespaces,
-        Event::PostRestore { pid },
-        Event::PreResume,
-    ] {
-        hook.fire(ev)?;
+    hook.fire(Event::SetupNamespaces { pid })?;
+    hook.fire(Event::PostSetupNamespaces)?;
+    if let Some(fd) = console {
+        hook.fire(Event::OrphanPtsMaster { fd })?;
     }
-    Ok(())
+    hook.fire(Event::PostRestore { pid })?;
+    hook.fire(Event::PreResume)
 }
 
 /// Stage Go. Every restored thread is seized while it waits for its go
@@ -641,13 +719,15 @@ fn write_pidfile(path: &Path, pid: i32) -> Result<()> {
     Ok(())
 }
 
-fn write_stats(dir: &ImageDir, restore_us: u64, plan: &Plan) {
+/// stats-restore; forking_time is the time from the first fork until every
+/// task was ready (CRIU's "forking" phase covers the same ground).
+fn write_stats(dir: &ImageDir, restore_us: u64, forking_us: u64, plan: &Plan) {
     let e = pb::StatsEntry {
         dump: None,
         restore: Some(pb::RestoreStatsEntry {
             pages_compared: 0,
             pages_skipped_cow: 0,
-            forking_time: 0,
+            forking_time: forking_us as u32,
             restore_time: restore_us as u32,
             pages_restored: Some(plan.pages_total()),
         }),

@@ -136,15 +136,27 @@ fn shim_main(plan: &Plan, efds: EngineFds, ctl: (RawFd, RawFd), engine: Pid) -> 
 /// For a tree that was its own pid namespace (its root is pid 1): the
 /// root itself is forked into a fresh pid and mount namespace, where it is
 /// pid 1 again; no init of ours is needed. Returns its host pid.
-pub(crate) fn spawn_root(plan: &Plan, efds: EngineFds) -> Result<i32> {
-    let flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS) as u64 | crate::ipc::sysv::clone_flags(&plan.sysv);
+pub(crate) fn spawn_root(plan: &Plan, efds: EngineFds, ns: Option<&crate::ns::NsPlan>) -> Result<i32> {
+    let flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS | ns.map_or(0, |n| n.clone_flags())) as u64
+        | crate::ipc::sysv::clone_flags(&plan.sysv);
     match sysc::clone3_with_pid(flags, &[], libc::SIGCHLD as u64).context("Cannot create the pid namespace (clone3)")? {
         ForkResult::Child => {
             let r = (|| -> Result<()> {
                 // Dies with the engine until the restored state takes over.
                 nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).context("PR_SET_PDEATHSIG")?;
-                mount_proc()?;
-                crate::ipc::sysv::restore_objects(&plan.sysv)
+                match ns {
+                    // A container's objects first: its /proc/sys is
+                    // read-only once its mounts are in place (the ipc
+                    // sysctls follow the writer's ipc namespace).
+                    Some(n) => {
+                        crate::ipc::sysv::restore_objects(&plan.sysv)?;
+                        crate::ns::enter(n)
+                    }
+                    None => {
+                        mount_proc()?;
+                        crate::ipc::sysv::restore_objects(&plan.sysv)
+                    }
+                }
             })();
             if let Err(e) = r {
                 report_error(efds.err_w, &format!("Restore of pid 1 failed: {e:#}"));

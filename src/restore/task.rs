@@ -82,6 +82,14 @@ fn set_session(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<()> {
     let me = Pid::from_raw(t.pid);
     if t.sid == t.pid {
         unistd::setsid().with_context(|| format!("setsid for pid {}", t.pid))?;
+        // A container's console: the init takes its terminal back.
+        if !plan.shell_job
+            && efds.tty >= 0
+            && crate::ns::console_index(&plan.ttys, &plan.fx.ttys.inside, t.pid as u32).is_some()
+        {
+            crate::sys::ns::set_ctty(unsafe_borrow(efds.tty))
+                .with_context(|| format!("pid {} cannot take its controlling terminal back", t.pid))?;
+        }
         return Ok(());
     }
     let parent_pgid = t.parent.map(|p| plan.tasks[p].pgid);

@@ -17,6 +17,7 @@
 //! them only for such trees.
 
 use std::fs::{self, File};
+use std::os::fd::RawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -269,17 +270,30 @@ fn same_dir(a: &Path, b: &Path) -> bool {
 
 /// Sends notification `script` and waits for the ack.
 pub fn notify(conn: Conn, script: &str, pid: Option<i32>) -> Result<()> {
+    notify_impl(conn, script, pid, None)
+}
+
+/// A notification carrying one fd (SCM_RIGHTS), as orphan-pts-master does.
+pub fn notify_with_fd(conn: Conn, script: &str, fd: RawFd) -> Result<()> {
+    notify_impl(conn, script, None, Some(fd))
+}
+
+fn notify_impl(conn: Conn, script: &str, pid: Option<i32>, fd: Option<RawFd>) -> Result<()> {
     let mut r = resp(CriuReqType::Notify, true);
     r.notify = Some(CriuNotify {
         script: Some(script.to_string()),
         pid,
     });
     info!(
-        "notify {script}{}",
-        pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+        "notify {script}{}{}",
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+        fd.map(|f| format!(" with fd {f}")).unwrap_or_default()
     );
-    conn.send_resp(&r)
-        .with_context(|| format!("Cannot send notification {script}"))?;
+    match fd {
+        Some(f) => conn.send_resp_with_fd(&r, f),
+        None => conn.send_resp(&r),
+    }
+    .with_context(|| format!("Cannot send notification {script}"))?;
     let ack = conn
         .recv_req()
         .with_context(|| format!("No acknowledgement of notification {script}"))?;
@@ -425,7 +439,10 @@ impl Session {
             return Hook::default();
         }
         let conn = self.conn;
-        Hook::new(move |ev: Event| notify(conn, ev.script(), ev.pid()))
+        Hook::new(move |ev: Event| match ev {
+            Event::OrphanPtsMaster { fd } => notify_with_fd(conn, ev.script(), fd),
+            _ => notify(conn, ev.script(), ev.pid()),
+        })
     }
 
     /// Copies a stats file the engine wrote next to the images into the
@@ -453,6 +470,8 @@ impl Session {
             leave_running: o.leave_running(),
             tcp_established: o.tcp_established(),
             tcp_close: o.tcp_close(),
+            ext_mnt: o.ext_mnt.iter().map(|m| (m.key.clone(), m.val.clone())).collect(),
+            external: o.external.clone(),
             hook: self.hook(),
         };
         let st = dump::dump(&d)?;
@@ -479,6 +498,9 @@ impl Session {
             trust_images: false,
             tcp_close: o.tcp_close(),
             veth_pairs: Vec::new(),
+            root: o.root.as_ref().map(PathBuf::from),
+            ext_mnt: o.ext_mnt.iter().map(|m| (m.key.clone(), m.val.clone())).collect(),
+            inherit_fd: o.inherit_fd.iter().map(|i| (i.key.clone(), i.fd)).collect(),
             hook: self.hook(),
         };
         let r = restore::restore(&ro)?;

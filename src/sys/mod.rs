@@ -20,6 +20,7 @@ pub mod cpu;
 pub mod fdops;
 pub mod ipc;
 pub mod mmap;
+pub mod ns;
 pub mod probe;
 pub mod rawfd;
 pub mod sock;
