@@ -45,9 +45,19 @@ pub enum Cmd {
         /// Leave the tree running after the dump.
         #[arg(short = 'R', long = "leave-running")]
         leave_running: bool,
+        /// Send the images to `cryo page-server` at HOST:PORT instead of
+        /// writing them (-D then only holds the log).
+        #[arg(long = "page-server", value_name = "HOST:PORT", conflicts_with_all = ["tar", "leave_running"])]
+        page_server: Option<String>,
         #[command(flatten)]
         log: LogOpts,
     },
+    /// Receive images from `cryo dump --page-server` or `cryo migrate`
+    /// (one session), and restore them when the sender asks.
+    PageServer(crate::migrate::cli::PageServerArgs),
+    /// Move a running tree to `cryo page-server` on another host:
+    /// pre-copy, freeze, send the rest, restore there, kill the source.
+    Migrate(crate::migrate::cli::MigrateArgs),
     /// Restore a process tree into a fresh pid namespace.
     Restore {
         #[arg(short = 'D', long = "images-dir")]
@@ -119,7 +129,7 @@ pub fn main() -> i32 {
     }
 }
 
-fn log_path(log: &LogOpts, dir: Option<&Path>) -> Option<PathBuf> {
+pub(crate) fn log_path(log: &LogOpts, dir: Option<&Path>) -> Option<PathBuf> {
     let f = log.log_file.as_ref()?;
     if f.is_relative() {
         if let Some(d) = dir {
@@ -137,8 +147,13 @@ fn run(cli: Cli) -> Result<i32> {
             tar,
             shell_job,
             leave_running,
+            page_server,
             log,
         } => {
+            if let Some(to) = page_server {
+                log::init(log_path(&log, dir.as_deref()).as_deref(), log.verbosity)?;
+                return crate::migrate::cli::dump_to(pid, &to, shell_job);
+            }
             let (dir, tmp) = match (&dir, &tar) {
                 (Some(d), None) => (d.clone(), None),
                 (None, Some(_)) | (Some(_), Some(_)) => {
@@ -159,6 +174,7 @@ fn run(cli: Cli) -> Result<i32> {
                 shell_job,
                 leave_running,
                 hook: Default::default(),
+                ..Default::default()
             };
             let st = dump::dump(&opts)?;
             tracing::info!(
@@ -229,6 +245,8 @@ fn run(cli: Cli) -> Result<i32> {
                 Ok(1)
             }
         }
+        Cmd::PageServer(a) => crate::migrate::cli::page_server(a),
+        Cmd::Migrate(a) => crate::migrate::cli::migrate(a),
         Cmd::Swrk { fd } => Ok(crate::rpc::swrk_main(&fd)),
         Cmd::Install { dest, copy, force } => {
             let exe = std::env::current_exe().context("Cannot find the running binary")?;

@@ -702,6 +702,7 @@ fn cmd_dump(o: &Options) -> Result<i32> {
         shell_job: o.shell_job,
         leave_running: o.leave_running,
         hook: Default::default(),
+        ..Default::default()
     })?;
     tracing::info!("dumped {} processes, {} pages", st.processes, st.pages_written);
     if let Some(w) = &o.work_dir {

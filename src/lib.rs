@@ -23,6 +23,7 @@ pub mod image;
 pub mod kerndat;
 pub mod log;
 pub mod mem;
+pub mod migrate;
 pub mod proc;
 pub mod regs;
 pub mod restore;

@@ -18,6 +18,7 @@
 //!    rt_sigreturns into its saved registers.
 
 pub mod blob;
+mod parent;
 mod plan;
 mod shim;
 mod task;

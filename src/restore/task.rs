@@ -19,10 +19,10 @@ use nix::sys::stat::Mode;
 use nix::unistd::{self, ForkResult, Pid};
 
 use super::blob::{self, BlobPlan};
-use super::plan::{pages_of, Plan, TaskImage};
+use super::plan::{Plan, TaskImage};
 use super::{report_error, EngineFds};
 use crate::image::pb;
-use crate::mem::{self, VmaKind, PAGE_SIZE, PE_PRESENT};
+use crate::mem::{self, VmaKind, PAGE_SIZE};
 use crate::proc;
 use crate::regs;
 use crate::sys::{clone as sysc, mmap};
@@ -170,14 +170,19 @@ fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
         end: region_start + staging_len,
     };
 
-    let pages = nix::fcntl::openat(
-        Some(efds.dir),
-        t.pages_file.as_str(),
-        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .with_context(|| format!("Cannot open {}", t.pages_file))?;
-    let pages = crate::sys::rawfd::own(pages);
+    let mut pages_files = std::collections::HashMap::new();
+    for f in &t.fills {
+        if !pages_files.contains_key(&f.file) {
+            let fd = nix::fcntl::openat(
+                Some(efds.dir),
+                f.file.as_str(),
+                OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .with_context(|| format!("Cannot open {}", f.file))?;
+            pages_files.insert(f.file.clone(), crate::sys::rawfd::own(fd));
+        }
+    }
 
     let mut moves = Vec::with_capacity(staged_vmas.len());
     let mut madvs = Vec::new();
@@ -274,14 +279,11 @@ fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
 
     // Fill the pages.
     let mut huge = HugeStager::default();
-    for (e, off) in t.pagemap.iter().zip(&t.page_offsets) {
-        let Some(off) = off else { continue };
-        if e.flags.unwrap_or(PE_PRESENT) & PE_PRESENT == 0 {
-            continue;
-        }
-        let mut a = e.vaddr;
-        let end = e.vaddr + pages_of(e) * PAGE_SIZE;
-        let mut foff = *off;
+    for fill in &t.fills {
+        let pages = &pages_files[&fill.file];
+        let mut a = fill.vaddr;
+        let end = fill.vaddr + fill.len;
+        let mut foff = fill.off;
         while a < end {
             let i = stage_of
                 .iter()
@@ -293,7 +295,7 @@ fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
                 huge.stage(a, st + (a - vs), n);
             }
             mmap::fill_from(pages.as_fd(), st + (a - vs), n, foff)
-                .with_context(|| format!("Cannot read {} at offset {foff}", t.pages_file))?;
+                .with_context(|| format!("Cannot read {} at offset {foff}", fill.file))?;
             foff += n;
             a += n;
         }

@@ -452,6 +452,7 @@ impl Session {
             shell_job: o.shell_job(),
             leave_running: o.leave_running(),
             hook: self.hook(),
+            ..Default::default()
         };
         let st = dump::dump(&d)?;
         info!(

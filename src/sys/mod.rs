@@ -24,3 +24,4 @@ pub mod rawfd;
 #[cfg(test)]
 mod tests;
 pub mod tty;
+pub mod uffd;
