@@ -84,19 +84,47 @@ impl Conn {
         anyhow!("Lost the page server at {}: {e}", self.to)
     }
 
+    /// A write failed: the receiver may have said why before closing.
+    fn write_failed(&mut self, e: std::io::Error) -> anyhow::Error {
+        let _ = self.rd.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut buf = Vec::new();
+        let _ = (&self.rd).take(1 << 20).read_to_end(&mut buf);
+        // Skip the frames we did not read; the last one is the reason.
+        let mut r = &buf[..];
+        let mut why = None;
+        while let Ok(f) = wire::read_frame(&mut r) {
+            if let Frame::Error(m) = f {
+                why = Some(m);
+            }
+        }
+        match why {
+            Some(m) => anyhow!("The page server at {} refused: {m}", self.to),
+            None => self.lost(wire::io_reason(&e)),
+        }
+    }
+
     pub fn frame(&mut self, f: &Frame) -> Result<()> {
         let b = wire::encode(f);
         self.sent += b.len() as u64;
-        self.wr.write_all(&b).map_err(|e| self.lost(wire::io_reason(&e)))
+        match self.wr.write_all(&b) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.write_failed(e)),
+        }
     }
 
     fn data(&mut self, d: &[u8]) -> Result<()> {
         self.sent += d.len() as u64 + 24;
-        wire::write_data(&mut self.wr, d).map_err(|e| self.lost(wire::io_reason(&e)))
+        match wire::write_data(&mut self.wr, d) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.write_failed(e)),
+        }
     }
 
     pub fn flush(&mut self) -> Result<()> {
-        self.wr.flush().map_err(|e| self.lost(wire::io_reason(&e)))
+        match self.wr.flush() {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.write_failed(e)),
+        }
     }
 
     /// Reads the receiver's next frame; an Error frame becomes an error.
