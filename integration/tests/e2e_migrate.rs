@@ -570,3 +570,29 @@ fn corrupted(extra: &[&str]) {
     assert!(!dir.join(".incoming").exists());
     verify_still_on_a(&pf, &mut w, "corrupted stream");
 }
+
+/// The dirtier's check is not vacuous: left alone it passes, with one
+/// byte of a cold page flipped it fails.
+#[test]
+fn dirtier_check_passes_and_fails() {
+    for (corrupt, want) in [(false, "PASS"), (true, "FAIL page")] {
+        let sc = Scratch::new("dirtier-self");
+        let log = sc.path(&format!("w-{corrupt}.log"));
+        let mut args = vec!["--mib", "8", "--hot-mib", "2", "--hot-ms", "100"];
+        if corrupt {
+            args.push("--corrupt-after-ready");
+        }
+        let w = Workload::spawn(bin!("dirtier"), &args, &log).expect("spawn dirtier");
+        sc.cl.pid(w.pid);
+        w.wait_ready().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        w.usr1().unwrap();
+        // A FAIL verdict comes back as Err naming the bad page.
+        let v = wait_for_verdict(&log, LINE_TIMEOUT).unwrap_or_else(|e| e);
+        assert!(v.contains(want), "corrupt={corrupt}: {v}");
+        assert!(
+            wait_for_line(&log, "TS ", LINE_TIMEOUT).is_ok(),
+            "no timestamps in the log"
+        );
+    }
+}
