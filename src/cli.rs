@@ -79,6 +79,11 @@ pub enum Cmd {
         /// Restore even if an open file changed size since the dump.
         #[arg(long = "skip-file-check")]
         skip_file_check: bool,
+        /// Start the tree before the pages of the parent (pre-copy) images
+        /// are in: they are filled on first touch through userfaultfd, and
+        /// in the background, while cryo stays until all are in.
+        #[arg(long = "lazy-pages")]
+        lazy_pages: bool,
         #[command(flatten)]
         log: LogOpts,
     },
@@ -202,6 +207,7 @@ fn run(cli: Cli) -> Result<i32> {
             pidfile,
             trust_images,
             skip_file_check,
+            lazy_pages,
             log,
         } => {
             let (dir, _tmp) = match (&dir, &tar) {
@@ -228,7 +234,11 @@ fn run(cli: Cli) -> Result<i32> {
                 trust_images: trust_images || _tmp.is_some(),
                 skip_file_check,
                 hook: Default::default(),
+                ..Default::default()
             };
+            if lazy_pages {
+                return crate::migrate::lazy::restore_lazy(opts);
+            }
             let r = restore::restore(&opts)?;
             Ok(r.exit_code.unwrap_or(0))
         }

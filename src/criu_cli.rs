@@ -731,6 +731,7 @@ fn cmd_restore(o: &Options) -> Result<i32> {
         pidfile: o.pidfile.clone(),
         trust_images: false,
         hook: Default::default(),
+        ..Default::default()
     })?;
     if let Some(w) = &o.work_dir {
         let _ = fs::copy(dir.join("stats-restore"), w.join("stats-restore"));

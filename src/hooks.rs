@@ -26,6 +26,13 @@ pub enum Event {
     PostRestore { pid: i32 },
     /// Restore: the tasks are about to be released.
     PreResume,
+    /// Restore (`RestoreOpts::run_hook` only): process `pid` (host pid) is
+    /// in its dumped state, stopped by this thread with ptrace, before it
+    /// runs any of its own code.
+    Resumable { pid: i32 },
+    /// Restore (`RestoreOpts::run_hook` only): every process is Resumable;
+    /// they run when the callback returns.
+    ReadyToRun,
 }
 
 impl Event {
@@ -37,13 +44,15 @@ impl Event {
             Event::PostSetupNamespaces => "post-setup-namespaces",
             Event::PostRestore { .. } => "post-restore",
             Event::PreResume => "pre-resume",
+            Event::Resumable { .. } => "cryo-resumable",
+            Event::ReadyToRun => "cryo-ready-to-run",
         }
     }
 
     /// The pid CRIU attaches to the event, if any.
     pub fn pid(&self) -> Option<i32> {
         match self {
-            Event::SetupNamespaces { pid } | Event::PostRestore { pid } => Some(*pid),
+            Event::SetupNamespaces { pid } | Event::PostRestore { pid } | Event::Resumable { pid } => Some(*pid),
             _ => None,
         }
     }

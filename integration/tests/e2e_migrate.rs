@@ -249,6 +249,46 @@ fn migrate_precopy_between_hosts() {
     assert!(ok, "page-server: {sout}\n{serr}");
     assert!(dir.join("pre-1").is_dir() && dir.join("parent").exists());
     verify_on_b(&h, &pf, &mut w, "pre-copy");
+    // The received images (with their pre-copy chain) restore again, with
+    // the parent pages served lazily by `cryo restore --lazy-pages`.
+    let pf2 = sc.path("pidfile-lazy");
+    sc.cl.pidfile(&pf2);
+    let out = cryo_in(&h.b, &["restore", "-D", s(&dir), "--lazy-pages", "--pidfile", s(&pf2)]);
+    assert!(out.status.success(), "restore --lazy-pages: {}", describe(&out));
+    let so = String::from_utf8_lossy(&out.stdout);
+    assert!(so.contains("lazy pages:"), "{so}");
+    let rpid = read_pidfile(&pf2).unwrap();
+    cryo_integration::signal(rpid, libc::SIGUSR1).unwrap();
+    let v = wait_for_nth_verdict(&w.log, 2, LINE_TIMEOUT).unwrap_or_else(|e| panic!("[lazy restore] {e}"));
+    assert!(v.starts_with("PASS"), "[lazy restore] {v}");
+}
+
+#[test]
+fn migrate_lazy_pages_between_hosts() {
+    require_root!();
+    let h = hosts();
+    let sc = Scratch::new("mig-lazy");
+    let mut w = dirtier(&h, &sc, 64);
+    let srv = Server::start(&h, &sc, "1");
+    let (pid, to, log) = (w.pid.to_string(), srv.to(), sc.path("migrate.log"));
+    let out = cryo_in(&h.a, &migrate_args(&pid, &to, s(&log), &["--lazy-pages"]));
+    assert!(
+        out.status.success(),
+        "migrate: {}\n{}",
+        describe(&out),
+        log_tail(&log, 20)
+    );
+    let pf = srv.pidfile.clone();
+    let (ok, sout, serr) = srv.finish();
+    assert!(ok, "page-server: {sout}\n{serr}");
+    // The page server copied the pre-copied memory after the tree ran.
+    let kib: u64 = sout
+        .split("lazy pages: ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(kib > 32 << 10, "lazy pages should carry most of 64 MiB: {sout}");
+    verify_on_b(&h, &pf, &mut w, "lazy pages");
 }
 
 #[test]

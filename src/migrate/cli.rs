@@ -44,6 +44,11 @@ pub struct MigrateArgs {
     pub no_pre_copy: bool,
     #[arg(short = 'j', long = "shell-job")]
     pub shell_job: bool,
+    /// Let the tree run on the destination before the pre-copied pages
+    /// are in its memory; they are filled on first touch (userfaultfd)
+    /// and in the background by the page server.
+    #[arg(long = "lazy-pages")]
+    pub lazy_pages: bool,
     #[command(flatten)]
     pub log: LogOpts,
 }
@@ -62,7 +67,7 @@ pub fn page_server(a: PageServerArgs) -> Result<i32> {
     })?;
     match out {
         super::server::Outcome::Images => println!("cryo page-server: images received"),
-        super::server::Outcome::Restored(p) => println!("cryo page-server: restored, pid {p}"),
+        super::server::Outcome::Restored(_) => {}
     }
     Ok(0)
 }
@@ -71,12 +76,13 @@ fn report(st: &super::MigrateStats) {
     let rounds: Vec<String> = st.rounds.iter().map(|b| format!("{}", b >> 10)).collect();
     println!(
         "cryo migrate: pre-copy rounds (KiB) [{}], final {} pages, {} pages from the rounds, \
-         {} bytes sent, frozen {} ms, total {} ms{}",
+         {} bytes sent, frozen {} ms, stopped {} ms, total {} ms{}",
         rounds.join(" "),
         st.final_pages,
         st.parent_pages,
         st.bytes_sent,
         st.frozen_us / 1000,
+        st.stopped_us / 1000,
         st.total_us / 1000,
         st.restored_pid
             .map_or(String::new(), |p| format!(", restored as pid {p}"))
@@ -90,6 +96,7 @@ pub fn migrate(a: MigrateArgs) -> Result<i32> {
         to: a.to,
         max_rounds: if a.no_pre_copy { 0 } else { a.max_rounds },
         restore: true,
+        lazy: a.lazy_pages,
         shell_job: a.shell_job,
     })?;
     report(&st);
@@ -102,6 +109,7 @@ pub fn dump_to(pid: i32, to: &str, shell_job: bool) -> Result<i32> {
         to: to.to_string(),
         max_rounds: 0,
         restore: false,
+        lazy: false,
         shell_job,
     })?;
     report(&st);

@@ -9,6 +9,7 @@
 //! * [`send`]: the sending side.
 
 pub mod cli;
+pub mod lazy;
 pub mod runs;
 pub mod send;
 pub mod server;
@@ -36,6 +37,10 @@ pub struct MigrateOpts {
     pub max_rounds: u32,
     /// Ask the destination to restore (migrate) or only keep the images.
     pub restore: bool,
+    /// The destination lets the tree run before the pre-copied pages are
+    /// in its memory (lazy pages): the downtime no longer includes
+    /// loading them.
+    pub lazy: bool,
     pub shell_job: bool,
 }
 
@@ -49,8 +54,11 @@ pub struct MigrateStats {
     pub parent_pages: u64,
     /// Bytes put on the wire.
     pub bytes_sent: u64,
-    /// The source was frozen this long (freeze to kill), in us.
+    /// Freeze to images complete (dump stage), in us.
     pub frozen_us: u64,
+    /// Freeze to the restored tree released on the destination (Commit):
+    /// the time the workload does not run anywhere, in us.
+    pub stopped_us: u64,
     pub total_us: u64,
     /// Host pid of the restored root on the destination.
     pub restored_pid: Option<i32>,
@@ -130,11 +138,14 @@ pub fn migrate(opts: &MigrateOpts) -> Result<MigrateStats> {
     let stage = staging_dir()?;
     let conn = Arc::new(Mutex::new(conn));
     let restored = Arc::new(Mutex::new(None::<i32>));
+    let committed = Arc::new(Mutex::new(None::<Instant>));
     let hook = {
         let conn = conn.clone();
         let restored = restored.clone();
+        let committed = committed.clone();
         let dir: PathBuf = stage.path().to_path_buf();
         let want_restore = opts.restore;
+        let lazy = opts.lazy && rounds > 0;
         Hook::new(move |ev| {
             if ev != Event::PostDump {
                 return Ok(());
@@ -155,7 +166,7 @@ pub fn migrate(opts: &MigrateOpts) -> Result<MigrateStats> {
                     f => Err(anyhow!("The page server answered End with {}", f.name())),
                 };
             }
-            c.frame(&Frame::Restore)?;
+            c.frame(if lazy { &Frame::RestoreLazy } else { &Frame::Restore })?;
             c.flush()?;
             let rpid = match c.answer()? {
                 Frame::Restored { pid } => pid as i32,
@@ -164,6 +175,7 @@ pub fn migrate(opts: &MigrateOpts) -> Result<MigrateStats> {
             // The commit point: from here on the destination runs the tree.
             c.frame(&Frame::Commit)?;
             c.flush()?;
+            *committed.lock().unwrap() = Some(Instant::now());
             *restored.lock().unwrap() = Some(rpid);
             match c.answer() {
                 Ok(Frame::Done) => {}
@@ -181,6 +193,7 @@ pub fn migrate(opts: &MigrateOpts) -> Result<MigrateStats> {
         hook,
         prev: tracker.clone(),
     };
+    let t_freeze = Instant::now();
     let res = dump::dump(&dopts);
     drop(dopts);
     drop(tracker); // ends write tracking (on a failure the source runs on)
@@ -194,6 +207,10 @@ pub fn migrate(opts: &MigrateOpts) -> Result<MigrateStats> {
     stats.final_pages = st.pages_written;
     stats.parent_pages = st.pages_skipped_parent;
     stats.frozen_us = st.frozen_us;
+    stats.stopped_us = committed
+        .lock()
+        .unwrap()
+        .map_or(0, |t| (t - t_freeze).as_micros() as u64);
     stats.bytes_sent = conn.lock().unwrap().sent;
     stats.restored_pid = *restored.lock().unwrap();
     stats.total_us = t0.elapsed().as_micros() as u64;

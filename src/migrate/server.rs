@@ -151,13 +151,28 @@ fn session(ses: &mut Session, opts: &ServerOpts, incoming: &Path) -> Result<Outc
                 info!("received {files} files into {}", opts.dir.display());
                 return Ok(Outcome::Images);
             }
-            Frame::Restore => {
+            f @ (Frame::Restore | Frame::RestoreLazy) => {
+                let lazy = f == Frame::RestoreLazy;
                 check_complete(incoming, files)?;
-                let pid = restore_here(ses, opts, incoming)?;
+                let (pid, procs) = restore_here(ses, opts, incoming, lazy)?;
                 move_into(incoming, &opts.dir)?;
                 if let Err(e) = ses.send(&Frame::Done) {
                     // The source is stopped for good once it sent Commit.
                     warn!("could not confirm the restore to the sender: {e}");
+                }
+                {
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "cryo page-server: restored, pid {pid}");
+                    let _ = out.flush();
+                }
+                if !procs.is_empty() {
+                    let st = super::lazy::serve(&opts.dir, procs)?;
+                    println!(
+                        "cryo page-server: lazy pages: {} KiB copied, {} faults, all in after {} ms",
+                        st.bytes >> 10,
+                        st.faults,
+                        st.us / 1000
+                    );
                 }
                 return Ok(Outcome::Restored(pid));
             }
@@ -266,20 +281,28 @@ fn move_into(incoming: &Path, dir: &Path) -> Result<()> {
 
 /// Restores from `incoming`; between "every task ready" and "released"
 /// tells the sender and waits for its Commit.
-fn restore_here(ses: &mut Session, opts: &ServerOpts, incoming: &Path) -> Result<i32> {
+fn restore_here(
+    ses: &mut Session,
+    opts: &ServerOpts,
+    incoming: &Path,
+    lazy: bool,
+) -> Result<(i32, Vec<super::lazy::LazyProc>)> {
     let root = Arc::new(Mutex::new(0i32));
     let conn = Arc::new(Mutex::new((
         ses.rd.get_ref().try_clone()?,
         ses.wr.try_clone()?,
         None::<String>,
     )));
+    // The commit handshake: before the tasks are released (PreResume), or
+    // with lazy pages once the userfaultfds are in place (ReadyToRun).
+    let commit_on = if lazy { Event::ReadyToRun } else { Event::PreResume };
     let hook = {
         let root = root.clone();
         let conn = conn.clone();
         Hook::new(move |ev| {
             match ev {
                 Event::PostRestore { pid } => *root.lock().unwrap() = pid,
-                Event::PreResume => {
+                ev if ev == commit_on => {
                     let pid = *root.lock().unwrap();
                     let mut c = conn.lock().unwrap();
                     wire::write_frame(&mut c.1, &Frame::Restored { pid: pid as u32 })
@@ -295,6 +318,11 @@ fn restore_here(ses: &mut Session, opts: &ServerOpts, incoming: &Path) -> Result
             Ok(())
         })
     };
+    let (run_hook, procs) = if lazy {
+        super::lazy::hook(incoming.to_path_buf(), Some(hook.clone()))
+    } else {
+        (Hook::default(), Default::default())
+    };
     let r = restore::restore(&restore::RestoreOpts {
         dir: incoming.to_path_buf(),
         shell_job: false,
@@ -303,10 +331,13 @@ fn restore_here(ses: &mut Session, opts: &ServerOpts, incoming: &Path) -> Result
         trust_images: false,
         skip_file_check: false,
         hook,
+        lazy_pages: lazy,
+        run_hook,
     })
     .context("Restore failed")?;
     info!("restored, root pid {}", r.root_host_pid);
-    Ok(r.root_host_pid)
+    let procs = std::mem::take(&mut *procs.lock().unwrap());
+    Ok((r.root_host_pid, procs))
 }
 
 #[cfg(test)]

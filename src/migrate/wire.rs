@@ -51,6 +51,9 @@ pub enum Frame {
     End,
     /// Sender: everything is sent; restore them now.
     Restore,
+    /// Sender: as Restore, but let the tree run before the pages of the
+    /// pre-copy rounds are in its memory (lazy pages).
+    RestoreLazy,
     /// Sender: the source is stopped for good; let the restored tree run.
     Commit,
     /// Receiver: the images are complete and kept.
@@ -76,6 +79,7 @@ impl Frame {
             Frame::End => 6,
             Frame::Restore => 7,
             Frame::Commit => 8,
+            Frame::RestoreLazy => 9,
             Frame::Ok => 20,
             Frame::Restored { .. } => 21,
             Frame::Done => 22,
@@ -93,6 +97,7 @@ impl Frame {
             Frame::Symlink { .. } => "Symlink",
             Frame::End => "End",
             Frame::Restore => "Restore",
+            Frame::RestoreLazy => "RestoreLazy",
             Frame::Commit => "Commit",
             Frame::Ok => "Ok",
             Frame::Restored { .. } => "Restored",
@@ -124,7 +129,7 @@ impl Frame {
             }
             Frame::Restored { pid } => p.extend_from_slice(&pid.to_le_bytes()),
             Frame::Error(m) => p.extend_from_slice(m.as_bytes()),
-            Frame::End | Frame::Restore | Frame::Commit | Frame::Ok | Frame::Done => {}
+            Frame::End | Frame::Restore | Frame::RestoreLazy | Frame::Commit | Frame::Ok | Frame::Done => {}
         }
         p
     }
@@ -233,6 +238,7 @@ pub fn decode_payload(kind: u32, p: Vec<u8>) -> Result<Frame, String> {
         6 => return exact(0, Frame::End),
         7 => return exact(0, Frame::Restore),
         8 => return exact(0, Frame::Commit),
+        9 => return exact(0, Frame::RestoreLazy),
         20 => return exact(0, Frame::Ok),
         21 => return exact(4, Frame::Restored { pid: u32_at(&p, 0)? }),
         22 => return exact(0, Frame::Done),
@@ -331,6 +337,7 @@ mod tests {
         for f in [
             Frame::End,
             Frame::Restore,
+            Frame::RestoreLazy,
             Frame::Commit,
             Frame::Ok,
             Frame::Done,

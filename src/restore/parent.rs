@@ -20,6 +20,9 @@ pub struct Fill {
     /// Relative to the image directory (e.g. `parent/parent/pages-1.img`).
     pub file: String,
     pub off: u64,
+    /// Served after the tasks run (--lazy-pages): not staged when the
+    /// mapping is private anonymous memory.
+    pub lazy: bool,
 }
 
 /// Longest parent chain followed.
@@ -53,6 +56,7 @@ pub fn fills(dir: &Path, pid: u32, idx: &PagemapIndex) -> Result<Vec<Fill>> {
                 len: r.len(),
                 file: names::pages(idx.pages_id),
                 off: r.offset.unwrap_or(0),
+                lazy: false,
             });
         } else if r.flags & PE_PARENT != 0 {
             resolve(dir, pid, 1, r.vaddr, r.end(), &mut cache, &mut out)?;
@@ -104,6 +108,7 @@ fn resolve(
                 len: e - a,
                 file: format!("{pre}{}", names::pages(idx.pages_id)),
                 off: r.offset.unwrap_or(0) + (a - r.vaddr),
+                lazy: false,
             });
         } else if r.flags & PE_PARENT != 0 {
             resolve(dir, pid, depth + 1, a, e, cache, out)?;

@@ -189,7 +189,10 @@ impl Plan {
             validate_mm(&mm, pid, &files, own_vdso)?;
             let (_, pagemap) = dir.read_pagemap(&image::names::pagemap(pid as u32))?;
             let idx: PagemapIndex = dir.pagemap_index(pid as u32)?;
-            let fills = super::parent::fills(dir.path(), pid as u32, &idx)?;
+            let mut fills = super::parent::fills(dir.path(), pid as u32, &idx)?;
+            for f in &mut fills {
+                f.lazy = opts.lazy_pages && f.file.starts_with("parent/");
+            }
             check_pages_inside_vmas(&pagemap, &mm, pid)?;
             let fs: pb::FsEntry = dir
                 .read_image::<pb::FsEntry>(&image::names::fs(pid as u32), Kind::Fs)?

@@ -280,6 +280,9 @@ fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
     // Fill the pages.
     let mut huge = HugeStager::default();
     for fill in &t.fills {
+        if fill.lazy && lazy_ok(&staged_vmas, fill.vaddr, fill.vaddr + fill.len) {
+            continue;
+        }
         let pages = &pages_files[&fill.file];
         let mut a = fill.vaddr;
         let end = fill.vaddr + fill.len;
@@ -327,6 +330,14 @@ fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
 }
 
 use crate::sys::mmap::HPAGE_SIZE;
+
+/// Whether `[start, end)` lies in one private anonymous mapping (where a
+/// lazy piece may be left unstaged for userfaultfd to fill later).
+fn lazy_ok(staged: &[&pb::VmaEntry], start: u64, end: u64) -> bool {
+    staged
+        .iter()
+        .any(|v| v.start <= start && end <= v.end && VmaKind::from_status(v.status) == Some(VmaKind::AnonPrivate))
+}
 
 /// Whether the kernel gave the original VMA huge pages on fault: private
 /// anonymous memory madvise(MADV_HUGEPAGE)'d (and not MADV_NOHUGEPAGE).

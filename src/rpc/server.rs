@@ -477,6 +477,7 @@ impl Session {
             pidfile: None,
             trust_images: false,
             hook: self.hook(),
+            ..Default::default()
         };
         let r = restore::restore(&ro)?;
         let pid = r.root_host_pid;
