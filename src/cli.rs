@@ -49,9 +49,20 @@ pub enum Cmd {
         /// writing them (-D then only holds the log).
         #[arg(long = "page-server", value_name = "HOST:PORT", conflicts_with_all = ["tar", "leave_running"])]
         page_server: Option<String>,
+        /// The last `cryo pre-dump` directory (relative to -D): copy only
+        /// the pages written since, the rest are PE_PARENT.
+        #[arg(long = "prev-images-dir", conflicts_with = "page_server")]
+        prev_images_dir: Option<PathBuf>,
+        /// Accepted for CRIU compatibility (cryo always tracks memory
+        /// between pre-dumps).
+        #[arg(long = "track-mem")]
+        track_mem: bool,
         #[command(flatten)]
         log: LogOpts,
     },
+    /// Copy a tree's memory while it runs (pre-copy); repeat with
+    /// --prev-images-dir, end with `cryo dump --prev-images-dir`.
+    PreDump(crate::migrate::cli::PreDumpArgs),
     /// Receive images from `cryo dump --page-server` or `cryo migrate`
     /// (one session), and restore them when the sender asks.
     PageServer(crate::migrate::cli::PageServerArgs),
@@ -153,6 +164,8 @@ fn run(cli: Cli) -> Result<i32> {
             shell_job,
             leave_running,
             page_server,
+            prev_images_dir,
+            track_mem: _,
             log,
         } => {
             if let Some(to) = page_server {
@@ -181,7 +194,10 @@ fn run(cli: Cli) -> Result<i32> {
                 hook: Default::default(),
                 ..Default::default()
             };
-            let st = dump::dump(&opts)?;
+            let st = match &prev_images_dir {
+                Some(p) => crate::migrate::predump::dump_after(opts.clone(), p)?,
+                None => dump::dump(&opts)?,
+            };
             tracing::info!(
                 "dumped {} processes, {} pages, frozen {} us",
                 st.processes,
@@ -255,6 +271,7 @@ fn run(cli: Cli) -> Result<i32> {
                 Ok(1)
             }
         }
+        Cmd::PreDump(a) => crate::migrate::cli::pre_dump(a),
         Cmd::PageServer(a) => crate::migrate::cli::page_server(a),
         Cmd::Migrate(a) => crate::migrate::cli::migrate(a),
         Cmd::Swrk { fd } => Ok(crate::rpc::swrk_main(&fd)),

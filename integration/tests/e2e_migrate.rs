@@ -636,3 +636,71 @@ fn dirtier_check_passes_and_fails() {
         );
     }
 }
+
+fn uffd_fds(pid: i32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .map(|l| l.to_string_lossy().contains("userfaultfd"))
+                        .unwrap_or(false)
+                })
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `cryo pre-dump` twice (the second copies only what was written since
+/// the first), then `cryo dump --prev-images-dir`, then restore through
+/// the parent chain: the restored workload checks every page.
+#[test]
+fn pre_dump_chain_then_dump_and_restore() {
+    require_root!();
+    let sc = Scratch::new("predump");
+    let log = sc.path("w.log");
+    let mut w = Workload::spawn(
+        bin!("dirtier"),
+        &["--mib", "32", "--hot-mib", "4", "--hot-ms", "200"],
+        &log,
+    )
+    .expect("spawn dirtier");
+    sc.cl.pid(w.pid);
+    w.wait_ready().unwrap();
+    let pid = w.pid.to_string();
+    let (d1, d2, d3) = (sc.path("d1"), sc.path("d2"), sc.path("d3"));
+    let out = cryo_integration::run_cryo(&["pre-dump", "-t", &pid, "-D", s(&d1), "--track-mem"]);
+    assert!(out.status.success(), "pre-dump 1: {}", describe(&out));
+    // The tracking stays in the task between pre-dumps, out of its way.
+    let kept = uffd_fds(w.pid);
+    assert!(
+        kept.len() == 1 && kept[0].parse::<i32>().unwrap() >= 512,
+        "kept uffd: {kept:?}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let out = cryo_integration::run_cryo(&["pre-dump", "-t", &pid, "-D", s(&d2), "--prev-images-dir", "../d1"]);
+    assert!(out.status.success(), "pre-dump 2: {}", describe(&out));
+    let size = |d: &Path| std::fs::metadata(d.join("pages-1.img")).map(|m| m.len()).unwrap_or(0);
+    assert!(size(&d1) >= 32 << 20, "first pre-dump copies everything");
+    assert!(
+        size(&d2) < 16 << 20,
+        "second pre-dump copies only what was written since: {}",
+        size(&d2)
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let out = cryo_integration::run_cryo(&["dump", "-t", &pid, "-D", s(&d3), "--prev-images-dir", "../d2"]);
+    assert!(out.status.success(), "dump: {}", describe(&out));
+    assert!(size(&d3) < 16 << 20, "final dump copies the rest only: {}", size(&d3));
+    assert_eq!(std::fs::read_link(d3.join("parent")).unwrap(), Path::new("../d2"));
+    assert!(w.wait_exit(GONE_TIMEOUT).is_some(), "the dump did not end the source");
+    let pf = sc.path("pidfile");
+    sc.cl.pidfile(&pf);
+    let out = cryo_integration::run_cryo(&["restore", "-D", s(&d3), "-d", "--pidfile", s(&pf)]);
+    assert!(out.status.success(), "restore: {}", describe(&out));
+    let rpid = read_pidfile(&pf).unwrap();
+    assert!(uffd_fds(rpid).is_empty(), "the restored task has a userfaultfd");
+    cryo_integration::signal(rpid, libc::SIGUSR1).unwrap();
+    let v = wait_for_verdict(&log, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(v.starts_with("PASS"), "{v}");
+}

@@ -53,6 +53,32 @@ pub struct MigrateArgs {
     pub log: LogOpts,
 }
 
+#[derive(Args, Debug)]
+pub struct PreDumpArgs {
+    /// Pid of the tree's root.
+    #[arg(short = 't', long = "tree")]
+    pub pid: i32,
+    /// Where this round's pages go.
+    #[arg(short = 'D', long = "images-dir")]
+    pub dir: PathBuf,
+    /// The previous pre-dump directory (relative to -D): copy only what
+    /// was written since.
+    #[arg(long = "prev-images-dir")]
+    pub prev: Option<PathBuf>,
+    /// Accepted for CRIU compatibility.
+    #[arg(long = "track-mem")]
+    pub track_mem: bool,
+    #[command(flatten)]
+    pub log: LogOpts,
+}
+
+pub fn pre_dump(a: PreDumpArgs) -> Result<i32> {
+    log::init(log_path(&a.log, None).as_deref(), a.log.verbosity)?;
+    let b = super::predump::pre_dump(a.pid, &a.dir, a.prev.as_deref())?;
+    println!("cryo pre-dump: {} KiB copied", b >> 10);
+    Ok(0)
+}
+
 pub fn page_server(a: PageServerArgs) -> Result<i32> {
     log::init(log_path(&a.log, None).as_deref(), a.log.verbosity)?;
     let host = if a.address.contains(':') {

@@ -10,6 +10,7 @@
 
 pub mod cli;
 pub mod lazy;
+pub mod predump;
 pub mod runs;
 pub mod send;
 pub mod server;

@@ -34,7 +34,8 @@ pub struct Tracked {
     pub pid: i32,
     /// Pid as named in the images.
     pub vpid: u32,
-    uffd: OwnedFd,
+    /// Held: closing the last copy ends the tracking.
+    _uffd: OwnedFd,
     pagemap: fs::File,
     /// Every byte sent in an earlier round (pre-copy images).
     pub sent: RunSet,
@@ -44,6 +45,7 @@ pub struct Tracked {
 #[derive(Debug)]
 pub struct Tracker {
     pub procs: Vec<Tracked>,
+    kept: Vec<(u32, i32)>,
 }
 
 /// Pages of one process in one round.
@@ -96,25 +98,68 @@ fn written(pagemap: &fs::File, pid: i32, start: u64, end: u64, rearm: bool) -> R
     Ok(RunSet::from_ranges(rs.into_iter().map(|r| (r.start, r.end))))
 }
 
-/// Creates a uffd inside `pid` (stopped) and returns our copy of it.
-fn uffd_of(pid: i32, vmas: &[proc::maps::Vma]) -> Result<OwnedFd> {
+/// Lowest fd number a uffd kept in the task between `cryo pre-dump`
+/// runs gets (out of the way of the task's own low fds).
+const KEEP_FD_MIN: u64 = 512;
+
+/// Creates a uffd inside `pid` (stopped) and returns our copy of it; with
+/// `keep`, the task keeps one at a high fd (close-on-exec) for the next
+/// `cryo pre-dump`/`cryo dump --prev-images-dir`, whose number is returned.
+fn uffd_of(pid: i32, vmas: &[proc::maps::Vma], keep: bool) -> Result<(OwnedFd, Option<i32>)> {
     let mut inj = Injector::new(Pid::from_raw(pid), vmas)
         .with_context(|| format!("Cannot prepare syscall injection into pid {pid}"))?;
-    let res = (|| -> Result<OwnedFd> {
+    let res = (|| -> Result<(OwnedFd, Option<i32>)> {
         let fl = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64 | UFFD_USER_MODE_ONLY;
-        let fd = inj
+        let mut fd = inj
             .syscall_ok(libc::SYS_userfaultfd, [fl, 0, 0, 0, 0, 0])
             .with_context(|| format!("userfaultfd() in pid {pid}"))? as i32;
+        let mut kept = None;
+        if keep {
+            let high = inj
+                .syscall_ok(
+                    libc::SYS_fcntl,
+                    [fd as u64, libc::F_DUPFD_CLOEXEC as u64, KEEP_FD_MIN, 0, 0, 0],
+                )
+                .with_context(|| format!("fcntl(F_DUPFD_CLOEXEC) in pid {pid}"))? as i32;
+            inj.syscall_ok(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0])?;
+            fd = high;
+            kept = Some(high);
+        }
         let got = sysc::pidfd_open(Pid::from_raw(pid))
             .and_then(|pfd| sysc::pidfd_getfd(&pfd, fd))
             .with_context(|| format!("Cannot take the userfaultfd of pid {pid}"));
-        inj.syscall_ok(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0])
-            .with_context(|| format!("close() in pid {pid}"))?;
-        got
+        if !keep {
+            inj.syscall_ok(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0])
+                .with_context(|| format!("close() in pid {pid}"))?;
+        }
+        Ok((got?, kept))
     })();
     inj.restore()
         .with_context(|| format!("Cannot restore the registers of pid {pid}"))?;
     res
+}
+
+/// Takes the uffd a previous `cryo pre-dump` left at `fd` in `pid`
+/// (stopped); with `close`, removes it from the task.
+fn take_kept(pid: i32, fd: i32, close: bool) -> Result<OwnedFd> {
+    let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+        .map(|l| l.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if link != "anon_inode:[userfaultfd]" {
+        bail!("pid {pid}: fd {fd} is not the write-tracking userfaultfd of the previous pre-dump ({link:?})");
+    }
+    let got = sysc::pidfd_open(Pid::from_raw(pid))
+        .and_then(|pfd| sysc::pidfd_getfd(&pfd, fd))
+        .with_context(|| format!("Cannot take the userfaultfd of pid {pid}"))?;
+    if close {
+        let vmas = proc::maps::read(pid as u32)?;
+        let mut inj = Injector::new(Pid::from_raw(pid), &vmas)
+            .with_context(|| format!("Cannot prepare syscall injection into pid {pid}"))?;
+        let r = inj.syscall_ok(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]);
+        inj.restore()?;
+        r.with_context(|| format!("close() in pid {pid}"))?;
+    }
+    Ok(got)
 }
 
 impl Tracker {
@@ -122,16 +167,61 @@ impl Tracker {
     /// it briefly to create the uffds, registers and arms them. `vpid`
     /// maps a host pid to its image pid.
     pub fn start(root: i32, vpid: impl Fn(i32) -> Result<u32>) -> Result<Tracker> {
+        Self::start_with(root, vpid, false, &[], |_| RunSet::default())
+    }
+
+    /// [`start`](Self::start) for `cryo pre-dump`: `keep` leaves a uffd in
+    /// each task (see [`Tracker::kept`]); `prev` lists (image pid, fd) of
+    /// uffds a previous pre-dump left, which are taken over (and, without
+    /// `keep`, removed from the task) instead of new ones; `sent` gives the
+    /// pages the previous images hold per image pid.
+    pub fn start_with(
+        root: i32,
+        vpid: impl Fn(i32) -> Result<u32>,
+        keep: bool,
+        prev: &[(u32, i32)],
+        sent: impl Fn(u32) -> RunSet,
+    ) -> Result<Tracker> {
         let frozen = Frozen::seize_tree(root)?;
         let mut made = Vec::new();
+        let mut kept = Vec::new();
         for p in frozen.procs.iter().filter(|p| p.zombie.is_none()) {
-            let vmas = proc::maps::read(p.pid as u32)?;
-            let fd = uffd_of(p.pid, &vmas)?; // an error drops `frozen`: detached
-            made.push((p.pid, vpid(p.pid)?, fd));
+            let v = vpid(p.pid)?;
+            // An error drops `frozen`: detached, the tree runs on.
+            let (fd, fresh) = match prev.iter().find(|k| k.0 == v) {
+                Some(&(_, kfd)) => {
+                    let fd = take_kept(p.pid, kfd, !keep)?;
+                    if keep {
+                        kept.push((v, kfd));
+                    }
+                    (fd, false)
+                }
+                None => {
+                    let vmas = proc::maps::read(p.pid as u32)?;
+                    let (fd, k) = uffd_of(p.pid, &vmas, keep)?;
+                    if let Some(k) = k {
+                        kept.push((v, k));
+                    }
+                    (fd, true)
+                }
+            };
+            made.push((p.pid, v, fd, fresh));
         }
         drop(frozen); // detaches: the tree runs on
         let mut procs = Vec::new();
-        for (pid, vpid, fd) in made {
+        for (pid, vpid, fd, fresh) in made {
+            if !fresh {
+                let pagemap = fs::File::open(format!("/proc/{pid}/pagemap"))
+                    .with_context(|| format!("Cannot open /proc/{pid}/pagemap"))?;
+                procs.push(Tracked {
+                    pid,
+                    vpid,
+                    _uffd: fd,
+                    pagemap,
+                    sent: sent(vpid),
+                });
+                continue;
+            }
             let features = uffd::api(&fd, uffd::FEATURE_WP_ASYNC | uffd::FEATURE_WP_UNPOPULATED)
                 .with_context(|| format!("UFFDIO_API (async write-protect) for pid {pid}"))?;
             debug!("uffd of pid {pid}: features {features:#x}");
@@ -150,13 +240,18 @@ impl Tracker {
             procs.push(Tracked {
                 pid,
                 vpid,
-                uffd: fd,
+                _uffd: fd,
                 pagemap,
                 sent: RunSet::default(),
             });
         }
         info!("tracking writes of {} processes", procs.len());
-        Ok(Tracker { procs })
+        Ok(Tracker { procs, kept })
+    }
+
+    /// (image pid, fd) of the uffds left in the tasks (`keep`).
+    pub fn kept(&self) -> &[(u32, i32)] {
+        &self.kept
     }
 
     /// One pre-copy round (the tree runs): the first returns every
@@ -216,21 +311,5 @@ impl Tracker {
             out.extend(valid.split(s, e));
         }
         Ok(Some(out))
-    }
-
-    /// Whether `uffd` of every process is still ours (for the log).
-    pub fn len(&self) -> usize {
-        self.procs.iter().filter(|t| t.uffd_alive()).count()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-impl Tracked {
-    fn uffd_alive(&self) -> bool {
-        use std::os::fd::AsRawFd;
-        self.uffd.as_raw_fd() >= 0
     }
 }
