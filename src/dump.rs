@@ -1010,6 +1010,7 @@ fn dump_pages(
         } else {
             PE_PRESENT
         };
+        let prev = prev.filter(|t| t.covers(kind));
         let pieces: Vec<(u64, u64, bool)> = match prev {
             Some(t) => {
                 let rr: Vec<(u64, u64)> = rs.iter().map(|r| (r.start, r.end)).collect();
@@ -1020,8 +1021,8 @@ fn dump_pages(
         };
         for (s, e, in_parent) in pieces {
             let n = (e - s) / PAGE_SIZE;
-            if in_parent {
-                entries.push(image::pages::new_entry(s, n, mem::PE_PARENT));
+            if let (true, Some(t)) = (in_parent, prev) {
+                entries.push(image::pages::new_entry(s, n, t.elsewhere_flag()));
             } else {
                 entries.push(image::pages::new_entry(s, n, flags));
                 runs.push((s, e - s));

@@ -704,3 +704,89 @@ fn pre_dump_chain_then_dump_and_restore() {
     let v = wait_for_verdict(&log, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     assert!(v.starts_with("PASS"), "{v}");
 }
+
+/// Post-copy from the source: no pre-copy; the destination restores the
+/// tree with none of its anonymous memory and fetches every page from
+/// the (frozen) source on first touch or in the background.
+#[test]
+fn migrate_post_copy_between_hosts() {
+    require_root!();
+    let h = hosts();
+    let sc = Scratch::new("mig-post");
+    let mut w = dirtier(&h, &sc, 64);
+    let srv = Server::start(&h, &sc, "1");
+    let (pid, to, log) = (w.pid.to_string(), srv.to(), sc.path("migrate.log"));
+    let out = cryo_in(
+        &h.a,
+        &migrate_args(&pid, &to, s(&log), &["--lazy-pages", "--no-pre-copy"]),
+    );
+    assert!(
+        out.status.success(),
+        "migrate: {}\n{}",
+        describe(&out),
+        log_tail(&log, 20)
+    );
+    let so = String::from_utf8_lossy(&out.stdout).to_string();
+    let kib: u64 = so
+        .split("post-copy ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        kib > 60 << 10,
+        "the destination should fetch the 64 MiB after the restore: {so}"
+    );
+    let pf = srv.pidfile.clone();
+    let dir = srv.dir.clone();
+    let (ok, sout, serr) = srv.finish();
+    assert!(ok, "page-server: {sout}\n{serr}");
+    let pages: u64 = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("pages-"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    assert!(pages < 8 << 20, "post-copy images should hold almost no pages: {pages}");
+    verify_on_b(&h, &pf, &mut w, "post-copy");
+}
+
+/// The source cryo dies while the destination is still fetching pages:
+/// the destination kills its incomplete copy, the source (no longer
+/// traced) runs on, and its memory checks out.
+#[test]
+fn source_cryo_killed_during_post_copy() {
+    require_root!();
+    let h = hosts();
+    let sc = Scratch::new("mig-postdie");
+    let mut w = dirtier(&h, &sc, 256);
+    let srv = Server::start(&h, &sc, "1");
+    let (pid, to) = (w.pid.to_string(), srv.to());
+    let mut mig = Hosts::cmd(
+        &h.a,
+        &cryo_bin(),
+        &["migrate", "-t", &pid, "--to", &to, "--lazy-pages", "--no-pre-copy"],
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    sc.cl.pid(mig.id() as i32);
+    wait_for_line(&srv.out, "cryo page-server: restored, pid", STEP)
+        .unwrap_or_else(|e| panic!("no restore on B: {e}; {}", srv.stderr()));
+    let rpid = read_pidfile(&srv.pidfile).unwrap();
+    cryo_integration::kill_pid(mig.id() as i32);
+    let _ = mig.wait();
+    let (ok, _, err) = srv.finish();
+    assert!(!ok && err.contains("Post-copy failed"), "page-server: {err}");
+    assert!(
+        wait_pid_exited(rpid, GONE_TIMEOUT) || !pid_running(rpid),
+        "the incomplete copy {rpid} on B still runs"
+    );
+    assert!(pid_running(w.pid), "the source is gone");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(matches!(pid_state(w.pid), Some('S') | Some('R')), "source not running");
+    w.usr1().unwrap();
+    let v = wait_for_verdict(&w.log, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(v.starts_with("PASS"), "{v}");
+}

@@ -102,7 +102,7 @@ fn report(st: &super::MigrateStats) {
     let rounds: Vec<String> = st.rounds.iter().map(|b| format!("{}", b >> 10)).collect();
     println!(
         "cryo migrate: pre-copy rounds (KiB) [{}], final {} pages, {} pages from the rounds, \
-         {} bytes sent, frozen {} ms, stopped {} ms, total {} ms{}",
+         {} bytes sent, frozen {} ms, stopped {} ms, total {} ms, post-copy {} KiB{}",
         rounds.join(" "),
         st.final_pages,
         st.parent_pages,
@@ -110,6 +110,7 @@ fn report(st: &super::MigrateStats) {
         st.frozen_us / 1000,
         st.stopped_us / 1000,
         st.total_us / 1000,
+        st.post_copied >> 10,
         st.restored_pid
             .map_or(String::new(), |p| format!(", restored as pid {p}"))
     );

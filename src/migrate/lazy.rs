@@ -35,9 +35,18 @@ use crate::sys::{clone as sysc, uffd};
 #[derive(Debug)]
 pub struct LazyProc {
     pub pid: i32,
+    /// Pid in the images (what the source knows it by).
+    pub vpid: u32,
     uffd: OwnedFd,
     /// Pieces still to copy, in address order.
     fills: Vec<Fill>,
+}
+
+impl LazyProc {
+    /// Whether some of its pages are only at the source.
+    pub fn has_remote(&self) -> bool {
+        self.fills.iter().any(|f| f.file.is_empty())
+    }
 }
 
 /// Copies per prefetch step.
@@ -77,7 +86,7 @@ pub fn attach(dir: &Path, pid: i32) -> Result<Option<LazyProc>> {
         .collect();
     let fills: Vec<Fill> = all
         .into_iter()
-        .filter(|f| f.file.starts_with("parent/"))
+        .filter(|f| f.file.starts_with("parent/") || f.file.is_empty())
         .filter(|f| vmas.iter().any(|v| v.start <= f.vaddr && f.vaddr + f.len <= v.end))
         .collect();
     if fills.is_empty() {
@@ -100,7 +109,12 @@ pub fn attach(dir: &Path, pid: i32) -> Result<Option<LazyProc>> {
         "pid {pid}: {} KiB of memory to come lazily",
         fills.iter().map(|f| f.len).sum::<u64>() >> 10
     );
-    Ok(Some(LazyProc { pid, uffd: fd, fills }))
+    Ok(Some(LazyProc {
+        pid,
+        vpid,
+        uffd: fd,
+        fills,
+    }))
 }
 
 /// The `run_hook` that attaches every restored process; the attached
@@ -135,13 +149,39 @@ pub struct Served {
     pub us: u64,
 }
 
+/// Fetches `buf.len()` bytes of image pid `vpid` at `addr` from the
+/// source (post-copy).
+pub type Remote<'a> = &'a mut dyn FnMut(u32, u64, &mut [u8]) -> Result<()>;
+
+/// The bytes of `len` at `at` of piece `f` of `vpid`: from its pages file,
+/// or (empty file name) from the source.
+fn fetch(
+    files: &HashMap<String, fs::File>,
+    remote: &mut Option<Remote>,
+    vpid: u32,
+    f: &Fill,
+    at: u64,
+    buf: &mut [u8],
+) -> Result<()> {
+    if f.file.is_empty() {
+        match remote {
+            Some(r) => r(vpid, f.vaddr + at, buf),
+            None => bail!("pages of pid {vpid} at {:#x} are only at the source", f.vaddr + at),
+        }
+    } else {
+        files[&f.file]
+            .read_exact_at(buf, f.off + at)
+            .with_context(|| format!("Cannot read {}", f.file))
+    }
+}
+
 /// Serves faults and copies every remaining piece; returns when all are
-/// in (or the processes are gone).
-pub fn serve(dir: &Path, procs: Vec<LazyProc>) -> Result<Served> {
+/// in (or the processes are gone). `remote` fetches post-copy pages.
+pub fn serve(dir: &Path, procs: Vec<LazyProc>, mut remote: Option<Remote>) -> Result<Served> {
     let t0 = Instant::now();
     let mut files: HashMap<String, fs::File> = HashMap::new();
     for p in &procs {
-        for f in &p.fills {
+        for f in p.fills.iter().filter(|f| !f.file.is_empty()) {
             if !files.contains_key(&f.file) {
                 let h = fs::File::open(dir.join(&f.file)).with_context(|| format!("Cannot open {}", f.file))?;
                 files.insert(f.file.clone(), h);
@@ -167,9 +207,7 @@ pub fn serve(dir: &Path, procs: Vec<LazyProc>) -> Result<Served> {
                     Some(f) => {
                         // The faulting page and up to 64 KiB after it.
                         let n = (f.vaddr + f.len - page).min(64 << 10) as usize;
-                        files[&f.file]
-                            .read_exact_at(&mut buf[..n], f.off + (page - f.vaddr))
-                            .with_context(|| format!("Cannot read {}", f.file))?;
+                        fetch(&files, &mut remote, p.vpid, f, page - f.vaddr, &mut buf[..n])?;
                         copy_all(&p.uffd, page, &buf[..n]).map(|c| st.bytes += c as u64)
                     }
                     None => uffd::zeropage(&p.uffd, page, PAGE_SIZE),
@@ -188,9 +226,7 @@ pub fn serve(dir: &Path, procs: Vec<LazyProc>) -> Result<Served> {
                 continue;
             };
             let n = (f.len - *done).min(CHUNK) as usize;
-            files[&f.file]
-                .read_exact_at(&mut buf[..n], f.off + *done)
-                .with_context(|| format!("Cannot read {}", f.file))?;
+            fetch(&files, &mut remote, p.vpid, f, *done, &mut buf[..n])?;
             match copy_all(&p.uffd, f.vaddr + *done, &buf[..n]) {
                 Ok(c) => st.bytes += c as u64,
                 Err(Errno::ESRCH) => gone.push(i),
@@ -247,7 +283,7 @@ pub fn restore_lazy(mut opts: restore::RestoreOpts) -> Result<i32> {
     let dir = opts.dir.clone();
     let r = restore::restore(&opts)?;
     let procs = std::mem::take(&mut *procs.lock().unwrap());
-    let st = serve(&dir, procs)?;
+    let st = serve(&dir, procs, None)?;
     println!(
         "cryo restore: pid {} runs; lazy pages: {} KiB copied, {} faults, all in after {} ms",
         r.root_host_pid,

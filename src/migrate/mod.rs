@@ -63,6 +63,8 @@ pub struct MigrateStats {
     pub total_us: u64,
     /// Host pid of the restored root on the destination.
     pub restored_pid: Option<i32>,
+    /// Bytes the destination fetched after the restore (post-copy).
+    pub post_copied: u64,
 }
 
 /// Pids of the tree rooted at `root` (children through /proc).
@@ -106,12 +108,16 @@ pub fn migrate(opts: &MigrateOpts) -> Result<MigrateStats> {
         bail!("No process with pid {pid}");
     }
     let view = PidView::of_tree(pid)?;
-    let vpids: Vec<u32> = tree_pids(pid).into_iter().map(|p| view.pid(p)).collect::<Result<_>>()?;
+    let hosts: Vec<(u32, i32)> = tree_pids(pid)
+        .into_iter()
+        .map(|p| Ok((view.pid(p)?, p)))
+        .collect::<Result<_>>()?;
+    let vpids: Vec<u32> = hosts.iter().map(|h| h.0).collect();
     let mut conn = send::Conn::connect(&opts.to, &vpids)?;
     let mut stats = MigrateStats::default();
 
     // Pre-copy.
-    let mut tracker = None;
+    let mut tracker: Option<Arc<track::Tracker>> = None;
     if opts.max_rounds > 0 {
         let mut t = track::Tracker::start(pid, |p| view.pid(p))?;
         let mut prev = u64::MAX;
@@ -134,6 +140,13 @@ pub fn migrate(opts: &MigrateOpts) -> Result<MigrateStats> {
         tracker = Some(Arc::new(t));
     }
     let rounds = stats.rounds.len() as u32;
+    // Post-copy from the source: no pre-copy, lazy pages. The dump copies
+    // no private anonymous page; the destination asks for them.
+    let remote = opts.restore && opts.lazy && rounds == 0;
+    if remote {
+        tracker = Some(Arc::new(track::Tracker::remote()));
+    }
+    let fetched = Arc::new(Mutex::new(0u64));
 
     // Freeze, dump the rest, send, restore there, commit.
     let stage = staging_dir()?;
@@ -146,7 +159,9 @@ pub fn migrate(opts: &MigrateOpts) -> Result<MigrateStats> {
         let committed = committed.clone();
         let dir: PathBuf = stage.path().to_path_buf();
         let want_restore = opts.restore;
-        let lazy = opts.lazy && rounds > 0;
+        let lazy = opts.lazy && (rounds > 0 || remote);
+        let hosts = hosts.clone();
+        let fetched = fetched.clone();
         Hook::new(move |ev| {
             if ev != Event::PostDump {
                 return Ok(());
@@ -181,7 +196,37 @@ pub fn migrate(opts: &MigrateOpts) -> Result<MigrateStats> {
             match c.answer() {
                 Ok(Frame::Done) => {}
                 Ok(f) => tracing::warn!("the page server confirmed with {}", f.name()),
-                Err(e) => tracing::warn!("no confirmation from the page server after Commit: {e:#}"),
+                Err(e) if !remote => tracing::warn!("no confirmation from the page server after Commit: {e:#}"),
+                Err(e) => return Err(e),
+            }
+            if remote {
+                // Serve pages from the frozen source until all are in. If
+                // the destination goes away first, it has killed its copy:
+                // failing here resumes the source.
+                let mut buf = vec![0u8; wire::MAX_DATA];
+                loop {
+                    match c.answer()? {
+                        Frame::PageReq { pid, addr, len } => {
+                            let host = hosts
+                                .iter()
+                                .find(|h| h.0 == pid)
+                                .map(|h| h.1)
+                                .ok_or_else(|| anyhow!("The page server asked for pages of unknown pid {pid}"))?;
+                            let b = &mut buf[..len as usize];
+                            let got =
+                                crate::sys::vm::read_remote(nix::unistd::Pid::from_raw(host), &[(addr, b.len())], b)
+                                    .unwrap_or(0);
+                            if got != b.len() {
+                                bail!("Cannot read {len} bytes of pid {pid} at {addr:#x} for the page server");
+                            }
+                            c.frame(&Frame::Data(b.to_vec()))?;
+                            c.flush()?;
+                            *fetched.lock().unwrap() += len as u64;
+                        }
+                        Frame::AllIn => break,
+                        f => bail!("The page server sent {} during post-copy", f.name()),
+                    }
+                }
             }
             Ok(())
         })
@@ -214,6 +259,7 @@ pub fn migrate(opts: &MigrateOpts) -> Result<MigrateStats> {
         .map_or(0, |t| (t - t_freeze).as_micros() as u64);
     stats.bytes_sent = conn.lock().unwrap().sent;
     stats.restored_pid = *restored.lock().unwrap();
+    stats.post_copied = *fetched.lock().unwrap();
     stats.total_us = t0.elapsed().as_micros() as u64;
     Ok(stats)
 }

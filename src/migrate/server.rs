@@ -154,7 +154,7 @@ fn session(ses: &mut Session, opts: &ServerOpts, incoming: &Path) -> Result<Outc
             f @ (Frame::Restore | Frame::RestoreLazy) => {
                 let lazy = f == Frame::RestoreLazy;
                 check_complete(incoming, files)?;
-                let (pid, procs) = restore_here(ses, opts, incoming, lazy)?;
+                let (pid, shim, procs) = restore_here(ses, opts, incoming, lazy)?;
                 move_into(incoming, &opts.dir)?;
                 if let Err(e) = ses.send(&Frame::Done) {
                     // The source is stopped for good once it sent Commit.
@@ -166,7 +166,39 @@ fn session(ses: &mut Session, opts: &ServerOpts, incoming: &Path) -> Result<Outc
                     let _ = out.flush();
                 }
                 if !procs.is_empty() {
-                    let st = super::lazy::serve(&opts.dir, procs)?;
+                    let remote = procs.iter().any(|p| p.has_remote());
+                    let mut fetch = |pid: u32, addr: u64, buf: &mut [u8]| -> Result<()> {
+                        ses.send(&Frame::PageReq {
+                            pid,
+                            addr,
+                            len: buf.len() as u32,
+                        })?;
+                        match ses.next()? {
+                            Frame::Data(d) if d.len() == buf.len() => {
+                                buf.copy_from_slice(&d);
+                                Ok(())
+                            }
+                            Frame::Error(m) => bail!("the source failed: {m}"),
+                            f => bail!("the source answered PageReq with {}", f.name()),
+                        }
+                    };
+                    let res = super::lazy::serve(&opts.dir, procs, if remote { Some(&mut fetch) } else { None });
+                    let st = match res {
+                        Ok(st) => st,
+                        Err(e) => {
+                            // Without its memory the restored tree cannot go
+                            // on: kill it (the source resumes when it loses
+                            // us before AllIn).
+                            let _ = nix::sys::signal::kill(
+                                nix::unistd::Pid::from_raw(shim),
+                                nix::sys::signal::Signal::SIGKILL,
+                            );
+                            return Err(e.context("Post-copy failed; the restored tree was killed"));
+                        }
+                    };
+                    if remote {
+                        ses.send(&Frame::AllIn)?;
+                    }
                     println!(
                         "cryo page-server: lazy pages: {} KiB copied, {} faults, all in after {} ms",
                         st.bytes >> 10,
@@ -286,7 +318,7 @@ fn restore_here(
     opts: &ServerOpts,
     incoming: &Path,
     lazy: bool,
-) -> Result<(i32, Vec<super::lazy::LazyProc>)> {
+) -> Result<(i32, i32, Vec<super::lazy::LazyProc>)> {
     let root = Arc::new(Mutex::new(0i32));
     let conn = Arc::new(Mutex::new((
         ses.rd.get_ref().try_clone()?,
@@ -337,7 +369,7 @@ fn restore_here(
     .context("Restore failed")?;
     info!("restored, root pid {}", r.root_host_pid);
     let procs = std::mem::take(&mut *procs.lock().unwrap());
-    Ok((r.root_host_pid, procs))
+    Ok((r.root_host_pid, r.shim_pid, procs))
 }
 
 #[cfg(test)]

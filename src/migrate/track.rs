@@ -46,6 +46,9 @@ pub struct Tracked {
 pub struct Tracker {
     pub procs: Vec<Tracked>,
     kept: Vec<(u32, i32)>,
+    /// Post-copy from the source: no page of private anonymous memory is
+    /// copied by the dump; all are PE_LAZY, fetched by the destination.
+    remote: bool,
 }
 
 /// Pages of one process in one round.
@@ -246,7 +249,36 @@ impl Tracker {
             });
         }
         info!("tracking writes of {} processes", procs.len());
-        Ok(Tracker { procs, kept })
+        Ok(Tracker {
+            procs,
+            kept,
+            remote: false,
+        })
+    }
+
+    /// For post-copy from the source: the dump copies no private
+    /// anonymous page (see [`Tracker::elsewhere_flag`]).
+    pub fn remote() -> Tracker {
+        Tracker {
+            procs: Vec::new(),
+            kept: Vec::new(),
+            remote: true,
+        }
+    }
+
+    /// Whether the pages of a mapping of `kind` may be left out of the dump.
+    pub fn covers(&self, kind: VmaKind) -> bool {
+        !self.remote || kind == VmaKind::AnonPrivate
+    }
+
+    /// The pagemap flag of pages left out: in the parent images, or lazy
+    /// (served by the source after the restore).
+    pub fn elsewhere_flag(&self) -> u32 {
+        if self.remote {
+            crate::mem::PE_LAZY
+        } else {
+            crate::mem::PE_PARENT
+        }
     }
 
     /// (image pid, fd) of the uffds left in the tasks (`keep`).
@@ -298,6 +330,9 @@ impl Tracker {
     /// images (true) and pages to copy now (false). None when `pid` is not
     /// tracked.
     pub fn split(&self, pid: i32, start: u64, end: u64, runs: &[(u64, u64)]) -> Result<Option<Vec<(u64, u64, bool)>>> {
+        if self.remote {
+            return Ok(Some(runs.iter().map(|&(s, e)| (s, e, true)).collect()));
+        }
         let Some(t) = self.procs.iter().find(|t| t.pid == pid) else {
             return Ok(None);
         };

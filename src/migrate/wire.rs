@@ -56,6 +56,15 @@ pub enum Frame {
     RestoreLazy,
     /// Sender: the source is stopped for good; let the restored tree run.
     Commit,
+    /// Receiver (post-copy): send `len` bytes of the memory of image pid
+    /// `pid` at `addr`; the answer is one Data frame.
+    PageReq {
+        pid: u32,
+        addr: u64,
+        len: u32,
+    },
+    /// Receiver (post-copy): every page is in; the source may go.
+    AllIn,
     /// Receiver: the images are complete and kept.
     Ok,
     /// Receiver: the tree is restored and waits for Commit (host pid).
@@ -80,6 +89,8 @@ impl Frame {
             Frame::Restore => 7,
             Frame::Commit => 8,
             Frame::RestoreLazy => 9,
+            Frame::PageReq { .. } => 10,
+            Frame::AllIn => 11,
             Frame::Ok => 20,
             Frame::Restored { .. } => 21,
             Frame::Done => 22,
@@ -98,6 +109,8 @@ impl Frame {
             Frame::End => "End",
             Frame::Restore => "Restore",
             Frame::RestoreLazy => "RestoreLazy",
+            Frame::PageReq { .. } => "PageReq",
+            Frame::AllIn => "AllIn",
             Frame::Commit => "Commit",
             Frame::Ok => "Ok",
             Frame::Restored { .. } => "Restored",
@@ -128,8 +141,19 @@ impl Frame {
                 p.extend_from_slice(target.as_bytes());
             }
             Frame::Restored { pid } => p.extend_from_slice(&pid.to_le_bytes()),
+            Frame::PageReq { pid, addr, len } => {
+                p.extend_from_slice(&pid.to_le_bytes());
+                p.extend_from_slice(&addr.to_le_bytes());
+                p.extend_from_slice(&len.to_le_bytes());
+            }
             Frame::Error(m) => p.extend_from_slice(m.as_bytes()),
-            Frame::End | Frame::Restore | Frame::RestoreLazy | Frame::Commit | Frame::Ok | Frame::Done => {}
+            Frame::End
+            | Frame::Restore
+            | Frame::RestoreLazy
+            | Frame::Commit
+            | Frame::Ok
+            | Frame::Done
+            | Frame::AllIn => {}
         }
         p
     }
@@ -239,6 +263,21 @@ pub fn decode_payload(kind: u32, p: Vec<u8>) -> Result<Frame, String> {
         7 => return exact(0, Frame::Restore),
         8 => return exact(0, Frame::Commit),
         9 => return exact(0, Frame::RestoreLazy),
+        10 => {
+            if p.len() != 16 {
+                return Err(format!("PageReq frame with a {}-byte payload", p.len()));
+            }
+            let len = u32_at(&p, 12)?;
+            if len as usize > MAX_DATA || len as u64 % 4096 != 0 {
+                return Err(format!("PageReq for {len} bytes"));
+            }
+            Frame::PageReq {
+                pid: u32_at(&p, 0)?,
+                addr: u64::from_le_bytes(p[4..12].try_into().unwrap()),
+                len,
+            }
+        }
+        11 => return exact(0, Frame::AllIn),
         20 => return exact(0, Frame::Ok),
         21 => return exact(4, Frame::Restored { pid: u32_at(&p, 0)? }),
         22 => return exact(0, Frame::Done),
@@ -338,6 +377,12 @@ mod tests {
             Frame::End,
             Frame::Restore,
             Frame::RestoreLazy,
+            Frame::AllIn,
+            Frame::PageReq {
+                pid: 3,
+                addr: 0x7f00_0000_1000,
+                len: 8192,
+            },
             Frame::Commit,
             Frame::Ok,
             Frame::Done,

@@ -10,14 +10,15 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use crate::image::{self, names, pb, ImageReader, Kind, PagemapIndex, PAGE_SIZE, PE_PARENT, PE_PRESENT};
+use crate::image::{self, names, pb, ImageReader, Kind, PagemapIndex, PAGE_SIZE, PE_LAZY, PE_PARENT, PE_PRESENT};
 
 /// One piece of memory to fill from a pages file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fill {
     pub vaddr: u64,
     pub len: u64,
-    /// Relative to the image directory (e.g. `parent/parent/pages-1.img`).
+    /// Relative to the image directory (e.g. `parent/parent/pages-1.img`);
+    /// empty for pages only the source has (post-copy, PE_LAZY alone).
     pub file: String,
     pub off: u64,
     /// Served after the tasks run (--lazy-pages): not staged when the
@@ -60,6 +61,15 @@ pub fn fills(dir: &Path, pid: u32, idx: &PagemapIndex) -> Result<Vec<Fill>> {
             });
         } else if r.flags & PE_PARENT != 0 {
             resolve(dir, pid, 1, r.vaddr, r.end(), &mut cache, &mut out)?;
+        } else if r.flags & PE_LAZY != 0 {
+            // Post-copy: served by the source after the restore.
+            out.push(Fill {
+                vaddr: r.vaddr,
+                len: r.len(),
+                file: String::new(),
+                off: 0,
+                lazy: true,
+            });
         }
     }
     Ok(out)

@@ -191,7 +191,15 @@ impl Plan {
             let idx: PagemapIndex = dir.pagemap_index(pid as u32)?;
             let mut fills = super::parent::fills(dir.path(), pid as u32, &idx)?;
             for f in &mut fills {
-                f.lazy = opts.lazy_pages && f.file.starts_with("parent/");
+                if f.file.is_empty() && !opts.lazy_pages {
+                    bail!(
+                        "{}: pages at {:#x} are left to post-copy (only the source has them); \
+                         they can only be restored by the page server they were sent to",
+                        image::names::pagemap(pid as u32),
+                        f.vaddr
+                    );
+                }
+                f.lazy = opts.lazy_pages && (f.file.starts_with("parent/") || f.file.is_empty());
             }
             check_pages_inside_vmas(&pagemap, &mm, pid)?;
             let fs: pb::FsEntry = dir

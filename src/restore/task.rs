@@ -171,7 +171,7 @@ fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
     };
 
     let mut pages_files = std::collections::HashMap::new();
-    for f in &t.fills {
+    for f in t.fills.iter().filter(|f| !f.file.is_empty()) {
         if !pages_files.contains_key(&f.file) {
             let fd = nix::fcntl::openat(
                 Some(efds.dir),
@@ -282,6 +282,9 @@ fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
     for fill in &t.fills {
         if fill.lazy && lazy_ok(&staged_vmas, fill.vaddr, fill.vaddr + fill.len) {
             continue;
+        }
+        if fill.file.is_empty() {
+            bail!("post-copy pages at {:#x} outside private anonymous memory", fill.vaddr);
         }
         let pages = &pages_files[&fill.file];
         let mut a = fill.vaddr;
