@@ -758,7 +758,7 @@ fn source_cryo_killed_during_post_copy() {
     require_root!();
     let h = hosts();
     let sc = Scratch::new("mig-postdie");
-    let mut w = dirtier(&h, &sc, 256);
+    let w = dirtier(&h, &sc, 256);
     let srv = Server::start(&h, &sc, "1");
     let (pid, to) = (w.pid.to_string(), srv.to());
     let mut mig = Hosts::cmd(

@@ -268,7 +268,7 @@ pub fn decode_payload(kind: u32, p: Vec<u8>) -> Result<Frame, String> {
                 return Err(format!("PageReq frame with a {}-byte payload", p.len()));
             }
             let len = u32_at(&p, 12)?;
-            if len as usize > MAX_DATA || len as u64 % 4096 != 0 {
+            if len as usize > MAX_DATA || !len.is_multiple_of(4096) {
                 return Err(format!("PageReq for {len} bytes"));
             }
             Frame::PageReq {

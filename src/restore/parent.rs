@@ -99,11 +99,11 @@ fn resolve(
     if depth > MAX_DEPTH {
         bail!("{}: parent chain deeper than {MAX_DEPTH}", names::pagemap(pid));
     }
-    if !cache.contains_key(&depth) {
+    if let std::collections::hash_map::Entry::Vacant(v) = cache.entry(depth) {
         if !dir.join(pre.trim_end_matches('/')).exists() {
             return Err(missing(start));
         }
-        cache.insert(depth, load(dir, &pre, pid)?);
+        v.insert(load(dir, &pre, pid)?);
     }
     let Some(idx) = cache[&depth].clone() else {
         return Err(missing(start));
@@ -125,7 +125,7 @@ fn resolve(
         } else {
             return Err(missing(a));
         }
-        debug_assert!(e > a && (e - a) % PAGE_SIZE == 0);
+        debug_assert!(e > a && (e - a).is_multiple_of(PAGE_SIZE));
         a = e;
     }
     Ok(())
