@@ -85,14 +85,56 @@ fn tree_pids(root: i32) -> Vec<i32> {
     out
 }
 
-/// Where the source stages the final (frozen) images before sending
-/// them: tmpfs, so even these pages stay in memory.
-fn staging_dir() -> Result<crate::bundle::TempDir> {
-    let shm = std::path::Path::new("/dev/shm");
-    if shm.is_dir() {
-        std::env::set_var("TMPDIR", shm);
+/// A private directory removed on drop.
+struct Staging(PathBuf);
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
-    crate::bundle::TempDir::new("migrate")
+}
+
+impl Staging {
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+/// Where the source stages the final (frozen) images before sending
+/// them: tmpfs (/dev/shm) when there is one, so even these pages stay in
+/// memory; else the temporary directory.
+fn staging_dir() -> Result<Staging> {
+    use std::os::unix::fs::DirBuilderExt;
+    let shm = std::path::Path::new("/dev/shm");
+    let base = if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    // Staging left by a cryo that was killed (SIGKILL skips the cleanup).
+    if let Ok(it) = std::fs::read_dir(&base) {
+        for e in it.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let owner = name
+                .strip_prefix("cryo-migrate-")
+                .and_then(|r| r.split('-').next())
+                .and_then(|p| p.parse::<u32>().ok());
+            if let Some(p) = owner {
+                if !std::path::Path::new(&format!("/proc/{p}")).exists() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+    }
+    for i in 0..1000u32 {
+        let p = base.join(format!("cryo-migrate-{}-{i}", std::process::id()));
+        match std::fs::DirBuilder::new().mode(0o700).create(&p) {
+            Ok(()) => return Ok(Staging(p)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("Cannot create {}", p.display())),
+        }
+    }
+    bail!("Cannot create a staging directory in {}", base.display())
 }
 
 /// Moves the tree rooted at `opts.pid` to the page server at `opts.to`:
