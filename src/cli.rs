@@ -56,9 +56,30 @@ pub enum Cmd {
         /// external; --tar writes podman's export layout with spec.dump.
         #[arg(long)]
         bundle: Option<PathBuf>,
+        /// Send the images to `cryo page-server` at HOST:PORT instead of
+        /// writing them (-D then only holds the log).
+        #[arg(long = "page-server", value_name = "HOST:PORT", conflicts_with_all = ["tar", "leave_running"])]
+        page_server: Option<String>,
+        /// The last `cryo pre-dump` directory (relative to -D): copy only
+        /// the pages written since, the rest are PE_PARENT.
+        #[arg(long = "prev-images-dir", conflicts_with = "page_server")]
+        prev_images_dir: Option<PathBuf>,
+        /// Accepted for CRIU compatibility (cryo always tracks memory
+        /// between pre-dumps).
+        #[arg(long = "track-mem")]
+        track_mem: bool,
         #[command(flatten)]
         log: LogOpts,
     },
+    /// Copy a tree's memory while it runs (pre-copy); repeat with
+    /// --prev-images-dir, end with `cryo dump --prev-images-dir`.
+    PreDump(crate::migrate::cli::PreDumpArgs),
+    /// Receive images from `cryo dump --page-server` or `cryo migrate`
+    /// (one session), and restore them when the sender asks.
+    PageServer(crate::migrate::cli::PageServerArgs),
+    /// Move a running tree to `cryo page-server` on another host:
+    /// pre-copy, freeze, send the rest, restore there, kill the source.
+    Migrate(crate::migrate::cli::MigrateArgs),
     /// Restore a process tree into a fresh pid namespace.
     Restore {
         #[arg(short = 'D', long = "images-dir")]
@@ -93,6 +114,11 @@ pub enum Cmd {
         /// Where an external mount comes from: NAME:PATH (repeatable).
         #[arg(long = "ext-mount", value_name = "NAME:PATH")]
         ext_mount: Vec<String>,
+        /// Start the tree before the pages of the parent (pre-copy) images
+        /// are in: they are filled on first touch through userfaultfd, and
+        /// in the background, while cryo stays until all are in.
+        #[arg(long = "lazy-pages")]
+        lazy_pages: bool,
         #[command(flatten)]
         log: LogOpts,
     },
@@ -143,7 +169,7 @@ pub fn main() -> i32 {
     }
 }
 
-fn log_path(log: &LogOpts, dir: Option<&Path>) -> Option<PathBuf> {
+pub(crate) fn log_path(log: &LogOpts, dir: Option<&Path>) -> Option<PathBuf> {
     let f = log.log_file.as_ref()?;
     if f.is_relative() {
         if let Some(d) = dir {
@@ -164,8 +190,15 @@ fn run(cli: Cli) -> Result<i32> {
             tcp_established,
             tcp_close,
             bundle: oci_bundle,
+            page_server,
+            prev_images_dir,
+            track_mem: _,
             log,
         } => {
+            if let Some(to) = page_server {
+                log::init(log_path(&log, dir.as_deref()).as_deref(), log.verbosity)?;
+                return crate::migrate::cli::dump_to(pid, &to, shell_job);
+            }
             let (dir, tmp) = match (&dir, &tar) {
                 (Some(d), None) => (d.clone(), None),
                 (None, Some(_)) | (Some(_), Some(_)) => {
@@ -198,8 +231,12 @@ fn run(cli: Cli) -> Result<i32> {
                 ext_mnt: ext.ext_mnt,
                 external: ext.external,
                 hook: Default::default(),
+                ..Default::default()
             };
-            let st = dump::dump(&opts)?;
+            let st = match &prev_images_dir {
+                Some(p) => crate::migrate::predump::dump_after(opts.clone(), p)?,
+                None => dump::dump(&opts)?,
+            };
             tracing::info!(
                 "dumped {} processes, {} pages, frozen {} us",
                 st.processes,
@@ -247,6 +284,7 @@ fn run(cli: Cli) -> Result<i32> {
             veth_pair,
             root,
             ext_mount,
+            lazy_pages,
             log,
         } => {
             let (dir, _tmp) = match (&dir, &tar) {
@@ -288,7 +326,11 @@ fn run(cli: Cli) -> Result<i32> {
                     .collect::<Result<_>>()?,
                 inherit_fd: Vec::new(),
                 hook: Default::default(),
+                ..Default::default()
             };
+            if lazy_pages {
+                return crate::migrate::lazy::restore_lazy(opts);
+            }
             let r = restore::restore(&opts)?;
             Ok(r.exit_code.unwrap_or(0))
         }
@@ -305,6 +347,9 @@ fn run(cli: Cli) -> Result<i32> {
                 Ok(1)
             }
         }
+        Cmd::PreDump(a) => crate::migrate::cli::pre_dump(a),
+        Cmd::PageServer(a) => crate::migrate::cli::page_server(a),
+        Cmd::Migrate(a) => crate::migrate::cli::migrate(a),
         Cmd::Swrk { fd } => Ok(crate::rpc::swrk_main(&fd)),
         Cmd::Install { dest, copy, force } => {
             let exe = std::env::current_exe().context("Cannot find the running binary")?;

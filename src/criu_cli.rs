@@ -726,6 +726,7 @@ fn cmd_dump(o: &Options) -> Result<i32> {
         ext_mnt: o.ext_mnt.clone(),
         external: o.external.clone(),
         hook: Default::default(),
+        ..Default::default()
     })?;
     tracing::info!("dumped {} processes, {} pages", st.processes, st.pages_written);
     if let Some(w) = &o.work_dir {
@@ -759,6 +760,7 @@ fn cmd_restore(o: &Options) -> Result<i32> {
         ext_mnt: o.ext_mnt.clone(),
         inherit_fd: o.inherit_fd.clone(),
         hook: Default::default(),
+        ..Default::default()
     })?;
     if let Some(w) = &o.work_dir {
         let _ = fs::copy(dir.join("stats-restore"), w.join("stats-restore"));

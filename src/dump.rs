@@ -48,6 +48,9 @@ pub struct DumpOpts {
     /// are complete, before the tree is killed or resumed; an error leaves
     /// the tree running and fails the dump.
     pub hook: crate::hooks::Hook,
+    /// Pre-copy: pages copied in earlier rounds and not written since are
+    /// recorded as PE_PARENT instead of being copied again.
+    pub prev: Option<std::sync::Arc<crate::migrate::track::Tracker>>,
 }
 
 /// Figures reported in stats-dump and by the CLI.
@@ -59,6 +62,7 @@ pub struct DumpStats {
     pub memwrite_us: u64,
     pub pages_scanned: u64,
     pub pages_written: u64,
+    pub pages_skipped_parent: u64,
     pub processes: usize,
 }
 
@@ -143,7 +147,7 @@ pub struct PidView {
 }
 
 impl PidView {
-    fn of_tree(root: i32) -> Result<PidView> {
+    pub(crate) fn of_tree(root: i32) -> Result<PidView> {
         let me = proc::status::read(std::process::id())?;
         let r = proc::status::read(root as u32).with_context(|| format!("Cannot read /proc/{root}/status"))?;
         let mine = me.nspid.len().max(1) - 1;
@@ -727,7 +731,12 @@ fn dump_process(
     let t = Instant::now();
     ids.next_pages += 1;
     let pages_id = ids.next_pages;
-    let (head, pagemap, scanned, written, write_us) = dump_pages(dir, pid, &vmas, pages_id)?;
+    let (head, pagemap, scanned, written, write_us) = dump_pages(dir, pid, &vmas, pages_id, opts.prev.as_deref())?;
+    stats.pages_skipped_parent += pagemap
+        .iter()
+        .filter(|e| e.flags == Some(mem::PE_PARENT))
+        .map(image::pages::entry_nr_pages)
+        .sum::<u64>();
     stats.pages_scanned += scanned;
     stats.pages_written += written;
     stats.memwrite_us += write_us;
@@ -1047,6 +1056,7 @@ fn dump_pages(
     pid: i32,
     vmas: &[proc::maps::Vma],
     pages_id: u32,
+    prev: Option<&crate::migrate::track::Tracker>,
 ) -> Result<(pb::PagemapHead, Vec<pb::PagemapEntry>, u64, u64, u64)> {
     let pagemap =
         fs::File::open(format!("/proc/{pid}/pagemap")).with_context(|| format!("Cannot open /proc/{pid}/pagemap"))?;
@@ -1078,10 +1088,23 @@ fn dump_pages(
         } else {
             PE_PRESENT
         };
-        for r in rs {
-            let n = (r.end - r.start) / PAGE_SIZE;
-            entries.push(image::pages::new_entry(r.start, n, flags));
-            runs.push((r.start, r.end - r.start));
+        let prev = prev.filter(|t| t.covers(kind));
+        let pieces: Vec<(u64, u64, bool)> = match prev {
+            Some(t) => {
+                let rr: Vec<(u64, u64)> = rs.iter().map(|r| (r.start, r.end)).collect();
+                t.split(pid, v.start, v.end, &rr)?
+                    .unwrap_or_else(|| rr.iter().map(|&(s, e)| (s, e, false)).collect())
+            }
+            None => rs.iter().map(|r| (r.start, r.end, false)).collect(),
+        };
+        for (s, e, in_parent) in pieces {
+            let n = (e - s) / PAGE_SIZE;
+            if let (true, Some(t)) = (in_parent, prev) {
+                entries.push(image::pages::new_entry(s, n, t.elsewhere_flag()));
+            } else {
+                entries.push(image::pages::new_entry(s, n, flags));
+                runs.push((s, e - s));
+            }
         }
     }
     let name = image::names::pages(pages_id);
@@ -1330,7 +1353,7 @@ fn write_stats(dir: &ImageDir, s: &DumpStats) -> Result<()> {
             memdump_time: s.memdump_us as u32,
             memwrite_time: s.memwrite_us as u32,
             pages_scanned: s.pages_scanned,
-            pages_skipped_parent: 0,
+            pages_skipped_parent: s.pages_skipped_parent,
             pages_written: s.pages_written,
             irmap_resolve: Some(0),
             pages_lazy: 0,

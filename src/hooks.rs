@@ -30,6 +30,13 @@ pub enum Event {
     /// the tree (a container's console); the engine keeps the fd open for
     /// the call.
     OrphanPtsMaster { fd: i32 },
+    /// Restore (`RestoreOpts::run_hook` only): process `pid` (host pid) is
+    /// in its dumped state, stopped by this thread with ptrace, before it
+    /// runs any of its own code.
+    Resumable { pid: i32 },
+    /// Restore (`RestoreOpts::run_hook` only): every process is Resumable;
+    /// they run when the callback returns.
+    ReadyToRun,
 }
 
 impl Event {
@@ -42,13 +49,15 @@ impl Event {
             Event::PostRestore { .. } => "post-restore",
             Event::PreResume => "pre-resume",
             Event::OrphanPtsMaster { .. } => "orphan-pts-master",
+            Event::Resumable { .. } => "cryo-resumable",
+            Event::ReadyToRun => "cryo-ready-to-run",
         }
     }
 
     /// The pid CRIU attaches to the event, if any.
     pub fn pid(&self) -> Option<i32> {
         match self {
-            Event::SetupNamespaces { pid } | Event::PostRestore { pid } => Some(*pid),
+            Event::SetupNamespaces { pid } | Event::PostRestore { pid } | Event::Resumable { pid } => Some(*pid),
             _ => None,
         }
     }

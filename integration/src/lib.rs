@@ -14,6 +14,7 @@
 
 pub mod cycle;
 pub mod e2e;
+pub mod hosts;
 pub mod member;
 pub mod probe;
 pub mod wl;

@@ -18,6 +18,7 @@
 //!    rt_sigreturns into its saved registers.
 
 pub mod blob;
+pub mod parent;
 mod plan;
 mod session;
 mod shim;
@@ -69,6 +70,14 @@ pub struct RestoreOpts {
     /// setup-namespaces, post-setup-namespaces, post-restore (the root's
     /// host pid) and pre-resume; an error kills what was restored.
     pub hook: crate::hooks::Hook,
+    /// Pages from the parent images (pre-copy rounds) in private anonymous
+    /// memory are not staged: the caller serves them with userfaultfd
+    /// after the tasks run (`run_hook` sets that up).
+    pub lazy_pages: bool,
+    /// Fired with [`Event::Resumable`](crate::hooks::Event) per process
+    /// and then `ReadyToRun`, after the restorer is gone and before any
+    /// task runs its own code; an error kills what was restored.
+    pub run_hook: crate::hooks::Hook,
 }
 
 /// The stages of a restore, for logs and errors.
@@ -268,7 +277,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
         master.as_ref().map(|m| m.as_raw_fd()),
     )?;
     drop(master);
-    release(&plan, shim_pid, own_ns, go_w, &ready_r, efds).context("Stage Go")?;
+    release(&plan, shim_pid, own_ns, go_w, &ready_r, efds, &opts.run_hook).context("Stage Go")?;
     if !own_ns {
         // Let the shim drop its parent-death signal, and wait for it to say so.
         nix::unistd::write(&shim_w, b"g").context("Cannot release the namespace init")?;
@@ -336,7 +345,15 @@ fn fire_ready_events(hook: &crate::hooks::Hook, pid: i32, console: Option<RawFd>
 /// (the mapping that holds the signal frame the task returned through) is
 /// unmapped with an injected munmap before the thread is detached. The
 /// restored address space thus holds exactly the dumped mappings.
-fn release(plan: &Plan, shim: i32, own_ns: bool, go_w: OwnedFd, ready_r: &OwnedFd, efds: EngineFds) -> Result<()> {
+fn release(
+    plan: &Plan,
+    shim: i32,
+    own_ns: bool,
+    go_w: OwnedFd,
+    ready_r: &OwnedFd,
+    efds: EngineFds,
+    run_hook: &crate::hooks::Hook,
+) -> Result<()> {
     use crate::sys::ptrace::{self, SyscallInfo, WaitOutcome};
     let procs = restored_procs(plan, shim, own_ns);
     let n: usize = procs.iter().map(Vec::len).sum();
@@ -411,6 +428,10 @@ fn release(plan: &Plan, shim: i32, own_ns: bool, go_w: OwnedFd, ready_r: &OwnedF
         // Every thread of the process is through: drop the restorer.
         cleanup_process(tids[0], frame_sp, efds)
             .with_context(|| format!("Cannot remove the restorer from pid {}", tids[0]))?;
+        run_hook.fire(crate::hooks::Event::Resumable { pid: tids[0] })?;
+    }
+    run_hook.fire(crate::hooks::Event::ReadyToRun)?;
+    for tids in &procs {
         // Per thread, from outside: scheduling, then the interrupted
         // syscall (the dumped registers go back to the kernel, whose signal
         // code restarts the call or makes it EINTR if a handler runs first,

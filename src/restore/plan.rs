@@ -22,9 +22,9 @@ pub struct TaskImage {
     pub core: pb::CoreEntry,
     pub mm: pb::MmEntry,
     pub pagemap: Vec<pb::PagemapEntry>,
-    /// Offset in the pages file of each pagemap entry (None: not present).
-    pub page_offsets: Vec<Option<u64>>,
-    pub pages_file: String,
+    /// Where the dumped pages are (this directory's pages file, or the
+    /// parent chain's), in address order.
+    pub fills: Vec<super::parent::Fill>,
     pub fs: pb::FsEntry,
     pub fds: Vec<pb::FdinfoEntry>,
     /// The XSAVE image rebuilt for this CPU.
@@ -165,8 +165,7 @@ impl Plan {
                     core,
                     mm: Default::default(),
                     pagemap: Vec::new(),
-                    page_offsets: Vec::new(),
-                    pages_file: String::new(),
+                    fills: Vec::new(),
                     fs: Default::default(),
                     fds: Vec::new(),
                     xsave: Vec::new(),
@@ -193,8 +192,18 @@ impl Plan {
             validate_mm(&mm, pid, &files, own_vdso)?;
             let (_, pagemap) = dir.read_pagemap(&image::names::pagemap(pid as u32))?;
             let idx: PagemapIndex = dir.pagemap_index(pid as u32)?;
-            let pages_file = image::names::pages(idx.pages_id);
-            let page_offsets = idx.runs.iter().map(|r| r.offset).collect();
+            let mut fills = super::parent::fills(dir.path(), pid as u32, &idx)?;
+            for f in &mut fills {
+                if f.file.is_empty() && !opts.lazy_pages {
+                    bail!(
+                        "{}: pages at {:#x} are left to post-copy (only the source has them); \
+                         they can only be restored by the page server they were sent to",
+                        image::names::pagemap(pid as u32),
+                        f.vaddr
+                    );
+                }
+                f.lazy = opts.lazy_pages && (f.file.starts_with("parent/") || f.file.is_empty());
+            }
             check_pages_inside_vmas(&pagemap, &mm, pid)?;
             let fs: pb::FsEntry = dir
                 .read_image::<pb::FsEntry>(&image::names::fs(pid as u32), Kind::Fs)?
@@ -240,8 +249,7 @@ impl Plan {
                 core,
                 mm,
                 pagemap,
-                page_offsets,
-                pages_file,
+                fills,
                 fs,
                 fds,
                 xsave,

@@ -19,10 +19,10 @@ use nix::sys::stat::Mode;
 use nix::unistd::{self, Pid};
 
 use super::blob::{self, BlobPlan};
-use super::plan::{pages_of, Plan, TaskImage};
+use super::plan::{Plan, TaskImage};
 use super::{report_error, EngineFds};
 use crate::image::pb;
-use crate::mem::{self, VmaKind, PAGE_SIZE, PE_PRESENT};
+use crate::mem::{self, VmaKind, PAGE_SIZE};
 use crate::proc;
 use crate::regs;
 use crate::sys::{clone as sysc, mmap};
@@ -189,14 +189,19 @@ fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
         end: region_start + staging_len,
     };
 
-    let pages = nix::fcntl::openat(
-        Some(efds.dir),
-        t.pages_file.as_str(),
-        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .with_context(|| format!("Cannot open {}", t.pages_file))?;
-    let pages = crate::sys::rawfd::own(pages);
+    let mut pages_files = std::collections::HashMap::new();
+    for f in t.fills.iter().filter(|f| !f.file.is_empty()) {
+        if !pages_files.contains_key(&f.file) {
+            let fd = nix::fcntl::openat(
+                Some(efds.dir),
+                f.file.as_str(),
+                OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .with_context(|| format!("Cannot open {}", f.file))?;
+            pages_files.insert(f.file.clone(), crate::sys::rawfd::own(fd));
+        }
+    }
 
     let mut moves = Vec::with_capacity(staged_vmas.len());
     let mut madvs = Vec::new();
@@ -301,14 +306,17 @@ fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
 
     // Fill the pages.
     let mut huge = HugeStager::default();
-    for (e, off) in t.pagemap.iter().zip(&t.page_offsets) {
-        let Some(off) = off else { continue };
-        if e.flags.unwrap_or(PE_PRESENT) & PE_PRESENT == 0 {
+    for fill in &t.fills {
+        if fill.lazy && lazy_ok(&staged_vmas, fill.vaddr, fill.vaddr + fill.len) {
             continue;
         }
-        let mut a = e.vaddr;
-        let end = e.vaddr + pages_of(e) * PAGE_SIZE;
-        let mut foff = *off;
+        if fill.file.is_empty() {
+            bail!("post-copy pages at {:#x} outside private anonymous memory", fill.vaddr);
+        }
+        let pages = &pages_files[&fill.file];
+        let mut a = fill.vaddr;
+        let end = fill.vaddr + fill.len;
+        let mut foff = fill.off;
         while a < end {
             let i = stage_of
                 .iter()
@@ -320,7 +328,7 @@ fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
                 huge.stage(a, st + (a - vs), n);
             }
             mmap::fill_from(pages.as_fd(), st + (a - vs), n, foff)
-                .with_context(|| format!("Cannot read {} at offset {foff}", t.pages_file))?;
+                .with_context(|| format!("Cannot read {} at offset {foff}", fill.file))?;
             foff += n;
             a += n;
         }
@@ -352,6 +360,14 @@ fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
 }
 
 use crate::sys::mmap::HPAGE_SIZE;
+
+/// Whether `[start, end)` lies in one private anonymous mapping (where a
+/// lazy piece may be left unstaged for userfaultfd to fill later).
+fn lazy_ok(staged: &[&pb::VmaEntry], start: u64, end: u64) -> bool {
+    staged
+        .iter()
+        .any(|v| v.start <= start && end <= v.end && VmaKind::from_status(v.status) == Some(VmaKind::AnonPrivate))
+}
 
 /// Whether the kernel gave the original VMA huge pages on fault: private
 /// anonymous memory madvise(MADV_HUGEPAGE)'d (and not MADV_NOHUGEPAGE).

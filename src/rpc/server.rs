@@ -473,6 +473,7 @@ impl Session {
             ext_mnt: o.ext_mnt.iter().map(|m| (m.key.clone(), m.val.clone())).collect(),
             external: o.external.clone(),
             hook: self.hook(),
+            ..Default::default()
         };
         let st = dump::dump(&d)?;
         info!(
@@ -502,6 +503,7 @@ impl Session {
             ext_mnt: o.ext_mnt.iter().map(|m| (m.key.clone(), m.val.clone())).collect(),
             inherit_fd: o.inherit_fd.iter().map(|i| (i.key.clone(), i.fd)).collect(),
             hook: self.hook(),
+            ..Default::default()
         };
         let r = restore::restore(&ro)?;
         let pid = r.root_host_pid;

@@ -27,3 +27,4 @@ pub mod sock;
 #[cfg(test)]
 mod tests;
 pub mod tty;
+pub mod uffd;

@@ -1,0 +1,797 @@
+//! Migration between two test "hosts" (network namespaces joined by a
+//! veth pair): `cryo page-server` in one, `cryo migrate` / `cryo dump
+//! --page-server` / the tar stream from the other. Each workload checks
+//! its own memory afterwards, on the one host where it still runs; each
+//! fault leaves it running on exactly one host with a clear error.
+
+use cryo_integration::e2e::{Scratch, GONE_TIMEOUT};
+use cryo_integration::hosts::{pid_net_ino, Hosts, ADDR_B};
+use cryo_integration::{
+    bin, cryo_bin, describe, log_tail, pid_running, pid_state, read_pidfile, require_root, s, wait_for_line,
+    wait_for_nth_verdict, wait_for_verdict, wait_pid_exited, Captured, Workload, LINE_TIMEOUT,
+};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const STEP: Duration = Duration::from_secs(120);
+
+/// A `cryo page-server` running in host B.
+struct Server {
+    child: Child,
+    pid: i32,
+    port: u16,
+    dir: PathBuf,
+    pidfile: PathBuf,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+impl Server {
+    fn start(h: &Hosts, sc: &Scratch, tag: &str) -> Server {
+        Server::start_at(h, sc, tag, 0)
+    }
+
+    fn start_at(h: &Hosts, sc: &Scratch, tag: &str, port: u16) -> Server {
+        let dir = sc.path(&format!("dst-{tag}"));
+        let pidfile = sc.path(&format!("pidfile-{tag}"));
+        let out = sc.path(&format!("ps-{tag}.out"));
+        let err = sc.path(&format!("ps-{tag}.err"));
+        let log = sc.path(&format!("ps-{tag}.log"));
+        sc.cl.pidfile(&pidfile);
+        let port_s = port.to_string();
+        let child = Hosts::cmd(
+            &h.b,
+            &cryo_bin(),
+            &[
+                "page-server",
+                "--port",
+                &port_s,
+                "--address",
+                ADDR_B,
+                "-D",
+                s(&dir),
+                "--pidfile",
+                s(&pidfile),
+                "-o",
+                s(&log),
+                "-v4",
+            ],
+        )
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .expect("spawn page-server");
+        let pid = child.id() as i32;
+        sc.cl.pid(pid);
+        let mut srv = Server {
+            child,
+            pid,
+            port: 0,
+            dir,
+            pidfile,
+            out,
+            err,
+        };
+        if port == 0 {
+            let line = wait_for_line(&srv.out, "cryo page-server: listening on ", LINE_TIMEOUT)
+                .unwrap_or_else(|e| panic!("page-server did not start: {e}; stderr: {}", srv.stderr()));
+            srv.port = line.trim().rsplit(':').next().unwrap().parse().expect("port");
+        }
+        srv
+    }
+
+    fn to(&self) -> String {
+        format!("{ADDR_B}:{}", self.port)
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.err).unwrap_or_default()
+    }
+
+    /// Waits for the server to exit; (success, stdout, stderr).
+    fn finish(mut self) -> (bool, String, String) {
+        let end = Instant::now() + STEP;
+        let st = loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                break st;
+            }
+            assert!(Instant::now() < end, "page-server pid {} did not finish", self.pid);
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        (
+            st.success(),
+            std::fs::read_to_string(&self.out).unwrap_or_default(),
+            self.stderr(),
+        )
+    }
+}
+
+/// Runs `cryo args...` in the network namespace NS.
+fn cryo_in(ns: &str, args: &[&str]) -> Output {
+    let cryo = cryo_bin();
+    let enter = Hosts::enter(ns);
+    let mut full = vec![enter[0].as_str(), enter[1].as_str(), s(&cryo)];
+    full.extend_from_slice(args);
+    Captured::spawn(Path::new("nsenter"), &full, Stdio::null(), None).finish(STEP)
+}
+
+/// A dirtier workload in host A (memory rewritten while it migrates).
+fn dirtier(h: &Hosts, sc: &Scratch, mib: u32) -> Workload {
+    let log = sc.path("w.log");
+    let mib = mib.to_string();
+    let enter = Hosts::enter(&h.a);
+    let w = Workload::spawn(
+        Path::new("nsenter"),
+        &[
+            &enter[0],
+            &enter[1],
+            s(bin!("dirtier")),
+            "--mib",
+            &mib,
+            "--hot-mib",
+            "4",
+            "--hot-ms",
+            "200",
+        ],
+        &log,
+    )
+    .expect("spawn dirtier");
+    sc.cl.pid(w.pid);
+    w.wait_ready().unwrap_or_else(|e| panic!("dirtier: {e}"));
+    std::thread::sleep(Duration::from_millis(300));
+    w
+}
+
+fn hosts() -> Hosts {
+    Hosts::new().unwrap_or_else(|e| panic!("cannot create the test hosts: {e}"))
+}
+
+/// The workload restored on B: in B's network namespace, passes its check.
+fn verify_on_b(h: &Hosts, srv_pidfile: &Path, w: &mut Workload, what: &str) {
+    let st = w
+        .wait_exit(GONE_TIMEOUT)
+        .unwrap_or_else(|| panic!("[{what}] the source pid {} still runs after the migration", w.pid));
+    assert!(st.code().is_none(), "[{what}] source should have been killed: {st:?}");
+    let rpid = read_pidfile(srv_pidfile).unwrap_or_else(|e| panic!("[{what}] {e}"));
+    assert!(pid_running(rpid), "[{what}] restored pid {rpid} does not run");
+    assert_eq!(
+        pid_net_ino(rpid),
+        Hosts::net_ino(&h.b),
+        "[{what}] restored pid {rpid} is not in host B's network namespace"
+    );
+    cryo_integration::signal(rpid, libc::SIGUSR1).unwrap();
+    let v = wait_for_nth_verdict(&w.log, 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("[{what}] {e}"));
+    assert!(
+        v.starts_with("PASS"),
+        "[{what}] restored workload: {v}\n{}",
+        log_tail(&w.log, 5)
+    );
+    assert!(wait_pid_exited(rpid, GONE_TIMEOUT));
+}
+
+/// The workload still runs on A (not stopped), nothing restored on B, and
+/// it passes its check.
+fn verify_still_on_a(srv_pidfile: &Path, w: &mut Workload, what: &str) {
+    assert!(pid_running(w.pid), "[{what}] the source pid {} is gone", w.pid);
+    std::thread::sleep(Duration::from_millis(200));
+    let st = pid_state(w.pid);
+    assert!(
+        matches!(st, Some('S') | Some('R')),
+        "[{what}] source pid {} is in state {st:?}, not running",
+        w.pid
+    );
+    assert!(
+        read_pidfile(srv_pidfile).is_err(),
+        "[{what}] something was restored on B (pidfile written)"
+    );
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", w.pid))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .map(|p| p.display().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        !fds.iter().any(|f| f.contains("userfaultfd")),
+        "[{what}] the source kept a userfaultfd: {fds:?}"
+    );
+    w.usr1().unwrap();
+    let v = wait_for_verdict(&w.log, LINE_TIMEOUT).unwrap_or_else(|e| panic!("[{what}] {e}"));
+    assert!(v.starts_with("PASS"), "[{what}] source workload: {v}");
+}
+
+/// Nothing that looks like an image set is left on B.
+fn assert_dst_clean(dir: &Path, what: &str) {
+    assert!(
+        !dir.join("inventory.img").exists(),
+        "[{what}] {} holds an image set after a failed transfer",
+        dir.display()
+    );
+}
+
+fn migrate_args<'a>(pid: &'a str, to: &'a str, log: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec!["migrate", "-t", pid, "--to", to, "-o", log, "-v4"];
+    a.extend_from_slice(extra);
+    a
+}
+
+#[test]
+fn migrate_precopy_between_hosts() {
+    require_root!();
+    let h = hosts();
+    let sc = Scratch::new("mig-pre");
+    let mut w = dirtier(&h, &sc, 64);
+    let srv = Server::start(&h, &sc, "1");
+    let (pid, to, log) = (w.pid.to_string(), srv.to(), sc.path("migrate.log"));
+    let out = cryo_in(&h.a, &migrate_args(&pid, &to, s(&log), &[]));
+    assert!(
+        out.status.success(),
+        "migrate: {}\n{}",
+        describe(&out),
+        log_tail(&log, 20)
+    );
+    let so = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(so.contains("pages from the rounds"), "{so}");
+    // The final dump took most pages from the pre-copy rounds.
+    let parent: u64 = so
+        .split(", ")
+        .find(|p| p.ends_with("pages from the rounds"))
+        .and_then(|p| p.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(parent > 8000, "pre-copy should carry most of 64 MiB: {so}");
+    let pf = srv.pidfile.clone();
+    let dir = srv.dir.clone();
+    let (ok, sout, serr) = srv.finish();
+    assert!(ok, "page-server: {sout}\n{serr}");
+    assert!(dir.join("pre-1").is_dir() && dir.join("parent").exists());
+    verify_on_b(&h, &pf, &mut w, "pre-copy");
+    // The received images (with their pre-copy chain) restore again, with
+    // the parent pages served lazily by `cryo restore --lazy-pages`.
+    let pf2 = sc.path("pidfile-lazy");
+    sc.cl.pidfile(&pf2);
+    let out = cryo_in(&h.b, &["restore", "-D", s(&dir), "--lazy-pages", "--pidfile", s(&pf2)]);
+    assert!(out.status.success(), "restore --lazy-pages: {}", describe(&out));
+    let so = String::from_utf8_lossy(&out.stdout);
+    assert!(so.contains("lazy pages:"), "{so}");
+    let rpid = read_pidfile(&pf2).unwrap();
+    cryo_integration::signal(rpid, libc::SIGUSR1).unwrap();
+    let v = wait_for_nth_verdict(&w.log, 2, LINE_TIMEOUT).unwrap_or_else(|e| panic!("[lazy restore] {e}"));
+    assert!(v.starts_with("PASS"), "[lazy restore] {v}");
+}
+
+#[test]
+fn migrate_lazy_pages_between_hosts() {
+    require_root!();
+    let h = hosts();
+    let sc = Scratch::new("mig-lazy");
+    let mut w = dirtier(&h, &sc, 64);
+    let srv = Server::start(&h, &sc, "1");
+    let (pid, to, log) = (w.pid.to_string(), srv.to(), sc.path("migrate.log"));
+    let out = cryo_in(&h.a, &migrate_args(&pid, &to, s(&log), &["--lazy-pages"]));
+    assert!(
+        out.status.success(),
+        "migrate: {}\n{}",
+        describe(&out),
+        log_tail(&log, 20)
+    );
+    let pf = srv.pidfile.clone();
+    let (ok, sout, serr) = srv.finish();
+    assert!(ok, "page-server: {sout}\n{serr}");
+    // The page server copied the pre-copied memory after the tree ran.
+    let kib: u64 = sout
+        .split("lazy pages: ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(kib > 32 << 10, "lazy pages should carry most of 64 MiB: {sout}");
+    verify_on_b(&h, &pf, &mut w, "lazy pages");
+}
+
+#[test]
+fn migrate_without_precopy_between_hosts() {
+    require_root!();
+    let h = hosts();
+    let sc = Scratch::new("mig-full");
+    let mut w = dirtier(&h, &sc, 32);
+    let srv = Server::start(&h, &sc, "1");
+    let (pid, to, log) = (w.pid.to_string(), srv.to(), sc.path("migrate.log"));
+    let out = cryo_in(&h.a, &migrate_args(&pid, &to, s(&log), &["--no-pre-copy"]));
+    assert!(
+        out.status.success(),
+        "migrate: {}\n{}",
+        describe(&out),
+        log_tail(&log, 20)
+    );
+    let pf = srv.pidfile.clone();
+    let (ok, sout, serr) = srv.finish();
+    assert!(ok, "page-server: {sout}\n{serr}");
+    verify_on_b(&h, &pf, &mut w, "no pre-copy");
+}
+
+#[test]
+fn dump_to_page_server_then_restore_on_b() {
+    require_root!();
+    let h = hosts();
+    let sc = Scratch::new("mig-ps");
+    let mut w = dirtier(&h, &sc, 16);
+    let srv = Server::start(&h, &sc, "1");
+    let (pid, to) = (w.pid.to_string(), srv.to());
+    let out = cryo_in(&h.a, &["dump", "-t", &pid, "--page-server", &to]);
+    assert!(out.status.success(), "dump --page-server: {}", describe(&out));
+    let dir = srv.dir.clone();
+    let (ok, sout, serr) = srv.finish();
+    assert!(ok && sout.contains("images received"), "page-server: {sout}\n{serr}");
+    assert!(dir.join("inventory.img").exists() && !dir.join(".incoming").exists());
+    assert!(w.wait_exit(GONE_TIMEOUT).is_some(), "source still runs");
+    let pf = sc.path("pidfile-restore");
+    sc.cl.pidfile(&pf);
+    let out = cryo_in(&h.b, &["restore", "-D", s(&dir), "-d", "--pidfile", s(&pf)]);
+    assert!(out.status.success(), "restore on B: {}", describe(&out));
+    let rpid = read_pidfile(&pf).unwrap();
+    assert_eq!(pid_net_ino(rpid), Hosts::net_ino(&h.b));
+    cryo_integration::signal(rpid, libc::SIGUSR1).unwrap();
+    let v = wait_for_verdict(&w.log, LINE_TIMEOUT).unwrap();
+    assert!(v.starts_with("PASS"), "{v}");
+}
+
+#[test]
+fn tar_stream_between_hosts() {
+    require_root!();
+    let h = hosts();
+    let sc = Scratch::new("mig-tar");
+    let mut w = dirtier(&h, &sc, 16);
+    let pid = w.pid.to_string();
+    let pf = sc.path("pidfile-tar");
+    sc.cl.pidfile(&pf);
+    let cryo = cryo_bin();
+    let mut dump = Hosts::cmd(&h.a, &cryo, &["dump", "-t", &pid, "--tar", "-"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pipe = dump.stdout.take().unwrap();
+    let restore = Hosts::cmd(&h.b, &cryo, &["restore", "--tar", "-", "-d", "--pidfile", s(&pf)])
+        .stdin(Stdio::from(pipe))
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(dump.wait().unwrap().success(), "dump --tar -");
+    assert!(restore.status.success(), "restore --tar -: {}", describe(&restore));
+    verify_on_b(&h, &pf, &mut w, "tar stream");
+}
+
+#[test]
+fn port_in_use_and_nobody_listening() {
+    require_root!();
+    let h = hosts();
+    let sc = Scratch::new("mig-port");
+    let mut w = dirtier(&h, &sc, 8);
+    let first = Server::start(&h, &sc, "1");
+    let second = Server::start_at(&h, &sc, "2", first.port);
+    let dir2 = second.dir.clone();
+    let (ok, _, err) = second.finish();
+    assert!(!ok, "a second page-server on port {} started", first.port);
+    let err = err.trim();
+    assert!(
+        !err.contains('\n') && err.contains("Cannot listen on") && err.contains("in use"),
+        "error: {err}"
+    );
+    assert_dst_clean(&dir2, "port in use");
+    // Nobody on the port: the migration fails before anything is frozen.
+    let dead = format!("{ADDR_B}:{}", first.port.wrapping_add(1).max(1));
+    let pid = w.pid.to_string();
+    let out = cryo_in(&h.a, &["migrate", "-t", &pid, "--to", &dead]);
+    let e = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert!(
+        !out.status.success() && e.contains("Cannot connect") && !e.contains('\n'),
+        "{e}"
+    );
+    let pf = first.pidfile.clone();
+    drop(first);
+    verify_still_on_a(&pf, &mut w, "nobody listening");
+}
+
+/// Waits until the page server has received `bytes` of the pages file
+/// `name` (`pre-1/pages-1.img`: the first round; `pages-1.img`: the
+/// frozen dump).
+fn wait_receiving(dir: &Path, name: &str, bytes: u64) {
+    let f = dir.join(".incoming").join(name);
+    let end = Instant::now() + STEP;
+    while std::fs::metadata(&f).map(|m| m.len()).unwrap_or(0) < bytes {
+        assert!(Instant::now() < end, "the transfer never started");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn destination_dies_mid_transfer() {
+    require_root!();
+    // During pre-copy, and after the freeze (no pre-copy).
+    destination_dies(&[], "pre-1/pages-1.img");
+    destination_dies(&["--no-pre-copy"], "pages-1.img");
+}
+
+fn destination_dies(extra: &[&str], file: &str) {
+    let h = hosts();
+    let sc = Scratch::new("mig-dstdie");
+    let mut w = dirtier(&h, &sc, 256);
+    let srv = Server::start(&h, &sc, "1");
+    let (pid, to, log) = (w.pid.to_string(), srv.to(), sc.path("migrate.log"));
+    let args: Vec<String> = migrate_args(&pid, &to, s(&log), extra)
+        .into_iter()
+        .map(String::from)
+        .collect();
+    let ns = h.a.clone();
+    let mig = std::thread::spawn(move || cryo_in(&ns, &args.iter().map(String::as_str).collect::<Vec<_>>()));
+    wait_receiving(&srv.dir, file, 4 << 20);
+    cryo_integration::kill_pid(srv.pid);
+    let out = mig.join().unwrap();
+    let e = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert!(!out.status.success(), "migrate succeeded without a destination");
+    assert!(!e.contains('\n') && e.contains("Lost the page server"), "{e}");
+    assert_dst_clean(&srv.dir, "destination died");
+    let pf = srv.pidfile.clone();
+    verify_still_on_a(&pf, &mut w, "destination died");
+}
+
+#[test]
+fn source_cryo_killed_mid_way() {
+    require_root!();
+    let h = hosts();
+    let sc = Scratch::new("mig-srcdie");
+    let mut w = dirtier(&h, &sc, 256);
+    let srv = Server::start(&h, &sc, "1");
+    let (pid, to) = (w.pid.to_string(), srv.to());
+    let mut mig = Hosts::cmd(&h.a, &cryo_bin(), &["migrate", "-t", &pid, "--to", &to])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    sc.cl.pid(mig.id() as i32);
+    wait_receiving(&srv.dir, "pre-1/pages-1.img", 4 << 20);
+    cryo_integration::kill_pid(mig.id() as i32);
+    let _ = mig.wait();
+    let dir = srv.dir.clone();
+    let pf = srv.pidfile.clone();
+    let (ok, _, err) = srv.finish();
+    assert!(!ok, "page-server succeeded without its sender");
+    assert!(err.trim().contains("connection closed by the peer"), "{err}");
+    assert!(!dir.join(".incoming").exists(), "partial images left on B");
+    assert_dst_clean(&dir, "source killed");
+    verify_still_on_a(&pf, &mut w, "source cryo killed");
+}
+
+/// Sends `bytes` to the page server from a thread inside host B; returns
+/// what the server answered.
+fn send_raw(h: &Hosts, to: String, bytes: Vec<u8>) -> Vec<u8> {
+    Hosts::in_ns(&h.b, move || {
+        let mut s = std::net::TcpStream::connect(&to).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let _ = s.write_all(&bytes);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut back = Vec::new();
+        let _ = s.read_to_end(&mut back);
+        back
+    })
+    .join()
+    .unwrap()
+}
+
+/// One frame of the migration stream (wire.rs: magic, kind, length,
+/// payload crc, header crc), built here independently of cryo's code.
+fn frame(kind: u32, payload: &[u8]) -> Vec<u8> {
+    let mut h = Vec::new();
+    h.extend_from_slice(b"CRYM");
+    h.extend_from_slice(&kind.to_le_bytes());
+    h.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    h.extend_from_slice(&crc32(payload).to_le_bytes());
+    let hc = crc32(&h);
+    h.extend_from_slice(&hc.to_le_bytes());
+    h.extend_from_slice(payload);
+    h
+}
+
+fn crc32(b: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &x in b {
+        c ^= x as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 { (c >> 1) ^ 0xedb8_8320 } else { c >> 1 };
+        }
+    }
+    !c
+}
+
+#[test]
+fn page_server_refuses_garbage_and_unknown_pids() {
+    require_root!();
+    let h = hosts();
+    let sc = Scratch::new("mig-garbage");
+    // Garbage.
+    let srv = Server::start(&h, &sc, "1");
+    send_raw(&h, srv.to(), b"GET / HTTP/1.1\r\nHost: cryo\r\n\r\n".to_vec());
+    let dir = srv.dir.clone();
+    let (ok, _, err) = srv.finish();
+    let err = err.trim();
+    assert!(
+        !ok && !err.contains('\n') && err.contains("not a cryo migration stream"),
+        "{err}"
+    );
+    assert!(std::fs::read_dir(&dir).unwrap().next().is_none(), "garbage left files");
+    // A valid stream announcing pid 4242, then pages of pid 999.
+    let srv = Server::start(&h, &sc, "2");
+    let mut hello = 1u32.to_le_bytes().to_vec();
+    hello.extend_from_slice(&1u32.to_le_bytes());
+    hello.extend_from_slice(&4242u32.to_le_bytes());
+    let mut st = frame(1, &hello);
+    let mut fb = 4096u64.to_le_bytes().to_vec();
+    fb.extend_from_slice(b"pre-1/pagemap-999.img");
+    st.extend(frame(2, &fb));
+    let back = send_raw(&h, srv.to(), st);
+    let dir = srv.dir.clone();
+    let (ok, _, err) = srv.finish();
+    assert!(!ok && err.contains("pages for unknown process 999"), "{err}");
+    assert!(
+        String::from_utf8_lossy(&back).contains("unknown process 999"),
+        "the sender is told why"
+    );
+    assert!(std::fs::read_dir(&dir).unwrap().next().is_none(), "left files");
+}
+
+/// A proxy in host B between the sender and the page server that flips
+/// one byte after `after` bytes.
+fn corrupting_proxy(h: &Hosts, to: String, after: usize) -> (u16, std::thread::JoinHandle<()>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let j = Hosts::in_ns(&h.b, move || {
+        let l = std::net::TcpListener::bind(format!("{ADDR_B}:0")).unwrap();
+        tx.send(l.local_addr().unwrap().port()).unwrap();
+        let (mut a, _) = l.accept().unwrap();
+        let mut b = std::net::TcpStream::connect(&to).unwrap();
+        let (mut a2, mut b2) = (a.try_clone().unwrap(), b.try_clone().unwrap());
+        let back = std::thread::spawn(move || {
+            let _ = std::io::copy(&mut b2, &mut a2);
+            let _ = a2.shutdown(std::net::Shutdown::Both);
+        });
+        let mut buf = vec![0u8; 64 << 10];
+        let mut n_total = 0usize;
+        loop {
+            let n = match a.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if n_total <= after && after < n_total + n {
+                buf[after - n_total] ^= 0x01;
+            }
+            n_total += n;
+            if b.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = b.shutdown(std::net::Shutdown::Write);
+        let _ = back.join();
+    });
+    (rx.recv().unwrap(), j)
+}
+
+#[test]
+fn corrupted_stream_resumes_the_source() {
+    require_root!();
+    // In the first pre-copy round, and after the freeze (no pre-copy).
+    corrupted(&[]);
+    corrupted(&["--no-pre-copy"]);
+}
+
+fn corrupted(extra: &[&str]) {
+    let h = hosts();
+    let sc = Scratch::new("mig-corrupt");
+    let mut w = dirtier(&h, &sc, 16);
+    let srv = Server::start(&h, &sc, "1");
+    let (port, proxy) = corrupting_proxy(&h, srv.to(), 5 << 20);
+    let (pid, log) = (w.pid.to_string(), sc.path("migrate.log"));
+    let to = format!("{ADDR_B}:{port}");
+    let out = cryo_in(&h.a, &migrate_args(&pid, &to, s(&log), extra));
+    let e = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert!(!out.status.success(), "migrate through a corrupting link succeeded");
+    assert!(
+        !e.contains('\n') && (e.contains("corrupted") || e.contains("checksum")),
+        "{e}"
+    );
+    let dir = srv.dir.clone();
+    let pf = srv.pidfile.clone();
+    let (ok, _, err) = srv.finish();
+    assert!(!ok && (err.contains("corrupted") || err.contains("checksum")), "{err}");
+    let _ = proxy.join();
+    assert_dst_clean(&dir, "corrupted");
+    assert!(!dir.join(".incoming").exists());
+    verify_still_on_a(&pf, &mut w, "corrupted stream");
+}
+
+/// The dirtier's check is not vacuous: left alone it passes, with one
+/// byte of a cold page flipped it fails.
+#[test]
+fn dirtier_check_passes_and_fails() {
+    for (corrupt, want) in [(false, "PASS"), (true, "FAIL page")] {
+        let sc = Scratch::new("dirtier-self");
+        let log = sc.path(&format!("w-{corrupt}.log"));
+        let mut args = vec!["--mib", "8", "--hot-mib", "2", "--hot-ms", "100"];
+        if corrupt {
+            args.push("--corrupt-after-ready");
+        }
+        let w = Workload::spawn(bin!("dirtier"), &args, &log).expect("spawn dirtier");
+        sc.cl.pid(w.pid);
+        w.wait_ready().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        w.usr1().unwrap();
+        // A FAIL verdict comes back as Err naming the bad page.
+        let v = wait_for_verdict(&log, LINE_TIMEOUT).unwrap_or_else(|e| e);
+        assert!(v.contains(want), "corrupt={corrupt}: {v}");
+        assert!(
+            wait_for_line(&log, "TS ", LINE_TIMEOUT).is_ok(),
+            "no timestamps in the log"
+        );
+    }
+}
+
+fn uffd_fds(pid: i32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .map(|l| l.to_string_lossy().contains("userfaultfd"))
+                        .unwrap_or(false)
+                })
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `cryo pre-dump` twice (the second copies only what was written since
+/// the first), then `cryo dump --prev-images-dir`, then restore through
+/// the parent chain: the restored workload checks every page.
+#[test]
+fn pre_dump_chain_then_dump_and_restore() {
+    require_root!();
+    let sc = Scratch::new("predump");
+    let log = sc.path("w.log");
+    let mut w = Workload::spawn(
+        bin!("dirtier"),
+        &["--mib", "32", "--hot-mib", "4", "--hot-ms", "200"],
+        &log,
+    )
+    .expect("spawn dirtier");
+    sc.cl.pid(w.pid);
+    w.wait_ready().unwrap();
+    let pid = w.pid.to_string();
+    let (d1, d2, d3) = (sc.path("d1"), sc.path("d2"), sc.path("d3"));
+    let out = cryo_integration::run_cryo(&["pre-dump", "-t", &pid, "-D", s(&d1), "--track-mem"]);
+    assert!(out.status.success(), "pre-dump 1: {}", describe(&out));
+    // The tracking stays in the task between pre-dumps, out of its way.
+    let kept = uffd_fds(w.pid);
+    assert!(
+        kept.len() == 1 && kept[0].parse::<i32>().unwrap() >= 512,
+        "kept uffd: {kept:?}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let out = cryo_integration::run_cryo(&["pre-dump", "-t", &pid, "-D", s(&d2), "--prev-images-dir", "../d1"]);
+    assert!(out.status.success(), "pre-dump 2: {}", describe(&out));
+    let size = |d: &Path| std::fs::metadata(d.join("pages-1.img")).map(|m| m.len()).unwrap_or(0);
+    assert!(size(&d1) >= 32 << 20, "first pre-dump copies everything");
+    assert!(
+        size(&d2) < 16 << 20,
+        "second pre-dump copies only what was written since: {}",
+        size(&d2)
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let out = cryo_integration::run_cryo(&["dump", "-t", &pid, "-D", s(&d3), "--prev-images-dir", "../d2"]);
+    assert!(out.status.success(), "dump: {}", describe(&out));
+    assert!(size(&d3) < 16 << 20, "final dump copies the rest only: {}", size(&d3));
+    assert_eq!(std::fs::read_link(d3.join("parent")).unwrap(), Path::new("../d2"));
+    assert!(w.wait_exit(GONE_TIMEOUT).is_some(), "the dump did not end the source");
+    let pf = sc.path("pidfile");
+    sc.cl.pidfile(&pf);
+    let out = cryo_integration::run_cryo(&["restore", "-D", s(&d3), "-d", "--pidfile", s(&pf)]);
+    assert!(out.status.success(), "restore: {}", describe(&out));
+    let rpid = read_pidfile(&pf).unwrap();
+    assert!(uffd_fds(rpid).is_empty(), "the restored task has a userfaultfd");
+    cryo_integration::signal(rpid, libc::SIGUSR1).unwrap();
+    let v = wait_for_verdict(&log, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(v.starts_with("PASS"), "{v}");
+}
+
+/// Post-copy from the source: no pre-copy; the destination restores the
+/// tree with none of its anonymous memory and fetches every page from
+/// the (frozen) source on first touch or in the background.
+#[test]
+fn migrate_post_copy_between_hosts() {
+    require_root!();
+    let h = hosts();
+    let sc = Scratch::new("mig-post");
+    let mut w = dirtier(&h, &sc, 64);
+    let srv = Server::start(&h, &sc, "1");
+    let (pid, to, log) = (w.pid.to_string(), srv.to(), sc.path("migrate.log"));
+    let out = cryo_in(
+        &h.a,
+        &migrate_args(&pid, &to, s(&log), &["--lazy-pages", "--no-pre-copy"]),
+    );
+    assert!(
+        out.status.success(),
+        "migrate: {}\n{}",
+        describe(&out),
+        log_tail(&log, 20)
+    );
+    let so = String::from_utf8_lossy(&out.stdout).to_string();
+    let kib: u64 = so
+        .split("post-copy ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        kib > 60 << 10,
+        "the destination should fetch the 64 MiB after the restore: {so}"
+    );
+    let pf = srv.pidfile.clone();
+    let dir = srv.dir.clone();
+    let (ok, sout, serr) = srv.finish();
+    assert!(ok, "page-server: {sout}\n{serr}");
+    let pages: u64 = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("pages-"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    assert!(pages < 8 << 20, "post-copy images should hold almost no pages: {pages}");
+    verify_on_b(&h, &pf, &mut w, "post-copy");
+}
+
+/// The source cryo dies while the destination is still fetching pages:
+/// the destination kills its incomplete copy, the source (no longer
+/// traced) runs on, and its memory checks out.
+#[test]
+fn source_cryo_killed_during_post_copy() {
+    require_root!();
+    let h = hosts();
+    let sc = Scratch::new("mig-postdie");
+    let w = dirtier(&h, &sc, 256);
+    let srv = Server::start(&h, &sc, "1");
+    let (pid, to) = (w.pid.to_string(), srv.to());
+    let mut mig = Hosts::cmd(
+        &h.a,
+        &cryo_bin(),
+        &["migrate", "-t", &pid, "--to", &to, "--lazy-pages", "--no-pre-copy"],
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    sc.cl.pid(mig.id() as i32);
+    wait_for_line(&srv.out, "cryo page-server: restored, pid", STEP)
+        .unwrap_or_else(|e| panic!("no restore on B: {e}; {}", srv.stderr()));
+    let rpid = read_pidfile(&srv.pidfile).unwrap();
+    cryo_integration::kill_pid(mig.id() as i32);
+    let _ = mig.wait();
+    // The killed cryo could not remove its staging directory (the next
+    // migrate would): remove it, by its pid.
+    for i in 0..4 {
+        let _ = std::fs::remove_dir_all(format!("/dev/shm/cryo-migrate-{}-{i}", mig.id()));
+    }
+    let (ok, _, err) = srv.finish();
+    assert!(!ok && err.contains("Post-copy failed"), "page-server: {err}");
+    assert!(
+        wait_pid_exited(rpid, GONE_TIMEOUT) || !pid_running(rpid),
+        "the incomplete copy {rpid} on B still runs"
+    );
+    assert!(pid_running(w.pid), "the source is gone");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(matches!(pid_state(w.pid), Some('S') | Some('R')), "source not running");
+    w.usr1().unwrap();
+    let v = wait_for_verdict(&w.log, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(v.starts_with("PASS"), "{v}");
+}
