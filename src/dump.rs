@@ -95,7 +95,14 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
         Some(f) => Some(crate::net::ns::Enter::new(f)?),
         None => None,
     };
-    if tree_net.is_some() {
+    // A namespace the caller owns (CRIU's external "net[INODE]:KEY", as
+    // podman passes it) is entered for the sockets but not dumped: the
+    // caller hands it back at restore.
+    let net_external = tree_net.is_some() && {
+        let ino = std::os::unix::fs::MetadataExt::ino(&fs::metadata(format!("/proc/{pid}/ns/net"))?);
+        opts.external.iter().any(|e| e.starts_with(&format!("net[{ino}]:")))
+    };
+    if tree_net.is_some() && !net_external {
         let n = crate::net::ns::dump().context("Cannot dump the tree's network namespace")?;
         dir.write_bytes(crate::net::ns::IMAGE, &n.to_json())?;
     }

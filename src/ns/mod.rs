@@ -84,10 +84,11 @@ pub fn dump(dir: &ImageDir, c: &DumpCtx, mut ns_id: impl FnMut(&str, u64) -> u32
     }
     info!("pid {pid} owns the {} namespaces", owned.join(", "));
     if owned.contains(&"net") {
+        // Its interfaces, addresses, routes and rules are dumped by
+        // net::ns (which refuses what it cannot rebuild), unless external.
         let tag = format!("net[{}]:", c.tree["net"]);
-        match c.external.iter().find(|e| e.starts_with(&tag)) {
-            Some(e) => info!("the network namespace is external ({e}): the caller hands it back at restore"),
-            None => dump_net(pid)?,
+        if let Some(e) = c.external.iter().find(|e| e.starts_with(&tag)) {
+            info!("the network namespace is external ({e}): the caller hands it back at restore");
         }
     }
     if owned.contains(&"uts") {
@@ -112,31 +113,6 @@ pub fn dump(dir: &ImageDir, c: &DumpCtx, mut ns_id: impl FnMut(&str, u64) -> u32
         );
     }
     Ok(owned)
-}
-
-/// Only a loopback-only network namespace is recreated (empty, lo up);
-/// another device would be lost: refuse while the tree can run on.
-fn dump_net(pid: i32) -> Result<()> {
-    let text = fs::read_to_string(format!("/proc/{pid}/net/dev"))
-        .with_context(|| format!("Cannot read /proc/{pid}/net/dev"))?;
-    let devs = net_devices(&text);
-    let other: Vec<&str> = devs.iter().map(String::as_str).filter(|d| *d != "lo").collect();
-    if !other.is_empty() {
-        bail!(
-            "pid {pid}'s network namespace has devices {} besides lo; only a loopback-only network namespace \
-             can be dumped (or pass it as external)",
-            other.join(", ")
-        );
-    }
-    Ok(())
-}
-
-/// Device names of /proc/net/dev.
-pub fn net_devices(text: &str) -> Vec<String> {
-    text.lines()
-        .skip(2)
-        .filter_map(|l| l.split_once(':').map(|(n, _)| n.trim().to_string()))
-        .collect()
 }
 
 /// Runs `f` on a thread that joined `pid`'s namespace of `kind` (UTS,
@@ -664,12 +640,6 @@ fn make_point(p: &Path, dir: bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn net_devices_of_proc_net_dev() {
-        let t = "Inter-|   Receive |  Transmit\n face |bytes\n    lo: 0 0 0\n  eth0: 1 2 3\n";
-        assert_eq!(net_devices(t), vec!["lo".to_string(), "eth0".to_string()]);
-    }
 
     #[test]
     fn tar_round_trip_keeps_types_and_skips_child_mounts() {

@@ -140,6 +140,13 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
     // A tree that had a network namespace gets a fresh one, entered here
     // so that everything forked from now on is in it.
     crate::net::ns::restore(&dir, &opts.veth_pairs)?;
+    if dir.exists(crate::net::ns::IMAGE) {
+        if let Some(n) = nsp.as_mut() {
+            // The network namespace rebuilt above is the container's: its
+            // root is cloned into it instead of into an empty one.
+            n.flags &= !libc::CLONE_NEWNET;
+        }
+    }
 
     // Engine fds, moved high.
     let high = plan.max_fd().max(63) + 1;
