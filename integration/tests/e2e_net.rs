@@ -468,8 +468,11 @@ fn tcpstream_plain_passes_and_detects_a_skipped_message() {
         let cv = wait_for_verdict(&clog, LINE_TIMEOUT);
         match expect {
             None => {
-                let sv = wait_for_verdict(&slog, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-                let cv = cv.unwrap_or_else(|e| panic!("{e}"));
+                let sv = wait_for_verdict(&slog, LINE_TIMEOUT);
+                let (sv, cv) = match (sv, cv) {
+                    (Ok(s), Ok(c)) => (s, c),
+                    (s, c) => panic!("server: {s:?}\nclient: {c:?}"),
+                };
                 assert!(sv.starts_with("PASS") && field(&sv, "received") >= 50, "{sv}");
                 assert!(field(&cv, "received") >= 50, "{cv}");
             }
