@@ -41,92 +41,121 @@ fn inetsk_roundtrip() {
 
 // ---- 2. established connections -----------------------------------------------
 
-/// Tests that look at the lock tables run one at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// A network namespace of the test's own (loopback up) where its
+/// workloads, cryo and therefore the lock tables live: test runs that go
+/// on at the same time (other worktrees run these tests too) never see
+/// each other's tables or connections.
+struct TestNet {
+    ns: Netns,
+    name: String,
+}
 
-/// Held by a test that dumps connections: one such test at a time, and
-/// whatever lock table it leaves (a failed assertion before the restore)
-/// is deleted when it ends.
-struct Serial(#[allow(dead_code)] std::sync::MutexGuard<'static, ()>);
+impl TestNet {
+    fn new(tag: &str) -> TestNet {
+        let name = format!("cryo-t{tag}-{}", std::process::id());
+        let mut ns = Netns { names: vec![] };
+        ns.add(&name);
+        TestNet { ns, name }
+    }
 
-impl Drop for Serial {
-    fn drop(&mut self) {
-        for t in lock_tables() {
-            if let Some(name) = t.split_whitespace().last() {
-                let _ = std::process::Command::new("nft")
-                    .args(["delete", "table", "inet", name])
-                    .output();
-            }
-        }
+    fn net_arg(&self) -> String {
+        format!("--net=/run/netns/{}", self.name)
+    }
+
+    /// Spawns a workload in the namespace and waits for READY.
+    fn spawn(&self, sc: &Scratch, bin: &std::path::Path, args: &[&str]) -> Workload {
+        let w = spawn_in(&self.name, bin, args, &sc.path("wl.log"));
+        std::thread::sleep(Duration::from_millis(100));
+        w
+    }
+
+    /// `cryo args...` in the namespace.
+    fn cryo(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new("nsenter")
+            .arg(self.net_arg())
+            .arg("--")
+            .arg(cryo_integration::cryo_bin())
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run nsenter cryo")
+    }
+
+    /// A successful dump (log and -v4 in the scratch directory).
+    fn dump(&self, sc: &Scratch, pid: i32, extra: &[&str]) {
+        let pid = pid.to_string();
+        let mut args = vec!["dump", "-t", &pid, "-D", s(&sc.img)];
+        args.extend_from_slice(extra);
+        cryo_in(&self.name, &args, &sc.path("dump.log"));
+    }
+
+    /// A successful `restore -d --pidfile`; the restored pid.
+    fn restore(&self, sc: &Scratch, tag: &str, extra: &[&str]) -> i32 {
+        let pf = sc.path(&format!("pidfile-{tag}"));
+        sc.cl.pidfile(&pf);
+        let mut args = vec!["restore", "-D", s(&sc.img), "-d", "--pidfile", s(&pf)];
+        args.extend_from_slice(extra);
+        cryo_in(&self.name, &args, &sc.path(&format!("restore-{tag}.log")));
+        cryo_integration::read_pidfile(&pf).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Dump (the original must be killed), crit, restore -d, SIGUSR1: the
+    /// verdict.
+    fn cycle(&self, sc: &Scratch, mut w: Workload, dump_args: &[&str], restore_args: &[&str]) -> String {
+        self.dump(sc, w.pid, dump_args);
+        let st = w
+            .wait_exit(GONE_TIMEOUT)
+            .unwrap_or_else(|| panic!("original pid {} still runs after dump", w.pid));
+        assert!(st.code().is_none(), "the original should have been killed: {st:?}");
+        crit_decodes_all(&sc.img);
+        let rpid = self.restore(sc, "1", restore_args);
+        cryo_integration::signal(rpid, libc::SIGUSR1).unwrap_or_else(|e| panic!("{e}"));
+        let v = cryo_integration::wait_for_nth_verdict(&sc.path("wl.log"), 1, LINE_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            cryo_integration::wait_pid_exited(rpid, GONE_TIMEOUT),
+            "restored pid {rpid} did not exit"
+        );
+        v
+    }
+
+    /// The lock tables in the namespace now.
+    fn lock_tables(&self) -> Vec<String> {
+        let out = std::process::Command::new("nsenter")
+            .arg(self.net_arg())
+            .args(["--", "nft", "list", "tables"])
+            .output()
+            .expect("run nft (hack/setup installs nftables)");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("cryo_tcp_"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// A process in the namespace listening on 127.0.0.1:`port` until the
+    /// returned workload is dropped (an address squatter).
+    fn squat(&self, sc: &Scratch, port: u16) -> Workload {
+        let log = sc.path("squatter.log");
+        let code = format!(
+            "import socket,sys,time\ns=socket.socket()\ns.bind(('127.0.0.1',{port}))\ns.listen(1)\nprint('READY %d' % __import__('os').getpid(), flush=True)\ntime.sleep(60)"
+        );
+        let w = Workload::spawn(
+            std::path::Path::new("/usr/bin/nsenter"),
+            &[&self.net_arg(), "--", "/usr/bin/python3", "-c", &code],
+            &log,
+        )
+        .expect("squatter");
+        w.wait_ready().unwrap_or_else(|e| panic!("{e}"));
+        w
     }
 }
 
-fn serial() -> Serial {
-    Serial(SERIAL.lock().unwrap_or_else(|e| e.into_inner()))
-}
-
-/// The nft tables of the network lock that exist now.
-fn lock_tables() -> Vec<String> {
-    let out = std::process::Command::new("nft")
-        .args(["list", "tables"])
-        .output()
-        .expect("run nft (hack/setup installs nftables)");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains("cryo_tcp_"))
-        .map(str::to_string)
-        .collect()
-}
-
-/// Spawns a workload and waits for READY.
-fn spawn_ready(sc: &Scratch, bin: &std::path::Path, args: &[&str]) -> Workload {
-    let log = sc.path("wl.log");
-    let w = Workload::spawn(bin, args, &log).expect("spawn workload");
-    w.wait_ready().unwrap_or_else(|e| panic!("{e}"));
-    std::thread::sleep(Duration::from_millis(100));
-    w
-}
-
-/// Dump (the original must be killed), crit, restore -d, SIGUSR1: the
-/// verdict.
-fn cycle(sc: &Scratch, mut w: Workload, dump_args: &[&str], restore_args: &[&str]) -> String {
-    dump(sc, w.pid, dump_args);
-    let st = w
-        .wait_exit(GONE_TIMEOUT)
-        .unwrap_or_else(|| panic!("original pid {} still runs after dump", w.pid));
-    assert!(st.code().is_none(), "the original should have been killed: {st:?}");
-    crit_decodes_all(&sc.img);
-    let rpid = restore_with(sc, "1", restore_args);
-    cryo_integration::signal(rpid, libc::SIGUSR1).unwrap_or_else(|e| panic!("{e}"));
-    let v =
-        cryo_integration::wait_for_nth_verdict(&sc.path("wl.log"), 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        cryo_integration::wait_pid_exited(rpid, GONE_TIMEOUT),
-        "restored pid {rpid} did not exit"
-    );
-    v
-}
-
-/// `cryo restore -d --pidfile` with extra arguments; the restored pid.
-fn restore_with(sc: &Scratch, tag: &str, extra: &[&str]) -> i32 {
-    let pf = sc.path(&format!("pidfile-{tag}"));
-    sc.cl.pidfile(&pf);
-    let log = sc.path(&format!("restore-{tag}.log"));
-    let mut args = vec![
-        "restore",
-        "-D",
-        s(&sc.img),
-        "-d",
-        "--pidfile",
-        s(&pf),
-        "-o",
-        s(&log),
-        "-v4",
-    ];
-    args.extend_from_slice(extra);
-    let out = run_cryo(&args);
-    assert_cryo_ok(&out, "cryo restore -d", &log);
-    cryo_integration::read_pidfile(&pf).unwrap_or_else(|e| panic!("{e}"))
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        // The namespace (and every table in it) goes with `ns`.
+        let _ = &self.ns;
+    }
 }
 
 #[test]
@@ -139,7 +168,7 @@ fn tcpconn_plain_passes_and_detects_a_lost_byte() {
 }
 
 fn tcpconn_established(v6: bool, half: bool) {
-    let _g = serial();
+    let t = TestNet::new(&format!("a{}{}", u8::from(v6), u8::from(half)));
     let sc = Scratch::new(if v6 { "tcpconn6" } else { "tcpconn4" });
     let mut args: Vec<&str> = Vec::new();
     if v6 {
@@ -149,8 +178,8 @@ fn tcpconn_established(v6: bool, half: bool) {
         args.push("--half");
     }
     let args = &args[..];
-    let w = spawn_ready(&sc, bin!("tcpconn"), args);
-    let v = cycle(&sc, w, &["--tcp-established"], &[]);
+    let w = t.spawn(&sc, bin!("tcpconn"), args);
+    let v = t.cycle(&sc, w, &["--tcp-established"], &[]);
     assert!(v.starts_with("PASS"), "{v}");
     let streams: Vec<String> = std::fs::read_dir(&sc.img)
         .expect("image dir")
@@ -187,9 +216,9 @@ fn tcpconn_established(v6: bool, half: bool) {
         "queues in the images: inq {inq}, unsent {unsent}"
     );
     assert!(
-        lock_tables().is_empty(),
+        t.lock_tables().is_empty(),
         "the network lock outlived the restore: {:?}",
-        lock_tables()
+        t.lock_tables()
     );
 }
 
@@ -214,11 +243,11 @@ fn tcpconn_ipv6_established_roundtrip() {
 #[test]
 fn established_connection_without_the_flag_is_refused_and_the_tree_runs_on() {
     cryo_integration::require_root!();
-    let _g = serial();
+    let t = TestNet::new("b");
     let sc = Scratch::new("tcpconn-refused");
-    let mut w = spawn_ready(&sc, bin!("tcpconn"), &[]);
+    let mut w = t.spawn(&sc, bin!("tcpconn"), &[]);
     let pid = w.pid.to_string();
-    let out = run_cryo(&["dump", "-t", &pid, "-D", s(&sc.img)]);
+    let out = t.cryo(&["dump", "-t", &pid, "-D", s(&sc.img)]);
     let err = one_line_error(&out, "dump of a live TCP connection");
     for must in [
         "established TCP connection 127.0.0.1:",
@@ -233,9 +262,9 @@ fn established_connection_without_the_flag_is_refused_and_the_tree_runs_on() {
     );
     assert!(pid_running(w.pid), "the tree must run on after a failed dump");
     assert!(
-        lock_tables().is_empty(),
+        t.lock_tables().is_empty(),
         "a refused dump left a lock: {:?}",
-        lock_tables()
+        t.lock_tables()
     );
     w.usr1().expect("SIGUSR1");
     let v = wait_for_verdict(&sc.path("wl.log"), LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
@@ -246,11 +275,11 @@ fn established_connection_without_the_flag_is_refused_and_the_tree_runs_on() {
 #[test]
 fn listener_with_a_connection_not_yet_accepted_is_refused() {
     cryo_integration::require_root!();
-    let _g = serial();
+    let t = TestNet::new("c");
     let sc = Scratch::new("tcpconn-pending");
-    let mut w = spawn_ready(&sc, bin!("tcpconn"), &["--pending"]);
+    let mut w = t.spawn(&sc, bin!("tcpconn"), &["--pending"]);
     let pid = w.pid.to_string();
-    let out = run_cryo(&["dump", "-t", &pid, "-D", s(&sc.img), "--tcp-established"]);
+    let out = t.cryo(&["dump", "-t", &pid, "-D", s(&sc.img), "--tcp-established"]);
     let err = one_line_error(&out, "dump of a listener with a pending connection");
     for must in [
         "listening socket tcp 127.0.0.1:",
@@ -260,9 +289,9 @@ fn listener_with_a_connection_not_yet_accepted_is_refused() {
     }
     assert!(pid_running(w.pid), "the tree must run on after a failed dump");
     assert!(
-        lock_tables().is_empty(),
+        t.lock_tables().is_empty(),
         "a refused dump left a lock: {:?}",
-        lock_tables()
+        t.lock_tables()
     );
     w.usr1().expect("SIGUSR1");
     let v = wait_for_verdict(&sc.path("wl.log"), LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
@@ -276,18 +305,18 @@ fn listener_with_a_connection_not_yet_accepted_is_refused() {
 #[test]
 fn dump_failing_after_repair_leaves_the_connections_intact() {
     cryo_integration::require_root!();
-    let _g = serial();
+    let t = TestNet::new("d");
     let sc = Scratch::new("tcpconn-badfd");
-    let mut w = spawn_ready(&sc, bin!("tcpconn"), &["--badfd"]);
+    let mut w = t.spawn(&sc, bin!("tcpconn"), &["--badfd"]);
     let pid = w.pid.to_string();
-    let out = run_cryo(&["dump", "-t", &pid, "-D", s(&sc.img), "--tcp-established"]);
+    let out = t.cryo(&["dump", "-t", &pid, "-D", s(&sc.img), "--tcp-established"]);
     let err = one_line_error(&out, "dump with a fanout packet socket");
     assert!(err.contains("fanout groups are not supported"), "{err}");
     assert!(pid_running(w.pid), "the tree must run on after a failed dump");
     assert!(
-        lock_tables().is_empty(),
+        t.lock_tables().is_empty(),
         "a failed dump left a lock: {:?}",
-        lock_tables()
+        t.lock_tables()
     );
     w.usr1().expect("SIGUSR1");
     let v = wait_for_verdict(&sc.path("wl.log"), LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
@@ -300,15 +329,15 @@ fn dump_failing_after_repair_leaves_the_connections_intact() {
 #[test]
 fn leave_running_keeps_the_connections_working() {
     cryo_integration::require_root!();
-    let _g = serial();
+    let t = TestNet::new("e");
     let sc = Scratch::new("tcpconn-leave");
-    let mut w = spawn_ready(&sc, bin!("tcpconn"), &[]);
-    dump(&sc, w.pid, &["--tcp-established", "--leave-running"]);
+    let mut w = t.spawn(&sc, bin!("tcpconn"), &[]);
+    t.dump(&sc, w.pid, &["--tcp-established", "--leave-running"]);
     assert!(pid_running(w.pid), "--leave-running");
     assert!(
-        lock_tables().is_empty(),
+        t.lock_tables().is_empty(),
         "the lock outlived the dump: {:?}",
-        lock_tables()
+        t.lock_tables()
     );
     crit_decodes_all(&sc.img);
     w.usr1().expect("SIGUSR1");
@@ -320,23 +349,27 @@ fn leave_running_keeps_the_connections_working() {
 #[test]
 fn tcp_close_restores_connections_closed() {
     cryo_integration::require_root!();
-    let _g = serial();
+    let t = TestNet::new("f");
     let sc = Scratch::new("tcpconn-close");
-    let w = spawn_ready(&sc, bin!("tcpconn"), &["--closed"]);
-    let v = cycle(&sc, w, &["--tcp-close"], &[]);
+    let w = t.spawn(&sc, bin!("tcpconn"), &["--closed"]);
+    let v = t.cycle(&sc, w, &["--tcp-close"], &[]);
     assert!(v.starts_with("PASS closed"), "{v}");
-    assert!(lock_tables().is_empty(), "{:?}", lock_tables());
+    assert!(t.lock_tables().is_empty(), "{:?}", t.lock_tables());
 }
 
 #[test]
 fn address_in_use_at_restore_fails_cleanly_and_lifts_the_lock() {
     cryo_integration::require_root!();
-    let _g = serial();
+    let t = TestNet::new("g");
     let sc = Scratch::new("tcpconn-inuse");
-    let mut w = spawn_ready(&sc, bin!("tcpconn"), &[]);
-    dump(&sc, w.pid, &["--tcp-established"]);
+    let mut w = t.spawn(&sc, bin!("tcpconn"), &[]);
+    t.dump(&sc, w.pid, &["--tcp-established"]);
     w.wait_exit(GONE_TIMEOUT).expect("the original is killed");
-    assert_eq!(lock_tables().len(), 2, "both connections stay locked until the restore");
+    assert_eq!(
+        t.lock_tables().len(),
+        2,
+        "both connections stay locked until the restore"
+    );
     // Somebody else takes the listener's address.
     let files = crit_json(&sc.img.join("files.img"));
     let port = files["entries"]
@@ -347,13 +380,21 @@ fn address_in_use_at_restore_fails_cleanly_and_lifts_the_lock() {
         .find(|e| e["state"] == 10)
         .and_then(|e| e["src_port"].as_u64())
         .expect("a listener in files.img");
-    let squatter = std::net::TcpListener::bind(("127.0.0.1", port as u16)).expect("take the port");
+    let squatter = t.squat(&sc, port as u16);
     let pf = sc.path("pidfile-bad");
     sc.cl.pidfile(&pf);
-    let (out, left) = cryo_integration::run_cryo_reaped(
-        bin!("reaper"),
-        &["restore", "-D", s(&sc.img), "-d", "--pidfile", s(&pf)],
-    );
+    let left_file = sc.path("leftover");
+    let reaper = bin!("reaper").to_str().expect("path").to_string();
+    let out = std::process::Command::new("nsenter")
+        .arg(t.net_arg())
+        .args(["--", &reaper, "--leftover", s(&left_file), "--"])
+        .arg(cryo_integration::cryo_bin())
+        .args(["restore", "-D", s(&sc.img), "-d", "--pidfile", s(&pf)])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run the restore");
+    let left = std::fs::read_to_string(&left_file).expect("the reaper's report");
+    let left: Vec<&str> = left.lines().collect();
     let err = one_line_error(&out, "restore onto a used address");
     assert!(
         err.contains(&format!("Cannot bind tcp 127.0.0.1:{port} to 127.0.0.1:{port}")) && err.contains("in use"),
@@ -362,13 +403,13 @@ fn address_in_use_at_restore_fails_cleanly_and_lifts_the_lock() {
     assert!(!pf.exists(), "a failed restore wrote the pidfile");
     assert!(left.is_empty(), "the failed restore left processes behind: {left:?}");
     assert!(
-        lock_tables().is_empty(),
+        t.lock_tables().is_empty(),
         "a failed restore left the lock: {:?}",
-        lock_tables()
+        t.lock_tables()
     );
     // The address is free again: the same images restore.
     drop(squatter);
-    let rpid = restore_with(&sc, "2", &[]);
+    let rpid = t.restore(&sc, "2", &[]);
     cryo_integration::signal(rpid, libc::SIGUSR1).unwrap_or_else(|e| panic!("{e}"));
     let v =
         cryo_integration::wait_for_nth_verdict(&sc.path("wl.log"), 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
@@ -427,8 +468,11 @@ fn tcpstream_plain_passes_and_detects_a_skipped_message() {
         let cv = wait_for_verdict(&clog, LINE_TIMEOUT);
         match expect {
             None => {
-                let sv = wait_for_verdict(&slog, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-                let cv = cv.unwrap_or_else(|e| panic!("{e}"));
+                let sv = wait_for_verdict(&slog, LINE_TIMEOUT);
+                let (sv, cv) = match (sv, cv) {
+                    (Ok(s), Ok(c)) => (s, c),
+                    (s, c) => panic!("server: {s:?}\nclient: {c:?}"),
+                };
                 assert!(sv.starts_with("PASS") && field(&sv, "received") >= 50, "{sv}");
                 assert!(field(&cv, "received") >= 50, "{cv}");
             }
@@ -443,32 +487,40 @@ fn tcpstream_plain_passes_and_detects_a_skipped_message() {
 #[test]
 fn tcpstream_server_dumped_and_restored_in_place_keeps_its_client() {
     cryo_integration::require_root!();
-    let _g = serial();
+    let t = TestNet::new("h");
     let sc = Scratch::new("tcpstream");
     let slog = sc.path("wl.log");
     let clog = sc.path("client.log");
-    let mut sw = Workload::spawn(bin!("tcpstream"), &["--role", "server"], &slog).expect("spawn server");
+    let tcpstream = bin!("tcpstream").to_str().expect("path").to_string();
+    let nsenter = std::path::Path::new("/usr/bin/nsenter");
+    let net = t.net_arg();
+    let mut sw = Workload::spawn(nsenter, &[&net, "--", &tcpstream, "--role", "server"], &slog).expect("server");
     let port = cryo_integration::wait_for_line(&slog, "PORT ", LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     let port = port.trim().trim_start_matches("PORT ").to_string();
-    let cw = Workload::spawn(bin!("tcpstream"), &["--role", "client", "--port", &port], &clog).expect("client");
+    let cw = Workload::spawn(
+        nsenter,
+        &[&net, "--", &tcpstream, "--role", "client", "--port", &port],
+        &clog,
+    )
+    .expect("client");
     cw.wait_ready().unwrap_or_else(|e| panic!("{e}"));
     sw.wait_ready().unwrap_or_else(|e| panic!("{e}"));
     std::thread::sleep(Duration::from_millis(400));
-    dump(&sc, sw.pid, &["--tcp-established"]);
+    t.dump(&sc, sw.pid, &["--tcp-established"]);
     sw.wait_exit(GONE_TIMEOUT).expect("the original server is killed");
     assert_eq!(
-        lock_tables().len(),
+        t.lock_tables().len(),
         1,
         "the connection is locked between dump and restore"
     );
     std::thread::sleep(Duration::from_millis(300));
     assert!(pid_running(cw.pid), "the client must not notice");
     crit_decodes_all(&sc.img);
-    let rpid = restore_with(&sc, "1", &[]);
+    let rpid = t.restore(&sc, "1", &[]);
     assert!(
-        lock_tables().is_empty(),
+        t.lock_tables().is_empty(),
         "the lock outlived the restore: {:?}",
-        lock_tables()
+        t.lock_tables()
     );
     // Data flows again once both sides retransmit.
     cryo_integration::wait_for_line(&clog, "GAP ", Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e}"));
@@ -549,7 +601,6 @@ fn cryo_in(ns: &str, args: &[&str], log: &std::path::Path) {
 #[test]
 fn tcpstream_server_moves_to_another_network_namespace_and_keeps_its_client() {
     cryo_integration::require_root!();
-    let _g = serial();
     let sc = Scratch::new("tcpstream-ns");
     let tag = std::process::id();
     let (nc, na, nb) = (
@@ -817,14 +868,17 @@ fn missing_interface_at_restore_fails_cleanly() {
 #[test]
 fn criu_dialect_tcp_established_roundtrip() {
     cryo_integration::require_root!();
-    let _g = serial();
+    let t = TestNet::new("i");
     let sc = Scratch::new("tcpconn-criu");
     let link = sc.path("criu");
     std::os::unix::fs::symlink(cryo_integration::cryo_bin(), &link).expect("symlink criu");
-    let mut w = spawn_ready(&sc, bin!("tcpconn"), &[]);
+    let mut w = t.spawn(&sc, bin!("tcpconn"), &[]);
     let pid = w.pid.to_string();
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(&link)
+        let out = std::process::Command::new("nsenter")
+            .arg(t.net_arg())
+            .arg("--")
+            .arg(&link)
             .args(args)
             .stdin(std::process::Stdio::null())
             .output()
@@ -866,7 +920,7 @@ fn criu_dialect_tcp_established_roundtrip() {
     let v =
         cryo_integration::wait_for_nth_verdict(&sc.path("wl.log"), 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     assert!(v.starts_with("PASS"), "{v}");
-    assert!(lock_tables().is_empty(), "{:?}", lock_tables());
+    assert!(t.lock_tables().is_empty(), "{:?}", t.lock_tables());
 }
 
 // ---- 9. a network namespace owned by the tree ----------------------------------------

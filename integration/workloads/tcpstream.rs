@@ -75,7 +75,7 @@ fn main() {
                 Ok(n) => {
                     out.drain(..n);
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
                 Err(e) => {
                     pr.push(format!("send failed after {next_send} messages: {e}"));
                     break;
@@ -116,7 +116,7 @@ fn main() {
                     break;
                 }
             }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
             Err(e) => {
                 pr.push(format!("receive failed after {next_recv} messages: {e}"));
                 break;

@@ -45,7 +45,22 @@ pub fn script(name: &str, a: &SocketAddr, b: &SocketAddr) -> String {
     )
 }
 
+/// Runs nft, again when it was interrupted by a concurrent change of the
+/// ruleset (nft's cache fill fails with EINTR or EBUSY then).
 fn nft(stdin: &str, args: &[&str]) -> Result<std::process::Output> {
+    let mut out = nft_once(stdin, args)?;
+    for _ in 0..50 {
+        let err = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() || !(err.contains("Interrupted system call") || err.contains("resource busy")) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        out = nft_once(stdin, args)?;
+    }
+    Ok(out)
+}
+
+fn nft_once(stdin: &str, args: &[&str]) -> Result<std::process::Output> {
     let mut child = Command::new("nft")
         .args(args)
         .stdin(Stdio::piped())
@@ -79,7 +94,12 @@ pub fn lock(local: &SocketAddr, peer: &SocketAddr) -> Result<String> {
 pub fn unlock(name: &str) {
     match nft("", &["delete", "table", "inet", name]) {
         Ok(o) if o.status.success() => tracing::debug!("network lock {name} lifted"),
-        Ok(_) => {}
+        Ok(o) => {
+            let err = String::from_utf8_lossy(&o.stderr);
+            if !err.contains("No such file or directory") {
+                tracing::warn!("cannot lift the network lock {name}: {}", err.trim());
+            }
+        }
         Err(e) => tracing::warn!("cannot lift the network lock {name}: {e:#}"),
     }
 }

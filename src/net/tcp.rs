@@ -153,12 +153,28 @@ pub fn dump(fd: BorrowedFd) -> Result<Stream> {
     // An unacked FIN of ours is counted in both send queue figures (it
     // is the last thing queued), but it is no data.
     let fin = usize::from(fin_in_outq(st));
-    let inq_len = sock::ioctl_int(fd, SIOCINQ).context("SIOCINQ")?.max(0) as usize;
-    let outq_len = (sock::ioctl_int(fd, SIOCOUTQ).context("SIOCOUTQ")?.max(0) as usize).saturating_sub(fin);
-    let unsq_len =
-        (sock::ioctl_int(fd, SIOCOUTQNSD).context("SIOCOUTQNSD")?.max(0) as usize).saturating_sub(fin) as u32;
-    let (inq_seq, inq) = peek_queue(fd, TCP_RECV_QUEUE, inq_len).context("receive queue")?;
-    let (outq_seq, outq) = peek_queue(fd, TCP_SEND_QUEUE, outq_len).context("send queue")?;
+    // Segments that passed the lock just before it closed may still be
+    // processed: read until two rounds agree.
+    let mut last = None;
+    let mut rounds = 0;
+    let (inq_seq, inq, outq_seq, outq, unsq_len) = loop {
+        let inq_len = sock::ioctl_int(fd, SIOCINQ).context("SIOCINQ")?.max(0) as usize;
+        let outq_len = (sock::ioctl_int(fd, SIOCOUTQ).context("SIOCOUTQ")?.max(0) as usize).saturating_sub(fin);
+        let unsq_len =
+            (sock::ioctl_int(fd, SIOCOUTQNSD).context("SIOCOUTQNSD")?.max(0) as usize).saturating_sub(fin) as u32;
+        let (inq_seq, inq) = peek_queue(fd, TCP_RECV_QUEUE, inq_len).context("receive queue")?;
+        let (outq_seq, outq) = peek_queue(fd, TCP_SEND_QUEUE, outq_len).context("send queue")?;
+        let now = (inq_seq, inq, outq_seq, outq, unsq_len);
+        if last.as_ref() == Some(&now) {
+            break now;
+        }
+        rounds += 1;
+        if rounds > 100 {
+            bail!("its queues keep changing although the connection is locked");
+        }
+        last = Some(now);
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    };
     set(fd, TCP_REPAIR_QUEUE, 0, "TCP_REPAIR_QUEUE")?;
     let mss = fdops::getsockopt_int(fd, SOL_TCP, libc::TCP_MAXSEG).context("TCP_MAXSEG")? as u32;
     let ts = fdops::getsockopt_int(fd, SOL_TCP, TCP_TIMESTAMP).context("TCP_TIMESTAMP")? as u32;
@@ -173,9 +189,9 @@ pub fn dump(fd: BorrowedFd) -> Result<Stream> {
     Ok(Stream {
         state: st,
         e: pb::TcpStreamEntry {
-            inq_len: inq_len as u32,
+            inq_len: inq.len() as u32,
             inq_seq,
-            outq_len: outq_len as u32,
+            outq_len: outq.len() as u32,
             outq_seq,
             opt_mask: opts,
             snd_wscale: snd_ws,
