@@ -247,6 +247,14 @@ fn timers_overrun() {
 }
 
 #[test]
+fn timers_notify_another_thread() {
+    require_root!();
+    // A timer whose signal goes to a thread other than the leader (as
+    // glibc's SIGEV_THREAD timers do): recreated once that thread exists.
+    simple("timers_notify_another_thread", bin!("timers"), &["--check", "thread"]);
+}
+
+#[test]
 fn timers_cpu() {
     require_root!();
     simple("timers_cpu", bin!("timers"), &["--check", "cpu"]);

@@ -167,7 +167,7 @@ fn signals_detect_each_change() {
 
 // ---- timers -----------------------------------------------------------
 
-const TIMER_CHECKS: &[&str] = &["itimers", "posix", "overrun", "cpu"];
+const TIMER_CHECKS: &[&str] = &["itimers", "posix", "overrun", "cpu", "thread"];
 
 #[test]
 fn timers_pass() {

@@ -26,14 +26,21 @@
 //!   after about its remaining time; the process and thread CPU clocks must
 //!   advance while burning. (A restored process's CPU clocks cannot be set:
 //!   their absolute values are reported in the PASS line, not checked.)
+//! - `thread`: H (MONOTONIC, SIGEV_THREAD_ID to a second thread W,
+//!   SIGRTMIN+5, value 0xA6, every 100 ms, as glibc's SIGEV_THREAD timers
+//!   notify their helper thread). W takes the signals with sigtimedwait;
+//!   after the trigger H must still be armed with its 100 ms interval and
+//!   W must receive at least two more of its signals within 2 s, each
+//!   SI_TIMER from H's id with 0xA6 (and none may reach the main thread).
 //!
 //! `--corrupt` after READY: a changed REAL interval, a changed interval on
-//! A, F deleted, G disarmed.
+//! A, F deleted, G disarmed, H deleted.
 
 use cryo_integration::probe::{self, Only, Problems, SI_TIMER};
 use cryo_integration::wl::{self, Args, Log};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
-const ALL: &[&str] = &["itimers", "posix", "overrun", "cpu"];
+const ALL: &[&str] = &["itimers", "posix", "overrun", "cpu", "thread"];
 const S: u64 = 1_000_000_000;
 
 /// struct sigevent as the kernel reads it (64 bytes on x86_64).
@@ -193,6 +200,24 @@ fn in_range(p: &mut Problems, check: &str, what: &str, got: u64, set: u64, elaps
     }
 }
 
+/// Signals of timer H taken by thread W: (count, last timer id, last value,
+/// last code); W's tid.
+static W_COUNT: AtomicU64 = AtomicU64::new(0);
+static W_LAST: AtomicU64 = AtomicU64::new(0);
+static W_TID: AtomicI32 = AtomicI32::new(0);
+
+/// Thread W: takes SIGRTMIN+5 (blocked in every thread) forever.
+fn waiter() {
+    W_TID.store(probe::gettid(), Ordering::SeqCst);
+    loop {
+        if let Ok(i) = probe::sigtimedwait(probe::sigbit(rt(5)), 1000) {
+            let ok = i.code() == SI_TIMER && i.value() == 0xA6;
+            W_LAST.store(((i.timerid() as u32 as u64) << 1) | u64::from(ok), Ordering::SeqCst);
+            W_COUNT.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
 fn main() {
     let args = Args::from_env();
     let log = Log::open(&args.required("log"));
@@ -206,6 +231,7 @@ fn main() {
             rt(2),
             rt(3),
             rt(4),
+            rt(5),
             libc::SIGALRM,
             libc::SIGVTALRM,
             libc::SIGPROF,
@@ -248,6 +274,24 @@ fn main() {
         g = timer_create(libc::CLOCK_PROCESS_CPUTIME_ID, SIGEV_SIGNAL, rt(4), 0xA5, 0);
         timer_settime(g, 0, 300_000_000, 0);
     }
+    let mut h = -1;
+    if only.has("thread") {
+        std::thread::spawn(waiter);
+        while W_TID.load(Ordering::SeqCst) == 0 {
+            wl::sleep_ms(1);
+        }
+        h = timer_create(
+            libc::CLOCK_MONOTONIC,
+            SIGEV_THREAD_ID,
+            rt(5),
+            0xA6,
+            W_TID.load(Ordering::SeqCst),
+        );
+        timer_settime(h, 0, 100_000_000, 100_000_000);
+        while W_COUNT.load(Ordering::SeqCst) < 2 {
+            wl::sleep_ms(10);
+        }
+    }
     if only.has("overrun") {
         wl::sleep_ms(400);
     }
@@ -275,6 +319,9 @@ fn main() {
         }
         if only.has("cpu") {
             timer_settime(g, 0, 0, 0);
+        }
+        if only.has("thread") {
+            let _ = probe::sys(libc::SYS_timer_delete, [h as u64, 0, 0, 0, 0, 0]);
         }
     }
 
@@ -376,6 +423,48 @@ fn main() {
                 }
             }
         }
+    }
+    if only.has("thread") {
+        let c = "thread";
+        match timer_gettime(h) {
+            Ok((v, i)) => {
+                p.eq(c, &format!("timer H (id {h}) interval ns"), i, 100_000_000);
+                if v == 0 || v > 100_000_000 {
+                    p.add(
+                        c,
+                        format!("timer H (id {h}) remaining {v} ns, expected 0 < r <= 100 ms"),
+                    );
+                }
+            }
+            Err(e) => p.add(c, format!("timer H (id {h}): timer_gettime errno {e}")),
+        }
+        let n0 = W_COUNT.load(Ordering::SeqCst);
+        let start = probe::mono_ns();
+        while W_COUNT.load(Ordering::SeqCst) < n0 + 2 && probe::mono_ns() - start < 2 * S {
+            wl::sleep_ms(10);
+        }
+        let got = W_COUNT.load(Ordering::SeqCst) - n0;
+        if got < 2 {
+            p.add(
+                c,
+                format!("thread W received {got} signals of timer H (id {h}) in 2 s, expected >= 2"),
+            );
+        }
+        let last = W_LAST.load(Ordering::SeqCst);
+        if last != ((h as u32 as u64) << 1) | 1 {
+            p.add(
+                c,
+                format!(
+                    "W's last signal: timer id {} (code SI_TIMER and value 0xA6: {})",
+                    last >> 1,
+                    last & 1 == 1
+                ),
+            );
+        }
+        if probe::sigpending() & probe::sigbit(rt(5)) != 0 {
+            p.add(c, "a signal of timer H is pending for the main thread".to_string());
+        }
+        details += &format!(" thread_signals={got}");
     }
     if only.has("cpu") {
         let c = "cpu";

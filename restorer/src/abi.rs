@@ -42,7 +42,7 @@
 pub const ARGS_MAGIC: u64 = 0x7274_7372_6f79_7263;
 /// Bumped on every layout change; the engine and the blob are built from
 /// the same tree, the check only catches a stale build.
-pub const ARGS_VERSION: u32 = 4;
+pub const ARGS_VERSION: u32 = 5;
 /// Stack of each extra thread inside the blob area.
 pub const THREAD_STACK: u64 = 32 * 1024;
 /// Exit status of a task whose blob failed.
@@ -227,8 +227,13 @@ pub struct SeccompFilter {
     pub flags: u32,
 }
 
-/// A POSIX timer (already created, disarmed, by the engine) to arm once the
-/// pending signals are queued: timer_settime(id, 0, {interval, value}).
+/// A POSIX timer to arm once the pending signals are queued:
+/// timer_settime(id, 0, {interval, value}) (not called when the value is
+/// zero). The engine created it, disarmed, unless `create` is set: a timer
+/// that notifies a thread other than the leader (SIGEV_THREAD_ID, as
+/// glibc's SIGEV_THREAD timers do) can only be created once that thread
+/// exists, so the blob creates it with its old id (in
+/// PR_TIMER_CREATE_RESTORE_IDS mode) from `clock` and the sigevent fields.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TimerArm {
@@ -237,6 +242,14 @@ pub struct TimerArm {
     pub interval_nsec: i64,
     pub value_sec: i64,
     pub value_nsec: i64,
+    /// Non-zero: create the timer first.
+    pub create: i64,
+    pub clock: i64,
+    /// sigevent: sigev_value, sigev_signo, sigev_notify, the thread id.
+    pub sival: u64,
+    pub signo: i32,
+    pub notify: i32,
+    pub tid: i64,
 }
 
 /// The engine's own rseq registration, undone by the blob first.

@@ -58,6 +58,7 @@ mod nr {
     pub const RSEQ: usize = 334;
     pub const CLONE3: usize = 435;
     pub const SECCOMP: usize = 317;
+    pub const TIMER_CREATE: usize = 222;
     pub const TIMER_SETTIME: usize = 223;
 }
 
@@ -821,11 +822,58 @@ impl Blob<'_> {
         }
     }
 
-    /// Step 11c: arm the POSIX timers the engine created disarmed.
+    /// Step 10b (before seccomp, which may deny these calls): create the
+    /// POSIX timers that notify a thread other than the leader, now that
+    /// it exists, with their old ids; disarmed until `arm_timers`.
+    fn create_thread_timers(&self) {
+        for i in 0..self.a.nr_timers {
+            // SAFETY: `nr_timers` entries at `timers`, inside the area.
+            let t = unsafe { &*(self.a.timers as *const abi::TimerArm).add(i as usize) };
+            if t.create == 0 {
+                continue;
+            }
+            // struct sigevent as the kernel reads it: value, signo, notify,
+            // then the thread id in a 52-byte union.
+            let mut sev = [0u32; 16];
+            sev[0] = t.sival as u32;
+            sev[1] = (t.sival >> 32) as u32;
+            sev[2] = t.signo as u32;
+            sev[3] = t.notify as u32;
+            sev[4] = t.tid as u32;
+            let mut id: i32 = t.id as i32;
+            // PR_TIMER_CREATE_RESTORE_IDS (77) on: timer_create takes the
+            // id it is given.
+            // SAFETY: integer arguments only.
+            let ret = unsafe { syscall5(nr::PRCTL, 77, 1, 0, 0, 0) };
+            self.check(ret, step::TIMERS);
+            // SAFETY: `sev` is a complete sigevent and `id` a writable timer
+            // id, both on our stack.
+            let ret = unsafe {
+                syscall3(
+                    nr::TIMER_CREATE,
+                    t.clock as usize,
+                    sev.as_ptr() as usize,
+                    &mut id as *mut i32 as usize,
+                )
+            };
+            self.check(ret, step::TIMERS);
+            // SAFETY: integer arguments only.
+            let off = unsafe { syscall5(nr::PRCTL, 77, 0, 0, 0, 0) };
+            self.check(off, step::TIMERS);
+            if id as i64 != t.id {
+                self.fail(step::TIMERS, EINVAL);
+            }
+        }
+    }
+
+    /// Step 11c: arm the armed POSIX timers (all created, disarmed).
     fn arm_timers(&self) {
         for i in 0..self.a.nr_timers {
             // SAFETY: `nr_timers` entries at `timers`, inside the area.
             let t = unsafe { &*(self.a.timers as *const abi::TimerArm).add(i as usize) };
+            if t.value_sec == 0 && t.value_nsec == 0 {
+                continue;
+            }
             let spec: [i64; 4] = [t.interval_sec, t.interval_nsec, t.value_sec, t.value_nsec];
             // SAFETY: `spec` is a valid itimerspec; no old value wanted.
             let ret = unsafe { syscall4(nr::TIMER_SETTIME, t.id as usize, 0, spec.as_ptr() as usize, 0) };
@@ -900,6 +948,7 @@ impl Blob<'_> {
         self.set_thread(&a.thread);
         self.set_creds();
         self.sync_with_engine();
+        self.create_thread_timers();
         self.install_seccomp();
         self.finish_creds_after_seccomp();
         self.queue_signals(true);

@@ -483,17 +483,15 @@ fn set_task_attrs(t: &TaskImage) -> Result<()> {
         let _ = nix::sys::prctl::set_dumpable(d == 1);
     }
     let posix = tc.timers.as_ref().map(|tm| tm.posix.as_slice()).unwrap_or(&[]);
+    if posix.iter().any(|p| notifies_other_thread(t, p)) && !crate::sys::rawfd::timer_restore_ids_supported() {
+        bail!("a POSIX timer notifies a thread other than the leader, and this kernel cannot create timers with given ids (PR_TIMER_CREATE_RESTORE_IDS)");
+    }
     if !posix.is_empty() {
         let timers: Vec<crate::sys::rawfd::PosixTimerSpec> = posix
             .iter()
+            .filter(|p| !notifies_other_thread(t, p))
             .map(|p| {
                 let tid = p.notify_thread_id.unwrap_or(0);
-                if tid != 0 && tid != t.pid {
-                    bail!(
-                        "POSIX timer {} notifies thread {tid}, which is not the leader: not supported yet",
-                        p.it_id
-                    );
-                }
                 Ok(crate::sys::rawfd::PosixTimerSpec {
                     id: p.it_id as i32,
                     clock: p.clock_id as i32,
@@ -548,19 +546,19 @@ fn blob_counts(plan: &Plan, t: &TaskImage, nr_moves: usize) -> BlobPlan {
     p.xsave = Some(t.xsave.clone());
     p.threads = thread_plans(t);
     p.seccomp = plan.seccomp_chain(t).map(|c| c.1).unwrap_or_default();
-    p.timers = t.core.tc.as_ref().map(timer_arms).unwrap_or_default();
+    p.timers = t.core.tc.as_ref().map(|tc| timer_arms(t, tc)).unwrap_or_default();
     p
 }
 
 /// The POSIX timers with a value, for the blob to arm last.
-fn timer_arms(tc: &pb::TaskCoreEntry) -> Vec<cryo_restorer::abi::TimerArm> {
+fn timer_arms(t: &TaskImage, tc: &pb::TaskCoreEntry) -> Vec<cryo_restorer::abi::TimerArm> {
     let Some(tm) = tc.timers.as_ref() else {
         return Vec::new();
     };
     let elapsed = super::timers::elapsed_since(tm.cryo_read_at_ns);
     tm.posix
         .iter()
-        .filter(|p| p.vsec != 0 || p.vnsec != 0)
+        .filter(|p| p.vsec != 0 || p.vnsec != 0 || notifies_other_thread(t, p))
         .map(|p| {
             let (vsec, vnsec) = if super::timers::is_wall_clock(p.clock_id) {
                 super::timers::shift(p.vsec, p.vnsec, 1, elapsed)
@@ -573,9 +571,21 @@ fn timer_arms(tc: &pb::TaskCoreEntry) -> Vec<cryo_restorer::abi::TimerArm> {
                 interval_nsec: p.insec as i64,
                 value_sec: vsec as i64,
                 value_nsec: vnsec as i64,
+                create: i64::from(notifies_other_thread(t, p)),
+                clock: i64::from(p.clock_id as i32),
+                sival: p.sival_ptr,
+                signo: p.si_signo as i32,
+                notify: p.it_sigev_notify as i32,
+                tid: i64::from(p.notify_thread_id.unwrap_or(0)),
             }
         })
         .collect()
+}
+
+/// A timer whose signal goes to a thread other than the leader: created
+/// by the blob once that thread exists.
+fn notifies_other_thread(t: &TaskImage, p: &pb::PosixTimerEntry) -> bool {
+    matches!(p.notify_thread_id, Some(tid) if tid != 0 && tid != t.pid)
 }
 
 /// 16 NUL-padded bytes of a thread name.
@@ -781,7 +791,7 @@ fn jump(plan: &Plan, t: &TaskImage, efds: EngineFds, staged: Staged) -> Result<I
         threads: thread_plans(t),
         seccomp_mode: seccomp.0,
         seccomp: seccomp.1,
-        timers: timer_arms(tc),
+        timers: timer_arms(t, tc),
     };
     // pidfds: their targets exist now or soon (the tree is being built).
     crate::files::pidfd::restore(&plan.files, &t.fds, t.pid)?;

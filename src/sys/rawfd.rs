@@ -99,6 +99,13 @@ struct KSigevent {
 
 const PR_TIMER_CREATE_RESTORE_IDS: i32 = 77;
 
+/// Whether the kernel creates POSIX timers with given ids
+/// (PR_TIMER_CREATE_RESTORE_IDS; asking its state with 2 changes nothing).
+pub fn timer_restore_ids_supported() -> bool {
+    // SAFETY: prctl with integer arguments; PR_TIMER_CREATE_RESTORE_IDS_GET.
+    unsafe { libc::prctl(PR_TIMER_CREATE_RESTORE_IDS, 2, 0, 0, 0) >= 0 }
+}
+
 fn timer_create(clock: i32, sev: &KSigevent, want: i32) -> nix::Result<i32> {
     let mut id: i32 = want;
     // SAFETY: `sev` is a valid sigevent and `id` a writable timer_t the
