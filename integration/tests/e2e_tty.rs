@@ -220,6 +220,104 @@ fn raw_mode_program_under_a_shell_continues_in_another_tmux() {
     assert!(v.contains("ws=40x100") && !v.contains("winch=0"), "{v}");
 }
 
+/// The vim binary of this machine (hack/setup installs vim-tiny).
+fn find_vim() -> Option<&'static str> {
+    ["/usr/bin/vim", "/usr/bin/vim.tiny", "/usr/bin/vim.basic"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+}
+
+/// Real vim, in insert mode with typed text, under a shell in tmux A:
+/// dumped with --shell-job, restored in tmux B, where the rest of the text
+/// and `:wq` are typed. The file must hold both parts: vim kept its buffer,
+/// its mode and its raw terminal.
+#[test]
+fn real_vim_under_a_shell_continues_in_another_tmux() {
+    cryo_integration::require_root!();
+    if !require_tmux() {
+        return;
+    }
+    let Some(vim) = find_vim() else {
+        cryo_integration::skip("vim is not installed (hack/setup installs vim-tiny)");
+        return;
+    };
+    let sc = Scratch::new("vim-shelljob");
+    let a = Tmux::new("va", &sc);
+    let b = Tmux::new("vb", &sc);
+    a.session("a", 120, 40, &["bash", "--norc", "--noprofile", "-i"]);
+    let shell = a.pane_pid("a");
+    sc.cl.pid(shell);
+    let file = sc.path("note.txt");
+    a.keys("a", &format!("{vim} -u NONE -N -n {}", s(&file)), true);
+    let mut vpid = 0;
+    assert!(
+        wait_until(|| {
+            vpid = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children"))
+                .ok()
+                .and_then(|c| c.split_whitespace().next().and_then(|p| p.parse().ok()))
+                .unwrap_or(0);
+            vpid > 0 && a.screen("a").contains('~')
+        }),
+        "vim did not start in tmux A:\n{}",
+        a.screen("a")
+    );
+    sc.cl.pid(vpid);
+    a.keys("a", "ihello from A", false);
+    assert!(
+        wait_until(|| a.screen("a").contains("hello from A")),
+        "vim did not echo the typed text:\n{}",
+        a.screen("a")
+    );
+
+    dump(&sc, vpid, &["--shell-job"]);
+    assert!(
+        wait_pid_dead(vpid, GONE_TIMEOUT),
+        "vim {vpid} still runs after the dump"
+    );
+    crit_decodes_all(&sc.img);
+
+    let pf = sc.path("pidfile");
+    sc.cl.pidfile(&pf);
+    let rlog = sc.path("restore.log");
+    let cryo = cryo_bin();
+    b.session(
+        "b",
+        100,
+        30,
+        &[
+            s(&cryo),
+            "restore",
+            "-D",
+            s(&sc.img),
+            "--shell-job",
+            "--pidfile",
+            s(&pf),
+            "-o",
+            s(&rlog),
+        ],
+    );
+    assert!(
+        wait_until(|| pf.exists()),
+        "the restore in tmux B wrote no pidfile:\n{}\n--- restore log ---\n{}",
+        b.screen("b"),
+        log_tail(&rlog, 30)
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    b.keys("b", ", then B", false);
+    let out = b.cmd(&["send-keys", "-t", "b", "Escape"]);
+    assert!(out.status.success(), "tmux send-keys Escape: {}", describe(&out));
+    std::thread::sleep(Duration::from_millis(200));
+    b.keys("b", ":wq", true);
+    let want = "hello from A, then B\n";
+    assert!(
+        wait_until(|| std::fs::read_to_string(&file).is_ok_and(|t| t == want)),
+        "the file holds {:?}, not {want:?}\n--- screen B ---\n{}\n--- restore log ---\n{}",
+        std::fs::read_to_string(&file).unwrap_or_default(),
+        b.screen("b"),
+        log_tail(&rlog, 30)
+    );
+}
+
 // ---- a pty pair inside the tree ---------------------------------------------
 
 #[test]
