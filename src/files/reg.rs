@@ -294,9 +294,25 @@ pub(crate) fn open(fe: &pb::FileEntry, ghost: Option<RawFd>) -> Result<OwnedFd> 
 
 /// Refuses a regular file whose size changed since the dump (files open
 /// O_WRONLY|O_APPEND, like logs, may grow). Missing paths are reported
-/// here too, before anything is created.
-pub(crate) fn check_size(reg: &pb::RegFileEntry) -> Result<()> {
-    let md = fs::metadata(&reg.name).with_context(|| format!("Cannot find {}", reg.name))?;
+/// here too, before anything is created. `root`: the tree's root (a
+/// container's rootfs) the image's paths are relative to; a path missing
+/// there may be on a mount the restore rebuilds (a container's /dev), so
+/// it is left to the open in the restored task, which names it.
+pub(crate) fn check_size(reg: &pb::RegFileEntry, root: Option<&std::path::Path>) -> Result<()> {
+    let md = match root {
+        Some(r) => match fs::metadata(r.join(reg.name.trim_start_matches('/'))) {
+            Ok(md) => md,
+            Err(_) => {
+                tracing::debug!(
+                    "{} is not under the root {} yet: checked at open",
+                    reg.name,
+                    r.display()
+                );
+                return Ok(());
+            }
+        },
+        None => fs::metadata(&reg.name).with_context(|| format!("Cannot find {}", reg.name))?,
+    };
     let append_only = reg.flags as i32 & libc::O_ACCMODE == libc::O_WRONLY && reg.flags as i32 & libc::O_APPEND != 0;
     match reg.size {
         Some(s) if md.is_file() && !append_only && md.len() != s => bail!(

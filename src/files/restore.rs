@@ -192,7 +192,7 @@ pub fn check_fd(
     match f.r#type {
         FD_REG if fe.reg.is_some() => {
             if !opts.skip_file_check && !fx.ghost_of.contains_key(&fe.id) {
-                reg::check_size(fe.reg.as_ref().expect("matched"))?;
+                reg::check_size(fe.reg.as_ref().expect("matched"), opts.root.as_deref())?;
             }
         }
         FD_PIPE => {

@@ -173,9 +173,13 @@ pub fn load_streams(dir: &ImageDir, files: &HashMap<u32, pb::FileEntry>) -> Resu
 }
 
 /// The locks of the connections a restore brings back: lifted when this
-/// is dropped (once the tree runs, or when the restore fails).
+/// is dropped (once the tree runs, or when the restore fails), in the
+/// network namespace the connections live in.
 pub struct RestoreLock {
     tables: Vec<String>,
+    /// The caller's namespace the tree joins (a container's external one,
+    /// where the dump put the locks); None: the one we are in.
+    ns: Option<std::fs::File>,
 }
 
 impl RestoreLock {
@@ -193,12 +197,34 @@ impl RestoreLock {
                 }
             }
         }
-        RestoreLock { tables }
+        RestoreLock { tables, ns: None }
+    }
+
+    /// The tree joins the network namespace open at `fd` (CRIU's
+    /// inherit_fd extRootNetNS): the locks are lifted there.
+    pub fn in_namespace(&mut self, fd: std::os::fd::RawFd) -> Result<()> {
+        if self.tables.is_empty() {
+            return Ok(());
+        }
+        let f = std::fs::File::open(format!("/proc/self/fd/{fd}"))
+            .with_context(|| format!("Cannot reopen the network namespace at fd {fd}"))?;
+        self.ns = Some(f);
+        Ok(())
     }
 }
 
 impl Drop for RestoreLock {
     fn drop(&mut self) {
+        let _inside = match &self.ns {
+            Some(f) => match ns::Enter::new(f) {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    tracing::warn!("cannot lift the network locks {:?}: {e:#}", self.tables);
+                    return;
+                }
+            },
+            None => None,
+        };
         for t in &self.tables {
             lock::unlock(t);
         }

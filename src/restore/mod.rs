@@ -136,7 +136,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
     }
     info!("loaded images of {} processes", plan.tasks.len());
     // Lifted once the tree runs, or on any failure below.
-    let net_lock = crate::net::RestoreLock::of(&plan.files);
+    let mut net_lock = crate::net::RestoreLock::of(&plan.files);
     // A tree that had a network namespace gets a fresh one, entered here
     // so that everything forked from now on is in it.
     crate::net::ns::restore(&dir, &opts.veth_pairs)?;
@@ -220,7 +220,10 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
         inherited.push(n);
         if key == crate::ns::EXT_NET_KEY {
             match nsp.as_mut() {
-                Some(p) => p.join_net = Some(n),
+                Some(p) => {
+                    p.join_net = Some(n);
+                    net_lock.in_namespace(n)?;
+                }
                 None => bail!("inherit_fd {key}: the images hold no network namespace of their own"),
             }
         } else if key.starts_with("pipe:[") {

@@ -156,7 +156,12 @@ pub fn review_restore(o: &CriuOpts, root_is_host: bool) -> Review {
     if o.lsm_profile.is_some() || o.lsm_mount_context.is_some() {
         r.refuse("lsm_profile / lsm_mount_context (LSM labels are not applied)");
     }
-    if o.empty_ns() & CLONE_NEWNET != 0 {
+    if o.inherit_fd.iter().any(|i| i.key == crate::ns::EXT_NET_KEY) {
+        r.warn(format!(
+            "inherit_fd {}: the container joins the caller's network namespace (empty_ns NET does not apply)",
+            crate::ns::EXT_NET_KEY
+        ));
+    } else if o.empty_ns() & CLONE_NEWNET != 0 {
         r.warn("empty_ns NET: a container is restored into a fresh network namespace with loopback up");
     }
     if o.rst_sibling() {
@@ -254,6 +259,29 @@ mod tests {
         let r = review_restore(&o, false);
         assert!(r.refused.is_empty(), "{r:?}");
         assert!(r.warnings.iter().any(|w| w.contains("cg_root")), "{r:?}");
+        assert!(
+            r.warnings.iter().any(|w| w.contains("fresh network namespace")),
+            "{r:?}"
+        );
+        // A network namespace the caller owns (config.json gave its path):
+        // joined, not a fresh one.
+        let mut ext = o.clone();
+        ext.inherit_fd.push(InheritFd {
+            key: "extRootNetNS".into(),
+            fd: 5,
+        });
+        let r = review_restore(&ext, false);
+        assert!(r.refused.is_empty(), "{r:?}");
+        assert!(
+            r.warnings
+                .iter()
+                .any(|w| w.contains("joins the caller's network namespace")),
+            "{r:?}"
+        );
+        assert!(
+            !r.warnings.iter().any(|w| w.contains("fresh network namespace")),
+            "{r:?}"
+        );
         // What cryo cannot honour yet is refused, by name.
         o.inherit_fd.push(InheritFd {
             key: "extRootPidNS".into(),
