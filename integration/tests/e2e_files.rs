@@ -315,6 +315,67 @@ fn unsupported_kind_fails_cleanly(kind: &str, what: &str) {
     assert_eq!(w.wait_exit(GONE_TIMEOUT).and_then(|s| s.code()), Some(0));
 }
 
+/// A listener on 127.0.0.1 (outside any dumped tree) with backlog 0 and
+/// one connection already waiting in its accept queue: further SYNs are
+/// dropped, so a client's connect stays in SYN_SENT. Returns the port and
+/// the fds to keep open.
+fn full_listener() -> (u16, std::net::TcpStream, std::os::fd::OwnedFd) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain integer arguments; the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+    assert!(fd >= 0, "socket");
+    // SAFETY: `fd` is a new descriptor we own.
+    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: a zeroed sockaddr_in is valid (port 0: any).
+    let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    sa.sin_family = libc::AF_INET as libc::sa_family_t;
+    sa.sin_addr.s_addr = u32::from_be_bytes([127, 0, 0, 1]).to_be();
+    let mut len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+    // SAFETY: `sa` and `len` are valid for bind, listen and getsockname.
+    unsafe {
+        assert_eq!(libc::bind(fd, &sa as *const _ as *const libc::sockaddr, len), 0, "bind");
+        assert_eq!(libc::listen(fd, 0), 0, "listen");
+        assert_eq!(
+            libc::getsockname(fd, &mut sa as *mut _ as *mut libc::sockaddr, &mut len),
+            0
+        );
+    }
+    let port = u16::from_be(sa.sin_port);
+    let first = std::net::TcpStream::connect(("127.0.0.1", port)).expect("the first connection");
+    (port, first, owned)
+}
+
+#[test]
+fn dump_of_a_connection_in_syn_sent_fails_cleanly() {
+    cryo_integration::require_root!();
+    let (port, _first, _listener) = full_listener();
+    let port = port.to_string();
+    let sc = Scratch::new("bad-synsent");
+    let log = sc.path("wl.log");
+    let mut w = Workload::spawn(bin!("badfd"), &["--kind", "synsent", "--port", &port], &log).expect("spawn");
+    w.wait_ready().unwrap_or_else(|e| panic!("{e}"));
+    let pid = w.pid.to_string();
+    let out = run_cryo(&["dump", "-t", &pid, "-D", s(&sc.img), "--tcp-established"]);
+    let err = one_line_error(&out, "dump of a connection in SYN_SENT");
+    for must in [
+        format!("pid {pid}"),
+        "fd 33".to_string(),
+        "SYN_SENT".to_string(),
+        format!(":{port}"),
+    ] {
+        assert!(err.contains(&must), "the error should contain {must:?}: {err}");
+    }
+    assert!(
+        !sc.img.join("inventory.img").exists(),
+        "a failed dump left an inventory.img"
+    );
+    assert!(pid_running(w.pid), "the tree must run on after a failed dump");
+    w.usr1().expect("SIGUSR1");
+    let v = wait_for_verdict(&log, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(v.starts_with("PASS"), "{v}");
+    assert_eq!(w.wait_exit(GONE_TIMEOUT).and_then(|s| s.code()), Some(0));
+}
+
 #[test]
 fn badfd_plain_passes_and_detects_a_closed_fd() {
     expect_plain_pass(bin!("badfd"), &["--kind", "inet"]);

@@ -1,7 +1,11 @@
 //! badfd: holds a descriptor of a kind cryo cannot dump, at a known
 //! number, to check that the dump fails cleanly and the tree runs on.
 //!
-//! `badfd --log F --kind io_uring|inet|netlink [--corrupt]`
+//! `badfd --log F --kind io_uring|inet|netlink|synsent [--port N] [--corrupt]`
+//!
+//! `synsent` is a TCP socket whose non-blocking connect to 127.0.0.1:N
+//! (a listener outside the tree whose accept queue is full, so the SYNs are
+//! dropped) stays in SYN_SENT: a state TCP repair cannot recreate.
 //!
 //! It creates the descriptor, moves it to fd 33, writes `READY`, and on
 //! SIGUSR1 checks that fd 33 is still the same object (same inode) and
@@ -34,6 +38,28 @@ fn main() {
         "inet" => unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) },
         // SAFETY: plain integer arguments.
         "netlink" => unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE) },
+        "synsent" => {
+            let port = args.num("port", 0) as u16;
+            // SAFETY: plain integer arguments.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0) };
+            // SAFETY: a zeroed sockaddr_in is valid; the fields are set below.
+            let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+            sa.sin_family = libc::AF_INET as libc::sa_family_t;
+            sa.sin_port = port.to_be();
+            sa.sin_addr.s_addr = u32::from_be_bytes([127, 0, 0, 1]).to_be();
+            // SAFETY: `sa` is a valid sockaddr_in of the size given.
+            let r = unsafe {
+                libc::connect(
+                    fd,
+                    &sa as *const libc::sockaddr_in as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_in>() as u32,
+                )
+            };
+            if r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINPROGRESS) {
+                wl::die("the connect did not stay in progress");
+            }
+            fd
+        }
         k => wl::die(&format!("unknown --kind {k}")),
     };
     if fd < 0 {

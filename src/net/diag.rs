@@ -29,6 +29,22 @@ pub struct InetDiag {
     pub wqueue: u32,
     /// sk_shutdown bits (1 = receive, 2 = send).
     pub shutdown: u8,
+    /// The remote address the kernel holds (also for a connection not yet
+    /// established, which getpeername does not tell); None when unset.
+    pub dst: Option<std::net::SocketAddr>,
+}
+
+/// The remote address of an inet_diag_sockid (at offset 4 of the message):
+/// dport at 2, dst at 20 (4 bytes for IPv4, 16 for IPv6).
+fn dst_of(family: u8, m: &[u8]) -> Option<std::net::SocketAddr> {
+    let port = u16::from_be_bytes([m[6], m[7]]);
+    let a = &m[24..40];
+    let ip: std::net::IpAddr = match i32::from(family) {
+        libc::AF_INET => std::net::Ipv4Addr::new(a[0], a[1], a[2], a[3]).into(),
+        libc::AF_INET6 => std::net::Ipv6Addr::from(<[u8; 16]>::try_from(a).ok()?).into(),
+        _ => return None,
+    };
+    (port != 0).then_some(std::net::SocketAddr::new(ip, port))
 }
 
 /// The netlink request for a dump of every socket of `family`/`proto` in
@@ -87,6 +103,7 @@ pub fn parse(buf: &[u8]) -> std::result::Result<(Vec<InetDiag>, bool), String> {
             rqueue: u32_at(m, 56),
             wqueue: u32_at(m, 60),
             ino: u32_at(m, 68),
+            dst: dst_of(m[0], m),
             ..Default::default()
         };
         let mut a = MSG_LEN;
@@ -181,6 +198,18 @@ mod tests {
         done_msg.extend_from_slice(&NLMSG_DONE.to_ne_bytes());
         done_msg.extend_from_slice(&[0u8; 10]);
         assert!(parse(&done_msg).unwrap().1);
+    }
+
+    #[test]
+    fn parses_the_remote_address() {
+        let mut buf = msg(2, 7, 0, 0, None);
+        // dport 8080 at message offset 16 + 6, dst 10.1.2.3 at 16 + 24.
+        buf[22..24].copy_from_slice(&8080u16.to_be_bytes());
+        buf[40..44].copy_from_slice(&[10, 1, 2, 3]);
+        let (v, _) = parse(&buf).unwrap();
+        assert_eq!(v[0].dst, Some("10.1.2.3:8080".parse().unwrap()));
+        let (v, _) = parse(&msg(10, 8, 0, 0, None)).unwrap();
+        assert_eq!(v[0].dst, None, "a listener has no remote port");
     }
 
     #[test]

@@ -228,7 +228,12 @@ pub(crate) fn dump(t: &mut FileTable, f: &FdCtx, dup: OwnedFd, family: i32, typ:
                 }
             }
             s => bail!(
-                "pid {pid} fd {fd}: TCP connection {what} is in state {} ({s}), which cryo cannot restore",
+                "pid {pid} fd {fd}: TCP connection {}{} is in state {} ({s}), which cryo cannot restore",
+                what,
+                match (&peer, &diag.dst) {
+                    (None, Some(dst)) => format!(" -> {dst}"),
+                    _ => String::new(),
+                },
                 state_name(s)
             ),
         }
