@@ -930,6 +930,18 @@ fn cmd_restore(o: &Options) -> Result<i32> {
         ..Default::default()
     };
     if o.lazy_pages {
+        let container = fs::read_dir(&dir)
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with("mountpoints-"))
+            })
+            .unwrap_or(false);
+        if container {
+            bail!(
+                "restore --lazy-pages of a container (images with a mount namespace) is not supported yet: \
+                 restore it without --lazy-pages"
+            );
+        }
         // Returns once every page is in; the tree runs detached meanwhile.
         return crate::migrate::lazy::restore_lazy(opts);
     }

@@ -582,6 +582,14 @@ impl Session {
             hook: self.hook(),
             ..Default::default()
         };
+        if o.lazy_pages() && holds_mount_ns(&self.images.path) {
+            // Seen with runc 1.1.5: the container's restore does not
+            // complete while its pages wait to be served after the reply.
+            bail!(
+                "lazy_pages for a container (images with a mount namespace) is not supported yet: \
+                 restore it without lazy_pages"
+            );
+        }
         let (ro, procs) = if o.lazy_pages() {
             // The tree starts before its parent images' pages are in;
             // they are served once the reply is sent (see finish).
@@ -613,6 +621,16 @@ impl Session {
         reply.restore = Some(CriuRestoreResp { pid });
         Ok(reply)
     }
+}
+
+/// Whether the images hold a mount namespace (a container's).
+fn holds_mount_ns(dir: &Path) -> bool {
+    fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("mountpoints-"))
+        })
+        .unwrap_or(false)
 }
 
 /// Kills a restored tree through its namespace init (the whole pid
