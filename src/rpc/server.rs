@@ -1,5 +1,11 @@
 //! Request handlers of `swrk`.
 //!
+//! PRE_DUMP copies the tree's memory while it runs (one round per
+//! request, tracked with uffd-wp to the next; `parent_img` names the
+//! previous round); DUMP with `parent_img` is the final round, DUMP with
+//! `ps` sends the images to cryo's page server, RESTORE with `lazy_pages`
+//! serves the parent images' pages after its reply, then exits.
+//!
 //! DUMP and RESTORE follow CRIU's service (calling-conventions.md §2.4-2.7,
 //! §4.5): the images and work directories are the *caller's* descriptors
 //! (`/proc/<SO_PEERCRED pid>/fd/<n>`), the process chdirs to the work
