@@ -1214,4 +1214,76 @@ fn cli_dialect_pre_dump_chain_and_lazy_restore() {
     assert!(v.starts_with("PASS"), "{v}");
 }
 
+/// `criu page-server -D DST --address 127.0.0.1 --port P` receives what
+/// `criu dump --page-server --address 127.0.0.1 --port P` sends (cryo's
+/// page server protocol, on loopback); `criu restore -D DST` brings the
+/// tree back and it checks its memory.
+#[test]
+fn cli_dialect_dump_to_page_server_then_restore() {
+    require_root!();
+    let sc = Scene::new("criu-cli-ps");
+    let criu = criu_link(&sc.tmp);
+    let (mut w, wl_log) = spawn_memsum(&sc);
+    let dst = sc.tmp.join("dst");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let ps_out = sc.tmp.join("ps.stdout");
+    let mut ps = Command::new(&criu)
+        .args(["page-server", "-D", s(&dst), "--address", "127.0.0.1", "--port", &port])
+        .stdin(Stdio::null())
+        .stdout(File::create(&ps_out).unwrap())
+        .stderr(File::create(sc.tmp.join("ps.stderr")).unwrap())
+        .spawn()
+        .expect("spawn criu page-server");
+    sc.cl.pid(ps.id() as i32);
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(&ps_out)
+        .unwrap_or_default()
+        .contains("listening on")
+    {
+        assert!(t0.elapsed() < LINE_TIMEOUT, "criu page-server does not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = w.pid.to_string();
+    let out = run_criu(
+        &criu,
+        &[
+            "dump",
+            "-t",
+            &pid,
+            "-D",
+            s(&sc.img),
+            "--page-server",
+            "--address",
+            "127.0.0.1",
+            "--port",
+            &port,
+        ],
+        sc.tmp.path(),
+    );
+    assert!(out.status.success(), "criu dump --page-server: {}", describe(&out));
+    let st = ps.wait().unwrap();
+    assert!(st.success(), "criu page-server: {st:?}");
+    assert!(dst.join("inventory.img").exists(), "the page server wrote no images");
+    assert!(!sc.img.join("inventory.img").exists(), "the dump wrote images locally");
+    assert!(w.wait_exit(GONE_TIMEOUT).is_some(), "criu dump must end the tree");
+    let pf = sc.tmp.join("restored.pid");
+    sc.cl.pidfile(&pf);
+    let out = run_criu(
+        &criu,
+        &["restore", "-D", s(&dst), "-d", "--pidfile", s(&pf)],
+        sc.tmp.path(),
+    );
+    assert!(out.status.success(), "criu restore: {}", describe(&out));
+    let rpid = cryo_integration::read_pidfile(&pf).unwrap();
+    assert_eq!(inner_pid(rpid), Some(w.pid));
+    signal(rpid, libc::SIGUSR1).unwrap();
+    let v = wait_for_nth_verdict(&wl_log, 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(v.starts_with("PASS"), "{v}");
+}
+
 // runc itself drives cryo in e2e_runc.rs.
