@@ -73,6 +73,16 @@ enum Act {
     ExtMountMap,
     /// `--inherit-fd fd[N]:KEY`.
     InheritFd,
+    TrackMem,
+    PrevImagesDir,
+    PageServer,
+    Address,
+    Port,
+    LazyPages,
+    /// `--veth-pair IN=OUT`.
+    VethPair,
+    /// `--empty-ns net`.
+    EmptyNs,
     Feature,
     Config,
     NoDefaultConfig,
@@ -91,8 +101,7 @@ struct Spec {
     act: Act,
 }
 
-const NS: &str = "namespaces, mounts and external resources of containers are not supported yet";
-const INCR: &str = "incremental dumps and the page server are not implemented";
+const TLS: &str = "cryo's page server speaks plain TCP";
 
 macro_rules! o {
     ($long:literal, $short:expr, $arg:ident, $act:expr) => {
@@ -172,27 +181,62 @@ const SPECS: &[Spec] = &[
     o!("inherit-fd", None, Required, Act::InheritFd),
     o!("ext-mount-map", Some('M'), Required, Act::ExtMountMap),
     o!("external", None, Required, Act::External),
-    o!("join-ns", Some('J'), Required, Act::Refused(NS)),
-    o!("empty-ns", None, Required, Act::Refused(NS)),
-    o!("veth-pair", None, Required, Act::Refused(NS)),
-    o!("cgroup-root", None, Required, Act::Refused(NS)),
-    o!("enable-external-sharing", None, No, Act::Refused(NS)),
-    o!("enable-external-masters", None, No, Act::Refused(NS)),
-    o!("auto-ext-mnt", None, No, Act::Refused(NS)),
-    o!("track-mem", None, No, Act::Refused(INCR)),
-    o!("prev-images-dir", None, Required, Act::Refused(INCR)),
-    o!("page-server", None, No, Act::Refused(INCR)),
-    o!("address", None, Required, Act::Refused(INCR)),
-    o!("port", None, Required, Act::Refused(INCR)),
-    o!("lazy-pages", None, No, Act::Refused(INCR)),
-    o!("status-fd", None, Required, Act::Refused(INCR)),
-    o!("tls", None, No, Act::Refused(INCR)),
-    o!("tls-cacert", None, Required, Act::Refused(INCR)),
-    o!("tls-cacrl", None, Required, Act::Refused(INCR)),
-    o!("tls-cert", None, Required, Act::Refused(INCR)),
-    o!("tls-key", None, Required, Act::Refused(INCR)),
-    o!("tls-no-cn-verify", None, No, Act::Refused(INCR)),
-    o!("ps-socket", None, Required, Act::Refused(INCR)),
+    o!("empty-ns", None, Required, Act::EmptyNs),
+    o!("veth-pair", None, Required, Act::VethPair),
+    o!("track-mem", None, No, Act::TrackMem),
+    o!("prev-images-dir", None, Required, Act::PrevImagesDir),
+    o!("page-server", None, No, Act::PageServer),
+    o!("address", None, Required, Act::Address),
+    o!("port", None, Required, Act::Port),
+    o!("lazy-pages", None, No, Act::LazyPages),
+    o!(
+        "join-ns",
+        Some('J'),
+        Required,
+        Act::Refused("joining existing namespaces on restore is not implemented")
+    ),
+    o!(
+        "cgroup-root",
+        None,
+        Required,
+        Act::Refused("cgroups are not restored: the tree stays in the caller's cgroup")
+    ),
+    o!(
+        "enable-external-sharing",
+        None,
+        No,
+        Act::Refused("external mounts are named one by one with --external mnt[KEY]:VAL")
+    ),
+    o!(
+        "enable-external-masters",
+        None,
+        No,
+        Act::Refused("external mounts are named one by one with --external mnt[KEY]:VAL")
+    ),
+    o!(
+        "auto-ext-mnt",
+        None,
+        No,
+        Act::Refused("external mounts are named one by one with --external mnt[KEY]:VAL")
+    ),
+    o!(
+        "status-fd",
+        None,
+        Required,
+        Act::Refused("cryo has no lazy-pages daemon or detached page server to report on")
+    ),
+    o!("tls", None, No, Act::Refused(TLS)),
+    o!("tls-cacert", None, Required, Act::Refused(TLS)),
+    o!("tls-cacrl", None, Required, Act::Refused(TLS)),
+    o!("tls-cert", None, Required, Act::Refused(TLS)),
+    o!("tls-key", None, Required, Act::Refused(TLS)),
+    o!("tls-no-cn-verify", None, No, Act::Refused(TLS)),
+    o!(
+        "ps-socket",
+        None,
+        Required,
+        Act::Refused("cryo's page server listens on TCP only")
+    ),
     o!(
         "action-script",
         None,
@@ -250,6 +294,16 @@ pub struct Options {
     pub external: Vec<String>,
     /// `--inherit-fd fd[N]:KEY` as (KEY, N).
     pub inherit_fd: Vec<(String, i32)>,
+    pub track_mem: bool,
+    pub prev_images_dir: Option<PathBuf>,
+    pub page_server: bool,
+    pub address: Option<String>,
+    pub port: Option<u16>,
+    pub lazy_pages: bool,
+    /// `--veth-pair IN=OUT` as (IN, OUT).
+    pub veth_pairs: Vec<(String, String)>,
+    /// `--empty-ns net`.
+    pub empty_ns_net: bool,
     pub features: Vec<String>,
     pub config: Option<PathBuf>,
     pub no_default_config: bool,
@@ -357,6 +411,36 @@ impl Options {
                     .and_then(|(n, k)| Some((n.parse::<i32>().ok()?, k)))
                     .ok_or_else(|| bad(&v))?;
                 self.inherit_fd.push((key.to_string(), n));
+            }
+            Act::TrackMem => self.track_mem = true,
+            Act::PrevImagesDir => self.prev_images_dir = Some(val().into()),
+            Act::PageServer => self.page_server = true,
+            Act::Address => self.address = Some(val()),
+            Act::Port => self.port = Some(val().parse().map_err(|_| bad(&val()))?),
+            Act::LazyPages => self.lazy_pages = true,
+            Act::VethPair => {
+                let v = val();
+                match v.split_once('=') {
+                    Some((i, o)) if !i.is_empty() && !o.is_empty() && !o.contains('@') => {
+                        self.veth_pairs.push((i.to_string(), o.to_string()))
+                    }
+                    _ => return Err(bad(&v)),
+                }
+            }
+            Act::EmptyNs => {
+                // CRIU takes a comma list; only the network namespace can
+                // be left empty.
+                for n in val().split(',') {
+                    match n {
+                        "net" => self.empty_ns_net = true,
+                        _ => {
+                            return Err(CliError::Unsupported {
+                                opt: format!("{shown} {n}"),
+                                why: "only the network namespace can be restored empty",
+                            })
+                        }
+                    }
+                }
             }
             Act::Feature => self.features.push(val()),
             Act::Config => self.config = Some(val().into()),
@@ -557,7 +641,11 @@ pub fn main() -> i32 {
 const USAGE: &str = "\
 Usage (cryo speaking CRIU's dialect):
   criu dump -t PID -D DIR [-W DIR] [-o LOG] [-v[N]] [--shell-job] [--leave-running] [--tcp-established] ...
-  criu restore -D DIR [-W DIR] [-o LOG] [-v[N]] [-d] [--pidfile FILE] [--shell-job] ...
+  criu restore -D DIR [-W DIR] [-o LOG] [-v[N]] [-d] [--pidfile FILE] [--shell-job] [--lazy-pages] ...
+  criu pre-dump -t PID -D DIR [--prev-images-dir PREV] [--track-mem]
+  criu dump -t PID -D DIR --prev-images-dir PREV ...    (after pre-dumps)
+  criu dump -t PID -D DIR --page-server --address HOST --port PORT
+  criu page-server -D DIR --port PORT [--address ADDR]  (cryo's page server protocol)
   criu check [--feature NAME]
   criu swrk FD
   criu --version
@@ -616,7 +704,13 @@ fn run(args: &[String]) -> Result<i32> {
         "check" => cmd_check(&o),
         "dump" => cmd_dump(&o),
         "restore" => cmd_restore(&o),
-        "pre-dump" | "page-server" | "lazy-pages" | "service" | "exec" | "cpuinfo" | "image-streamer" | "show" => {
+        "pre-dump" => cmd_pre_dump(&o),
+        "page-server" => cmd_page_server(&o),
+        "lazy-pages" => bail!(
+            "Command lazy-pages is not supported by cryo: there is no lazy-pages daemon; \
+             `criu restore --lazy-pages` serves the pages of the parent (pre-dump) images itself"
+        ),
+        "service" | "exec" | "cpuinfo" | "image-streamer" | "show" => {
             bail!("Command {cmd} is not supported by cryo")
         }
         other => bail!("Unknown command {other:?}\n{USAGE}"),
@@ -648,11 +742,21 @@ fn log_ignored(o: &Options) {
     }
 }
 
-/// Features `criu check --feature` knows, and whether cryo has them.
+/// Features `criu check --feature` knows, and whether cryo has them on
+/// this kernel (the engine's own uses are probed, not assumed).
 fn feature(name: &str) -> Option<bool> {
+    use crate::sys::probe;
     Some(match name {
-        "mem_dirty_track" | "uffd" | "uffd-noncoop" | "lazy_pages" | "external_net_ns" | "pidfd_store" | "ns_pid"
-        | "ns_get_userns" | "ns_get_parent" | "timens" | "cgroupns" => false,
+        // Pre-dump write tracking: uffd async write-protect + PAGEMAP_SCAN.
+        "mem_dirty_track" => probe::uffd_wp_async(),
+        // Lazy restore: a userfaultfd taken from the restored task.
+        "uffd" | "lazy_pages" => probe::uffd_missing(),
+        // Fork/remove events are not followed while pages are lazy.
+        "uffd-noncoop" => false,
+        // `--external net[INO]:KEY` and inherit_fd of that key.
+        "external_net_ns" => true,
+        "cgroupns" => std::path::Path::new("/proc/self/ns/cgroup").exists(),
+        "pidfd_store" | "ns_pid" | "ns_get_userns" | "ns_get_parent" | "timens" => false,
         "compat_cr"
         | "autofs"
         | "tun"
@@ -704,9 +808,59 @@ fn cmd_check(o: &Options) -> Result<i32> {
     }
 }
 
+/// `--address A --port P` as HOST:PORT (CRIU's default address is any).
+fn page_server_addr(o: &Options, default_host: &str) -> Result<String> {
+    let port = o.port.context("the page server needs --port PORT")?;
+    let host = o.address.as_deref().unwrap_or(default_host);
+    Ok(if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    })
+}
+
+fn cmd_pre_dump(o: &Options) -> Result<i32> {
+    let pid = o.tree.context("pre-dump needs the tree's root: -t PID")?;
+    let dir = o
+        .images_dir
+        .clone()
+        .context("pre-dump needs an images directory: -D DIR")?;
+    if o.page_server || o.lazy_pages || o.leave_running {
+        bail!("pre-dump takes no --page-server / --lazy-pages / --leave-running (the tree always keeps running)");
+    }
+    fs::create_dir_all(&dir).with_context(|| format!("Cannot create {}", dir.display()))?;
+    log::init(log_path(o).as_deref(), o.verbosity)?;
+    log_ignored(o);
+    let b = crate::migrate::predump::pre_dump(pid, &dir, o.prev_images_dir.as_deref())?;
+    tracing::info!("pre-dump: {} KiB copied", b >> 10);
+    Ok(0)
+}
+
+fn cmd_page_server(o: &Options) -> Result<i32> {
+    let dir = o
+        .images_dir
+        .clone()
+        .context("page-server needs an images directory: -D DIR")?;
+    let listen = page_server_addr(o, "0.0.0.0")?;
+    log::init(log_path(o).as_deref(), o.verbosity)?;
+    log_ignored(o);
+    crate::migrate::server::serve(&crate::migrate::server::ServerOpts {
+        listen,
+        dir,
+        pidfile: o.pidfile.clone(),
+    })?;
+    Ok(0)
+}
+
 fn cmd_dump(o: &Options) -> Result<i32> {
     let pid = o.tree.context("dump needs the tree's root: -t PID")?;
     let dir = o.images_dir.clone().context("dump needs an images directory: -D DIR")?;
+    if o.lazy_pages {
+        bail!(
+            "dump --lazy-pages is not supported by cryo (no lazy-pages daemon): pre-dump, dump with \
+             --prev-images-dir, then restore --lazy-pages"
+        );
+    }
     crate::image::ImageDir::create(&dir)?;
     if let Some(w) = &o.work_dir {
         fs::create_dir_all(w).with_context(|| format!("Cannot create work directory {}", w.display()))?;
@@ -716,7 +870,16 @@ fn cmd_dump(o: &Options) -> Result<i32> {
     if let Some(cg) = &o.freeze_cgroup {
         tracing::warn!("--freeze-cgroup {cg} accepted; cryo freezes with ptrace");
     }
-    let st = dump::dump(&dump::DumpOpts {
+    if o.empty_ns_net {
+        tracing::warn!("--empty-ns net accepted; a network namespace of the tree's own is dumped all the same");
+    }
+    if o.page_server {
+        if o.prev_images_dir.is_some() || o.leave_running {
+            bail!("dump --page-server sends a whole, final dump: no --prev-images-dir or --leave-running");
+        }
+        return crate::migrate::cli::dump_to(pid, &page_server_addr(o, "127.0.0.1")?, o.shell_job);
+    }
+    let opts = dump::DumpOpts {
         pid,
         dir: dir.clone(),
         shell_job: o.shell_job,
@@ -727,7 +890,11 @@ fn cmd_dump(o: &Options) -> Result<i32> {
         external: o.external.clone(),
         hook: Default::default(),
         ..Default::default()
-    })?;
+    };
+    let st = match &o.prev_images_dir {
+        Some(p) => crate::migrate::predump::dump_after(opts, p)?,
+        None => dump::dump(&opts)?,
+    };
     tracing::info!("dumped {} processes, {} pages", st.processes, st.pages_written);
     if let Some(w) = &o.work_dir {
         let _ = fs::copy(dir.join("stats-dump"), w.join("stats-dump"));
@@ -747,10 +914,10 @@ fn cmd_restore(o: &Options) -> Result<i32> {
         .map(PathBuf::from);
     log::init(log_path(o).as_deref(), o.verbosity)?;
     log_ignored(o);
-    let r = restore::restore(&restore::RestoreOpts {
+    let opts = restore::RestoreOpts {
         skip_file_check: false,
         tcp_close: o.tcp_close,
-        veth_pairs: Vec::new(),
+        veth_pairs: o.veth_pairs.clone(),
         dir: dir.clone(),
         shell_job: o.shell_job,
         detach: o.detach,
@@ -761,7 +928,24 @@ fn cmd_restore(o: &Options) -> Result<i32> {
         inherit_fd: o.inherit_fd.clone(),
         hook: Default::default(),
         ..Default::default()
-    })?;
+    };
+    if o.lazy_pages {
+        let container = fs::read_dir(&dir)
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with("mountpoints-"))
+            })
+            .unwrap_or(false);
+        if container {
+            bail!(
+                "restore --lazy-pages of a container (images with a mount namespace) is not supported yet: \
+                 restore it without --lazy-pages"
+            );
+        }
+        // Returns once every page is in; the tree runs detached meanwhile.
+        return crate::migrate::lazy::restore_lazy(opts);
+    }
+    let r = restore::restore(&opts)?;
     if let Some(w) = &o.work_dir {
         let _ = fs::copy(dir.join("stats-restore"), w.join("stats-restore"));
     }
@@ -826,7 +1010,7 @@ mod tests {
 
     #[test]
     fn refusals_and_mistakes() {
-        assert!(matches!(p("dump --track-mem"), Err(CliError::Unsupported { ref opt, .. }) if opt == "--track-mem"));
+        assert!(matches!(p("dump --tls"), Err(CliError::Unsupported { ref opt, .. }) if opt == "--tls"));
         assert!(matches!(
             p("restore --inherit-fd 1:pipe"),
             Err(CliError::BadValue { .. })
@@ -865,8 +1049,40 @@ mod tests {
             p("dump --manage-cgroups=weird"),
             Err(CliError::BadValue { .. })
         ));
-        let e = p("dump --lazy-pages").unwrap_err().to_string();
-        assert!(e.starts_with("Option --lazy-pages is not supported by cryo ("), "{e}");
+        let e = p("restore --status-fd 5").unwrap_err().to_string();
+        assert!(e.starts_with("Option --status-fd is not supported by cryo ("), "{e}");
+        let e = p("restore --empty-ns net,pid").unwrap_err().to_string();
+        assert!(e.starts_with("Option --empty-ns pid is not supported by cryo ("), "{e}");
+        assert!(matches!(p("restore --veth-pair eth0"), Err(CliError::BadValue { .. })));
+        assert!(matches!(
+            p("restore --veth-pair eth0=v@br0"),
+            Err(CliError::BadValue { .. })
+        ));
+        assert!(matches!(p("dump --port x"), Err(CliError::BadValue { .. })));
+    }
+
+    #[test]
+    fn migration_and_network_options() {
+        let o = p("pre-dump -t 9 -D /i/2 --prev-images-dir ../1 --track-mem").unwrap();
+        assert_eq!(o.command.as_deref(), Some("pre-dump"));
+        assert_eq!(o.prev_images_dir.as_deref(), Some(Path::new("../1")));
+        assert!(o.track_mem);
+        let o =
+            p("dump -t 9 -D d --page-server --address 10.0.0.2 --port 27277 --tcp-established --tcp-close").unwrap();
+        assert!(o.page_server && o.tcp_established && o.tcp_close);
+        assert_eq!(page_server_addr(&o, "x").unwrap(), "10.0.0.2:27277");
+        let o = p("page-server -D d --port 1234 --address ::1").unwrap();
+        assert_eq!(page_server_addr(&o, "0.0.0.0").unwrap(), "[::1]:1234");
+        assert!(page_server_addr(&p("page-server -D d").unwrap(), "h").is_err());
+        let o = p("restore -D d --lazy-pages --veth-pair eth0=veth9 --veth-pair eth1=v2 --empty-ns net").unwrap();
+        assert!(o.lazy_pages && o.empty_ns_net);
+        assert_eq!(
+            o.veth_pairs,
+            vec![
+                ("eth0".to_string(), "veth9".to_string()),
+                ("eth1".to_string(), "v2".to_string())
+            ]
+        );
     }
 
     #[test]
@@ -888,10 +1104,7 @@ mod tests {
             parse_config("--tcp-established\n", "x"),
             Err(CliError::BadConfigLine { line: 1, .. })
         ));
-        assert!(matches!(
-            parse_config("lazy-pages\n", "x"),
-            Err(CliError::Unsupported { .. })
-        ));
+        assert!(matches!(parse_config("tls\n", "x"), Err(CliError::Unsupported { .. })));
         assert!(load_config(Path::new("/nonexistent/criu.conf")).unwrap().is_none());
     }
 

@@ -460,3 +460,40 @@ fn podman_terminal_container() {
     let fd1 = p.ok(&["exec", "t1", "busybox", "readlink", "/proc/1/fd/1"]);
     assert_eq!(fd1.trim(), "/dev/pts/0");
 }
+
+/// podman's pre-copy goes through runc's pre-dump: `podman container
+/// checkpoint --pre-checkpoint` (memory only, the container runs on),
+/// then `--with-previous` (the final dump with the pre-checkpoint as
+/// parent), then `podman container restore`: the count goes on unbroken.
+#[test]
+fn podman_pre_checkpoint_then_with_previous_then_restore() {
+    let Some(p) = Podman::new("pm-precheck") else { return };
+    p.run("c1");
+    let bundle = p.bundle("c1");
+    p.ok(&["container", "checkpoint", "--pre-checkpoint", "c1"]);
+    assert_eq!(
+        p.status("c1"),
+        "running",
+        "a pre-checkpoint leaves the container running"
+    );
+    p.wait_steps("c1", 3);
+    p.ok(&["container", "checkpoint", "--with-previous", "--keep", "c1"]);
+    assert_eq!(p.status("c1"), "exited");
+    assert!(
+        p.marked().is_empty(),
+        "the checkpointed container still runs: {:?}",
+        p.marked()
+    );
+    let parent = fs::read_link(bundle.join("checkpoint/parent")).expect("checkpoint/parent link");
+    assert!(
+        parent.to_string_lossy().contains("pre-checkpoint"),
+        "the final dump's parent is the pre-checkpoint: {}",
+        parent.display()
+    );
+    let before = *p.steps("c1").last().unwrap();
+    p.ok(&["container", "restore", "c1"]);
+    assert_eq!(p.status("c1"), "running");
+    p.wait_steps("c1", 3);
+    assert!(p.steps("c1").contains(&(before + 1)));
+    assert_unbroken(&p, "c1");
+}

@@ -33,6 +33,8 @@ mod ty {
     pub const EMPTY: u64 = 0;
     pub const DUMP: u64 = 1;
     pub const RESTORE: u64 = 2;
+    pub const PRE_DUMP: u64 = 4;
+    pub const PAGE_SERVER: u64 = 5;
     pub const NOTIFY: u64 = 6;
     pub const FEATURE_CHECK: u64 = 9;
     pub const VERSION: u64 = 10;
@@ -440,13 +442,40 @@ fn feature_check_answers_every_field_and_keep_open_serves_more() {
     for field in [1, 2, 3] {
         assert!(f.has(field), "features field {field} must be set: {f:?}");
     }
-    // cryo has neither memory tracking nor lazy pages: it must say so.
-    assert_eq!(f.varint(1), Some(0));
-    assert_eq!(f.varint(2), Some(0));
+    // The answers are this kernel's: the test probes on its own what the
+    // engine needs (uffd async write-protect; a uffd that also takes
+    // kernel faults). No pidfd store is kept.
+    assert_eq!(
+        f.varint(1),
+        Some(uffd_api_ok(true, UFFD_WP_ASYNC | UFFD_WP_UNPOPULATED) as u64)
+    );
+    assert_eq!(f.varint(2), Some(uffd_api_ok(false, 0) as u64));
+    assert_eq!(f.varint(3), Some(0));
     w.send(&Enc::default().varint(1, ty::VERSION));
     assert_eq!(w.recv().expect("VERSION after keep_open").ty(), ty::VERSION);
     let (st, _) = w.finish();
     assert!(st.success(), "{st:?}");
+}
+
+const UFFD_WP_ASYNC: u64 = 1 << 15;
+const UFFD_WP_UNPOPULATED: u64 = 1 << 13;
+
+/// userfaultfd (with UFFD_USER_MODE_ONLY if `user_only`) + UFFDIO_API
+/// asking for `features`.
+fn uffd_api_ok(user_only: bool, features: u64) -> bool {
+    let flags = libc::O_CLOEXEC | if user_only { 1 } else { 0 };
+    // SAFETY: userfaultfd takes only flags.
+    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: fd was just returned to us.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let mut api = [0xAAu64, features, 0];
+    // SAFETY: api is a writable struct uffdio_api (3 x u64); UFFDIO_API =
+    // _IOWR(0xAA, 0x3F, 24 bytes).
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), 0xc018_aa3f, api.as_mut_ptr()) };
+    r == 0
 }
 
 #[test]
@@ -497,13 +526,32 @@ fn cli_dialect_version_and_refusals() {
     let out = Command::new(&criu).arg("--version").output().expect("run");
     assert!(out.status.success(), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("Version: 3.17.1\n"));
-    let out = Command::new(&criu)
-        .args(["dump", "-t", "1", "-D", s(tmp.path()), "--lazy-pages"])
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--lazy-pages is not supported"), "{err}");
+    // What still cannot work is refused on one line naming the option.
+    for (args, want) in [
+        (
+            vec!["dump", "-t", "1", "-D", s(tmp.path()), "--lazy-pages"],
+            "dump --lazy-pages is not supported by cryo",
+        ),
+        (
+            vec!["restore", "-D", s(tmp.path()), "--status-fd", "3"],
+            "Option --status-fd is not supported by cryo (",
+        ),
+        (
+            vec!["dump", "-t", "1", "-D", s(tmp.path()), "--tls"],
+            "Option --tls is not supported by cryo (",
+        ),
+        (
+            vec!["restore", "-D", s(tmp.path()), "--empty-ns", "pid"],
+            "Option --empty-ns pid is not supported by cryo (",
+        ),
+        (vec!["lazy-pages", "-D", s(tmp.path())], "there is no lazy-pages daemon"),
+    ] {
+        let out = Command::new(&criu).args(&args).output().expect("run");
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: one line: {err}");
+    }
     let out = Command::new(&criu)
         .args(["dump", "--no-such-option"])
         .output()
@@ -515,6 +563,31 @@ fn cli_dialect_version_and_refusals() {
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    // criu check --feature answers as FEATURE_CHECK does, probed here.
+    let mem = uffd_api_ok(true, UFFD_WP_ASYNC | UFFD_WP_UNPOPULATED);
+    let lazy = uffd_api_ok(false, 0);
+    for (f, have) in [
+        ("mem_dirty_track", mem),
+        ("lazy_pages", lazy),
+        ("external_net_ns", true),
+    ] {
+        let out = Command::new(&criu)
+            .args(["check", "--feature", f])
+            .output()
+            .expect("run");
+        assert_eq!(
+            out.status.code(),
+            Some(if have { 0 } else { 1 }),
+            "{f}: {}",
+            describe(&out)
+        );
+        let want = format!("{f} is {}supported", if have { "" } else { "not " });
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(&want),
+            "{}",
+            describe(&out)
+        );
+    }
 }
 
 /// Runs `criu ARGS` with stdout and stderr in files, not pipes: a restored
@@ -834,6 +907,383 @@ fn cli_dialect_dump_and_restore() {
     let v = wait_for_nth_verdict(&wl_log, 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     assert!(v.starts_with("PASS"), "{v}");
     assert!(wait_pid_exited(rpid, GONE_TIMEOUT));
+}
+
+// ---- pre-dump, parent images, lazy pages (root) -------------------------
+
+/// One request of type `ty` on images `img` (work dir `work`) with the
+/// base options, the pid if any, and `extra`.
+fn rpc_call(
+    img: &Path,
+    work: &Path,
+    ty: u64,
+    pid: Option<i32>,
+    log: &str,
+    extra: Enc,
+) -> (Vec<String>, Resp, ExitStatus) {
+    let (imgf, workf) = (open_dir(img), open_dir(work));
+    let mut opts = base_opts(&imgf, &workf, log);
+    if let Some(p) = pid {
+        opts = opts.int(2, p);
+    }
+    opts.0.extend_from_slice(&extra.0);
+    let w = Swrk::start(Launch::Symlink);
+    w.send(&Enc::default().varint(1, ty).msg(2, opts));
+    let (seen, reply) = w.converse(|_, _| true);
+    let reply = reply.unwrap_or_else(|| panic!("no reply to type {ty}; log:\n{}", log_tail(&work.join(log), 30)));
+    let (st, err) = w.finish();
+    assert!(err.is_empty(), "the engine wrote to stderr: {err}");
+    (seen.into_iter().map(|(s, _)| s).collect(), reply, st)
+}
+
+fn pages_bytes(d: &Path) -> u64 {
+    std::fs::read_dir(d)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("pages-"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum()
+}
+
+fn uffd_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .map(|l| l.to_string_lossy().contains("userfaultfd"))
+                        .unwrap_or(false)
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// runc's pre-copy over RPC: PRE_DUMP into A, PRE_DUMP into B with
+/// parent_img ../A, DUMP into C with parent_img ../B and track_mem, then
+/// RESTORE from C (lazily if `lazy`). The restored dirtier checks every
+/// page against its own table.
+fn rpc_pre_copy(tag: &str, lazy: bool) {
+    let sc = Scene::new(tag);
+    let log = sc.tmp.join("wl.log");
+    let mut w = Workload::spawn(
+        bin!("dirtier"),
+        &["--mib", "32", "--hot-mib", "4", "--hot-ms", "200"],
+        &log,
+    )
+    .expect("spawn dirtier");
+    sc.cl.pid(w.pid);
+    w.wait_ready().unwrap_or_else(|e| panic!("{e}"));
+    let dirs: Vec<PathBuf> = ["A", "B", "C"].iter().map(|n| sc.tmp.join(n)).collect();
+    for d in &dirs {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    // runc's pre-dump: FEATURE_CHECK mem_track first, then PRE_DUMP.
+    let (seen, r, st) = rpc_call(
+        &dirs[0],
+        &sc.work,
+        ty::PRE_DUMP,
+        Some(w.pid),
+        "pre1.log",
+        Enc::default(),
+    );
+    assert!(
+        r.success(),
+        "PRE_DUMP 1: {}\n{}",
+        r.errmsg(),
+        log_tail(&sc.work.join("pre1.log"), 30)
+    );
+    assert_eq!((r.ty(), st.code()), (ty::PRE_DUMP, Some(0)));
+    assert_eq!(seen, ["pre-dump"]);
+    assert!(pid_running(w.pid), "a pre-dump leaves the tree running");
+    std::thread::sleep(Duration::from_millis(400));
+    let parent = |p: &str| Enc::default().str(14, p).varint(15, 1); // parent_img, track_mem
+    let (_, r, _) = rpc_call(
+        &dirs[1],
+        &sc.work,
+        ty::PRE_DUMP,
+        Some(w.pid),
+        "pre2.log",
+        parent("../A"),
+    );
+    assert!(
+        r.success(),
+        "PRE_DUMP 2: {}\n{}",
+        r.errmsg(),
+        log_tail(&sc.work.join("pre2.log"), 30)
+    );
+    assert!(
+        pages_bytes(&dirs[0]) >= 32 << 20,
+        "the first pre-dump copies everything"
+    );
+    assert!(
+        pages_bytes(&dirs[1]) < 16 << 20,
+        "the second copies what was written since: {}",
+        pages_bytes(&dirs[1])
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    let (seen, r, st) = rpc_call(&dirs[2], &sc.work, ty::DUMP, Some(w.pid), "dump.log", parent("../B"));
+    assert!(
+        r.success(),
+        "DUMP: {}\n{}",
+        r.errmsg(),
+        log_tail(&sc.work.join("dump.log"), 30)
+    );
+    assert_eq!(seen, ["pre-dump", "post-dump"]);
+    assert!(st.success());
+    assert!(pages_bytes(&dirs[2]) < 16 << 20, "the final dump copies the rest only");
+    assert_eq!(std::fs::read_link(dirs[2].join("parent")).unwrap(), Path::new("../B"));
+    assert!(w.wait_exit(GONE_TIMEOUT).is_some(), "the dump did not end the source");
+
+    let extra = if lazy {
+        Enc::default().varint(48, 1)
+    } else {
+        Enc::default()
+    }; // lazy_pages
+    let (seen, r, st) = rpc_call(
+        &dirs[2],
+        &sc.work,
+        ty::RESTORE,
+        None,
+        "restore.log",
+        extra.varint(26, 1),
+    );
+    let pid = r.m.sub(4).and_then(|x| x.int(1)).unwrap_or(-1);
+    if pid > 0 {
+        sc.cl.pid(pid);
+    }
+    assert!(
+        r.success(),
+        "RESTORE: {}\n{}",
+        r.errmsg(),
+        log_tail(&sc.work.join("restore.log"), 30)
+    );
+    assert!(st.success(), "RESTORE engine exit {st:?}");
+    assert!(seen.contains(&"post-resume".to_string()), "{seen:?}");
+    assert_eq!(inner_pid(pid), Some(w.pid));
+    if lazy {
+        let rl = std::fs::read_to_string(sc.work.join("restore.log")).unwrap();
+        assert!(rl.contains("lazy pages:"), "the engine served lazy pages:\n{rl}");
+        assert!(rl.contains("of memory to come lazily"), "{rl}");
+    }
+    assert_eq!(uffd_fds(pid), 0, "the restored task holds a userfaultfd");
+    signal(pid, libc::SIGUSR1).unwrap();
+    let v = wait_for_nth_verdict(&log, 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(v.starts_with("PASS"), "{v}");
+}
+
+#[test]
+fn rpc_pre_dump_chain_then_dump_with_parent_img_and_restore() {
+    require_root!();
+    rpc_pre_copy("rpc-predump", false);
+}
+
+#[test]
+fn rpc_pre_dump_then_restore_with_lazy_pages() {
+    require_root!();
+    rpc_pre_copy("rpc-lazy", true);
+}
+
+/// What cannot work is refused before anything is done, with a one-line
+/// cr_errmsg naming it; the tree runs on.
+#[test]
+fn rpc_refusals_of_unsupported_migration_options() {
+    require_root!();
+    let sc = Scene::new("rpc-refuse-mig");
+    let (mut w, wl_log) = spawn_memsum(&sc);
+    for (ty, extra, want) in [
+        (ty::PRE_DUMP, Enc::default().int(49, 1), "status_fd"),
+        (ty::PRE_DUMP, Enc::default().int(62, 1), "pidfd_store_sk"),
+        (ty::DUMP, Enc::default().varint(48, 1), "lazy_pages on dump"),
+        (ty::DUMP, Enc::default().varint(58, 1), "tls"),
+    ] {
+        let (seen, r, st) = rpc_call(&sc.img, &sc.work, ty, Some(w.pid), "refused.log", extra);
+        assert!(!r.success() && st.code() == Some(1), "type {ty} {want}: {:?}", r.m);
+        assert!(seen.is_empty(), "{seen:?}");
+        let e = r.errmsg();
+        assert!(e.starts_with("Unsupported options: ") && e.contains(want), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+    }
+    // PAGE_SERVER as a request is not served (cryo's page server is
+    // `criu page-server` / `cryo page-server`).
+    let (_, r, _) = rpc_call(&sc.img, &sc.work, ty::PAGE_SERVER, None, "ps.log", Enc::default());
+    assert!(!r.success());
+    assert!(r.errmsg().contains("PAGE_SERVER is not supported"), "{}", r.errmsg());
+    assert!(pid_running(w.pid));
+    w.usr1().unwrap();
+    let v = wait_for_nth_verdict(&wl_log, 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(v.starts_with("PASS"), "{v}");
+    assert!(w.wait_exit(GONE_TIMEOUT).is_some());
+}
+
+/// The CRIU command line's pre-copy: `criu pre-dump`, `criu pre-dump
+/// --prev-images-dir`, `criu dump --prev-images-dir --track-mem`, then
+/// `criu restore --lazy-pages` (it returns once every page is in).
+#[test]
+fn cli_dialect_pre_dump_chain_and_lazy_restore() {
+    require_root!();
+    let sc = Scene::new("criu-cli-pre");
+    let criu = criu_link(&sc.tmp);
+    let log = sc.tmp.join("wl.log");
+    let mut w = Workload::spawn(
+        bin!("dirtier"),
+        &["--mib", "32", "--hot-mib", "4", "--hot-ms", "200"],
+        &log,
+    )
+    .expect("spawn dirtier");
+    sc.cl.pid(w.pid);
+    w.wait_ready().unwrap_or_else(|e| panic!("{e}"));
+    let pid = w.pid.to_string();
+    let (a, b, c) = (sc.tmp.join("A"), sc.tmp.join("B"), sc.tmp.join("C"));
+    let steps: [Vec<&str>; 3] = [
+        vec!["pre-dump", "-t", &pid, "-D", s(&a), "-o", "pre.log", "--track-mem"],
+        vec![
+            "pre-dump",
+            "-t",
+            &pid,
+            "-D",
+            s(&b),
+            "-o",
+            "pre.log",
+            "--prev-images-dir",
+            "../A",
+            "--track-mem",
+        ],
+        vec![
+            "dump",
+            "-t",
+            &pid,
+            "-D",
+            s(&c),
+            "-o",
+            "dump.log",
+            "--prev-images-dir",
+            "../B",
+            "--track-mem",
+        ],
+    ];
+    for (i, args) in steps.iter().enumerate() {
+        if i > 0 {
+            std::thread::sleep(Duration::from_millis(400));
+        }
+        let out = run_criu(&criu, args, sc.tmp.path());
+        let d = [&a, &b, &c][i];
+        assert!(
+            out.status.success(),
+            "{args:?}: {}\n{}",
+            describe(&out),
+            log_tail(&d.join(if i < 2 { "pre.log" } else { "dump.log" }), 30)
+        );
+    }
+    assert!(pages_bytes(&a) >= 32 << 20);
+    assert!(pages_bytes(&b) < 16 << 20 && pages_bytes(&c) < 16 << 20);
+    assert!(w.wait_exit(GONE_TIMEOUT).is_some(), "criu dump must end the tree");
+    let pf = sc.tmp.join("restored.pid");
+    sc.cl.pidfile(&pf);
+    let out = run_criu(
+        &criu,
+        &[
+            "restore",
+            "-D",
+            s(&c),
+            "-d",
+            "--pidfile",
+            s(&pf),
+            "-o",
+            "restore.log",
+            "-v4",
+            "--lazy-pages",
+        ],
+        sc.tmp.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        describe(&out),
+        log_tail(&c.join("restore.log"), 30)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("lazy pages:"),
+        "{}",
+        describe(&out)
+    );
+    let rpid = cryo_integration::read_pidfile(&pf).unwrap();
+    assert_eq!(inner_pid(rpid), Some(w.pid));
+    signal(rpid, libc::SIGUSR1).unwrap();
+    let v = wait_for_nth_verdict(&log, 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(v.starts_with("PASS"), "{v}");
+}
+
+/// `criu page-server -D DST --address 127.0.0.1 --port P` receives what
+/// `criu dump --page-server --address 127.0.0.1 --port P` sends (cryo's
+/// page server protocol, on loopback); `criu restore -D DST` brings the
+/// tree back and it checks its memory.
+#[test]
+fn cli_dialect_dump_to_page_server_then_restore() {
+    require_root!();
+    let sc = Scene::new("criu-cli-ps");
+    let criu = criu_link(&sc.tmp);
+    let (mut w, wl_log) = spawn_memsum(&sc);
+    let dst = sc.tmp.join("dst");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let ps_out = sc.tmp.join("ps.stdout");
+    let mut ps = Command::new(&criu)
+        .args(["page-server", "-D", s(&dst), "--address", "127.0.0.1", "--port", &port])
+        .stdin(Stdio::null())
+        .stdout(File::create(&ps_out).unwrap())
+        .stderr(File::create(sc.tmp.join("ps.stderr")).unwrap())
+        .spawn()
+        .expect("spawn criu page-server");
+    sc.cl.pid(ps.id() as i32);
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(&ps_out)
+        .unwrap_or_default()
+        .contains("listening on")
+    {
+        assert!(t0.elapsed() < LINE_TIMEOUT, "criu page-server does not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = w.pid.to_string();
+    let out = run_criu(
+        &criu,
+        &[
+            "dump",
+            "-t",
+            &pid,
+            "-D",
+            s(&sc.img),
+            "--page-server",
+            "--address",
+            "127.0.0.1",
+            "--port",
+            &port,
+        ],
+        sc.tmp.path(),
+    );
+    assert!(out.status.success(), "criu dump --page-server: {}", describe(&out));
+    let st = ps.wait().unwrap();
+    assert!(st.success(), "criu page-server: {st:?}");
+    assert!(dst.join("inventory.img").exists(), "the page server wrote no images");
+    assert!(!sc.img.join("inventory.img").exists(), "the dump wrote images locally");
+    assert!(w.wait_exit(GONE_TIMEOUT).is_some(), "criu dump must end the tree");
+    let pf = sc.tmp.join("restored.pid");
+    sc.cl.pidfile(&pf);
+    let out = run_criu(
+        &criu,
+        &["restore", "-D", s(&dst), "-d", "--pidfile", s(&pf)],
+        sc.tmp.path(),
+    );
+    assert!(out.status.success(), "criu restore: {}", describe(&out));
+    let rpid = cryo_integration::read_pidfile(&pf).unwrap();
+    assert_eq!(inner_pid(rpid), Some(w.pid));
+    signal(rpid, libc::SIGUSR1).unwrap();
+    let v = wait_for_nth_verdict(&wl_log, 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(v.starts_with("PASS"), "{v}");
 }
 
 // runc itself drives cryo in e2e_runc.rs.

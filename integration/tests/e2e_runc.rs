@@ -1066,3 +1066,113 @@ fn runc_container_tcp_server_keeps_its_outside_client_across_checkpoint_and_rest
         );
     }
 }
+
+/// runc's pre-copy: `runc checkpoint --pre-dump --image-path A` (the
+/// container runs on), `runc checkpoint --parent-path ../A --image-path B`
+/// (only what changed since A is copied; the rest is PE_PARENT), then
+/// `runc restore --image-path B`: the restored shell counts on from B.
+#[test]
+fn runc_pre_dump_then_checkpoint_with_parent_path_then_restore() {
+    let Some(r) = Runc::new("runc-predump") else { return };
+    let id = r.id(1);
+    let out = r.tmp.join("ctr.out");
+    r.start(&id, &out);
+    let (a, b) = (r.tmp.join("A"), r.tmp.join("B"));
+    let (wa, wb) = (r.tmp.join("workA"), r.tmp.join("workB"));
+    let ck = r.checkpoint(&id, &a, &wa, &["--pre-dump"]);
+    assert_ok(&ck, "runc checkpoint --pre-dump", &wa.join("dump.log"));
+    assert_eq!(r.status(&id), "running", "a pre-dump leaves the container running");
+    let has_pages = |d: &Path| {
+        fs::read_dir(d)
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("pages-") && e.metadata().unwrap().len() > 0)
+    };
+    assert!(has_pages(&a), "the pre-dump wrote no pages");
+    assert!(!a.join("inventory.img").exists(), "a pre-dump holds memory only");
+    wait_step(&out, 3);
+    let ck = r.checkpoint(&id, &b, &wb, &["--parent-path", "../A"]);
+    assert_ok(&ck, "runc checkpoint --parent-path ../A", &wb.join("dump.log"));
+    assert_eq!(fs::read_link(b.join("parent")).unwrap(), Path::new("../A"));
+    assert!(b.join("inventory.img").exists());
+    // Pages unchanged since A were not copied again.
+    let show = Command::new(cryo_bin())
+        .args(["show", s(&wb.join("stats-dump"))])
+        .output()
+        .expect("cryo show");
+    assert!(show.status.success(), "{}", describe(&show));
+    let v: serde_json::Value = serde_json::from_slice(&show.stdout).expect("stats JSON");
+    let parent = v
+        .pointer("/entries/0/dump/pages_skipped_parent")
+        .and_then(|x| x.as_u64());
+    assert!(parent.unwrap_or(0) > 0, "no page taken from the parent: {v}");
+    assert!(
+        r.marked().is_empty(),
+        "the checkpointed container must be gone: {:?}",
+        r.marked()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let before = *steps(&out).last().unwrap();
+    let out2 = r.tmp.join("restored.out");
+    let rs = r.restore(&id, &b, &wb, &out2);
+    assert_ok(&rs, "runc restore --image-path B", &wb.join("restore.log"));
+    assert_counts_on(&r, &id, before, &out2);
+}
+
+/// `runc restore --lazy-pages` after a pre-dump: runc sends lazy_pages on
+/// the RESTORE request. cryo serves lazy pages for plain trees (e2e_rpc)
+/// but a container's restore does not complete while its pages wait, so
+/// it is refused up front with a clear cr_errmsg and nothing is left;
+/// the same images then restore without --lazy-pages.
+#[test]
+fn runc_restore_with_lazy_pages_is_refused_then_plain_restore_works() {
+    let Some(r) = Runc::new("runc-lazy") else { return };
+    let id = r.id(1);
+    let out = r.tmp.join("ctr.out");
+    r.start(&id, &out);
+    let (a, b) = (r.tmp.join("A"), r.tmp.join("B"));
+    let (wa, wb) = (r.tmp.join("workA"), r.tmp.join("workB"));
+    let ck = r.checkpoint(&id, &a, &wa, &["--pre-dump"]);
+    assert_ok(&ck, "runc checkpoint --pre-dump", &wa.join("dump.log"));
+    wait_step(&out, 2);
+    let ck = r.checkpoint(&id, &b, &wb, &["--parent-path", "../A"]);
+    assert_ok(&ck, "runc checkpoint --parent-path ../A", &wb.join("dump.log"));
+    std::thread::sleep(Duration::from_millis(300));
+    let before = *steps(&out).last().unwrap();
+    let out2 = r.tmp.join("restored.out");
+    let o = r.run_piped(
+        &[
+            "restore",
+            "-d",
+            "--lazy-pages",
+            "--image-path",
+            s(&b),
+            "--work-path",
+            s(&wb),
+            &id,
+        ],
+        &out2,
+    );
+    if o.status.success() {
+        r.track(&id);
+    }
+    assert!(
+        !o.status.success(),
+        "runc restore --lazy-pages of a container must fail"
+    );
+    let log = fs::read_to_string(wb.join("restore.log")).unwrap_or_default();
+    assert!(
+        log.contains("lazy_pages for a container (images with a mount namespace) is not supported yet"),
+        "{log}"
+    );
+    assert!(
+        r.marked().is_empty(),
+        "a refused restore leaves nothing: {:?}",
+        r.marked()
+    );
+    let _ = r.runc_out(&["delete", "--force", &id]);
+    let out3 = r.tmp.join("restored2.out");
+    let rs = r.restore(&id, &b, &wb, &out3);
+    assert_ok(&rs, "runc restore --image-path B", &wb.join("restore.log"));
+    assert_counts_on(&r, &id, before, &out3);
+}

@@ -52,17 +52,14 @@ fn common(o: &CriuOpts, r: &mut Review) {
             r.refuse(format!("log_file {f:?} must be a bare file name"));
         }
     }
-    if o.lazy_pages() {
-        r.refuse("lazy_pages (lazy migration is not implemented)");
-    }
-    if o.ps.is_some() {
-        r.refuse("ps (the page server is not implemented)");
-    }
     if o.tls() || o.tls_cacert.is_some() || o.tls_cert.is_some() || o.tls_key.is_some() {
-        r.refuse("tls (the page server is not implemented)");
+        r.refuse("tls (cryo's page server speaks plain TCP)");
     }
     if o.status_fd.is_some() {
-        r.refuse("status_fd (lazy migration is not implemented)");
+        r.refuse("status_fd (cryo has no lazy-pages daemon to report on)");
+    }
+    if o.pidfd_store_sk.is_some() {
+        r.refuse("pidfd_store_sk (cryo keeps no pidfd store between pre-dumps)");
     }
     if !o.exec_cmd.is_empty() {
         r.refuse("exec_cmd");
@@ -71,11 +68,13 @@ fn common(o: &CriuOpts, r: &mut Review) {
     if ns & !CLONE_NEWNET != 0 {
         r.refuse(format!("empty_ns {ns:#x} (only CLONE_NEWNET is allowed)"));
     }
-    if !o.veths.is_empty() {
-        r.refuse(format!(
-            "veths ({} pairs; network namespaces are not supported yet)",
-            o.veths.len()
-        ));
+    for v in &o.veths {
+        if v.if_in.is_empty() || v.if_out.is_empty() || v.if_out.contains('@') {
+            r.refuse(format!(
+                "veths {}={} (expected both names, no bridge)",
+                v.if_in, v.if_out
+            ));
+        }
     }
     match cg_mode(o) {
         CriuCgMode::Ignore | CriuCgMode::CgNone => {}
@@ -99,8 +98,19 @@ pub fn review_dump(o: &CriuOpts) -> Review {
     if o.pid.is_none() {
         r.refuse("no pid (a dump of the requesting process itself is not supported)");
     }
-    if o.track_mem() || o.parent_img.is_some() {
-        r.refuse("track_mem / parent_img (incremental dumps are not implemented)");
+    if o.lazy_pages() {
+        r.refuse(
+            "lazy_pages on dump (cryo has no lazy-pages daemon: pre-dump with parent_img, \
+             then restore with lazy_pages)",
+        );
+    }
+    if let Some(ps) = &o.ps {
+        if o.parent_img.is_some() || o.leave_running() {
+            r.refuse("ps with parent_img or leave_running (a dump to cryo's page server is a whole, final dump)");
+        }
+        if ps.port.is_none() {
+            r.refuse("ps without a port");
+        }
     }
     if o.leave_stopped() {
         r.refuse("leave_stopped");
@@ -119,6 +129,24 @@ pub fn review_dump(o: &CriuOpts) -> Review {
         r.warn(format!(
             "freeze_cgroup {cg:?} accepted; cryo freezes with ptrace, not the cgroup freezer"
         ));
+    }
+    r
+}
+
+/// Reviews the options of a PRE_DUMP request: the tree keeps running and
+/// only its memory is copied (tracked with uffd-wp from one pre-dump to
+/// the next).
+pub fn review_pre_dump(o: &CriuOpts) -> Review {
+    let mut r = Review::default();
+    common(o, &mut r);
+    if o.pid.is_none() {
+        r.refuse("no pid (a pre-dump of the requesting process itself is not supported)");
+    }
+    if o.lazy_pages() {
+        r.refuse("lazy_pages on pre-dump");
+    }
+    if o.ps.is_some() {
+        r.refuse("ps on pre-dump (pre-dump rounds go to image directories; cryo migrate streams them)");
     }
     r
 }
@@ -171,7 +199,10 @@ pub fn review_restore(o: &CriuOpts, root_is_host: bool) -> Review {
         );
     }
     if o.parent_img.is_some() {
-        r.refuse("parent_img (incremental images are not implemented)");
+        r.warn("parent_img on restore accepted; the images' own parent link is followed");
+    }
+    if o.ps.is_some() {
+        r.refuse("ps on restore (cryo restores from the images directory; lazy pages come from its parents)");
     }
     r
 }
@@ -225,18 +256,14 @@ mod tests {
         let mut o = runc_dump();
         o.pid = None;
         o.track_mem = Some(true);
+        o.parent_img = Some("../pre".into());
         o.log_file = Some("../x.log".into());
         o.empty_ns = Some(CLONE_NEWNET | 0x20000);
         o.lazy_pages = Some(true);
         let r = review_dump(&o);
         let e = r.error().unwrap();
-        for part in [
-            "no pid",
-            "track_mem",
-            "bare file name",
-            "empty_ns 0x40020000",
-            "lazy_pages",
-        ] {
+        assert!(!e.contains("track_mem") && !e.contains("parent_img ("), "{e}");
+        for part in ["no pid", "bare file name", "empty_ns 0x40020000", "lazy_pages"] {
             assert!(e.contains(part), "{part} missing from {e}");
         }
     }
@@ -297,6 +324,36 @@ mod tests {
             assert!(e.contains(part), "{part} missing from {e}");
         }
         assert!(!e.contains("pipe:[123]"), "{e}");
+    }
+
+    #[test]
+    fn pre_dump_as_runc_sends_it() {
+        // runc checkpoint --pre-dump --parent-path ../A: track_mem and
+        // parent_img, no mounts.
+        let mut o = runc_dump();
+        o.ext_mnt.clear();
+        o.parent_img = Some("../A".into());
+        o.track_mem = Some(true);
+        assert!(review_pre_dump(&o).error().is_none(), "{:?}", review_pre_dump(&o));
+        assert!(review_dump(&o).error().is_none());
+        o.status_fd = Some(5);
+        o.pidfd_store_sk = Some(6);
+        let e = review_pre_dump(&o).error().unwrap();
+        assert!(e.contains("status_fd") && e.contains("pidfd_store_sk"), "{e}");
+        // Restore with lazy pages and veths.
+        let mut o = runc_dump();
+        o.lazy_pages = Some(true);
+        o.veths = vec![crate::image::pb::CriuVethPair {
+            if_in: "eth0".into(),
+            if_out: "veth-host".into(),
+        }];
+        assert!(review_restore(&o, false).error().is_none());
+        assert!(review_dump(&o).error().unwrap().contains("lazy_pages on dump"));
+        o.veths[0].if_out = "veth@br0".into();
+        assert!(review_restore(&o, false)
+            .error()
+            .unwrap()
+            .contains("veths eth0=veth@br0"));
     }
 
     #[test]

@@ -1,5 +1,11 @@
 //! Request handlers of `swrk`.
 //!
+//! PRE_DUMP copies the tree's memory while it runs (one round per
+//! request, tracked with uffd-wp to the next; `parent_img` names the
+//! previous round); DUMP with `parent_img` is the final round, DUMP with
+//! `ps` sends the images to cryo's page server, RESTORE with `lazy_pages`
+//! serves the parent images' pages after its reply, then exits.
+//!
 //! DUMP and RESTORE follow CRIU's service (calling-conventions.md §2.4-2.7,
 //! §4.5): the images and work directories are the *caller's* descriptors
 //! (`/proc/<SO_PEERCRED pid>/fd/<n>`), the process chdirs to the work
@@ -116,15 +122,17 @@ pub fn version_resp() -> CriuResp {
     r
 }
 
-/// The FEATURE_CHECK reply: every field set, true only if asked and
-/// implemented. cryo has no memory tracking (incremental dumps), no lazy
-/// pages and no pidfd store yet, so all three are false.
+/// The FEATURE_CHECK reply: every field set, each probed on this kernel
+/// the way the engine uses it. mem_track: uffd async write-protect and
+/// PAGEMAP_SCAN (pre-dump tracking); lazy_pages: a kernel-fault-capable
+/// userfaultfd and pidfd_getfd (restore with lazy pages); pidfd_store:
+/// always false, cryo keeps no pidfd store (pidfd_store_sk is refused).
 pub fn features_resp(asked: Option<&CriuFeatures>) -> CriuResp {
     let _ = asked;
     let mut r = resp(CriuReqType::FeatureCheck, true);
     r.features = Some(CriuFeatures {
-        mem_track: Some(false),
-        lazy_pages: Some(false),
+        mem_track: Some(crate::sys::probe::uffd_wp_async()),
+        lazy_pages: Some(crate::sys::probe::uffd_missing()),
         pidfd_store: Some(false),
     });
     r
@@ -167,6 +175,7 @@ pub fn serve(conn: Conn) -> Outcome {
             }
             CriuReqType::Dump => return finish(conn, Session::run(conn, &req, Kind::Dump)),
             CriuReqType::Restore => return finish(conn, Session::run(conn, &req, Kind::Restore)),
+            CriuReqType::PreDump => return finish(conn, Session::run(conn, &req, Kind::PreDump)),
             CriuReqType::Notify | CriuReqType::Empty => {
                 let e = anyhow!("Unexpected {} request with no operation in progress", ty.as_str_name());
                 (failure(CriuReqType::Empty, &e), false)
@@ -190,11 +199,28 @@ pub fn serve(conn: Conn) -> Outcome {
     }
 }
 
-fn finish(conn: Conn, r: (CriuResp, bool)) -> Outcome {
-    let (reply, ok) = r;
+fn finish(conn: Conn, r: (CriuResp, bool, Option<Lazy>)) -> Outcome {
+    let (reply, ok, lazy) = r;
     if let Err(e) = conn.send_resp(&reply) {
         error!("{}", chain(&e.into()));
         return Outcome::Failed;
+    }
+    // Lazy pages: the caller has its pid; this process stays until every
+    // page is in (runc waits for it to exit).
+    if let Some(l) = lazy {
+        match crate::migrate::lazy::serve(&l.dir, l.procs, None) {
+            Ok(st) => info!(
+                "lazy pages: {} KiB copied, {} faults, all in after {} ms",
+                st.bytes >> 10,
+                st.faults,
+                st.us / 1000
+            ),
+            Err(e) => {
+                error!("lazy pages: {}", chain(&e));
+                kill_restored(l.shim_pid);
+                return Outcome::Failed;
+            }
+        }
     }
     if ok {
         Outcome::Done
@@ -206,6 +232,7 @@ fn finish(conn: Conn, r: (CriuResp, bool)) -> Outcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Dump,
+    PreDump,
     Restore,
 }
 
@@ -213,9 +240,17 @@ impl Kind {
     fn req_type(self) -> CriuReqType {
         match self {
             Kind::Dump => CriuReqType::Dump,
+            Kind::PreDump => CriuReqType::PreDump,
             Kind::Restore => CriuReqType::Restore,
         }
     }
+}
+
+/// Pages a lazily restored tree still waits for, served after the reply.
+struct Lazy {
+    dir: PathBuf,
+    procs: Vec<crate::migrate::lazy::LazyProc>,
+    shim_pid: i32,
 }
 
 /// A directory named by a descriptor of the caller, kept open.
@@ -316,18 +351,20 @@ struct Session {
     notify: bool,
     images: DirRef,
     work: Option<DirRef>,
+    lazy: Option<Lazy>,
 }
 
 impl Session {
-    /// Runs the request; returns the final reply and whether it succeeded.
-    fn run(conn: Conn, req: &CriuReq, kind: Kind) -> (CriuResp, bool) {
+    /// Runs the request; returns the final reply, whether it succeeded,
+    /// and the lazy pages to serve after the reply.
+    fn run(conn: Conn, req: &CriuReq, kind: Kind) -> (CriuResp, bool, Option<Lazy>) {
         let ty = kind.req_type();
         let mut s = match Session::prepare(conn, req, kind) {
             Ok(s) => s,
             Err(e) => {
                 // The log may not exist yet: the reply is the only report.
                 error!("{}", chain(&e));
-                return (Session::fail_reply(kind, &e), false);
+                return (Session::fail_reply(kind, &e), false, None);
             }
         };
         info!(
@@ -340,13 +377,14 @@ impl Session {
         );
         let r = match kind {
             Kind::Dump => s.dump(),
+            Kind::PreDump => s.pre_dump(),
             Kind::Restore => s.restore(),
         };
         match r {
-            Ok(reply) => (reply, true),
+            Ok(reply) => (reply, true, s.lazy.take()),
             Err(e) => {
                 error!("{}", chain(&e));
-                (Session::fail_reply(kind, &e), false)
+                (Session::fail_reply(kind, &e), false, None)
             }
         }
     }
@@ -354,7 +392,7 @@ impl Session {
     fn fail_reply(kind: Kind, e: &anyhow::Error) -> CriuResp {
         let mut r = failure(kind.req_type(), e);
         match kind {
-            Kind::Dump => r.dump = Some(CriuDumpResp { restored: Some(false) }),
+            Kind::Dump | Kind::PreDump => r.dump = Some(CriuDumpResp { restored: Some(false) }),
             Kind::Restore => r.restore = Some(CriuRestoreResp { pid: -1 }),
         }
         r
@@ -407,6 +445,7 @@ impl Session {
         log::init(Some(&log_path), Some(o.log_level().clamp(0, 4) as u8))?;
         let review = match kind {
             Kind::Dump => opts::review_dump(&o),
+            Kind::PreDump => opts::review_pre_dump(&o),
             Kind::Restore => {
                 let host_root = o.root.as_deref().is_none_or(|r| same_dir(Path::new(r), Path::new("/")));
                 opts::review_restore(&o, host_root)
@@ -423,6 +462,7 @@ impl Session {
             opts: o,
             images,
             work,
+            lazy: None,
         })
     }
 
@@ -475,13 +515,56 @@ impl Session {
             hook: self.hook(),
             ..Default::default()
         };
-        let st = dump::dump(&d)?;
+        if let Some(ps) = &o.ps {
+            // The images go to cryo's page server (`criu page-server` /
+            // `cryo page-server`) instead of the images directory.
+            let host = ps.address.as_deref().filter(|a| !a.is_empty()).unwrap_or("127.0.0.1");
+            let host = if host.contains(':') {
+                format!("[{host}]")
+            } else {
+                host.to_string()
+            };
+            let to = format!("{host}:{}", ps.port());
+            let st = crate::migrate::migrate(&crate::migrate::MigrateOpts {
+                pid,
+                to,
+                max_rounds: 0,
+                restore: false,
+                lazy: false,
+                shell_job: o.shell_job(),
+            })?;
+            info!("sent the images to the page server: {} bytes", st.bytes_sent);
+            let mut r = resp(CriuReqType::Dump, true);
+            r.dump = Some(CriuDumpResp { restored: Some(false) });
+            return Ok(r);
+        }
+        let st = match o.parent_img.as_deref() {
+            // The final dump after pre-dumps: only what was written since
+            // the parent's round is copied, the rest is PE_PARENT.
+            Some(p) => crate::migrate::predump::dump_after(d, Path::new(p))?,
+            None => dump::dump(&d)?,
+        };
         info!(
             "dumped {} processes, {} pages, frozen {} us",
             st.processes, st.pages_written, st.frozen_us
         );
         self.publish_stats("stats-dump");
         let mut r = resp(CriuReqType::Dump, true);
+        r.dump = Some(CriuDumpResp { restored: Some(false) });
+        Ok(r)
+    }
+
+    /// PRE_DUMP: copies the tree's memory while it runs (all of it, or
+    /// what was written since `parent_img`); one round per request, as
+    /// runc sends them.
+    fn pre_dump(&mut self) -> Result<CriuResp> {
+        let o = &self.opts;
+        let pid = o.pid.context("The request names no pid")?;
+        self.notify("pre-dump", None)?;
+        let parent = o.parent_img.as_deref().map(Path::new);
+        let bytes = crate::migrate::predump::pre_dump(pid, &self.images.path, parent)?;
+        info!("pre-dump: {} KiB copied", bytes >> 10);
+        let mut r = resp(CriuReqType::PreDump, true);
         r.dump = Some(CriuDumpResp { restored: Some(false) });
         Ok(r)
     }
@@ -498,15 +581,41 @@ impl Session {
             pidfile: None,
             trust_images: false,
             tcp_close: o.tcp_close(),
-            veth_pairs: Vec::new(),
+            veth_pairs: o.veths.iter().map(|v| (v.if_in.clone(), v.if_out.clone())).collect(),
             root: o.root.as_ref().map(PathBuf::from),
             ext_mnt: o.ext_mnt.iter().map(|m| (m.key.clone(), m.val.clone())).collect(),
             inherit_fd: o.inherit_fd.iter().map(|i| (i.key.clone(), i.fd)).collect(),
             hook: self.hook(),
             ..Default::default()
         };
+        if o.lazy_pages() && holds_mount_ns(&self.images.path) {
+            // Seen with runc 1.1.5: the container's restore does not
+            // complete while its pages wait to be served after the reply.
+            bail!(
+                "lazy_pages for a container (images with a mount namespace) is not supported yet: \
+                 restore it without lazy_pages"
+            );
+        }
+        let (ro, procs) = if o.lazy_pages() {
+            // The tree starts before its parent images' pages are in;
+            // they are served once the reply is sent (see finish).
+            let (h, procs) = crate::migrate::lazy::hook(self.images.path.clone(), None);
+            let mut ro = ro;
+            ro.lazy_pages = true;
+            ro.run_hook = h;
+            (ro, Some(procs))
+        } else {
+            (ro, None)
+        };
         let r = restore::restore(&ro)?;
         let pid = r.root_host_pid;
+        if let Some(p) = procs {
+            self.lazy = Some(Lazy {
+                dir: self.images.path.clone(),
+                procs: std::mem::take(&mut *p.lock().unwrap()),
+                shim_pid: r.shim_pid,
+            });
+        }
         // Past this point the tree runs: a failure must take it down.
         if let Err(e) = self.notify("post-resume", None) {
             kill_restored(r.shim_pid);
@@ -518,6 +627,16 @@ impl Session {
         reply.restore = Some(CriuRestoreResp { pid });
         Ok(reply)
     }
+}
+
+/// Whether the images hold a mount namespace (a container's).
+fn holds_mount_ns(dir: &Path) -> bool {
+    fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("mountpoints-"))
+        })
+        .unwrap_or(false)
 }
 
 /// Kills a restored tree through its namespace init (the whole pid
@@ -563,12 +682,10 @@ mod tests {
     }
 
     #[test]
-    fn features_all_set_false() {
+    fn features_are_probed_pidfd_store_is_not_kept() {
         let f = features_resp(None).features.unwrap();
-        assert_eq!(
-            (f.mem_track, f.lazy_pages, f.pidfd_store),
-            (Some(false), Some(false), Some(false))
-        );
+        assert!(f.mem_track.is_some() && f.lazy_pages.is_some());
+        assert_eq!(f.pidfd_store, Some(false));
     }
 
     #[test]

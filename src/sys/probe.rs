@@ -58,3 +58,57 @@ pub fn prctl_mm_map() -> bool {
     let r = unsafe { libc::prctl(35, 15, &mut size as *mut libc::c_uint, 0, 0) };
     r == 0 && size > 0
 }
+
+/// Creates a userfaultfd in this process; `user_only` adds
+/// UFFD_USER_MODE_ONLY.
+fn userfaultfd(user_only: bool) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let flags = libc::O_CLOEXEC | libc::O_NONBLOCK | if user_only { 1 } else { 0 };
+    // SAFETY: userfaultfd takes only flags; no memory argument.
+    let r = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
+    if r < 0 {
+        return None;
+    }
+    // SAFETY: r is a descriptor just returned to us and owned by nobody else.
+    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(r as libc::c_int) })
+}
+
+/// Memory tracking between pre-dumps as the engine does it: a
+/// userfaultfd that accepts async write-protect of unpopulated ptes, and
+/// PAGEMAP_SCAN to read and re-arm the write bits.
+pub fn uffd_wp_async() -> bool {
+    let Some(fd) = userfaultfd(true) else {
+        return false;
+    };
+    let want = super::uffd::FEATURE_WP_ASYNC | super::uffd::FEATURE_WP_UNPOPULATED;
+    super::uffd::api(&fd, want).is_ok() && pagemap_scan()
+}
+
+/// Lazy pages as the engine does them: a userfaultfd that also handles
+/// faults from inside the kernel (no UFFD_USER_MODE_ONLY, which needs
+/// privilege or vm.unprivileged_userfaultfd), in missing mode, and
+/// pidfd_getfd to take it from a restored task.
+pub fn uffd_missing() -> bool {
+    let Some(fd) = userfaultfd(false) else {
+        return false;
+    };
+    if super::uffd::api(&fd, 0).is_err() {
+        return false;
+    }
+    // pidfd_getfd of our own fd through our own pidfd.
+    // SAFETY: pidfd_open takes only integers.
+    let pfd = unsafe { libc::syscall(libc::SYS_pidfd_open, std::process::id() as libc::c_int, 0) };
+    if pfd < 0 {
+        return false;
+    }
+    // SAFETY: pidfd_getfd takes only integers; pfd is our pidfd.
+    let got = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pfd as libc::c_int, fd.as_raw_fd(), 0) };
+    // SAFETY: pfd (and got, if valid) are descriptors returned to us and used nowhere else.
+    unsafe {
+        if got >= 0 {
+            libc::close(got as libc::c_int);
+        }
+        libc::close(pfd as libc::c_int);
+    }
+    got >= 0
+}
