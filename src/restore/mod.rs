@@ -271,21 +271,21 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
 
     wait_ready(&plan, &ready_r, &err_r).context("Stage Fork")?;
     let forking_us = t_fork.elapsed().as_micros() as u64;
+    // The root's host pid, read while every task waits for the go (once
+    // it runs, the root may exit before the pidfile is written).
+    let root_host_pid = if own_ns {
+        shim_pid
+    } else {
+        shim::root_host_pid(shim_pid, plan.tasks[0].pid)
+            .context("Stage Fork: the restored root is not the namespace init's child")?
+    };
     crate::files::fown::restore(&plan, shim_pid).context("Stage Fork")?;
     debug!("all {} tasks ready", plan.tasks.len());
     let master = match &console_sock {
         Some((engine_end, _)) => Some(crate::ns::recv_console(engine_end).context("Stage Fork")?),
         None => None,
     };
-    fire_ready_events(
-        &opts.hook,
-        if own_ns {
-            shim_pid
-        } else {
-            shim::root_host_pid(shim_pid).unwrap_or(shim_pid)
-        },
-        master.as_ref().map(|m| m.as_raw_fd()),
-    )?;
+    fire_ready_events(&opts.hook, root_host_pid, master.as_ref().map(|m| m.as_raw_fd()))?;
     drop(master);
     release(&plan, shim_pid, own_ns, go_w, &ready_r, efds, &opts.run_hook).context("Stage Go")?;
     if !own_ns {
@@ -299,19 +299,8 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
     }
     drop(net_lock);
     let restore_us = t0.elapsed().as_micros() as u64;
-    crate::ipc::sysv::remove_destroyed(
-        if own_ns {
-            shim_pid
-        } else {
-            shim::root_host_pid(shim_pid).unwrap_or(shim_pid)
-        },
-        &plan.sysv,
-    )?;
-    let root_host_pid = if own_ns {
-        shim_pid
-    } else {
-        shim::root_host_pid(shim_pid).unwrap_or(-1)
-    };
+    // The shim (or the own-namespace root) is in the tree's ipc namespace.
+    crate::ipc::sysv::remove_destroyed(shim_pid, &plan.sysv)?;
     info!(
         "restored: root pid {} in the new namespace, host pid {root_host_pid}",
         plan.tasks[0].pid

@@ -196,6 +196,23 @@ fn fork_session(plan: &Plan, s: i32, batch: &[usize], efds: EngineFds) -> Result
     }
 }
 
+/// In task `idx` itself: when a session placeholder forked it, waits until
+/// that placeholder is gone and the task belongs to its real parent, so
+/// that the tree has its final shape before the task reports ready.
+pub(crate) fn await_real_parent(plan: &Plan, idx: usize) -> Result<()> {
+    let Some(s) = needs(plan, idx).session else {
+        return Ok(());
+    };
+    let start = Instant::now();
+    while unistd::getppid().as_raw() == s {
+        if start.elapsed() > JOIN_TIMEOUT {
+            bail!("the placeholder leader of session {s} did not exit");
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    Ok(())
+}
+
 /// Waits for placeholder `pid`; an exit status other than 0 is an error
 /// (the placeholder reported why on the error pipe).
 fn reap(pid: i32, what: &str) -> Result<()> {

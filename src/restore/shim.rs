@@ -189,8 +189,14 @@ fn mount_proc() -> Result<()> {
     Ok(())
 }
 
-/// Host pid of the restored root: the shim's only child.
-pub(crate) fn root_host_pid(shim: i32) -> Option<i32> {
+/// Host pid of the restored root: the child of the shim whose pid in the
+/// namespace is `root_ns_pid`.
+pub(crate) fn root_host_pid(shim: i32, root_ns_pid: i32) -> Option<i32> {
+    // The children list may still hold a session placeholder that exited
+    // and is not reaped yet: pick the child whose pid in the namespace is
+    // the root's.
     let s = std::fs::read_to_string(format!("/proc/{shim}/task/{shim}/children")).ok()?;
-    s.split_whitespace().next()?.parse().ok()
+    s.split_whitespace()
+        .filter_map(|c| c.parse::<i32>().ok())
+        .find(|&c| crate::proc::status::read(c as u32).is_ok_and(|st| st.nspid.last() == Some(&(root_ns_pid as u32))))
 }

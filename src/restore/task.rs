@@ -52,6 +52,7 @@ fn restore_task(plan: &Plan, idx: usize, efds: EngineFds) -> Result<Infallible> 
     crate::files::tty::setup_ctty(plan, idx, efds)?;
     setup_fs(plan, t)?;
     super::session::fork_children(plan, &t.children, efds)?;
+    super::session::await_real_parent(plan, idx)?;
     let staged = stage_memory(plan, t, efds)?;
     set_rlimits(t);
     set_task_attrs(t)?;
