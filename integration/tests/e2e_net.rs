@@ -11,6 +11,19 @@ use std::time::Duration;
 
 use cryo_integration::cycle::*;
 
+/// The KEY parts (isk, nlsk, psk...) of the entries of files.img in IMG, as
+/// crit decodes them.
+fn files_entries(img: &std::path::Path, key: &str) -> Vec<serde_json::Value> {
+    let files = crit_json(&img.join("files.img"));
+    files["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e.get(key))
+        .cloned()
+        .collect()
+}
+
 // ---- 1. listeners and datagram sockets ---------------------------------------
 
 #[test]
@@ -24,13 +37,7 @@ fn inetsk_roundtrip() {
     cryo_integration::require_root!();
     let (v, images, sc) = roundtrip("inetsk", bin!("inetsk"), &[]);
     assert!(v.starts_with("PASS"), "{v}");
-    let files = crit_json(&sc.img.join("files.img"));
-    let isk: Vec<&serde_json::Value> = files["entries"]
-        .as_array()
-        .expect("entries")
-        .iter()
-        .filter_map(|e| e.get("isk"))
-        .collect();
+    let isk = files_entries(&sc.img, "isk");
     assert_eq!(isk.len(), 6, "inet sockets in files.img: {isk:?}");
     assert!(
         isk.iter().any(|e| e["state"] == 10 && e["backlog"] == 7),
@@ -201,12 +208,9 @@ fn tcpconn_established(v6: bool, half: bool) {
     assert_eq!(streams.len(), 4, "one stream per end of both connections: {streams:?}");
     // The half-closed pair was dumped in FIN_WAIT2 and CLOSE_WAIT, and with
     // --half the full one's client in FIN_WAIT1.
-    let files = crit_json(&sc.img.join("files.img"));
-    let states: Vec<u64> = files["entries"]
-        .as_array()
-        .expect("entries")
+    let states: Vec<u64> = files_entries(&sc.img, "isk")
         .iter()
-        .filter_map(|e| e.get("isk").and_then(|i| i["state"].as_u64()))
+        .filter_map(|i| i["state"].as_u64())
         .collect();
     for want in [5, 8] {
         assert!(states.contains(&want), "state {want} in {states:?}");
@@ -352,12 +356,8 @@ fn address_in_use_at_restore_fails_cleanly_and_lifts_the_lock() {
         "both connections stay locked until the restore"
     );
     // Somebody else takes the listener's address.
-    let files = crit_json(&sc.img.join("files.img"));
-    let port = files["entries"]
-        .as_array()
-        .expect("entries")
+    let port = files_entries(&sc.img, "isk")
         .iter()
-        .filter_map(|e| e.get("isk"))
         .find(|e| e["state"] == 10)
         .and_then(|e| e["src_port"].as_u64())
         .expect("a listener in files.img");
@@ -690,13 +690,7 @@ fn nlsk_roundtrip() {
     cryo_integration::require_root!();
     let (v, _images, sc) = roundtrip("nlsk", bin!("nlsk"), &[]);
     assert!(v.starts_with("PASS"), "{v}");
-    let files = crit_json(&sc.img.join("files.img"));
-    let n = files["entries"]
-        .as_array()
-        .expect("entries")
-        .iter()
-        .filter(|e| e.get("nlsk").is_some())
-        .count();
+    let n = files_entries(&sc.img, "nlsk").len();
     assert_eq!(n, 2, "netlink sockets in files.img");
 }
 
@@ -785,13 +779,7 @@ fn pktsk_roundtrip() {
     cryo_integration::require_root!();
     let (v, _images, sc) = roundtrip("pktsk", bin!("pktsk"), &[]);
     assert!(v.starts_with("PASS"), "{v}");
-    let files = crit_json(&sc.img.join("files.img"));
-    let n = files["entries"]
-        .as_array()
-        .expect("entries")
-        .iter()
-        .filter(|e| e.get("psk").is_some())
-        .count();
+    let n = files_entries(&sc.img, "psk").len();
     assert_eq!(n, 2, "packet sockets in files.img");
 }
 
