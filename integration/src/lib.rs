@@ -12,6 +12,7 @@
 //! Everything that needs root is gated with [`require_root!`], which skips
 //! loudly.
 
+pub mod ctr;
 pub mod cycle;
 pub mod e2e;
 pub mod hosts;

@@ -15,18 +15,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use cryo_integration::ctr::{busybox_rootfs, have, marked_pids};
 use cryo_integration::{cryo_bin, describe, log_tail, s, Cleanup, TempDir, LINE_TIMEOUT};
 
 const HOSTNAME: &str = "cryoctr";
-
-fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {cmd}")])
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
 
 /// The workload: a self-checking loop (see the module doc). `marker` makes
 /// its command line unique, so the test can tell whether any copy is left.
@@ -221,18 +213,7 @@ impl Runc {
 
     /// Pids of processes whose command line holds this test's marker.
     fn marked(&self) -> Vec<i32> {
-        let mut v = Vec::new();
-        for e in fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            if let Ok(c) = fs::read(format!("/proc/{pid}/cmdline")) {
-                if String::from_utf8_lossy(&c).contains(&format!("M={}", self.marker)) {
-                    v.push(pid);
-                }
-            }
-        }
-        v
+        marked_pids(&self.marker)
     }
 }
 
@@ -255,15 +236,7 @@ impl Drop for Runc {
 /// init runs `script`.
 fn busybox_bundle(dir: &Path, script: &str) -> PathBuf {
     let bundle = dir.join("bundle");
-    let bin = bundle.join("rootfs/bin");
-    fs::create_dir_all(&bin).unwrap();
-    for d in ["proc", "sys", "dev", "tmp", "etc"] {
-        fs::create_dir_all(bundle.join("rootfs").join(d)).unwrap();
-    }
-    fs::copy("/bin/busybox", bin.join("busybox")).expect("copy busybox");
-    for tool in ["sh", "sleep", "echo", "cat", "hostname"] {
-        std::os::unix::fs::symlink("busybox", bin.join(tool)).unwrap();
-    }
+    busybox_rootfs(&bundle.join("rootfs"));
     let out = Command::new("runc")
         .arg("spec")
         .current_dir(&bundle)
