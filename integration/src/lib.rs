@@ -17,6 +17,7 @@ pub mod cycle;
 pub mod e2e;
 pub mod hosts;
 pub mod member;
+pub mod netns;
 pub mod probe;
 pub mod wl;
 

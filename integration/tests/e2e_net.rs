@@ -10,6 +10,7 @@ use cryo_integration::{bin, one_line_error, pid_running, run_cryo, s, wait_for_v
 use std::time::Duration;
 
 use cryo_integration::cycle::*;
+use cryo_integration::netns::{field, judge_stream, Netns};
 
 /// The KEY parts (isk, nlsk, psk...) of the entries of files.img in IMG, as
 /// crit decodes them.
@@ -60,7 +61,7 @@ struct TestNet {
 impl TestNet {
     fn new(tag: &str) -> TestNet {
         let name = format!("cryo-t{tag}-{}", std::process::id());
-        let mut ns = Netns { names: vec![] };
+        let mut ns = Netns::new();
         ns.add(&name);
         TestNet { ns, name }
     }
@@ -139,16 +140,7 @@ impl TestNet {
 
     /// The lock tables in the namespace now.
     fn lock_tables(&self) -> Vec<String> {
-        let out = std::process::Command::new("nsenter")
-            .arg(self.net_arg())
-            .args(["--", "nft", "list", "tables"])
-            .output()
-            .expect("run nft (hack/setup installs nftables)");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.contains("cryo_tcp_"))
-            .map(str::to_string)
-            .collect()
+        Netns::lock_tables(&self.name)
     }
 
     /// A process in the namespace listening on 127.0.0.1:`port` until the
@@ -384,33 +376,6 @@ fn address_in_use_at_restore_fails_cleanly_and_lifts_the_lock() {
 
 // ---- 3. the demonstration: a client outside the tree streams through a dump --------
 
-/// The `key=value` number in a verdict.
-fn field(v: &str, key: &str) -> u64 {
-    v.split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{key}=")))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no {key}= in {v:?}"))
-}
-
-/// Both verdicts of a stream whose server went through a dump and restore:
-/// PASS on both sides, a real pause, and messages in both directions after.
-fn judge_stream(server_v: &str, client_v: &str, pause_ms: u64) {
-    eprintln!("server: {server_v}\nclient: {client_v}");
-    assert!(server_v.starts_with("PASS"), "server: {server_v}");
-    assert!(client_v.starts_with("PASS"), "client: {client_v}");
-    for v in [server_v, client_v] {
-        assert!(field(v, "received") >= 100, "too few messages: {v}");
-        assert!(
-            field(v, "max_gap_ms") >= pause_ms,
-            "the stream never paused for the dump: {v}"
-        );
-        assert!(
-            field(v, "after_gap") >= 20,
-            "the stream did not go on after the restore: {v}"
-        );
-    }
-}
-
 #[test]
 fn tcpstream_plain_passes_and_detects_a_skipped_message() {
     for (corrupt, expect) in [(false, None), (true, Some("expected message 100, got 101"))] {
@@ -477,54 +442,6 @@ fn tcpstream_server_dumped_and_restored_in_place_keeps_its_client() {
 }
 
 // ---- 4. the server moves to another network namespace ------------------------------
-
-/// Network namespaces (and through them their veths) made by a test,
-/// deleted when it ends.
-struct Netns {
-    names: Vec<String>,
-}
-
-impl Netns {
-    fn ip(args: &[&str]) {
-        let out = std::process::Command::new("ip").args(args).output().expect("run ip");
-        assert!(
-            out.status.success(),
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn add(&mut self, name: &str) {
-        Netns::ip(&["netns", "add", name]);
-        self.names.push(name.to_string());
-        Netns::ip(&["-n", name, "link", "set", "lo", "up"]);
-    }
-
-    /// A veth pair between namespaces `a` and `b` with an address on each end.
-    fn link(a: &str, a_dev: &str, a_ip: &str, b: &str, b_dev: &str, b_ip: &str) {
-        Netns::ip(&["link", "add", a_dev, "type", "veth", "peer", "name", b_dev]);
-        Netns::ip(&["link", "set", a_dev, "netns", a]);
-        Netns::ip(&["link", "set", b_dev, "netns", b]);
-        for (ns, dev, ip) in [(a, a_dev, a_ip), (b, b_dev, b_ip)] {
-            Netns::ip(&["-n", ns, "addr", "add", ip, "dev", dev]);
-            Netns::ip(&["-n", ns, "link", "set", dev, "up"]);
-        }
-    }
-
-    fn del(&mut self, name: &str) {
-        Netns::ip(&["netns", "del", name]);
-        self.names.retain(|n| n != name);
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for n in &self.names {
-            let _ = std::process::Command::new("ip").args(["netns", "del", n]).output();
-        }
-    }
-}
 
 /// Runs cryo inside network namespace `ns` (nsenter switches only the
 /// network namespace).
@@ -638,7 +555,7 @@ fn judge_restored_stream(rpid: i32, cw: &Workload, slog: &std::path::Path, clog:
     cw.usr1().expect("usr1");
     let sv = cryo_integration::wait_for_nth_verdict(slog, 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     let cv = cryo_integration::wait_for_nth_verdict(clog, 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    judge_stream(&sv, &cv, pause_ms);
+    judge_stream(&sv, &cv, pause_ms, "dump");
 }
 
 #[test]
@@ -651,7 +568,7 @@ fn tcpstream_server_moves_to_another_network_namespace_and_keeps_its_client() {
         format!("cryo-a-{tag}"),
         format!("cryo-b-{tag}"),
     );
-    let mut ns = Netns { names: vec![] };
+    let mut ns = Netns::new();
     for n in [&nc, &na] {
         ns.add(n);
     }
@@ -699,7 +616,7 @@ fn nlsk_roundtrip() {
 /// A network namespace where every group may open ping sockets.
 fn ping_netns(tag: &str) -> (Netns, String) {
     let name = format!("cryo-{tag}-{}", std::process::id());
-    let mut ns = Netns { names: vec![] };
+    let mut ns = Netns::new();
     ns.add(&name);
     let out = std::process::Command::new("nsenter")
         .arg(format!("--net=/run/netns/{name}"))
@@ -787,7 +704,7 @@ fn pktsk_roundtrip() {
 fn missing_interface_at_restore_fails_cleanly() {
     cryo_integration::require_root!();
     let tag = format!("pkt-{}", std::process::id());
-    let mut ns = Netns { names: vec![] };
+    let mut ns = Netns::new();
     ns.add(&tag);
     Netns::ip(&[
         "-n",
@@ -890,7 +807,7 @@ fn tree_netns(tag: &str, sc: &Scratch) -> (Netns, String, String, Workload, Stri
         format!("cryo-h{tag}-{}", std::process::id()),
         format!("cryo-n{tag}-{}", std::process::id()),
     );
-    let mut ns = Netns { names: vec![] };
+    let mut ns = Netns::new();
     ns.add(&h);
     ns.add(&a);
     Netns::link(&h, "cryoh0", "10.213.8.1/24", &a, "cryon0", "10.213.8.2/24");

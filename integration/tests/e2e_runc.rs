@@ -16,6 +16,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use cryo_integration::ctr::{busybox_rootfs, have, marked_pids};
+use cryo_integration::netns::{judge_stream, Netns};
 use cryo_integration::{cryo_bin, describe, log_tail, s, Cleanup, TempDir, LINE_TIMEOUT};
 
 const HOSTNAME: &str = "cryoctr";
@@ -811,45 +812,6 @@ fn criu_cli_dump_and_restore_of_a_runc_container() {
 
 // ---- a container whose TCP server has a client outside it ----------------------
 
-/// Network namespaces (and through them their veths) made by a test,
-/// deleted on drop.
-struct Netns(Vec<String>);
-
-impl Netns {
-    fn ip(args: &[&str]) {
-        let out = Command::new("ip").args(args).output().expect("run ip");
-        assert!(out.status.success(), "ip {}: {}", args.join(" "), describe(&out));
-    }
-
-    fn add(&mut self, name: &str) {
-        Netns::ip(&["netns", "add", name]);
-        self.0.push(name.to_string());
-        Netns::ip(&["-n", name, "link", "set", "lo", "up"]);
-    }
-
-    /// The cryo_tcp_* lock tables in namespace `name` now.
-    fn lock_tables(name: &str) -> Vec<String> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", name, "nft", "list", "tables"])
-            .output()
-            .expect("run nft (hack/setup installs nftables)");
-        assert!(out.status.success(), "nft list tables in {name}: {}", describe(&out));
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.contains("cryo_tcp_"))
-            .map(str::to_string)
-            .collect()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for n in &self.0 {
-            let _ = Command::new("ip").args(["netns", "del", n]).output();
-        }
-    }
-}
-
 /// Copies `bin` into the rootfs as /bin/NAME with the shared libraries
 /// ldd lists for it, at the same paths (none for a static binary).
 fn install_in_rootfs(rootfs: &Path, bin: &Path, name: &str) {
@@ -863,14 +825,6 @@ fn install_in_rootfs(rootfs: &Path, bin: &Path, name: &str) {
         fs::create_dir_all(dst.parent().unwrap()).unwrap();
         fs::copy(lib, &dst).unwrap_or_else(|e| panic!("copy {lib}: {e}"));
     }
-}
-
-/// The `key=value` number in a tcpstream verdict.
-fn field(v: &str, key: &str) -> u64 {
-    v.split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{key}=")))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no {key}= in {v:?}"))
 }
 
 /// A runc container whose network namespace is one the test made (given
@@ -887,17 +841,11 @@ fn runc_container_tcp_server_keeps_its_outside_client_across_checkpoint_and_rest
     let Some(r) = Runc::new("runc-tcp") else { return };
     let tag = std::process::id();
     let (ncl, nct) = (format!("cryo-rtc-{tag}"), format!("cryo-rts-{tag}"));
-    let mut nets = Netns(Vec::new());
+    let mut nets = Netns::new();
     nets.add(&ncl);
     nets.add(&nct);
     let (dc, ds) = (format!("crc{tag}"), format!("crs{tag}"));
-    Netns::ip(&["link", "add", &dc, "type", "veth", "peer", "name", &ds]);
-    Netns::ip(&["link", "set", &dc, "netns", &ncl]);
-    Netns::ip(&["link", "set", &ds, "netns", &nct]);
-    for (ns, dev, ip) in [(&ncl, &dc, "10.213.10.1/24"), (&nct, &ds, "10.213.10.2/24")] {
-        Netns::ip(&["-n", ns, "addr", "add", ip, "dev", dev]);
-        Netns::ip(&["-n", ns, "link", "set", dev, "up"]);
-    }
+    Netns::link(&ncl, &dc, "10.213.10.1/24", &nct, &ds, "10.213.10.2/24");
     // The server inside the container, in the namespace made above.
     let rootfs = r.bundle.join("rootfs");
     install_in_rootfs(&rootfs, cryo_integration::bin!("tcpstream"), "tcpstream");
@@ -1038,17 +986,5 @@ fn runc_container_tcp_server_keeps_its_outside_client_across_checkpoint_and_rest
     cw.usr1().expect("usr1");
     let sv = cryo_integration::wait_for_verdict(&slog, LINE_TIMEOUT).unwrap_or_else(|e| panic!("server: {e}"));
     let cv = cryo_integration::wait_for_verdict(&clog, LINE_TIMEOUT).unwrap_or_else(|e| panic!("client: {e}"));
-    eprintln!("server: {sv}\nclient: {cv}");
-    for v in [&sv, &cv] {
-        assert!(v.starts_with("PASS"), "{v}");
-        assert!(field(v, "received") >= 100, "too few messages: {v}");
-        assert!(
-            field(v, "max_gap_ms") >= 300,
-            "the stream never paused for the checkpoint: {v}"
-        );
-        assert!(
-            field(v, "after_gap") >= 20,
-            "the stream did not go on after the restore: {v}"
-        );
-    }
+    judge_stream(&sv, &cv, 300, "checkpoint");
 }
