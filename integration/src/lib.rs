@@ -12,10 +12,12 @@
 //! Everything that needs root is gated with [`require_root!`], which skips
 //! loudly.
 
+pub mod ctr;
 pub mod cycle;
 pub mod e2e;
 pub mod hosts;
 pub mod member;
+pub mod netns;
 pub mod probe;
 pub mod wl;
 

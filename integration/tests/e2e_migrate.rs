@@ -91,8 +91,8 @@ impl Server {
         std::fs::read_to_string(&self.err).unwrap_or_default()
     }
 
-    /// Waits for the server to exit; (success, stdout, stderr).
-    fn finish(mut self) -> (bool, String, String) {
+    /// Waits for the server to exit.
+    fn finish(mut self) -> Finished {
         let end = Instant::now() + STEP;
         let st = loop {
             if let Ok(Some(st)) = self.child.try_wait() {
@@ -101,12 +101,30 @@ impl Server {
             assert!(Instant::now() < end, "page-server pid {} did not finish", self.pid);
             std::thread::sleep(Duration::from_millis(10));
         };
-        (
-            st.success(),
-            std::fs::read_to_string(&self.out).unwrap_or_default(),
-            self.stderr(),
-        )
+        Finished {
+            ok: st.success(),
+            out: std::fs::read_to_string(&self.out).unwrap_or_default(),
+            err: self.stderr(),
+            dir: self.dir.clone(),
+            pidfile: self.pidfile.clone(),
+        }
     }
+
+    /// Waits for the server to exit and asserts it succeeded.
+    fn finish_ok(self) -> Finished {
+        let f = self.finish();
+        assert!(f.ok, "page-server: {}\n{}", f.out, f.err);
+        f
+    }
+}
+
+/// A page server that exited: its status, output, and where it wrote.
+struct Finished {
+    ok: bool,
+    out: String,
+    err: String,
+    dir: PathBuf,
+    pidfile: PathBuf,
 }
 
 /// Runs `cryo args...` in the network namespace NS.
@@ -147,6 +165,28 @@ fn dirtier(h: &Hosts, sc: &Scratch, mib: u32) -> Workload {
 
 fn hosts() -> Hosts {
     Hosts::new().unwrap_or_else(|e| panic!("cannot create the test hosts: {e}"))
+}
+
+/// The two hosts, a scratch directory TAG, a dirtier of MIB MiB in host A
+/// and a page server in host B.
+fn setup(tag: &str, mib: u32) -> (Hosts, Scratch, Workload, Server) {
+    let h = hosts();
+    let sc = Scratch::new(tag);
+    let w = dirtier(&h, &sc, mib);
+    let srv = Server::start(&h, &sc, "1");
+    (h, sc, w, srv)
+}
+
+/// `cryo ARGS --pidfile PIDFILE` in host B, asserted to succeed (a failure
+/// names WHAT); its output and the restored pid.
+fn restore_on_b(h: &Hosts, sc: &Scratch, pidfile: &str, args: &[&str], what: &str) -> (Output, i32) {
+    let pf = sc.path(pidfile);
+    sc.cl.pidfile(&pf);
+    let mut full = args.to_vec();
+    full.extend_from_slice(&["--pidfile", s(&pf)]);
+    let out = cryo_in(&h.b, &full);
+    assert!(out.status.success(), "{what}: {}", describe(&out));
+    (out, read_pidfile(&pf).unwrap())
 }
 
 /// The workload restored on B: in B's network namespace, passes its check.
@@ -219,21 +259,52 @@ fn migrate_args<'a>(pid: &'a str, to: &'a str, log: &'a str, extra: &[&'a str]) 
     a
 }
 
-#[test]
-fn migrate_precopy_between_hosts() {
-    require_root!();
-    let h = hosts();
-    let sc = Scratch::new("mig-pre");
-    let mut w = dirtier(&h, &sc, 64);
-    let srv = Server::start(&h, &sc, "1");
+/// `cryo migrate` of W from host A to SRV (with EXTRA), asserted to succeed.
+fn migrate_ok(h: &Hosts, sc: &Scratch, w: &Workload, srv: &Server, extra: &[&str]) -> Output {
     let (pid, to, log) = (w.pid.to_string(), srv.to(), sc.path("migrate.log"));
-    let out = cryo_in(&h.a, &migrate_args(&pid, &to, s(&log), &[]));
+    let out = cryo_in(&h.a, &migrate_args(&pid, &to, s(&log), extra));
     assert!(
         out.status.success(),
         "migrate: {}\n{}",
         describe(&out),
         log_tail(&log, 20)
     );
+    out
+}
+
+/// `cryo migrate` (ARGS) spawned in host A, silent, its pid under cleanup.
+fn spawn_migrate(h: &Hosts, sc: &Scratch, args: &[&str]) -> Child {
+    let mig = Hosts::cmd(&h.a, &cryo_bin(), args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    sc.cl.pid(mig.id() as i32);
+    mig
+}
+
+/// The number that starts the text after the first MARKER in S (0 if none).
+fn number_after(s: &str, marker: &str) -> u64 {
+    s.split(marker)
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Wakes the restored RPID and waits for the Nth verdict in LOG, a PASS;
+/// a failure names WHAT.
+fn usr1_expect_pass(rpid: i32, log: &Path, nth: usize, what: &str) {
+    cryo_integration::signal(rpid, libc::SIGUSR1).unwrap();
+    let v = wait_for_nth_verdict(log, nth, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{what}{e}"));
+    assert!(v.starts_with("PASS"), "{what}{v}");
+}
+
+#[test]
+fn migrate_precopy_between_hosts() {
+    require_root!();
+    let (h, sc, mut w, srv) = setup("mig-pre", 64);
+    let out = migrate_ok(&h, &sc, &w, &srv, &[]);
     let so = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(so.contains("pages from the rounds"), "{so}");
     // The final dump took most pages from the pre-copy rounds.
@@ -243,50 +314,33 @@ fn migrate_precopy_between_hosts() {
         .and_then(|p| p.split_whitespace().next()?.parse().ok())
         .unwrap_or(0);
     assert!(parent > 8000, "pre-copy should carry most of 64 MiB: {so}");
-    let pf = srv.pidfile.clone();
-    let dir = srv.dir.clone();
-    let (ok, sout, serr) = srv.finish();
-    assert!(ok, "page-server: {sout}\n{serr}");
+    let Finished { pidfile: pf, dir, .. } = srv.finish_ok();
     assert!(dir.join("pre-1").is_dir() && dir.join("parent").exists());
     verify_on_b(&h, &pf, &mut w, "pre-copy");
     // The received images (with their pre-copy chain) restore again, with
     // the parent pages served lazily by `cryo restore --lazy-pages`.
-    let pf2 = sc.path("pidfile-lazy");
-    sc.cl.pidfile(&pf2);
-    let out = cryo_in(&h.b, &["restore", "-D", s(&dir), "--lazy-pages", "--pidfile", s(&pf2)]);
-    assert!(out.status.success(), "restore --lazy-pages: {}", describe(&out));
+    let (out, rpid) = restore_on_b(
+        &h,
+        &sc,
+        "pidfile-lazy",
+        &["restore", "-D", s(&dir), "--lazy-pages"],
+        "restore --lazy-pages",
+    );
     let so = String::from_utf8_lossy(&out.stdout);
     assert!(so.contains("lazy pages:"), "{so}");
-    let rpid = read_pidfile(&pf2).unwrap();
-    cryo_integration::signal(rpid, libc::SIGUSR1).unwrap();
-    let v = wait_for_nth_verdict(&w.log, 2, LINE_TIMEOUT).unwrap_or_else(|e| panic!("[lazy restore] {e}"));
-    assert!(v.starts_with("PASS"), "[lazy restore] {v}");
+    usr1_expect_pass(rpid, &w.log, 2, "[lazy restore] ");
 }
 
 #[test]
 fn migrate_lazy_pages_between_hosts() {
     require_root!();
-    let h = hosts();
-    let sc = Scratch::new("mig-lazy");
-    let mut w = dirtier(&h, &sc, 64);
-    let srv = Server::start(&h, &sc, "1");
-    let (pid, to, log) = (w.pid.to_string(), srv.to(), sc.path("migrate.log"));
-    let out = cryo_in(&h.a, &migrate_args(&pid, &to, s(&log), &["--lazy-pages"]));
-    assert!(
-        out.status.success(),
-        "migrate: {}\n{}",
-        describe(&out),
-        log_tail(&log, 20)
-    );
-    let pf = srv.pidfile.clone();
-    let (ok, sout, serr) = srv.finish();
-    assert!(ok, "page-server: {sout}\n{serr}");
+    let (h, sc, mut w, srv) = setup("mig-lazy", 64);
+    migrate_ok(&h, &sc, &w, &srv, &["--lazy-pages"]);
+    let Finished {
+        pidfile: pf, out: sout, ..
+    } = srv.finish_ok();
     // The page server copied the pre-copied memory after the tree ran.
-    let kib: u64 = sout
-        .split("lazy pages: ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
+    let kib = number_after(&sout, "lazy pages: ");
     assert!(kib > 32 << 10, "lazy pages should carry most of 64 MiB: {sout}");
     verify_on_b(&h, &pf, &mut w, "lazy pages");
 }
@@ -294,48 +348,38 @@ fn migrate_lazy_pages_between_hosts() {
 #[test]
 fn migrate_without_precopy_between_hosts() {
     require_root!();
-    let h = hosts();
-    let sc = Scratch::new("mig-full");
-    let mut w = dirtier(&h, &sc, 32);
-    let srv = Server::start(&h, &sc, "1");
-    let (pid, to, log) = (w.pid.to_string(), srv.to(), sc.path("migrate.log"));
-    let out = cryo_in(&h.a, &migrate_args(&pid, &to, s(&log), &["--no-pre-copy"]));
-    assert!(
-        out.status.success(),
-        "migrate: {}\n{}",
-        describe(&out),
-        log_tail(&log, 20)
-    );
-    let pf = srv.pidfile.clone();
-    let (ok, sout, serr) = srv.finish();
-    assert!(ok, "page-server: {sout}\n{serr}");
+    let (h, sc, mut w, srv) = setup("mig-full", 32);
+    migrate_ok(&h, &sc, &w, &srv, &["--no-pre-copy"]);
+    let pf = srv.finish_ok().pidfile;
     verify_on_b(&h, &pf, &mut w, "no pre-copy");
 }
 
 #[test]
 fn dump_to_page_server_then_restore_on_b() {
     require_root!();
-    let h = hosts();
-    let sc = Scratch::new("mig-ps");
-    let mut w = dirtier(&h, &sc, 16);
-    let srv = Server::start(&h, &sc, "1");
+    let (h, sc, mut w, srv) = setup("mig-ps", 16);
     let (pid, to) = (w.pid.to_string(), srv.to());
     let out = cryo_in(&h.a, &["dump", "-t", &pid, "--page-server", &to]);
     assert!(out.status.success(), "dump --page-server: {}", describe(&out));
-    let dir = srv.dir.clone();
-    let (ok, sout, serr) = srv.finish();
+    let Finished {
+        ok,
+        out: sout,
+        err: serr,
+        dir,
+        ..
+    } = srv.finish();
     assert!(ok && sout.contains("images received"), "page-server: {sout}\n{serr}");
     assert!(dir.join("inventory.img").exists() && !dir.join(".incoming").exists());
     assert!(w.wait_exit(GONE_TIMEOUT).is_some(), "source still runs");
-    let pf = sc.path("pidfile-restore");
-    sc.cl.pidfile(&pf);
-    let out = cryo_in(&h.b, &["restore", "-D", s(&dir), "-d", "--pidfile", s(&pf)]);
-    assert!(out.status.success(), "restore on B: {}", describe(&out));
-    let rpid = read_pidfile(&pf).unwrap();
+    let (_, rpid) = restore_on_b(
+        &h,
+        &sc,
+        "pidfile-restore",
+        &["restore", "-D", s(&dir), "-d"],
+        "restore on B",
+    );
     assert_eq!(pid_net_ino(rpid), Hosts::net_ino(&h.b));
-    cryo_integration::signal(rpid, libc::SIGUSR1).unwrap();
-    let v = wait_for_verdict(&w.log, LINE_TIMEOUT).unwrap();
-    assert!(v.starts_with("PASS"), "{v}");
+    usr1_expect_pass(rpid, &w.log, 1, "");
 }
 
 #[test]
@@ -372,8 +416,7 @@ fn port_in_use_and_nobody_listening() {
     let mut w = dirtier(&h, &sc, 8);
     let first = Server::start(&h, &sc, "1");
     let second = Server::start_at(&h, &sc, "2", first.port);
-    let dir2 = second.dir.clone();
-    let (ok, _, err) = second.finish();
+    let Finished { ok, err, dir: dir2, .. } = second.finish();
     assert!(!ok, "a second page-server on port {} started", first.port);
     let err = err.trim();
     assert!(
@@ -416,10 +459,7 @@ fn destination_dies_mid_transfer() {
 }
 
 fn destination_dies(extra: &[&str], file: &str) {
-    let h = hosts();
-    let sc = Scratch::new("mig-dstdie");
-    let mut w = dirtier(&h, &sc, 256);
-    let srv = Server::start(&h, &sc, "1");
+    let (h, sc, mut w, srv) = setup("mig-dstdie", 256);
     let (pid, to, log) = (w.pid.to_string(), srv.to(), sc.path("migrate.log"));
     let args: Vec<String> = migrate_args(&pid, &to, s(&log), extra)
         .into_iter()
@@ -434,31 +474,25 @@ fn destination_dies(extra: &[&str], file: &str) {
     assert!(!out.status.success(), "migrate succeeded without a destination");
     assert!(!e.contains('\n') && e.contains("Lost the page server"), "{e}");
     assert_dst_clean(&srv.dir, "destination died");
-    let pf = srv.pidfile.clone();
-    verify_still_on_a(&pf, &mut w, "destination died");
+    verify_still_on_a(&srv.pidfile, &mut w, "destination died");
 }
 
 #[test]
 fn source_cryo_killed_mid_way() {
     require_root!();
-    let h = hosts();
-    let sc = Scratch::new("mig-srcdie");
-    let mut w = dirtier(&h, &sc, 256);
-    let srv = Server::start(&h, &sc, "1");
+    let (h, sc, mut w, srv) = setup("mig-srcdie", 256);
     let (pid, to) = (w.pid.to_string(), srv.to());
-    let mut mig = Hosts::cmd(&h.a, &cryo_bin(), &["migrate", "-t", &pid, "--to", &to])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    sc.cl.pid(mig.id() as i32);
+    let mut mig = spawn_migrate(&h, &sc, &["migrate", "-t", &pid, "--to", &to]);
     wait_receiving(&srv.dir, "pre-1/pages-1.img", 4 << 20);
     cryo_integration::kill_pid(mig.id() as i32);
     let _ = mig.wait();
-    let dir = srv.dir.clone();
-    let pf = srv.pidfile.clone();
-    let (ok, _, err) = srv.finish();
+    let Finished {
+        ok,
+        err,
+        dir,
+        pidfile: pf,
+        ..
+    } = srv.finish();
     assert!(!ok, "page-server succeeded without its sender");
     assert!(err.trim().contains("connection closed by the peer"), "{err}");
     assert!(!dir.join(".incoming").exists(), "partial images left on B");
@@ -515,8 +549,7 @@ fn page_server_refuses_garbage_and_unknown_pids() {
     // Garbage.
     let srv = Server::start(&h, &sc, "1");
     send_raw(&h, srv.to(), b"GET / HTTP/1.1\r\nHost: cryo\r\n\r\n".to_vec());
-    let dir = srv.dir.clone();
-    let (ok, _, err) = srv.finish();
+    let Finished { ok, err, dir, .. } = srv.finish();
     let err = err.trim();
     assert!(
         !ok && !err.contains('\n') && err.contains("not a cryo migration stream"),
@@ -533,8 +566,7 @@ fn page_server_refuses_garbage_and_unknown_pids() {
     fb.extend_from_slice(b"pre-1/pagemap-999.img");
     st.extend(frame(2, &fb));
     let back = send_raw(&h, srv.to(), st);
-    let dir = srv.dir.clone();
-    let (ok, _, err) = srv.finish();
+    let Finished { ok, err, dir, .. } = srv.finish();
     assert!(!ok && err.contains("pages for unknown process 999"), "{err}");
     assert!(
         String::from_utf8_lossy(&back).contains("unknown process 999"),
@@ -587,10 +619,7 @@ fn corrupted_stream_resumes_the_source() {
 }
 
 fn corrupted(extra: &[&str]) {
-    let h = hosts();
-    let sc = Scratch::new("mig-corrupt");
-    let mut w = dirtier(&h, &sc, 16);
-    let srv = Server::start(&h, &sc, "1");
+    let (h, sc, mut w, srv) = setup("mig-corrupt", 16);
     let (port, proxy) = corrupting_proxy(&h, srv.to(), 5 << 20);
     let (pid, log) = (w.pid.to_string(), sc.path("migrate.log"));
     let to = format!("{ADDR_B}:{port}");
@@ -601,9 +630,13 @@ fn corrupted(extra: &[&str]) {
         !e.contains('\n') && (e.contains("corrupted") || e.contains("checksum")),
         "{e}"
     );
-    let dir = srv.dir.clone();
-    let pf = srv.pidfile.clone();
-    let (ok, _, err) = srv.finish();
+    let Finished {
+        ok,
+        err,
+        dir,
+        pidfile: pf,
+        ..
+    } = srv.finish();
     assert!(!ok && (err.contains("corrupted") || err.contains("checksum")), "{err}");
     let _ = proxy.join();
     assert_dst_clean(&dir, "corrupted");
@@ -700,9 +733,7 @@ fn pre_dump_chain_then_dump_and_restore() {
     assert!(out.status.success(), "restore: {}", describe(&out));
     let rpid = read_pidfile(&pf).unwrap();
     assert!(uffd_fds(rpid).is_empty(), "the restored task has a userfaultfd");
-    cryo_integration::signal(rpid, libc::SIGUSR1).unwrap();
-    let v = wait_for_verdict(&log, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    assert!(v.starts_with("PASS"), "{v}");
+    usr1_expect_pass(rpid, &log, 1, "");
 }
 
 /// Post-copy from the source: no pre-copy; the destination restores the
@@ -711,35 +742,15 @@ fn pre_dump_chain_then_dump_and_restore() {
 #[test]
 fn migrate_post_copy_between_hosts() {
     require_root!();
-    let h = hosts();
-    let sc = Scratch::new("mig-post");
-    let mut w = dirtier(&h, &sc, 64);
-    let srv = Server::start(&h, &sc, "1");
-    let (pid, to, log) = (w.pid.to_string(), srv.to(), sc.path("migrate.log"));
-    let out = cryo_in(
-        &h.a,
-        &migrate_args(&pid, &to, s(&log), &["--lazy-pages", "--no-pre-copy"]),
-    );
-    assert!(
-        out.status.success(),
-        "migrate: {}\n{}",
-        describe(&out),
-        log_tail(&log, 20)
-    );
+    let (h, sc, mut w, srv) = setup("mig-post", 64);
+    let out = migrate_ok(&h, &sc, &w, &srv, &["--lazy-pages", "--no-pre-copy"]);
     let so = String::from_utf8_lossy(&out.stdout).to_string();
-    let kib: u64 = so
-        .split("post-copy ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
+    let kib = number_after(&so, "post-copy ");
     assert!(
         kib > 60 << 10,
         "the destination should fetch the 64 MiB after the restore: {so}"
     );
-    let pf = srv.pidfile.clone();
-    let dir = srv.dir.clone();
-    let (ok, sout, serr) = srv.finish();
-    assert!(ok, "page-server: {sout}\n{serr}");
+    let Finished { pidfile: pf, dir, .. } = srv.finish_ok();
     let pages: u64 = std::fs::read_dir(&dir)
         .unwrap()
         .flatten()
@@ -756,22 +767,13 @@ fn migrate_post_copy_between_hosts() {
 #[test]
 fn source_cryo_killed_during_post_copy() {
     require_root!();
-    let h = hosts();
-    let sc = Scratch::new("mig-postdie");
-    let w = dirtier(&h, &sc, 256);
-    let srv = Server::start(&h, &sc, "1");
+    let (h, sc, w, srv) = setup("mig-postdie", 256);
     let (pid, to) = (w.pid.to_string(), srv.to());
-    let mut mig = Hosts::cmd(
-        &h.a,
-        &cryo_bin(),
+    let mut mig = spawn_migrate(
+        &h,
+        &sc,
         &["migrate", "-t", &pid, "--to", &to, "--lazy-pages", "--no-pre-copy"],
-    )
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
-    sc.cl.pid(mig.id() as i32);
+    );
     wait_for_line(&srv.out, "cryo page-server: restored, pid", STEP)
         .unwrap_or_else(|e| panic!("no restore on B: {e}; {}", srv.stderr()));
     let rpid = read_pidfile(&srv.pidfile).unwrap();
@@ -782,7 +784,7 @@ fn source_cryo_killed_during_post_copy() {
     for i in 0..4 {
         let _ = std::fs::remove_dir_all(format!("/dev/shm/cryo-migrate-{}-{i}", mig.id()));
     }
-    let (ok, _, err) = srv.finish();
+    let Finished { ok, err, .. } = srv.finish();
     assert!(!ok && err.contains("Post-copy failed"), "page-server: {err}");
     assert!(
         wait_pid_exited(rpid, GONE_TIMEOUT) || !pid_running(rpid),

@@ -10,6 +10,20 @@ use cryo_integration::{bin, one_line_error, pid_running, run_cryo, s, wait_for_v
 use std::time::Duration;
 
 use cryo_integration::cycle::*;
+use cryo_integration::netns::{field, judge_stream, Netns};
+
+/// The KEY parts (isk, nlsk, psk...) of the entries of files.img in IMG, as
+/// crit decodes them.
+fn files_entries(img: &std::path::Path, key: &str) -> Vec<serde_json::Value> {
+    let files = crit_json(&img.join("files.img"));
+    files["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e.get(key))
+        .cloned()
+        .collect()
+}
 
 // ---- 1. listeners and datagram sockets ---------------------------------------
 
@@ -24,13 +38,7 @@ fn inetsk_roundtrip() {
     cryo_integration::require_root!();
     let (v, images, sc) = roundtrip("inetsk", bin!("inetsk"), &[]);
     assert!(v.starts_with("PASS"), "{v}");
-    let files = crit_json(&sc.img.join("files.img"));
-    let isk: Vec<&serde_json::Value> = files["entries"]
-        .as_array()
-        .expect("entries")
-        .iter()
-        .filter_map(|e| e.get("isk"))
-        .collect();
+    let isk = files_entries(&sc.img, "isk");
     assert_eq!(isk.len(), 6, "inet sockets in files.img: {isk:?}");
     assert!(
         isk.iter().any(|e| e["state"] == 10 && e["backlog"] == 7),
@@ -53,7 +61,7 @@ struct TestNet {
 impl TestNet {
     fn new(tag: &str) -> TestNet {
         let name = format!("cryo-t{tag}-{}", std::process::id());
-        let mut ns = Netns { names: vec![] };
+        let mut ns = Netns::new();
         ns.add(&name);
         TestNet { ns, name }
     }
@@ -83,20 +91,31 @@ impl TestNet {
 
     /// A successful dump (log and -v4 in the scratch directory).
     fn dump(&self, sc: &Scratch, pid: i32, extra: &[&str]) {
-        let pid = pid.to_string();
-        let mut args = vec!["dump", "-t", &pid, "-D", s(&sc.img)];
-        args.extend_from_slice(extra);
-        cryo_in(&self.name, &args, &sc.path("dump.log"));
+        dump_in(&self.name, sc, pid, extra);
     }
 
     /// A successful `restore -d --pidfile`; the restored pid.
     fn restore(&self, sc: &Scratch, tag: &str, extra: &[&str]) -> i32 {
-        let pf = sc.path(&format!("pidfile-{tag}"));
-        sc.cl.pidfile(&pf);
-        let mut args = vec!["restore", "-D", s(&sc.img), "-d", "--pidfile", s(&pf)];
-        args.extend_from_slice(extra);
-        cryo_in(&self.name, &args, &sc.path(&format!("restore-{tag}.log")));
-        cryo_integration::read_pidfile(&pf).unwrap_or_else(|e| panic!("{e}"))
+        restore_in(
+            &self.name,
+            sc,
+            &format!("pidfile-{tag}"),
+            &format!("restore-{tag}.log"),
+            extra,
+        )
+    }
+
+    /// After a dump that was refused or failed: the tree runs on, no lock
+    /// is left (a leftover one is blamed on WHAT), and the workload passes
+    /// its check and exits 0.
+    fn runs_on_unlocked(&self, sc: &Scratch, w: Workload, what: &str) {
+        assert!(pid_running(w.pid), "the tree must run on after a failed dump");
+        assert!(
+            self.lock_tables().is_empty(),
+            "{what} left a lock: {:?}",
+            self.lock_tables()
+        );
+        passes_and_exits(sc, w);
     }
 
     /// Dump (the original must be killed), crit, restore -d, SIGUSR1: the
@@ -121,16 +140,7 @@ impl TestNet {
 
     /// The lock tables in the namespace now.
     fn lock_tables(&self) -> Vec<String> {
-        let out = std::process::Command::new("nsenter")
-            .arg(self.net_arg())
-            .args(["--", "nft", "list", "tables"])
-            .output()
-            .expect("run nft (hack/setup installs nftables)");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.contains("cryo_tcp_"))
-            .map(str::to_string)
-            .collect()
+        Netns::lock_tables(&self.name)
     }
 
     /// A process in the namespace listening on 127.0.0.1:`port` until the
@@ -190,12 +200,9 @@ fn tcpconn_established(v6: bool, half: bool) {
     assert_eq!(streams.len(), 4, "one stream per end of both connections: {streams:?}");
     // The half-closed pair was dumped in FIN_WAIT2 and CLOSE_WAIT, and with
     // --half the full one's client in FIN_WAIT1.
-    let files = crit_json(&sc.img.join("files.img"));
-    let states: Vec<u64> = files["entries"]
-        .as_array()
-        .expect("entries")
+    let states: Vec<u64> = files_entries(&sc.img, "isk")
         .iter()
-        .filter_map(|e| e.get("isk").and_then(|i| i["state"].as_u64()))
+        .filter_map(|i| i["state"].as_u64())
         .collect();
     for want in [5, 8] {
         assert!(states.contains(&want), "state {want} in {states:?}");
@@ -245,7 +252,7 @@ fn established_connection_without_the_flag_is_refused_and_the_tree_runs_on() {
     cryo_integration::require_root!();
     let t = TestNet::new("b");
     let sc = Scratch::new("tcpconn-refused");
-    let mut w = t.spawn(&sc, bin!("tcpconn"), &[]);
+    let w = t.spawn(&sc, bin!("tcpconn"), &[]);
     let pid = w.pid.to_string();
     let out = t.cryo(&["dump", "-t", &pid, "-D", s(&sc.img)]);
     let err = one_line_error(&out, "dump of a live TCP connection");
@@ -260,16 +267,7 @@ fn established_connection_without_the_flag_is_refused_and_the_tree_runs_on() {
         !sc.img.join("inventory.img").exists(),
         "a failed dump left an inventory.img"
     );
-    assert!(pid_running(w.pid), "the tree must run on after a failed dump");
-    assert!(
-        t.lock_tables().is_empty(),
-        "a refused dump left a lock: {:?}",
-        t.lock_tables()
-    );
-    w.usr1().expect("SIGUSR1");
-    let v = wait_for_verdict(&sc.path("wl.log"), LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    assert!(v.starts_with("PASS"), "{v}");
-    assert_eq!(w.wait_exit(GONE_TIMEOUT).and_then(|s| s.code()), Some(0));
+    t.runs_on_unlocked(&sc, w, "a refused dump");
 }
 
 #[test]
@@ -277,7 +275,7 @@ fn listener_with_a_connection_not_yet_accepted_is_refused() {
     cryo_integration::require_root!();
     let t = TestNet::new("c");
     let sc = Scratch::new("tcpconn-pending");
-    let mut w = t.spawn(&sc, bin!("tcpconn"), &["--pending"]);
+    let w = t.spawn(&sc, bin!("tcpconn"), &["--pending"]);
     let pid = w.pid.to_string();
     let out = t.cryo(&["dump", "-t", &pid, "-D", s(&sc.img), "--tcp-established"]);
     let err = one_line_error(&out, "dump of a listener with a pending connection");
@@ -287,16 +285,7 @@ fn listener_with_a_connection_not_yet_accepted_is_refused() {
     ] {
         assert!(err.contains(must), "the error should contain {must:?}: {err}");
     }
-    assert!(pid_running(w.pid), "the tree must run on after a failed dump");
-    assert!(
-        t.lock_tables().is_empty(),
-        "a refused dump left a lock: {:?}",
-        t.lock_tables()
-    );
-    w.usr1().expect("SIGUSR1");
-    let v = wait_for_verdict(&sc.path("wl.log"), LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    assert!(v.starts_with("PASS"), "{v}");
-    assert_eq!(w.wait_exit(GONE_TIMEOUT).and_then(|s| s.code()), Some(0));
+    t.runs_on_unlocked(&sc, w, "a refused dump");
 }
 
 /// After the connections were locked and put into repair mode, the dump
@@ -307,21 +296,12 @@ fn dump_failing_after_repair_leaves_the_connections_intact() {
     cryo_integration::require_root!();
     let t = TestNet::new("d");
     let sc = Scratch::new("tcpconn-badfd");
-    let mut w = t.spawn(&sc, bin!("tcpconn"), &["--badfd"]);
+    let w = t.spawn(&sc, bin!("tcpconn"), &["--badfd"]);
     let pid = w.pid.to_string();
     let out = t.cryo(&["dump", "-t", &pid, "-D", s(&sc.img), "--tcp-established"]);
     let err = one_line_error(&out, "dump with a fanout packet socket");
     assert!(err.contains("fanout groups are not supported"), "{err}");
-    assert!(pid_running(w.pid), "the tree must run on after a failed dump");
-    assert!(
-        t.lock_tables().is_empty(),
-        "a failed dump left a lock: {:?}",
-        t.lock_tables()
-    );
-    w.usr1().expect("SIGUSR1");
-    let v = wait_for_verdict(&sc.path("wl.log"), LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    assert!(v.starts_with("PASS"), "{v}");
-    assert_eq!(w.wait_exit(GONE_TIMEOUT).and_then(|s| s.code()), Some(0));
+    t.runs_on_unlocked(&sc, w, "a failed dump");
 }
 
 /// --leave-running: the tree goes on with its connections out of repair
@@ -331,7 +311,7 @@ fn leave_running_keeps_the_connections_working() {
     cryo_integration::require_root!();
     let t = TestNet::new("e");
     let sc = Scratch::new("tcpconn-leave");
-    let mut w = t.spawn(&sc, bin!("tcpconn"), &[]);
+    let w = t.spawn(&sc, bin!("tcpconn"), &[]);
     t.dump(&sc, w.pid, &["--tcp-established", "--leave-running"]);
     assert!(pid_running(w.pid), "--leave-running");
     assert!(
@@ -340,10 +320,7 @@ fn leave_running_keeps_the_connections_working() {
         t.lock_tables()
     );
     crit_decodes_all(&sc.img);
-    w.usr1().expect("SIGUSR1");
-    let v = wait_for_verdict(&sc.path("wl.log"), LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    assert!(v.starts_with("PASS"), "{v}");
-    assert_eq!(w.wait_exit(GONE_TIMEOUT).and_then(|s| s.code()), Some(0));
+    passes_and_exits(&sc, w);
 }
 
 #[test]
@@ -371,29 +348,13 @@ fn address_in_use_at_restore_fails_cleanly_and_lifts_the_lock() {
         "both connections stay locked until the restore"
     );
     // Somebody else takes the listener's address.
-    let files = crit_json(&sc.img.join("files.img"));
-    let port = files["entries"]
-        .as_array()
-        .expect("entries")
+    let port = files_entries(&sc.img, "isk")
         .iter()
-        .filter_map(|e| e.get("isk"))
         .find(|e| e["state"] == 10)
         .and_then(|e| e["src_port"].as_u64())
         .expect("a listener in files.img");
     let squatter = t.squat(&sc, port as u16);
-    let pf = sc.path("pidfile-bad");
-    sc.cl.pidfile(&pf);
-    let left_file = sc.path("leftover");
-    let reaper = bin!("reaper").to_str().expect("path").to_string();
-    let out = std::process::Command::new("nsenter")
-        .arg(t.net_arg())
-        .args(["--", &reaper, "--leftover", s(&left_file), "--"])
-        .arg(cryo_integration::cryo_bin())
-        .args(["restore", "-D", s(&sc.img), "-d", "--pidfile", s(&pf)])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run the restore");
-    let left = std::fs::read_to_string(&left_file).expect("the reaper's report");
+    let (out, pf, left) = failing_restore_in(&t.name, &sc);
     let left: Vec<&str> = left.lines().collect();
     let err = one_line_error(&out, "restore onto a used address");
     assert!(
@@ -410,40 +371,10 @@ fn address_in_use_at_restore_fails_cleanly_and_lifts_the_lock() {
     // The address is free again: the same images restore.
     drop(squatter);
     let rpid = t.restore(&sc, "2", &[]);
-    cryo_integration::signal(rpid, libc::SIGUSR1).unwrap_or_else(|e| panic!("{e}"));
-    let v =
-        cryo_integration::wait_for_nth_verdict(&sc.path("wl.log"), 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    assert!(v.starts_with("PASS"), "{v}");
+    restored_passes(rpid, &sc.path("wl.log"));
 }
 
 // ---- 3. the demonstration: a client outside the tree streams through a dump --------
-
-/// The `key=value` number in a verdict.
-fn field(v: &str, key: &str) -> u64 {
-    v.split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{key}=")))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no {key}= in {v:?}"))
-}
-
-/// Both verdicts of a stream whose server went through a dump and restore:
-/// PASS on both sides, a real pause, and messages in both directions after.
-fn judge_stream(server_v: &str, client_v: &str, pause_ms: u64) {
-    eprintln!("server: {server_v}\nclient: {client_v}");
-    assert!(server_v.starts_with("PASS"), "server: {server_v}");
-    assert!(client_v.starts_with("PASS"), "client: {client_v}");
-    for v in [server_v, client_v] {
-        assert!(field(v, "received") >= 100, "too few messages: {v}");
-        assert!(
-            field(v, "max_gap_ms") >= pause_ms,
-            "the stream never paused for the dump: {v}"
-        );
-        assert!(
-            field(v, "after_gap") >= 20,
-            "the stream did not go on after the restore: {v}"
-        );
-    }
-}
 
 #[test]
 fn tcpstream_plain_passes_and_detects_a_skipped_message() {
@@ -457,8 +388,7 @@ fn tcpstream_plain_passes_and_detects_a_skipped_message() {
             &["--role", "server"]
         };
         let sw = Workload::spawn(bin!("tcpstream"), sargs, &slog).expect("spawn server");
-        let port = cryo_integration::wait_for_line(&slog, "PORT ", LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-        let port = port.trim().trim_start_matches("PORT ").to_string();
+        let port = announced_port(&slog);
         let cw = Workload::spawn(bin!("tcpstream"), &["--role", "client", "--port", &port], &clog).expect("client");
         cw.wait_ready().unwrap_or_else(|e| panic!("{e}"));
         sw.wait_ready().unwrap_or_else(|e| panic!("{e}"));
@@ -491,21 +421,7 @@ fn tcpstream_server_dumped_and_restored_in_place_keeps_its_client() {
     let sc = Scratch::new("tcpstream");
     let slog = sc.path("wl.log");
     let clog = sc.path("client.log");
-    let tcpstream = bin!("tcpstream").to_str().expect("path").to_string();
-    let nsenter = std::path::Path::new("/usr/bin/nsenter");
-    let net = t.net_arg();
-    let mut sw = Workload::spawn(nsenter, &[&net, "--", &tcpstream, "--role", "server"], &slog).expect("server");
-    let port = cryo_integration::wait_for_line(&slog, "PORT ", LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    let port = port.trim().trim_start_matches("PORT ").to_string();
-    let cw = Workload::spawn(
-        nsenter,
-        &[&net, "--", &tcpstream, "--role", "client", "--port", &port],
-        &clog,
-    )
-    .expect("client");
-    cw.wait_ready().unwrap_or_else(|e| panic!("{e}"));
-    sw.wait_ready().unwrap_or_else(|e| panic!("{e}"));
-    std::thread::sleep(Duration::from_millis(400));
+    let (mut sw, cw) = stream_pair(&t.name, &t.name, &[], &slog, &clog);
     t.dump(&sc, sw.pid, &["--tcp-established"]);
     sw.wait_exit(GONE_TIMEOUT).expect("the original server is killed");
     assert_eq!(
@@ -522,65 +438,10 @@ fn tcpstream_server_dumped_and_restored_in_place_keeps_its_client() {
         "the lock outlived the restore: {:?}",
         t.lock_tables()
     );
-    // Data flows again once both sides retransmit.
-    cryo_integration::wait_for_line(&clog, "GAP ", Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e}"));
-    std::thread::sleep(Duration::from_millis(500));
-    cryo_integration::signal(rpid, libc::SIGUSR1).unwrap_or_else(|e| panic!("{e}"));
-    cw.usr1().expect("usr1");
-    let sv = cryo_integration::wait_for_nth_verdict(&slog, 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    let cv = cryo_integration::wait_for_nth_verdict(&clog, 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    judge_stream(&sv, &cv, 300);
+    judge_restored_stream(rpid, &cw, &slog, &clog, 300);
 }
 
 // ---- 4. the server moves to another network namespace ------------------------------
-
-/// Network namespaces (and through them their veths) made by a test,
-/// deleted when it ends.
-struct Netns {
-    names: Vec<String>,
-}
-
-impl Netns {
-    fn ip(args: &[&str]) {
-        let out = std::process::Command::new("ip").args(args).output().expect("run ip");
-        assert!(
-            out.status.success(),
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn add(&mut self, name: &str) {
-        Netns::ip(&["netns", "add", name]);
-        self.names.push(name.to_string());
-        Netns::ip(&["-n", name, "link", "set", "lo", "up"]);
-    }
-
-    /// A veth pair between namespaces `a` and `b` with an address on each end.
-    fn link(a: &str, a_dev: &str, a_ip: &str, b: &str, b_dev: &str, b_ip: &str) {
-        Netns::ip(&["link", "add", a_dev, "type", "veth", "peer", "name", b_dev]);
-        Netns::ip(&["link", "set", a_dev, "netns", a]);
-        Netns::ip(&["link", "set", b_dev, "netns", b]);
-        for (ns, dev, ip) in [(a, a_dev, a_ip), (b, b_dev, b_ip)] {
-            Netns::ip(&["-n", ns, "addr", "add", ip, "dev", dev]);
-            Netns::ip(&["-n", ns, "link", "set", dev, "up"]);
-        }
-    }
-
-    fn del(&mut self, name: &str) {
-        Netns::ip(&["netns", "del", name]);
-        self.names.retain(|n| n != name);
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for n in &self.names {
-            let _ = std::process::Command::new("ip").args(["netns", "del", n]).output();
-        }
-    }
-}
 
 /// Runs cryo inside network namespace `ns` (nsenter switches only the
 /// network namespace).
@@ -598,6 +459,105 @@ fn cryo_in(ns: &str, args: &[&str], log: &std::path::Path) {
     assert_cryo_ok(&out, &format!("cryo {} in {ns}", args[0]), log);
 }
 
+/// A successful `cryo dump -t PID -D IMG EXTRA` in NS (its log dump.log).
+fn dump_in(ns: &str, sc: &Scratch, pid: i32, extra: &[&str]) {
+    let pid = pid.to_string();
+    let mut args = vec!["dump", "-t", &pid, "-D", s(&sc.img)];
+    args.extend_from_slice(extra);
+    cryo_in(ns, &args, &sc.path("dump.log"));
+}
+
+/// A successful `cryo restore -D IMG -d --pidfile PIDFILE EXTRA` in NS (its
+/// log LOG, both in the scratch directory); the restored pid.
+fn restore_in(ns: &str, sc: &Scratch, pidfile: &str, log: &str, extra: &[&str]) -> i32 {
+    let pf = sc.path(pidfile);
+    sc.cl.pidfile(&pf);
+    let mut args = vec!["restore", "-D", s(&sc.img), "-d", "--pidfile", s(&pf)];
+    args.extend_from_slice(extra);
+    cryo_in(ns, &args, &sc.path(log));
+    cryo_integration::read_pidfile(&pf).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `cryo restore -D IMG -d --pidfile pidfile-bad` in NS under the reaper,
+/// for a restore that must fail: its output, the pidfile, and the reaper's
+/// report of the processes it left behind.
+fn failing_restore_in(ns: &str, sc: &Scratch) -> (std::process::Output, std::path::PathBuf, String) {
+    let pf = sc.path("pidfile-bad");
+    sc.cl.pidfile(&pf);
+    let left_file = sc.path("leftover");
+    let reaper = bin!("reaper").to_str().expect("path").to_string();
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{ns}"))
+        .args(["--", &reaper, "--leftover", s(&left_file), "--"])
+        .arg(cryo_integration::cryo_bin())
+        .args(["restore", "-D", s(&sc.img), "-d", "--pidfile", s(&pf)])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run the restore");
+    let left = std::fs::read_to_string(&left_file).expect("the reaper's report");
+    (out, pf, left)
+}
+
+/// The workload W (log wl.log) gets SIGUSR1, passes its check and exits 0.
+fn passes_and_exits(sc: &Scratch, mut w: Workload) {
+    w.usr1().expect("SIGUSR1");
+    let v = wait_for_verdict(&sc.path("wl.log"), LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(v.starts_with("PASS"), "{v}");
+    assert_eq!(w.wait_exit(GONE_TIMEOUT).and_then(|s| s.code()), Some(0));
+}
+
+/// The restored RPID gets SIGUSR1 and its first verdict in LOG is a PASS.
+fn restored_passes(rpid: i32, log: &std::path::Path) {
+    cryo_integration::signal(rpid, libc::SIGUSR1).unwrap_or_else(|e| panic!("{e}"));
+    let v = cryo_integration::wait_for_nth_verdict(log, 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(v.starts_with("PASS"), "{v}");
+}
+
+/// The port a tcpstream server announced (`PORT n`) in LOG.
+fn announced_port(log: &std::path::Path) -> String {
+    let port = cryo_integration::wait_for_line(log, "PORT ", LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    port.trim().trim_start_matches("PORT ").to_string()
+}
+
+/// A tcpstream server (network namespace SNS, log SLOG) and its client
+/// (CNS, CLOG), both given EXTRA, streaming for a moment: (server, client).
+fn stream_pair(
+    sns: &str,
+    cns: &str,
+    extra: &[&str],
+    slog: &std::path::Path,
+    clog: &std::path::Path,
+) -> (Workload, Workload) {
+    let tcpstream = bin!("tcpstream").to_str().expect("path").to_string();
+    let nsenter = std::path::Path::new("/usr/bin/nsenter");
+    let (snet, cnet) = (format!("--net=/run/netns/{sns}"), format!("--net=/run/netns/{cns}"));
+    let mut sargs = vec![snet.as_str(), "--", &tcpstream, "--role", "server"];
+    sargs.extend_from_slice(extra);
+    let sw = Workload::spawn(nsenter, &sargs, slog).expect("server");
+    let port = announced_port(slog);
+    let mut cargs = vec![cnet.as_str(), "--", &tcpstream, "--role", "client"];
+    cargs.extend_from_slice(extra);
+    cargs.extend_from_slice(&["--port", &port]);
+    let cw = Workload::spawn(nsenter, &cargs, clog).expect("client");
+    cw.wait_ready().unwrap_or_else(|e| panic!("{e}"));
+    sw.wait_ready().unwrap_or_else(|e| panic!("{e}"));
+    std::thread::sleep(Duration::from_millis(400));
+    (sw, cw)
+}
+
+/// The restored server RPID and the client CW, once data flows again:
+/// both verdicts judged (see judge_stream).
+fn judge_restored_stream(rpid: i32, cw: &Workload, slog: &std::path::Path, clog: &std::path::Path, pause_ms: u64) {
+    // Data flows again once both sides retransmit.
+    cryo_integration::wait_for_line(clog, "GAP ", Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e}"));
+    std::thread::sleep(Duration::from_millis(500));
+    cryo_integration::signal(rpid, libc::SIGUSR1).unwrap_or_else(|e| panic!("{e}"));
+    cw.usr1().expect("usr1");
+    let sv = cryo_integration::wait_for_nth_verdict(slog, 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let cv = cryo_integration::wait_for_nth_verdict(clog, 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    judge_stream(&sv, &cv, pause_ms, "dump");
+}
+
 #[test]
 fn tcpstream_server_moves_to_another_network_namespace_and_keeps_its_client() {
     cryo_integration::require_root!();
@@ -608,7 +568,7 @@ fn tcpstream_server_moves_to_another_network_namespace_and_keeps_its_client() {
         format!("cryo-a-{tag}"),
         format!("cryo-b-{tag}"),
     );
-    let mut ns = Netns { names: vec![] };
+    let mut ns = Netns::new();
     for n in [&nc, &na] {
         ns.add(n);
     }
@@ -616,56 +576,14 @@ fn tcpstream_server_moves_to_another_network_namespace_and_keeps_its_client() {
     Netns::link(&nc, "cryoc0", "10.213.7.1/24", &na, "cryoa0", "10.213.7.2/24");
     let slog = sc.path("wl.log");
     let clog = sc.path("client.log");
-    let netns = |n: &str| format!("--net=/run/netns/{n}");
-    let tcpstream = bin!("tcpstream").to_str().expect("path").to_string();
-    let sargs = [
-        netns(&na),
-        "--".into(),
-        tcpstream.clone(),
-        "--role".into(),
-        "server".into(),
-        "--addr".into(),
-        "10.213.7.2".into(),
-    ];
-    let sargs: Vec<&str> = sargs.iter().map(String::as_str).collect();
-    let mut sw = Workload::spawn(std::path::Path::new("/usr/bin/nsenter"), &sargs, &slog).expect("server");
-    let port = cryo_integration::wait_for_line(&slog, "PORT ", LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    let port = port.trim().trim_start_matches("PORT ").to_string();
-    let cargs = [
-        netns(&nc),
-        "--".into(),
-        tcpstream,
-        "--role".into(),
-        "client".into(),
-        "--addr".into(),
-        "10.213.7.2".into(),
-        "--port".into(),
-        port,
-    ];
-    let cargs: Vec<&str> = cargs.iter().map(String::as_str).collect();
-    let cw = Workload::spawn(std::path::Path::new("/usr/bin/nsenter"), &cargs, &clog).expect("client");
-    cw.wait_ready().unwrap_or_else(|e| panic!("{e}"));
-    sw.wait_ready().unwrap_or_else(|e| panic!("{e}"));
-    std::thread::sleep(Duration::from_millis(400));
-    let pid = sw.pid.to_string();
-    cryo_in(
-        &na,
-        &["dump", "-t", &pid, "-D", s(&sc.img), "--tcp-established"],
-        &sc.path("dump.log"),
-    );
+    let (mut sw, cw) = stream_pair(&na, &nc, &["--addr", "10.213.7.2"], &slog, &clog);
+    dump_in(&na, &sc, sw.pid, &["--tcp-established"]);
     sw.wait_exit(GONE_TIMEOUT).expect("the original server is killed");
     // The old namespace goes away; a new one takes over the server's address.
     ns.del(&na);
     ns.add(&nb);
     Netns::link(&nc, "cryoc1", "10.213.7.1/24", &nb, "cryob0", "10.213.7.2/24");
-    let pf = sc.path("pidfile-1");
-    sc.cl.pidfile(&pf);
-    cryo_in(
-        &nb,
-        &["restore", "-D", s(&sc.img), "-d", "--pidfile", s(&pf)],
-        &sc.path("restore.log"),
-    );
-    let rpid = cryo_integration::read_pidfile(&pf).unwrap_or_else(|e| panic!("{e}"));
+    let rpid = restore_in(&nb, &sc, "pidfile-1", "restore.log", &[]);
     let rns = std::fs::read_link(format!("/proc/{rpid}/ns/net")).expect("restored netns");
     let bns = std::fs::metadata(format!("/run/netns/{nb}")).expect("netns b");
     assert_eq!(
@@ -673,13 +591,7 @@ fn tcpstream_server_moves_to_another_network_namespace_and_keeps_its_client() {
         format!("net:[{}]", std::os::unix::fs::MetadataExt::ino(&bns)),
         "the server runs in the new namespace"
     );
-    cryo_integration::wait_for_line(&clog, "GAP ", Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e}"));
-    std::thread::sleep(Duration::from_millis(500));
-    cryo_integration::signal(rpid, libc::SIGUSR1).unwrap_or_else(|e| panic!("{e}"));
-    cw.usr1().expect("usr1");
-    let sv = cryo_integration::wait_for_nth_verdict(&slog, 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    let cv = cryo_integration::wait_for_nth_verdict(&clog, 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    judge_stream(&sv, &cv, 100);
+    judge_restored_stream(rpid, &cw, &slog, &clog, 100);
 }
 
 // ---- 5. netlink sockets ------------------------------------------------------------
@@ -695,13 +607,7 @@ fn nlsk_roundtrip() {
     cryo_integration::require_root!();
     let (v, _images, sc) = roundtrip("nlsk", bin!("nlsk"), &[]);
     assert!(v.starts_with("PASS"), "{v}");
-    let files = crit_json(&sc.img.join("files.img"));
-    let n = files["entries"]
-        .as_array()
-        .expect("entries")
-        .iter()
-        .filter(|e| e.get("nlsk").is_some())
-        .count();
+    let n = files_entries(&sc.img, "nlsk").len();
     assert_eq!(n, 2, "netlink sockets in files.img");
 }
 
@@ -710,7 +616,7 @@ fn nlsk_roundtrip() {
 /// A network namespace where every group may open ping sockets.
 fn ping_netns(tag: &str) -> (Netns, String) {
     let name = format!("cryo-{tag}-{}", std::process::id());
-    let mut ns = Netns { names: vec![] };
+    let mut ns = Netns::new();
     ns.add(&name);
     let out = std::process::Command::new("nsenter")
         .arg(format!("--net=/run/netns/{name}"))
@@ -769,21 +675,11 @@ fn pingsk_roundtrip() {
     let sc = Scratch::new("pingsk");
     let log = sc.path("wl.log");
     let mut w = spawn_in(&name, bin!("pingsk"), &[], &log);
-    let pid = w.pid.to_string();
-    cryo_in(&name, &["dump", "-t", &pid, "-D", s(&sc.img)], &sc.path("dump.log"));
+    dump_in(&name, &sc, w.pid, &[]);
     w.wait_exit(GONE_TIMEOUT).expect("the original is killed");
     crit_decodes_all(&sc.img);
-    let pf = sc.path("pidfile-1");
-    sc.cl.pidfile(&pf);
-    cryo_in(
-        &name,
-        &["restore", "-D", s(&sc.img), "-d", "--pidfile", s(&pf)],
-        &sc.path("restore.log"),
-    );
-    let rpid = cryo_integration::read_pidfile(&pf).unwrap_or_else(|e| panic!("{e}"));
-    cryo_integration::signal(rpid, libc::SIGUSR1).unwrap_or_else(|e| panic!("{e}"));
-    let v = cryo_integration::wait_for_nth_verdict(&log, 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    assert!(v.starts_with("PASS"), "{v}");
+    let rpid = restore_in(&name, &sc, "pidfile-1", "restore.log", &[]);
+    restored_passes(rpid, &log);
 }
 
 // ---- 7. packet sockets -------------------------------------------------------------
@@ -800,13 +696,7 @@ fn pktsk_roundtrip() {
     cryo_integration::require_root!();
     let (v, _images, sc) = roundtrip("pktsk", bin!("pktsk"), &[]);
     assert!(v.starts_with("PASS"), "{v}");
-    let files = crit_json(&sc.img.join("files.img"));
-    let n = files["entries"]
-        .as_array()
-        .expect("entries")
-        .iter()
-        .filter(|e| e.get("psk").is_some())
-        .count();
+    let n = files_entries(&sc.img, "psk").len();
     assert_eq!(n, 2, "packet sockets in files.img");
 }
 
@@ -814,7 +704,7 @@ fn pktsk_roundtrip() {
 fn missing_interface_at_restore_fails_cleanly() {
     cryo_integration::require_root!();
     let tag = format!("pkt-{}", std::process::id());
-    let mut ns = Netns { names: vec![] };
+    let mut ns = Netns::new();
     ns.add(&tag);
     Netns::ip(&[
         "-n",
@@ -831,30 +721,16 @@ fn missing_interface_at_restore_fails_cleanly() {
     Netns::ip(&["-n", &tag, "link", "set", "cryoveth0", "up"]);
     let sc = Scratch::new("pkt-missing");
     let mut w = spawn_in(&tag, bin!("pktsk"), &["--dev", "cryoveth0"], &sc.path("wl.log"));
-    let pid = w.pid.to_string();
-    cryo_in(&tag, &["dump", "-t", &pid, "-D", s(&sc.img)], &sc.path("dump.log"));
+    dump_in(&tag, &sc, w.pid, &[]);
     w.wait_exit(GONE_TIMEOUT).expect("the original is killed");
     Netns::ip(&["-n", &tag, "link", "del", "cryoveth0"]);
-    let pf = sc.path("pidfile-bad");
-    sc.cl.pidfile(&pf);
-    let cryo = cryo_integration::cryo_bin();
-    let reaper = bin!("reaper").to_str().expect("path").to_string();
-    let left = sc.path("leftover");
-    let out = std::process::Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{tag}"))
-        .args(["--", &reaper, "--leftover", s(&left), "--"])
-        .arg(&cryo)
-        .args(["restore", "-D", s(&sc.img), "-d", "--pidfile", s(&pf)])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run the restore");
+    let (out, pf, leftover) = failing_restore_in(&tag, &sc);
     let err = one_line_error(&out, "restore without the interface");
     assert!(
         err.contains("packet socket") && err.contains("interface cryoveth0 does not exist"),
         "the error should name the socket and the interface: {err}"
     );
     assert!(!pf.exists(), "a failed restore wrote the pidfile");
-    let leftover = std::fs::read_to_string(&left).expect("the reaper's report");
     assert!(
         leftover.trim().is_empty(),
         "the failed restore left processes behind: {leftover}"
@@ -916,10 +792,7 @@ fn criu_dialect_tcp_established_roundtrip() {
         "-v4",
     ]);
     let rpid = cryo_integration::read_pidfile(&pf).unwrap_or_else(|e| panic!("{e}"));
-    cryo_integration::signal(rpid, libc::SIGUSR1).unwrap_or_else(|e| panic!("{e}"));
-    let v =
-        cryo_integration::wait_for_nth_verdict(&sc.path("wl.log"), 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    assert!(v.starts_with("PASS"), "{v}");
+    restored_passes(rpid, &sc.path("wl.log"));
     assert!(t.lock_tables().is_empty(), "{:?}", t.lock_tables());
 }
 
@@ -934,7 +807,7 @@ fn tree_netns(tag: &str, sc: &Scratch) -> (Netns, String, String, Workload, Stri
         format!("cryo-h{tag}-{}", std::process::id()),
         format!("cryo-n{tag}-{}", std::process::id()),
     );
-    let mut ns = Netns { names: vec![] };
+    let mut ns = Netns::new();
     ns.add(&h);
     ns.add(&a);
     Netns::link(&h, "cryoh0", "10.213.8.1/24", &a, "cryon0", "10.213.8.2/24");
@@ -964,8 +837,7 @@ fn tree_netns(tag: &str, sc: &Scratch) -> (Netns, String, String, Workload, Stri
         &slog,
     )
     .expect("peer");
-    let port = cryo_integration::wait_for_line(&slog, "PORT ", LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    let port = port.trim().trim_start_matches("PORT ").to_string();
+    let port = announced_port(&slog);
     (ns, h, a, peer, format!("10.213.8.1:{port}"))
 }
 
@@ -1010,25 +882,7 @@ fn tree_network_namespace_is_rebuilt_in_a_fresh_one() {
     let err = one_line_error(&out, "restore without --veth-pair");
     assert!(err.contains("--veth-pair cryon0="), "{err}");
     // The caller's namespace is H: the veth's other end appears there.
-    let pf = sc.path("pidfile-1");
-    sc.cl.pidfile(&pf);
-    cryo_in(
-        &h,
-        &[
-            "restore",
-            "-D",
-            s(&sc.img),
-            "-d",
-            "--pidfile",
-            s(&pf),
-            "--veth-pair",
-            "cryon0=cryoh1",
-        ],
-        &sc.path("restore.log"),
-    );
+    let rpid = restore_in(&h, &sc, "pidfile-1", "restore.log", &["--veth-pair", "cryon0=cryoh1"]);
     Netns::ip(&["-n", &h, "addr", "add", "10.213.8.1/24", "dev", "cryoh1"]);
-    let rpid = cryo_integration::read_pidfile(&pf).unwrap_or_else(|e| panic!("{e}"));
-    cryo_integration::signal(rpid, libc::SIGUSR1).unwrap_or_else(|e| panic!("{e}"));
-    let v = cryo_integration::wait_for_nth_verdict(&log, 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    assert!(v.starts_with("PASS"), "{v}");
+    restored_passes(rpid, &log);
 }

@@ -17,18 +17,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use cryo_integration::ctr::{busybox_rootfs, have, marked_pids};
 use cryo_integration::{cryo_bin, describe, s, TempDir, LINE_TIMEOUT};
 
 const HOSTNAME: &str = "cryoctr";
-
-fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {cmd}")])
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
 
 fn script(marker: &str) -> String {
     format!(
@@ -119,20 +111,9 @@ impl Podman {
 
     fn import_image(&self) {
         let root = self.tmp.join("rootfs");
-        fs::create_dir_all(root.join("bin")).unwrap();
-        for d in ["proc", "sys", "dev", "etc", "tmp"] {
-            fs::create_dir_all(root.join(d)).unwrap();
-        }
-        fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-        for t in ["sh", "sleep", "echo", "cat", "hostname"] {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(t)).unwrap();
-        }
+        busybox_rootfs(&root);
         let tar = self.tmp.join("bb.tar");
-        let o = Command::new("tar")
-            .args(["-C", s(&root), "-cf", s(&tar), "."])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "tar: {}", describe(&o));
+        tar_dir(&root, &tar);
         self.ok(&["import", s(&tar), &self.image]);
     }
 
@@ -207,18 +188,7 @@ impl Podman {
     }
 
     fn marked(&self) -> Vec<i32> {
-        let mut v = Vec::new();
-        for e in fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            if let Ok(c) = fs::read(format!("/proc/{pid}/cmdline")) {
-                if String::from_utf8_lossy(&c).contains(&format!("M={}", self.marker)) {
-                    v.push(pid);
-                }
-            }
-        }
-        v
+        marked_pids(&self.marker)
     }
 }
 
@@ -244,6 +214,24 @@ impl Drop for Podman {
         }
         let _ = Command::new("ip").args(["netns", "del", &self.netns]).output();
     }
+}
+
+/// `tar -C DIR -cf TAR .`, asserted to succeed.
+fn tar_dir(dir: &Path, tar: &Path) {
+    let o = Command::new("tar")
+        .args(["-C", s(dir), "-cf", s(tar), "."])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "tar: {}", describe(&o));
+}
+
+/// `podman container restore NAME`: the container runs again and its log
+/// counts on unbroken.
+fn restore_counts_on(p: &Podman, name: &str) {
+    p.ok(&["container", "restore", name]);
+    assert_eq!(p.status(name), "running");
+    p.wait_steps(name, 3);
+    assert_unbroken(p, name);
 }
 
 fn soft_limit(res: libc::__rlimit_resource_t) -> u64 {
@@ -370,11 +358,7 @@ fn podman_import_of_a_foreign_archive_fails_cleanly() {
     fs::create_dir_all(junk.join("checkpoint")).unwrap();
     fs::write(junk.join("checkpoint/pstree.img"), b"not an image").unwrap();
     let tar = p.tmp.join("foreign.tar");
-    let o = Command::new("tar")
-        .args(["-C", s(&junk), "-cf", s(&tar), "."])
-        .output()
-        .unwrap();
-    assert!(o.status.success());
+    tar_dir(&junk, &tar);
     let o = p.out(&["container", "restore", "--import", s(&tar), "--name", "alien"]);
     assert!(!o.status.success(), "restore of a foreign archive must fail");
     let err = String::from_utf8_lossy(&o.stderr);
@@ -395,11 +379,7 @@ fn podman_import_of_a_foreign_archive_fails_cleanly() {
     assert!(o.status.success());
     fs::write(x.join("checkpoint/pstree.img"), b"\x01\x02garbage").unwrap();
     let bad = p.tmp.join("bad.tar");
-    let o = Command::new("tar")
-        .args(["-C", s(&x), "-cf", s(&bad), "."])
-        .output()
-        .unwrap();
-    assert!(o.status.success());
+    tar_dir(&x, &bad);
     let o = p.out(&["container", "restore", "--import", s(&bad), "--name", "broken"]);
     assert!(!o.status.success(), "restore of corrupt images must fail");
     let err = String::from_utf8_lossy(&o.stderr);
@@ -427,10 +407,7 @@ fn podman_with_the_cryo_runtime_wrapper() {
         "the dump did not go through cryo:\n{log}"
     );
     assert_eq!(p.status("w1"), "exited");
-    p.ok(&["container", "restore", "w1"]);
-    assert_eq!(p.status("w1"), "running");
-    p.wait_steps("w1", 3);
-    assert_unbroken(&p, "w1");
+    restore_counts_on(&p, "w1");
     // Over a runtime without checkpoint support the wrapper says why.
     if have("crun") {
         let o = Command::new(cryo_bin())
@@ -453,10 +430,7 @@ fn podman_terminal_container() {
     p.run_opts("t1", "runc", &["-t", "-e", "WANT_TTY=1"]);
     p.ok(&["container", "checkpoint", "t1"]);
     assert_eq!(p.status("t1"), "exited");
-    p.ok(&["container", "restore", "t1"]);
-    assert_eq!(p.status("t1"), "running");
-    p.wait_steps("t1", 3);
-    assert_unbroken(&p, "t1");
+    restore_counts_on(&p, "t1");
     let fd1 = p.ok(&["exec", "t1", "busybox", "readlink", "/proc/1/fd/1"]);
     assert_eq!(fd1.trim(), "/dev/pts/0");
 }

@@ -15,18 +15,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use cryo_integration::ctr::{busybox_rootfs, have, marked_pids};
+use cryo_integration::netns::{judge_stream, Netns};
 use cryo_integration::{cryo_bin, describe, log_tail, s, Cleanup, TempDir, LINE_TIMEOUT};
 
 const HOSTNAME: &str = "cryoctr";
-
-fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {cmd}")])
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
 
 /// The workload: a self-checking loop (see the module doc). `marker` makes
 /// its command line unique, so the test can tell whether any copy is left.
@@ -147,6 +140,23 @@ impl Runc {
         wait_step(out, 2);
     }
 
+    /// The first container (id 1, output ctr.out) started and counting:
+    /// (id, output).
+    fn start_first(&self) -> (String, PathBuf) {
+        let id = self.id(1);
+        let out = self.tmp.join("ctr.out");
+        self.start(&id, &out);
+        (id, out)
+    }
+
+    /// The bundle's config.json, changed by EDIT.
+    fn edit_config(&self, edit: impl FnOnce(&mut serde_json::Value)) {
+        let p = self.bundle.join("config.json");
+        let mut c: serde_json::Value = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
+        edit(&mut c);
+        fs::write(&p, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
+    }
+
     /// Registers the container's init for the final kill by pid.
     fn track(&self, id: &str) {
         if let Some(p) = self.pid(id) {
@@ -165,6 +175,12 @@ impl Runc {
         self.runc_out(&a)
     }
 
+    /// A checkpoint (see `checkpoint`) that must succeed; WHAT names it.
+    fn checkpoint_ok(&self, id: &str, img: &Path, work: &Path, extra: &[&str], what: &str) {
+        let ck = self.checkpoint(id, img, work, extra);
+        assert_ok(&ck, what, &work.join("dump.log"));
+    }
+
     fn restore(&self, id: &str, img: &Path, work: &Path, out: &Path) -> Output {
         let o = self.run_piped(
             &["restore", "-d", "--image-path", s(img), "--work-path", s(work), id],
@@ -174,6 +190,12 @@ impl Runc {
             self.track(id);
         }
         o
+    }
+
+    /// A restore (see `restore`) that must succeed; WHAT names it.
+    fn restore_ok(&self, id: &str, img: &Path, work: &Path, out: &Path, what: &str) {
+        let rs = self.restore(id, img, work, out);
+        assert_ok(&rs, what, &work.join("restore.log"));
     }
 
     fn state_field(&self, id: &str, field: &str) -> Option<String> {
@@ -192,18 +214,7 @@ impl Runc {
 
     /// Pids of processes whose command line holds this test's marker.
     fn marked(&self) -> Vec<i32> {
-        let mut v = Vec::new();
-        for e in fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            if let Ok(c) = fs::read(format!("/proc/{pid}/cmdline")) {
-                if String::from_utf8_lossy(&c).contains(&format!("M={}", self.marker)) {
-                    v.push(pid);
-                }
-            }
-        }
-        v
+        marked_pids(&self.marker)
     }
 }
 
@@ -226,15 +237,7 @@ impl Drop for Runc {
 /// init runs `script`.
 fn busybox_bundle(dir: &Path, script: &str) -> PathBuf {
     let bundle = dir.join("bundle");
-    let bin = bundle.join("rootfs/bin");
-    fs::create_dir_all(&bin).unwrap();
-    for d in ["proc", "sys", "dev", "tmp", "etc"] {
-        fs::create_dir_all(bundle.join("rootfs").join(d)).unwrap();
-    }
-    fs::copy("/bin/busybox", bin.join("busybox")).expect("copy busybox");
-    for tool in ["sh", "sleep", "echo", "cat", "hostname"] {
-        std::os::unix::fs::symlink("busybox", bin.join(tool)).unwrap();
-    }
+    busybox_rootfs(&bundle.join("rootfs"));
     let out = Command::new("runc")
         .arg("spec")
         .current_dir(&bundle)
@@ -323,6 +326,13 @@ fn assert_counts_on(r: &Runc, id: &str, before: u64, after_out: &Path) {
     );
 }
 
+/// The last step a checkpointed container printed, once its output (the
+/// pipe's last lines) has settled.
+fn last_step_settled(out: &Path) -> u64 {
+    std::thread::sleep(Duration::from_millis(300));
+    *steps(out).last().unwrap()
+}
+
 /// The number in the workload's counter file, read again while the shell
 /// is between truncating and writing it.
 fn read_counter(p: &Path) -> u64 {
@@ -339,23 +349,18 @@ fn read_counter(p: &Path) -> u64 {
 #[test]
 fn runc_checkpoint_and_restore() {
     let Some(r) = Runc::new("runc-basic") else { return };
-    let id = r.id(1);
-    let out = r.tmp.join("ctr.out");
-    r.start(&id, &out);
+    let (id, out) = r.start_first();
     let (img, work) = (r.tmp.join("img"), r.tmp.join("work"));
-    let ck = r.checkpoint(&id, &img, &work, &[]);
-    assert_ok(&ck, "runc checkpoint", &work.join("dump.log"));
+    r.checkpoint_ok(&id, &img, &work, &[], "runc checkpoint");
     assert!(img.join("inventory.img").exists() && work.join("stats-dump").exists());
     assert!(
         r.marked().is_empty(),
         "the checkpointed container must be gone: {:?}",
         r.marked()
     );
-    std::thread::sleep(Duration::from_millis(300));
-    let before = *steps(&out).last().unwrap();
+    let before = last_step_settled(&out);
     let out2 = r.tmp.join("restored.out");
-    let rs = r.restore(&id, &img, &work, &out2);
-    assert_ok(&rs, "runc restore", &work.join("restore.log"));
+    r.restore_ok(&id, &img, &work, &out2, "runc restore");
     assert_counts_on(&r, &id, before, &out2);
     // runc kill reaches the restored init.
     let pid = r.pid(&id).unwrap();
@@ -415,10 +420,7 @@ fn recv_fd(c: &std::os::unix::net::UnixStream) -> Option<std::os::fd::OwnedFd> {
 #[test]
 fn runc_terminal_container_keeps_its_pty() {
     let Some(r) = Runc::new("runc-tty") else { return };
-    let p = r.bundle.join("config.json");
-    let mut c: serde_json::Value = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
-    c["process"]["terminal"] = true.into();
-    fs::write(&p, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
+    r.edit_config(|c| c["process"]["terminal"] = true.into());
     fs::write(r.bundle.join("rootfs/want-tty"), b"").unwrap();
     let id = r.id(1);
     let out = r.tmp.join("ctr.out");
@@ -429,10 +431,8 @@ fn runc_terminal_container_keeps_its_pty() {
     r.track(&id);
     wait_step(&out, 3);
     let (img, work) = (r.tmp.join("img"), r.tmp.join("work"));
-    let ck = r.checkpoint(&id, &img, &work, &[]);
-    assert_ok(&ck, "runc checkpoint of a terminal container", &work.join("dump.log"));
-    std::thread::sleep(Duration::from_millis(300));
-    let before = *steps(&out).last().unwrap();
+    r.checkpoint_ok(&id, &img, &work, &[], "runc checkpoint of a terminal container");
+    let before = last_step_settled(&out);
     // The restored container's new pty master arrives on a new socket
     // (orphan-pts-master, forwarded by runc).
     let out2 = r.tmp.join("restored.out");
@@ -478,24 +478,18 @@ fn runc_terminal_container_keeps_its_pty() {
 #[test]
 fn runc_container_with_a_cgroup_namespace() {
     let Some(r) = Runc::new("runc-cgns") else { return };
-    let p = r.bundle.join("config.json");
-    let mut c: serde_json::Value = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
-    c["linux"]["namespaces"]
-        .as_array_mut()
-        .unwrap()
-        .push(serde_json::json!({"type": "cgroup"}));
-    fs::write(&p, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
-    let id = r.id(1);
-    let out = r.tmp.join("ctr.out");
-    r.start(&id, &out);
+    r.edit_config(|c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"type": "cgroup"}))
+    });
+    let (id, out) = r.start_first();
     let (img, work) = (r.tmp.join("img"), r.tmp.join("work"));
-    let ck = r.checkpoint(&id, &img, &work, &[]);
-    assert_ok(&ck, "runc checkpoint (cgroup ns)", &work.join("dump.log"));
-    std::thread::sleep(Duration::from_millis(300));
-    let before = *steps(&out).last().unwrap();
+    r.checkpoint_ok(&id, &img, &work, &[], "runc checkpoint (cgroup ns)");
+    let before = last_step_settled(&out);
     let out2 = r.tmp.join("restored.out");
-    let rs = r.restore(&id, &img, &work, &out2);
-    assert_ok(&rs, "runc restore (cgroup ns)", &work.join("restore.log"));
+    r.restore_ok(&id, &img, &work, &out2, "runc restore (cgroup ns)");
     assert_counts_on(&r, &id, before, &out2);
     let pid = r.pid(&id).unwrap();
     let (mine, its) = (
@@ -514,20 +508,22 @@ fn runc_container_with_a_cgroup_namespace() {
 #[test]
 fn runc_leave_running_then_restore_under_a_new_id() {
     let Some(r) = Runc::new("runc-leave") else { return };
-    let id = r.id(1);
-    let out = r.tmp.join("ctr.out");
-    r.start(&id, &out);
+    let (id, out) = r.start_first();
     let (img, work) = (r.tmp.join("img"), r.tmp.join("work"));
-    let ck = r.checkpoint(&id, &img, &work, &["--leave-running"]);
-    assert_ok(&ck, "runc checkpoint --leave-running", &work.join("dump.log"));
+    r.checkpoint_ok(
+        &id,
+        &img,
+        &work,
+        &["--leave-running"],
+        "runc checkpoint --leave-running",
+    );
     let at_dump = *steps(&out).last().unwrap();
     assert_eq!(r.status(&id), "running");
     wait_step(&out, 3);
     // A second copy from the images while the original runs on.
     let id2 = r.id(2);
     let out2 = r.tmp.join("copy.out");
-    let rs = r.restore(&id2, &img, &work, &out2);
-    assert_ok(&rs, "runc restore under a new id", &work.join("restore.log"));
+    r.restore_ok(&id2, &img, &work, &out2, "runc restore under a new id");
     wait_step(&out2, 3);
     let first = steps(&out2)[0];
     assert!(
@@ -550,24 +546,19 @@ fn runc_leave_running_then_restore_under_a_new_id() {
 #[test]
 fn runc_restore_from_another_image_path_after_a_move() {
     let Some(r) = Runc::new("runc-moved") else { return };
-    let id = r.id(1);
-    let out = r.tmp.join("ctr.out");
-    r.start(&id, &out);
+    let (id, out) = r.start_first();
     // Images and work dir in separate places, neither the bundle.
     let elsewhere = r.tmp.join("elsewhere");
     fs::create_dir_all(&elsewhere).unwrap();
     let (img, work) = (elsewhere.join("images"), r.tmp.join("dumpwork"));
-    let ck = r.checkpoint(&id, &img, &work, &[]);
-    assert_ok(&ck, "runc checkpoint --image-path elsewhere", &work.join("dump.log"));
-    std::thread::sleep(Duration::from_millis(300));
-    let before = *steps(&out).last().unwrap();
+    r.checkpoint_ok(&id, &img, &work, &[], "runc checkpoint --image-path elsewhere");
+    let before = last_step_settled(&out);
     // As between hosts: the directory moves; the restore works elsewhere.
     let moved = r.tmp.join("moved-images");
     fs::rename(&img, &moved).unwrap();
     let work2 = r.tmp.join("restorework");
     let out2 = r.tmp.join("restored.out");
-    let rs = r.restore(&id, &moved, &work2, &out2);
-    assert_ok(&rs, "runc restore from the moved images", &work2.join("restore.log"));
+    r.restore_ok(&id, &moved, &work2, &out2, "runc restore from the moved images");
     assert_counts_on(&r, &id, before, &out2);
 }
 
@@ -583,9 +574,7 @@ fn runc_checkpoint_refusals_leave_the_container_running() {
 
     // A network namespace with a device the engine cannot recreate: the
     // dump is refused, runc reports the log, the container runs on.
-    let id = r.id(1);
-    let out = r.tmp.join("ctr.out");
-    r.start(&id, &out);
+    let (id, out) = r.start_first();
     {
         let pid = r.pid(&id).unwrap().to_string();
         let add = Command::new("nsenter")
@@ -658,17 +647,11 @@ fn runc_checkpoint_refusals_leave_the_container_running() {
 #[test]
 fn runc_restore_whose_setup_namespaces_hook_fails_leaves_nothing() {
     let Some(r) = Runc::new("runc-hookfail") else { return };
-    let id = r.id(1);
-    let out = r.tmp.join("ctr.out");
-    r.start(&id, &out);
+    let (id, _out) = r.start_first();
     let (img, work) = (r.tmp.join("img"), r.tmp.join("work"));
-    let ck = r.checkpoint(&id, &img, &work, &[]);
-    assert_ok(&ck, "runc checkpoint", &work.join("dump.log"));
+    r.checkpoint_ok(&id, &img, &work, &[], "runc checkpoint");
     // runc runs prestart hooks at setup-namespaces: make one fail.
-    let p = r.bundle.join("config.json");
-    let mut c: serde_json::Value = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
-    c["hooks"] = serde_json::json!({"prestart": [{"path": "/bin/false"}]});
-    fs::write(&p, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
+    r.edit_config(|c| c["hooks"] = serde_json::json!({"prestart": [{"path": "/bin/false"}]}));
     let out2 = r.tmp.join("restored.out");
     let rs = r.restore(&id, &img, &work, &out2);
     assert!(!rs.status.success(), "the restore must fail when the hook fails");
@@ -829,45 +812,6 @@ fn criu_cli_dump_and_restore_of_a_runc_container() {
 
 // ---- a container whose TCP server has a client outside it ----------------------
 
-/// Network namespaces (and through them their veths) made by a test,
-/// deleted on drop.
-struct Netns(Vec<String>);
-
-impl Netns {
-    fn ip(args: &[&str]) {
-        let out = Command::new("ip").args(args).output().expect("run ip");
-        assert!(out.status.success(), "ip {}: {}", args.join(" "), describe(&out));
-    }
-
-    fn add(&mut self, name: &str) {
-        Netns::ip(&["netns", "add", name]);
-        self.0.push(name.to_string());
-        Netns::ip(&["-n", name, "link", "set", "lo", "up"]);
-    }
-
-    /// The cryo_tcp_* lock tables in namespace `name` now.
-    fn lock_tables(name: &str) -> Vec<String> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", name, "nft", "list", "tables"])
-            .output()
-            .expect("run nft (hack/setup installs nftables)");
-        assert!(out.status.success(), "nft list tables in {name}: {}", describe(&out));
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.contains("cryo_tcp_"))
-            .map(str::to_string)
-            .collect()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for n in &self.0 {
-            let _ = Command::new("ip").args(["netns", "del", n]).output();
-        }
-    }
-}
-
 /// Copies `bin` into the rootfs as /bin/NAME with the shared libraries
 /// ldd lists for it, at the same paths (none for a static binary).
 fn install_in_rootfs(rootfs: &Path, bin: &Path, name: &str) {
@@ -881,14 +825,6 @@ fn install_in_rootfs(rootfs: &Path, bin: &Path, name: &str) {
         fs::create_dir_all(dst.parent().unwrap()).unwrap();
         fs::copy(lib, &dst).unwrap_or_else(|e| panic!("copy {lib}: {e}"));
     }
-}
-
-/// The `key=value` number in a tcpstream verdict.
-fn field(v: &str, key: &str) -> u64 {
-    v.split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{key}=")))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no {key}= in {v:?}"))
 }
 
 /// A runc container whose network namespace is one the test made (given
@@ -905,41 +841,34 @@ fn runc_container_tcp_server_keeps_its_outside_client_across_checkpoint_and_rest
     let Some(r) = Runc::new("runc-tcp") else { return };
     let tag = std::process::id();
     let (ncl, nct) = (format!("cryo-rtc-{tag}"), format!("cryo-rts-{tag}"));
-    let mut nets = Netns(Vec::new());
+    let mut nets = Netns::new();
     nets.add(&ncl);
     nets.add(&nct);
     let (dc, ds) = (format!("crc{tag}"), format!("crs{tag}"));
-    Netns::ip(&["link", "add", &dc, "type", "veth", "peer", "name", &ds]);
-    Netns::ip(&["link", "set", &dc, "netns", &ncl]);
-    Netns::ip(&["link", "set", &ds, "netns", &nct]);
-    for (ns, dev, ip) in [(&ncl, &dc, "10.213.10.1/24"), (&nct, &ds, "10.213.10.2/24")] {
-        Netns::ip(&["-n", ns, "addr", "add", ip, "dev", dev]);
-        Netns::ip(&["-n", ns, "link", "set", dev, "up"]);
-    }
+    Netns::link(&ncl, &dc, "10.213.10.1/24", &nct, &ds, "10.213.10.2/24");
     // The server inside the container, in the namespace made above.
     let rootfs = r.bundle.join("rootfs");
     install_in_rootfs(&rootfs, cryo_integration::bin!("tcpstream"), "tcpstream");
-    let p = r.bundle.join("config.json");
-    let mut c: serde_json::Value = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
     let netns_path = format!("/run/netns/{nct}");
-    for n in c["linux"]["namespaces"].as_array_mut().unwrap() {
-        if n["type"] == "network" {
-            n["path"] = netns_path.clone().into();
-        }
-    }
     let marker = format!("M={}", r.marker);
-    c["process"]["args"] = serde_json::json!([
-        "/bin/tcpstream",
-        "--role",
-        "server",
-        "--addr",
-        "10.213.10.2",
-        "--log",
-        "/srv.log",
-        "--tag",
-        marker
-    ]);
-    fs::write(&p, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
+    r.edit_config(|c| {
+        for n in c["linux"]["namespaces"].as_array_mut().unwrap() {
+            if n["type"] == "network" {
+                n["path"] = netns_path.clone().into();
+            }
+        }
+        c["process"]["args"] = serde_json::json!([
+            "/bin/tcpstream",
+            "--role",
+            "server",
+            "--addr",
+            "10.213.10.2",
+            "--log",
+            "/srv.log",
+            "--tag",
+            marker
+        ]);
+    });
     let id = r.id(1);
     let out = r.tmp.join("ctr.out");
     let o = r.run_piped(&["run", "-d", &id], &out);
@@ -1001,8 +930,13 @@ fn runc_container_tcp_server_keeps_its_outside_client_across_checkpoint_and_rest
 
     // With it: the container goes, its connection stays locked meanwhile.
     let (img, work) = (r.tmp.join("img"), r.tmp.join("work"));
-    let ck = r.checkpoint(&id, &img, &work, &["--tcp-established"]);
-    assert_ok(&ck, "runc checkpoint --tcp-established", &work.join("dump.log"));
+    r.checkpoint_ok(
+        &id,
+        &img,
+        &work,
+        &["--tcp-established"],
+        "runc checkpoint --tcp-established",
+    );
     assert!(
         cryo_integration::wait_pid_gone(pid0, Duration::from_secs(5)),
         "the server still runs"
@@ -1052,19 +986,7 @@ fn runc_container_tcp_server_keeps_its_outside_client_across_checkpoint_and_rest
     cw.usr1().expect("usr1");
     let sv = cryo_integration::wait_for_verdict(&slog, LINE_TIMEOUT).unwrap_or_else(|e| panic!("server: {e}"));
     let cv = cryo_integration::wait_for_verdict(&clog, LINE_TIMEOUT).unwrap_or_else(|e| panic!("client: {e}"));
-    eprintln!("server: {sv}\nclient: {cv}");
-    for v in [&sv, &cv] {
-        assert!(v.starts_with("PASS"), "{v}");
-        assert!(field(v, "received") >= 100, "too few messages: {v}");
-        assert!(
-            field(v, "max_gap_ms") >= 300,
-            "the stream never paused for the checkpoint: {v}"
-        );
-        assert!(
-            field(v, "after_gap") >= 20,
-            "the stream did not go on after the restore: {v}"
-        );
-    }
+    judge_stream(&sv, &cv, 300, "checkpoint");
 }
 
 /// runc's pre-copy: `runc checkpoint --pre-dump --image-path A` (the

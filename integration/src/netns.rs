@@ -1,0 +1,101 @@
+//! Network namespaces a test makes (with veth pairs between them), the
+//! cryo_tcp_* lock tables in one, and the verdicts of the tcpstream
+//! workload that streams across them.
+
+use crate::describe;
+use std::process::Command;
+
+/// Network namespaces (and through them their veths) made by a test,
+/// deleted when it ends.
+#[derive(Default)]
+pub struct Netns {
+    names: Vec<String>,
+}
+
+impl Netns {
+    pub fn new() -> Netns {
+        Netns::default()
+    }
+
+    /// `ip ARGS`, asserted to succeed.
+    pub fn ip(args: &[&str]) {
+        let out = Command::new("ip").args(args).output().expect("run ip");
+        assert!(out.status.success(), "ip {}: {}", args.join(" "), describe(&out));
+    }
+
+    /// A new namespace `name` with its loopback up.
+    pub fn add(&mut self, name: &str) {
+        Netns::ip(&["netns", "add", name]);
+        self.names.push(name.to_string());
+        Netns::ip(&["-n", name, "link", "set", "lo", "up"]);
+    }
+
+    /// A veth pair between namespaces `a` and `b` with an address on each end.
+    pub fn link(a: &str, a_dev: &str, a_ip: &str, b: &str, b_dev: &str, b_ip: &str) {
+        Netns::ip(&["link", "add", a_dev, "type", "veth", "peer", "name", b_dev]);
+        Netns::ip(&["link", "set", a_dev, "netns", a]);
+        Netns::ip(&["link", "set", b_dev, "netns", b]);
+        for (ns, dev, ip) in [(a, a_dev, a_ip), (b, b_dev, b_ip)] {
+            Netns::ip(&["-n", ns, "addr", "add", ip, "dev", dev]);
+            Netns::ip(&["-n", ns, "link", "set", dev, "up"]);
+        }
+    }
+
+    /// Deletes namespace `name` now.
+    pub fn del(&mut self, name: &str) {
+        Netns::ip(&["netns", "del", name]);
+        self.names.retain(|n| n != name);
+    }
+
+    /// The cryo_tcp_* lock tables in namespace `name` now.
+    pub fn lock_tables(name: &str) -> Vec<String> {
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{name}"))
+            .args(["--", "nft", "list", "tables"])
+            .output()
+            .expect("run nft (hack/setup installs nftables)");
+        assert!(out.status.success(), "nft list tables in {name}: {}", describe(&out));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("cryo_tcp_"))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for n in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", n]).output();
+        }
+    }
+}
+
+/// The `key=value` number in a tcpstream verdict.
+pub fn field(v: &str, key: &str) -> u64 {
+    v.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {key}= in {v:?}"))
+}
+
+/// Both verdicts of a tcpstream whose server went through a dump and
+/// restore (`step` names it in the messages, "dump" or "checkpoint"):
+/// PASS on both sides, a pause of at least `pause_ms`, and messages in
+/// both directions after it.
+pub fn judge_stream(server_v: &str, client_v: &str, pause_ms: u64, step: &str) {
+    eprintln!("server: {server_v}\nclient: {client_v}");
+    assert!(server_v.starts_with("PASS"), "server: {server_v}");
+    assert!(client_v.starts_with("PASS"), "client: {client_v}");
+    for v in [server_v, client_v] {
+        assert!(field(v, "received") >= 100, "too few messages: {v}");
+        assert!(
+            field(v, "max_gap_ms") >= pause_ms,
+            "the stream never paused for the {step}: {v}"
+        );
+        assert!(
+            field(v, "after_gap") >= 20,
+            "the stream did not go on after the restore: {v}"
+        );
+    }
+}
