@@ -351,6 +351,12 @@ fn runc_checkpoint_and_restore() {
     let Some(r) = Runc::new("runc-basic") else { return };
     let (id, out) = r.start_first();
     let (img, work) = (r.tmp.join("img"), r.tmp.join("work"));
+    let cgroups = |pid: i32| fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let cg_before = cgroups(r.pid(&id).expect("the container's pid"));
+    assert!(
+        cg_before.contains(&id),
+        "runc put the container in its cgroups: {cg_before}"
+    );
     r.checkpoint_ok(&id, &img, &work, &[], "runc checkpoint");
     assert!(img.join("inventory.img").exists() && work.join("stats-dump").exists());
     assert!(
@@ -364,6 +370,11 @@ fn runc_checkpoint_and_restore() {
     assert_counts_on(&r, &id, before, &out2);
     // runc kill reaches the restored init.
     let pid = r.pid(&id).unwrap();
+    assert_eq!(
+        cgroups(pid),
+        cg_before,
+        "the restored init is in the container's cgroups again"
+    );
     let k = r.runc_out(&["kill", &id, "KILL"]);
     assert!(k.status.success(), "{}", describe(&k));
     assert!(cryo_integration::wait_pid_gone(pid, Duration::from_secs(5)));
