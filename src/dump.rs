@@ -655,9 +655,8 @@ fn dump_process(
             VmaKind::FilePrivate | VmaKind::FileShared => {
                 let path = v.path.as_deref().unwrap_or_default();
                 if v.deleted() {
-                    let flags = mem::vma_entry(v, Some(0)).fdflags.unwrap_or(0);
                     let via = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
-                    Some(files.unlinked_mapping(pid, path, &via, flags)?)
+                    Some(files.unlinked_mapping(pid, path, &via, mem::open_mode(v))?)
                 } else {
                     Some(files.reg_path(path, 0, 0)?)
                 }

@@ -191,13 +191,19 @@ pub fn vma_entry(v: &Vma, file_id: Option<u32>) -> pb::VmaEntry {
         cryo_lock_onfault: v.vmflags.iter().any(|f| f == "lf").then_some(true),
         cryo_guards: Vec::new(),
         // SysV: attached writable (VM_MAYWRITE) or SHM_RDONLY.
-        fdflags: file.then_some(
-            if v.shared && (v.prot & libc::PROT_WRITE as u32 != 0 || (sysv && v.vmflags.iter().any(|f| f == "mw"))) {
-                libc::O_RDWR as u32
-            } else {
-                libc::O_RDONLY as u32
-            },
-        ),
+        fdflags: file.then_some(open_mode(v)),
+    }
+}
+
+/// The open mode a restore needs to map `v`'s file again: read-write for a
+/// writable shared mapping (SysV: attached writable, VM_MAYWRITE), else
+/// read-only.
+pub fn open_mode(v: &Vma) -> u32 {
+    let sysv = VmaKind::of(v) == VmaKind::SysvShm;
+    if v.shared && (v.prot & libc::PROT_WRITE as u32 != 0 || (sysv && v.vmflags.iter().any(|f| f == "mw"))) {
+        libc::O_RDWR as u32
+    } else {
+        libc::O_RDONLY as u32
     }
 }
 

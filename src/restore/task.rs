@@ -153,6 +153,9 @@ pub(crate) struct Staged {
     blob_base: u64,
     moves: Vec<VmaMove>,
     madvs: Vec<Madvise>,
+    /// Where the fd restore parked each shared description (file id →
+    /// fd), for the mappings above and a deleted executable.
+    slots: std::collections::HashMap<u32, RawFd>,
 }
 
 fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
@@ -357,6 +360,7 @@ fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
         blob_base,
         moves,
         madvs,
+        slots,
     })
 }
 
@@ -728,8 +732,8 @@ fn jump(plan: &Plan, t: &TaskImage, efds: EngineFds, staged: Staged) -> Result<I
         .unwrap_or_default();
     let exe_fd = if plan.fx.ghost_of.contains_key(&t.mm.exe_file_id) {
         // A deleted executable: the recreated ghost parked at its slot.
-        let slots = crate::files::restore::slots(plan, efds)?;
-        let slot = *slots
+        let slot = *staged
+            .slots
             .get(&t.mm.exe_file_id)
             .with_context(|| format!("the deleted executable {exe_name} has no slot"))?;
         nix::fcntl::fcntl(slot, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(0))
