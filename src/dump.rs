@@ -1089,6 +1089,26 @@ fn dump_pages(
             0,
         )
         .with_context(|| format!("PAGEMAP_SCAN of pid {pid} at {:#x}", v.start))?;
+        // While writes are tracked (pre-copy), a page dropped after a round
+        // copied it can be an empty entry with a write-protect marker,
+        // which the scan counts as swapped: it has no content (zeros).
+        let rs: Vec<vm::PageRegion> = if prev.is_some() {
+            let tagged: Vec<(u64, u64, bool)> = rs
+                .iter()
+                .map(|r| (r.start, r.end, r.categories & vm::category::PRESENT == 0))
+                .collect();
+            vm::drop_wp_markers(Pid::from_raw(pid), &tagged)
+                .with_context(|| format!("Cannot read /proc/{pid}/pagemap"))?
+                .into_iter()
+                .map(|(start, end)| vm::PageRegion {
+                    start,
+                    end,
+                    categories: 0,
+                })
+                .collect()
+        } else {
+            rs
+        };
         let flags = if kind == VmaKind::AnonPrivate {
             PE_PRESENT | PE_LAZY
         } else {

@@ -298,6 +298,18 @@ impl AnonMap {
     pub fn addr(&self) -> usize {
         self.ptr as usize
     }
+
+    /// `madvise(MADV_DONTNEED)` of `[off, off + len)` (page-aligned): the
+    /// range reads as zeros afterwards.
+    pub fn discard(&mut self, off: usize, len: usize) {
+        assert!(off.is_multiple_of(4096) && off + len <= self.len);
+        // SAFETY: the range lies inside the mapping made in `new`, and the
+        // `&mut self` borrow means no slice of it is alive.
+        let r = unsafe { libc::madvise(self.ptr.cast::<u8>().add(off).cast(), len, libc::MADV_DONTNEED) };
+        if r != 0 {
+            die("madvise(MADV_DONTNEED)");
+        }
+    }
 }
 
 impl Drop for AnonMap {

@@ -153,6 +153,10 @@ fn dirtier(h: &Hosts, sc: &Scratch, mib: u32) -> Workload {
             "4",
             "--hot-ms",
             "200",
+            // Pages thrown away after a pre-copy round sent them must come
+            // back as zeros.
+            "--discard-every",
+            "5",
         ],
         &log,
     )
@@ -314,8 +318,17 @@ fn migrate_precopy_between_hosts() {
         .and_then(|p| p.split_whitespace().next()?.parse().ok())
         .unwrap_or(0);
     assert!(parent > 8000, "pre-copy should carry most of 64 MiB: {so}");
-    let Finished { pidfile: pf, dir, .. } = srv.finish_ok();
+    let Finished {
+        pidfile: pf,
+        dir,
+        out: sout,
+        ..
+    } = srv.finish_ok();
     assert!(dir.join("pre-1").is_dir() && dir.join("parent").exists());
+    // The pre-copied memory was in the page server's memory already: the
+    // restore moved it in instead of reading it while the tree was stopped.
+    let held = number_after(&sout, "pre-copied memory moved in: ");
+    assert!(held >= 32, "most of 64 MiB should be moved in (MiB): {sout}");
     verify_on_b(&h, &pf, &mut w, "pre-copy");
     // The received images (with their pre-copy chain) restore again, with
     // the parent pages served lazily by `cryo restore --lazy-pages`.
@@ -648,12 +661,25 @@ fn corrupted(extra: &[&str]) {
 /// byte of a cold page flipped it fails.
 #[test]
 fn dirtier_check_passes_and_fails() {
-    for (corrupt, want) in [(false, "PASS"), (true, "FAIL page")] {
+    for (corrupt, want) in [
+        ("", "PASS"),
+        ("--corrupt-after-ready", "FAIL page"),
+        ("--corrupt-discarded", "discarded, but word"),
+    ] {
         let sc = Scratch::new("dirtier-self");
-        let log = sc.path(&format!("w-{corrupt}.log"));
-        let mut args = vec!["--mib", "8", "--hot-mib", "2", "--hot-ms", "100"];
-        if corrupt {
-            args.push("--corrupt-after-ready");
+        let log = sc.path(&format!("w-{}.log", corrupt.len()));
+        let mut args = vec![
+            "--mib",
+            "8",
+            "--hot-mib",
+            "2",
+            "--hot-ms",
+            "100",
+            "--discard-every",
+            "2",
+        ];
+        if !corrupt.is_empty() {
+            args.push(corrupt);
         }
         let w = Workload::spawn(bin!("dirtier"), &args, &log).expect("spawn dirtier");
         sc.cl.pid(w.pid);
@@ -663,6 +689,9 @@ fn dirtier_check_passes_and_fails() {
         // A FAIL verdict comes back as Err naming the bad page.
         let v = wait_for_verdict(&log, LINE_TIMEOUT).unwrap_or_else(|e| e);
         assert!(v.contains(want), "corrupt={corrupt}: {v}");
+        if corrupt.is_empty() {
+            assert!(number_after(&v, "discarded=") >= 8, "nothing was discarded: {v}");
+        }
         assert!(
             wait_for_line(&log, "TS ", LINE_TIMEOUT).is_ok(),
             "no timestamps in the log"

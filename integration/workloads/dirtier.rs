@@ -12,12 +12,19 @@
 //! checks every page against itself and against the table: a page from an
 //! older pre-copy round, a lost write or a torn page all fail.
 //! `--corrupt-after-ready` flips one byte of a cold page before checking.
+//! `--discard-every D` also throws away (MADV_DONTNEED) 8 pages of the
+//! cold part every D slices, moving on each time, and checks that they
+//! read as zeros (a migration must not bring back what the program threw
+//! away after a pre-copy round sent it); `--corrupt-discarded` writes a
+//! byte into the first discarded page before checking.
 
 use cryo_integration::wl::{self, AnonMap, Args, Log};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const MIB: usize = 1 << 20;
 const PAGE_WORDS: usize = 512;
+/// Generation of a page thrown away (it must read as zeros).
+const DISCARDED: u64 = u64::MAX;
 
 fn word(page: usize, gen: u64, i: usize) -> u64 {
     let mut x = (page as u64) << 32 ^ gen.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (i as u64);
@@ -49,6 +56,8 @@ fn main() {
     let hot_ms = args.num("hot-ms", 1000).max(10);
     let ts_ms = args.num("ts-ms", 200).max(1) as u128;
     let corrupt = args.flag("corrupt-after-ready");
+    let discard_every = args.num("discard-every", 0);
+    let corrupt_discarded = args.flag("corrupt-discarded");
     wl::install_usr1();
 
     let pages = mib * MIB / 4096;
@@ -82,6 +91,14 @@ fn main() {
             cursor = (cursor + 1) % hot;
         }
         slices += 1;
+        if discard_every > 0 && slices.is_multiple_of(discard_every) && pages >= hot + 8 {
+            // The cold part, 8 pages at a time, wrapping around.
+            let first = hot + ((slices / discard_every) as usize * 8) % (pages - hot - 7);
+            map.discard(first * 4096, 8 * 4096);
+            for g in &mut gens[first..first + 8] {
+                *g = DISCARDED;
+            }
+        }
         wl::sleep_ms(10);
     }
 
@@ -89,12 +106,28 @@ fn main() {
         let b = &mut map.bytes_mut()[(pages - 1) * 4096 + 99];
         *b ^= 0x20;
     }
+    if corrupt_discarded {
+        if let Some(p) = gens.iter().position(|&g| g == DISCARDED) {
+            map.bytes_mut()[p * 4096 + 123] = 1;
+        }
+    }
     let mut problems = Vec::new();
     let w = map.words();
     let mut rewritten = 0u64;
+    let mut discarded = 0u64;
     for (p, &want) in gens.iter().enumerate() {
         let page = &w[p * PAGE_WORDS..(p + 1) * PAGE_WORDS];
         let g = page[0];
+        if want == DISCARDED {
+            discarded += 1;
+            if let Some(i) = page.iter().position(|&x| x != 0) {
+                problems.push(format!("page {p}: discarded, but word {i} is {:#x}", page[i]));
+            }
+            if problems.len() > 5 {
+                break;
+            }
+            continue;
+        }
         if g != want {
             problems.push(format!("page {p}: generation {g}, table says {want}"));
         } else if let Some(i) = (1..PAGE_WORDS).find(|&i| page[i] != word(p, g, i)) {
@@ -107,6 +140,6 @@ fn main() {
     }
     log.verdict(
         &problems,
-        &format!("mib={mib} hot_mib={hot_mib} slices={slices} page_writes={rewritten}"),
+        &format!("mib={mib} hot_mib={hot_mib} slices={slices} page_writes={rewritten} discarded={discarded}"),
     );
 }

@@ -11,6 +11,7 @@
 pub mod cli;
 pub mod lazy;
 pub mod predump;
+pub mod prestage;
 pub mod runs;
 pub mod send;
 pub mod server;

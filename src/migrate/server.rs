@@ -131,10 +131,11 @@ fn session(ses: &mut Session, opts: &ServerOpts, incoming: &Path) -> Result<Outc
         .create(incoming)
         .with_context(|| format!("Cannot create {}", incoming.display()))?;
     let mut files = 0usize;
+    let mut shadow = super::prestage::Shadow::default();
     loop {
         match ses.next()? {
             Frame::FileBegin { name, size } => {
-                receive_file(ses, incoming, &name, size, &pids)?;
+                receive_file(ses, incoming, &name, size, &pids, &mut shadow)?;
                 files += 1;
             }
             Frame::Symlink { name, target } => {
@@ -154,7 +155,15 @@ fn session(ses: &mut Session, opts: &ServerOpts, incoming: &Path) -> Result<Outc
             f @ (Frame::Restore | Frame::RestoreLazy) => {
                 let lazy = f == Frame::RestoreLazy;
                 check_complete(incoming, files)?;
-                let (pid, shim, procs) = restore_here(ses, opts, incoming, lazy)?;
+                let (pid, shim, procs, moved_in) = restore_here(
+                    ses,
+                    opts,
+                    incoming,
+                    lazy,
+                    if lazy { Default::default() } else { shadow.view() },
+                )?;
+                // The restored tasks took what they needed of the windows.
+                drop(shadow);
                 move_into(incoming, &opts.dir)?;
                 if let Err(e) = ses.send(&Frame::Done) {
                     // The source is stopped for good once it sent Commit.
@@ -162,7 +171,11 @@ fn session(ses: &mut Session, opts: &ServerOpts, incoming: &Path) -> Result<Outc
                 }
                 {
                     let mut out = std::io::stdout().lock();
-                    let _ = writeln!(out, "cryo page-server: restored, pid {pid}");
+                    let _ = writeln!(
+                        out,
+                        "cryo page-server: restored, pid {pid} (pre-copied memory moved in: {} MiB)",
+                        moved_in >> 20
+                    );
                     let _ = out.flush();
                 }
                 if !procs.is_empty() {
@@ -247,7 +260,14 @@ fn check_link(name: &str, round: u32, target: &str) -> Result<()> {
     Ok(())
 }
 
-fn receive_file(ses: &mut Session, incoming: &Path, name: &str, size: u64, pids: &[u32]) -> Result<()> {
+fn receive_file(
+    ses: &mut Session,
+    incoming: &Path,
+    name: &str,
+    size: u64,
+    pids: &[u32],
+    shadow: &mut super::prestage::Shadow,
+) -> Result<()> {
     wire::check_name(name).map_err(|e| anyhow!(e))?;
     let base = name.rsplit('/').next().unwrap_or(name);
     if let Some(p) = names::pagemap_pid(base) {
@@ -265,6 +285,11 @@ fn receive_file(ses: &mut Session, incoming: &Path, name: &str, size: u64, pids:
         .with_context(|| format!("Cannot create {name} (sent twice?)"))?;
     let mut h = crc32fast::Hasher::new();
     let mut got = 0u64;
+    // A pre-copy round's pagemap is kept whole (for the pages file after
+    // it); the pages go into the shadow windows as they come.
+    let pagemap = super::prestage::pagemap_file(name);
+    let mut kept = Vec::new();
+    let mut sink = super::prestage::pages_file(name).and_then(|(r, id)| shadow.pages(r, id));
     loop {
         match ses
             .next()
@@ -277,6 +302,12 @@ fn receive_file(ses: &mut Session, incoming: &Path, name: &str, size: u64, pids:
                 }
                 h.update(&d);
                 f.write_all(&d).with_context(|| format!("Cannot write {name}"))?;
+                if let Some(k) = sink.as_mut() {
+                    k.write(&d);
+                }
+                if pagemap.is_some() {
+                    kept.extend_from_slice(&d);
+                }
             }
             Frame::FileEnd { crc } => {
                 if got != size {
@@ -285,6 +316,10 @@ fn receive_file(ses: &mut Session, incoming: &Path, name: &str, size: u64, pids:
                 let mine = h.finalize();
                 if mine != crc {
                     bail!("{name}: corrupted in transit (crc32 {mine:#010x}, sender says {crc:#010x})");
+                }
+                drop(sink);
+                if let Some((round, pid)) = pagemap {
+                    shadow.pagemap(round, name, pid, &kept);
                 }
                 return Ok(());
             }
@@ -318,7 +353,8 @@ fn restore_here(
     opts: &ServerOpts,
     incoming: &Path,
     lazy: bool,
-) -> Result<(i32, i32, Vec<super::lazy::LazyProc>)> {
+    prestaged: restore::prestaged::Prestaged,
+) -> Result<(i32, i32, Vec<super::lazy::LazyProc>, u64)> {
     let root = Arc::new(Mutex::new(0i32));
     let conn = Arc::new(Mutex::new((
         ses.rd.get_ref().try_clone()?,
@@ -365,12 +401,13 @@ fn restore_here(
         hook,
         lazy_pages: lazy,
         run_hook,
+        prestaged,
         ..Default::default()
     })
     .context("Restore failed")?;
     info!("restored, root pid {}", r.root_host_pid);
     let procs = std::mem::take(&mut *procs.lock().unwrap());
-    Ok((r.root_host_pid, r.shim_pid, procs))
+    Ok((r.root_host_pid, r.shim_pid, procs, r.moved_in))
 }
 
 #[cfg(test)]

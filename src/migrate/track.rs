@@ -80,7 +80,14 @@ fn present(pagemap: &fs::File, pid: i32, start: u64, end: u64) -> Result<RunSet>
     let (m, inv, any) = dumpable_query();
     let rs = vm::pagemap_scan(pagemap, start, end, m, inv, any, vm::category::PRESENT, 0)
         .with_context(|| format!("PAGEMAP_SCAN of pid {pid} at {start:#x}"))?;
-    Ok(RunSet::from_ranges(rs.into_iter().map(|r| (r.start, r.end))))
+    // Swapped entries may be write-protect markers of dropped pages.
+    let tagged: Vec<(u64, u64, bool)> = rs
+        .iter()
+        .map(|r| (r.start, r.end, r.categories & vm::category::PRESENT == 0))
+        .collect();
+    let rs =
+        vm::drop_wp_markers(Pid::from_raw(pid), &tagged).with_context(|| format!("Cannot read /proc/{pid}/pagemap"))?;
+    Ok(RunSet::from_ranges(rs))
 }
 
 /// Pages of `[start, end)` written since the last scan; with `rearm`,

@@ -20,6 +20,7 @@
 pub mod blob;
 pub mod parent;
 mod plan;
+pub mod prestaged;
 mod session;
 mod shim;
 mod task;
@@ -78,6 +79,9 @@ pub struct RestoreOpts {
     /// and then `ReadyToRun`, after the restorer is gone and before any
     /// task runs its own code; an error kills what was restored.
     pub run_hook: crate::hooks::Hook,
+    /// Pre-copied memory the caller (the page server) already holds in
+    /// its own address space; see [`prestaged`].
+    pub prestaged: prestaged::Prestaged,
 }
 
 /// The stages of a restore, for logs and errors.
@@ -105,6 +109,10 @@ pub struct Restored {
     /// With `detach == false`: the exit status of the restored root.
     pub exit_code: Option<i32>,
     pub restore_us: u64,
+    /// Bytes of private anonymous mappings moved in from pre-copied memory
+    /// the caller held (`RestoreOpts::prestaged`) instead of read from the
+    /// images.
+    pub moved_in: u64,
 }
 
 /// The engine's own descriptors that every task inherits, moved above any
@@ -129,6 +137,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
     check_dir_trust(&opts.dir, opts.trust_images)?;
     let dir = ImageDir::open(&opts.dir)?;
     let mut plan = Plan::load(&dir, opts).context("Stage Load")?;
+    let moved_in = task::moved_in_bytes(&plan);
     let mut nsp =
         crate::ns::load(&dir, plan.tasks[0].pid as u32, opts.root.as_deref(), &opts.ext_mnt).context("Stage Load")?;
     if nsp.is_some() && plan.tasks[0].pid != 1 {
@@ -323,6 +332,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
         shim_pid,
         exit_code,
         restore_us,
+        moved_in,
     })
 }
 

@@ -70,6 +70,8 @@ pub struct Plan {
     pub layout: XsaveLayout,
     /// System V IPC objects (recreated in a fresh ipc namespace).
     pub sysv: crate::ipc::sysv::Dumped,
+    /// Pre-copied memory the engine already holds.
+    pub prestaged: super::prestaged::Prestaged,
 }
 
 impl Plan {
@@ -296,6 +298,12 @@ impl Plan {
             shell_job: opts.shell_job,
             sysv: crate::ipc::sysv::load_dir(dir)?,
             layout,
+            // Only where the pages are staged now (not left to lazy pages).
+            prestaged: if opts.lazy_pages {
+                Default::default()
+            } else {
+                opts.prestaged.clone()
+            },
         };
         plan.check_sessions()?;
         Ok(plan)

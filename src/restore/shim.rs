@@ -81,6 +81,7 @@ fn shim_main(plan: &Plan, efds: EngineFds, ctl: (RawFd, RawFd), engine: Pid) -> 
 
     let root = &plan.tasks[0];
     super::session::fork_children(plan, &[0], efds)?;
+    plan.prestaged.release();
     let root_pid = root.pid;
     // Keep nothing of the engine's but the control pipes: with -d the
     // caller's stdout (a pipe, a terminal) must not stay open for the life

@@ -210,6 +210,7 @@ fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
     let mut moves = Vec::with_capacity(staged_vmas.len());
     let mut madvs = Vec::new();
     let mut stage_of: Vec<(u64, u64, u64)> = Vec::new(); // (target start, target end, staging start)
+    let mut moved_in: Vec<(u64, u64, u64)> = Vec::new(); // the same, for pre-copied memory moved in
     for (v, &off) in staged_vmas.iter().zip(&stage_offs) {
         let at = region.start + off;
         let len = v.end - v.start;
@@ -240,6 +241,13 @@ fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
                 .with_context(|| format!("Cannot map the shared memory for {:#x}", v.start))?;
             }
             VmaKind::SysvShm => crate::ipc::sysv::vma_attach(v, at)?,
+            VmaKind::AnonPrivate if prestaged(plan, t, v).is_some() => {
+                // Pre-copied pages the engine already holds: move them in.
+                let src = prestaged(plan, t, v).unwrap_or_default();
+                mmap::move_to(src, len, at)
+                    .with_context(|| format!("Cannot move the pre-copied memory for {:#x}", v.start))?;
+                moved_in.push((v.start, v.end, at));
+            }
             VmaKind::AnonPrivate => {
                 let mut fl = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE;
                 if growsdown {
@@ -308,10 +316,22 @@ fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
         }
     }
 
+    // Pre-copied memory moved in: the windows hold what the parent chain
+    // resolves to; what the final images no longer have reads as zeros.
+    for &(vs, ve, st) in &moved_in {
+        let covered: Vec<(u64, u64)> = t.fills.iter().map(|f| (f.vaddr, f.vaddr + f.len)).collect();
+        for (hs, he) in super::prestaged::holes(vs, ve, &covered) {
+            mmap::discard(st + (hs - vs), he - hs).with_context(|| format!("Cannot zero {hs:#x}"))?;
+        }
+    }
+    let in_moved = |a: u64, e: u64| moved_in.iter().any(|&(vs, ve, _)| vs <= a && e <= ve);
     // Fill the pages.
     let mut huge = HugeStager::default();
     for fill in &t.fills {
         if fill.lazy && lazy_ok(&staged_vmas, fill.vaddr, fill.vaddr + fill.len) {
+            continue;
+        }
+        if fill.file.starts_with("parent/") && in_moved(fill.vaddr, fill.vaddr + fill.len) {
             continue;
         }
         if fill.file.is_empty() {
@@ -365,6 +385,35 @@ fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
 }
 
 use crate::sys::mmap::HPAGE_SIZE;
+
+/// Where the engine holds the pre-copied pages of the private anonymous
+/// mapping `v` (one window covering all of it), when it does and they are
+/// used: not for a stack (a moved mapping cannot grow down) nor for huge
+/// page mappings (staged as huge pages instead).
+fn prestaged(plan: &Plan, t: &TaskImage, v: &pb::VmaEntry) -> Option<u64> {
+    if VmaKind::from_status(v.status) != Some(VmaKind::AnonPrivate)
+        || v.flags & libc::MAP_GROWSDOWN as u32 != 0
+        || wants_huge_pages(v)
+    {
+        return None;
+    }
+    plan.prestaged.find(t.pid as u32, v.start, v.end)
+}
+
+/// Bytes of mappings the tasks of `plan` will move in from pre-copied
+/// memory (see [`prestaged`]).
+pub(crate) fn moved_in_bytes(plan: &Plan) -> u64 {
+    plan.tasks
+        .iter()
+        .filter(|t| t.zombie.is_none())
+        .flat_map(|t| {
+            t.mm.vmas
+                .iter()
+                .filter(|v| prestaged(plan, t, v).is_some())
+                .map(|v| v.end - v.start)
+        })
+        .sum()
+}
 
 /// Whether `[start, end)` lies in one private anonymous mapping (where a
 /// lazy piece may be left unstaged for userfaultfd to fill later).

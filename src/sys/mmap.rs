@@ -207,3 +207,76 @@ mod tests {
         unsafe { libc::munmap(p, len as usize) };
     }
 }
+
+/// A private anonymous mapping of `len` bytes at an address the kernel
+/// picks, without swap accounting (MAP_NORESERVE): room for pages that
+/// arrive sparsely (pre-copy rounds received by the page server).
+pub fn reserve(len: u64) -> nix::Result<u64> {
+    // SAFETY: a fresh mapping at a kernel-chosen address overlaps nothing
+    // that exists; only `write_into`/`move_to`/`munmap` touch it later.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(Errno::last());
+    }
+    Ok(p as u64)
+}
+
+/// Copies `data` into `[addr, addr + data.len())`, a writable range of a
+/// mapping made by [`reserve`].
+pub fn write_into(addr: u64, data: &[u8]) {
+    // SAFETY: the caller passes a range inside a live `reserve` mapping
+    // (checked against the mapping's bounds by its owner); no Rust object
+    // lives there, and `data` is a separate buffer (no overlap).
+    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), addr as *mut u8, data.len()) }
+}
+
+/// Moves the pages of `[src, src + len)` (part of one anonymous mapping
+/// of ours) to `dst`, replacing what was there: `mremap(MREMAP_MAYMOVE |
+/// MREMAP_FIXED)`. Page tables move; no byte is copied.
+pub fn move_to(src: u64, len: u64, dst: u64) -> nix::Result<()> {
+    // SAFETY: both ranges belong to the caller: `src` to a `reserve`
+    // mapping inherited from the engine, `dst` to the staging region it
+    // chose free (find_hole); no Rust reference points into either.
+    let p = unsafe {
+        libc::mremap(
+            src as *mut libc::c_void,
+            len as usize,
+            len as usize,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+            dst as *mut libc::c_void,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
+/// `madvise(MADV_DONTNEED)`: the private anonymous range reads as zeros
+/// again.
+pub fn discard(addr: u64, len: u64) -> nix::Result<()> {
+    // SAFETY: a staging range of ours (see `move_to`); dropping its pages
+    // invalidates no Rust reference.
+    Errno::result(unsafe { libc::madvise(addr as *mut _, len as usize, libc::MADV_DONTNEED) }).map(drop)
+}
+
+/// `madvise(addr, 2 MiB, MADV_COLLAPSE)`: the populated 2 MiB block at
+/// `addr` (aligned) becomes one huge page, content kept; the mapping's
+/// flags do not change.
+pub fn collapse(addr: u64) -> nix::Result<()> {
+    if addr % HPAGE_SIZE != 0 {
+        return Err(Errno::EINVAL);
+    }
+    // SAFETY: a block of a `reserve` mapping of ours; a collapse keeps
+    // its content and no Rust reference points into it.
+    Errno::result(unsafe { libc::madvise(addr as *mut _, HPAGE_SIZE as usize, MADV_COLLAPSE) }).map(drop)
+}

@@ -245,6 +245,53 @@ pub mod pm {
     pub const SOFT_DIRTY: u64 = 1 << 55;
     /// PFN (root only; 0 otherwise), when present.
     pub const PFN_MASK: u64 = (1 << 55) - 1;
+    /// Swap type of a swapped entry (root only): bits 0-4.
+    pub const SWAP_TYPE_MASK: u64 = 0x1f;
+    /// The swap type the kernel gives PTE markers (the last of the 32).
+    pub const SWAP_TYPE_PTE_MARKER: u64 = 31;
+
+    /// Whether a pagemap entry is a userfaultfd write-protect marker: no
+    /// page, only the wp bit kept on an empty entry. PAGEMAP_SCAN counts
+    /// these as "swapped", but they hold nothing (a page the program
+    /// dropped with MADV_DONTNEED while writes were tracked, once a scan
+    /// protected the empty entry again).
+    pub fn is_wp_marker(e: u64) -> bool {
+        e & PRESENT == 0
+            && e & SWAPPED != 0
+            && e & GUARD == 0
+            && e & UFFD_WP != 0
+            && e & SWAP_TYPE_MASK == SWAP_TYPE_PTE_MARKER
+    }
+}
+
+/// `runs` (page-aligned `(start, end)` pairs) without the pages whose
+/// pagemap entries are write-protect markers ([`pm::is_wp_marker`]).
+/// Only runs for which `check` is true are looked at.
+pub fn drop_wp_markers(pid: Pid, runs: &[(u64, u64, bool)]) -> std::io::Result<Vec<(u64, u64)>> {
+    let mut out = Vec::with_capacity(runs.len());
+    for &(s, e, check) in runs {
+        if !check {
+            out.push((s, e));
+            continue;
+        }
+        let entries = read_pagemap(pid, s, e)?;
+        let mut run: Option<u64> = None;
+        for (i, &pme) in entries.iter().enumerate() {
+            let a = s + i as u64 * PAGE_SIZE;
+            match (pm::is_wp_marker(pme), run) {
+                (false, None) => run = Some(a),
+                (true, Some(r)) => {
+                    out.push((r, a));
+                    run = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(r) = run {
+            out.push((r, e));
+        }
+    }
+    Ok(out)
 }
 
 /// Reads the raw `/proc/P/pagemap` entries for the pages of
@@ -266,6 +313,18 @@ pub fn read_pagemap(pid: Pid, start: u64, end: u64) -> std::io::Result<Vec<u64>>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wp_markers_are_told_from_swapped_pages() {
+        let marker = pm::SWAPPED | pm::UFFD_WP | 31 | (7 << 5);
+        assert!(pm::is_wp_marker(marker));
+        // A page swapped out while write-protected: a real swap type.
+        assert!(!pm::is_wp_marker(pm::SWAPPED | pm::UFFD_WP | 2));
+        // A guard region (also a marker, handled apart).
+        assert!(!pm::is_wp_marker(marker | pm::GUARD));
+        assert!(!pm::is_wp_marker(pm::PRESENT | pm::UFFD_WP));
+        assert!(!pm::is_wp_marker(0));
+    }
 
     #[test]
     fn ioctl_number() {
