@@ -129,7 +129,11 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
     dir.finish_manifest()?;
     if let Err(e) = opts.hook.fire(crate::hooks::Event::PostDump) {
         drop(net); // repair off, locks lifted
-        drop(frozen); // detaches: the tree runs on untouched
+        if e.downcast_ref::<HoldStopped>().is_some() {
+            frozen.hold();
+        } else {
+            drop(frozen); // detaches: the tree runs on untouched
+        }
         return Err(e);
     }
     if opts.leave_running {
@@ -143,6 +147,20 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
     }
     Ok(stats)
 }
+
+/// A PostDump hook's error that asks to leave the tree stopped (SIGSTOP)
+/// instead of resuming it: whether it runs elsewhere is not known (a
+/// migration whose destination's answer to Commit was lost).
+#[derive(Debug)]
+pub struct HoldStopped(pub String);
+
+impl std::fmt::Display for HoldStopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for HoldStopped {}
 
 /// Pids as the dumped tree sees them. A tree in our pid namespace keeps
 /// its host pids; a tree that is its own pid namespace (its root is pid 1

@@ -196,6 +196,17 @@ impl Frozen {
         self.armed = false;
     }
 
+    /// Leaves the tree stopped, neither running nor killed: every process
+    /// gets SIGSTOP queued and every thread is detached, so each process
+    /// enters a group stop as it leaves our hands (until SIGCONT).
+    pub fn hold(mut self) {
+        for p in self.procs.iter().filter(|p| p.zombie.is_none()) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(p.pid), Signal::SIGSTOP);
+        }
+        self.detach_all();
+        self.armed = false;
+    }
+
     /// Lets the tree run on: every thread is detached.
     pub fn resume(mut self) {
         self.detach_all();

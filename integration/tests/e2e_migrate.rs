@@ -826,3 +826,122 @@ fn source_cryo_killed_during_post_copy() {
     let v = wait_for_verdict(&w.log, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     assert!(v.starts_with("PASS"), "{v}");
 }
+
+/// A proxy in host B between the sender and the page server that passes
+/// the stream frame by frame until the sender's Commit (kind 8). Then,
+/// with `deliver`, it passes the Commit on but nothing back (the
+/// destination runs the tree; its Done is lost); without, it drops the
+/// Commit (the destination never hears it). Either way it then closes the
+/// sender's connection.
+fn commit_cutting_proxy(h: &Hosts, to: String, deliver: bool) -> (u16, std::thread::JoinHandle<()>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let j = Hosts::in_ns(&h.b, move || {
+        let l = std::net::TcpListener::bind(format!("{ADDR_B}:0")).unwrap();
+        tx.send(l.local_addr().unwrap().port()).unwrap();
+        let (mut a, _) = l.accept().unwrap();
+        let mut b = std::net::TcpStream::connect(&to).unwrap();
+        let (mut a2, mut b2) = (a.try_clone().unwrap(), b.try_clone().unwrap());
+        let cut = Arc::new(AtomicBool::new(false));
+        let cut2 = cut.clone();
+        let back = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 << 10];
+            while let Ok(n) = b2.read(&mut buf) {
+                if n == 0 || (!cut2.load(Ordering::SeqCst) && a2.write_all(&buf[..n]).is_err()) {
+                    break;
+                }
+            }
+        });
+        loop {
+            let mut head = [0u8; 24];
+            if a.read_exact(&mut head).is_err() {
+                break;
+            }
+            let kind = u32::from_le_bytes(head[4..8].try_into().unwrap());
+            let len = u64::from_le_bytes(head[8..16].try_into().unwrap()) as usize;
+            let mut payload = vec![0u8; len];
+            if a.read_exact(&mut payload).is_err() {
+                break;
+            }
+            if kind == 8 {
+                cut.store(true, Ordering::SeqCst);
+                if deliver {
+                    let _ = b.write_all(&head);
+                    // Let the destination release the tree and answer
+                    // (into the void) before the sender loses us.
+                    std::thread::sleep(Duration::from_millis(500));
+                } else {
+                    let _ = b.shutdown(std::net::Shutdown::Both);
+                }
+                break;
+            }
+            if b.write_all(&head).and_then(|_| b.write_all(&payload)).is_err() {
+                break;
+            }
+        }
+        let _ = a.shutdown(std::net::Shutdown::Both);
+        let _ = b.shutdown(std::net::Shutdown::Write);
+        let _ = back.join();
+    });
+    (rx.recv().unwrap(), j)
+}
+
+/// The source is stopped (group stop), neither running nor killed.
+fn assert_held_stopped(w: &Workload, what: &str) {
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(pid_running(w.pid), "[{what}] the source pid {} is gone", w.pid);
+    assert_eq!(
+        pid_state(w.pid),
+        Some('T'),
+        "[{what}] the source pid {} should be kept stopped",
+        w.pid
+    );
+}
+
+/// When the destination's answer to Commit is lost, the source cannot know
+/// whether the tree runs there: it keeps the source stopped (never twice)
+/// and alive (never lost), and says so. Both cases of that ambiguity: the
+/// destination got the Commit and runs the tree, or it never got it and
+/// killed its copy (then SIGCONT lets the source go on).
+#[test]
+fn lost_answer_after_commit_keeps_the_source_stopped() {
+    require_root!();
+    for deliver in [true, false] {
+        let what = if deliver { "commit delivered" } else { "commit lost" };
+        let (h, sc, mut w, srv) = setup("mig-commit", 16);
+        let (port, proxy) = commit_cutting_proxy(&h, srv.to(), deliver);
+        let (pid, log) = (w.pid.to_string(), sc.path("migrate.log"));
+        let to = format!("{ADDR_B}:{port}");
+        let out = cryo_in(&h.a, &migrate_args(&pid, &to, s(&log), &[]));
+        let e = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        assert!(!out.status.success(), "[{what}] migrate succeeded without the answer");
+        assert!(
+            !e.contains('\n') && e.contains("kept stopped") && e.contains(&pid),
+            "[{what}] {e}"
+        );
+        let _ = proxy.join();
+        assert_held_stopped(&w, what);
+        let f = srv.finish();
+        if deliver {
+            // The destination runs the tree: the user kills the source.
+            assert!(f.ok, "[{what}] page-server: {}", f.err);
+            let rpid = read_pidfile(&f.pidfile).unwrap_or_else(|e| panic!("[{what}] {e}"));
+            assert!(pid_running(rpid), "[{what}] restored pid {rpid} does not run");
+            cryo_integration::signal(w.pid, libc::SIGKILL).unwrap();
+            assert!(w.wait_exit(GONE_TIMEOUT).is_some(), "[{what}] the source did not die");
+            cryo_integration::signal(rpid, libc::SIGUSR1).unwrap();
+            let v = wait_for_nth_verdict(&w.log, 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("[{what}] {e}"));
+            assert!(v.starts_with("PASS"), "[{what}] restored workload: {v}");
+        } else {
+            // Nothing runs on B: the user resumes the source.
+            assert!(!f.ok, "[{what}] page-server succeeded without Commit");
+            assert!(
+                read_pidfile(&f.pidfile).map_or(true, |p| !pid_running(p)),
+                "[{what}] something runs on B"
+            );
+            cryo_integration::signal(w.pid, libc::SIGCONT).unwrap();
+            verify_still_on_a(&f.pidfile, &mut w, what);
+        }
+    }
+}

@@ -238,8 +238,25 @@ pub fn migrate(opts: &MigrateOpts) -> Result<MigrateStats> {
             *restored.lock().unwrap() = Some(rpid);
             match c.answer() {
                 Ok(Frame::Done) => {}
-                Ok(f) => tracing::warn!("the page server confirmed with {}", f.name()),
-                Err(e) if !remote => tracing::warn!("no confirmation from the page server after Commit: {e:#}"),
+                // The destination failed after Commit; a failed restore
+                // leaves nothing there: the source resumes.
+                Ok(Frame::Error(m)) => {
+                    *restored.lock().unwrap() = None;
+                    bail!("the destination failed to start the restored tree: {m}")
+                }
+                Ok(f) => bail!("the page server answered Commit with {}", f.name()),
+                Err(e) if !remote => {
+                    // The answer is lost: the destination may run the tree
+                    // or may have killed it. Neither resume nor kill.
+                    let pids: Vec<String> = hosts.iter().map(|h| h.1.to_string()).collect();
+                    return Err(crate::dump::HoldStopped(format!(
+                        "no answer from the destination after Commit ({e:#}): it may run the tree already; \
+                         the source tree is kept stopped (SIGSTOP), pids {}: if the destination runs it, kill \
+                         these; if not, resume them with SIGCONT",
+                        pids.join(" ")
+                    ))
+                    .into());
+                }
                 Err(e) => return Err(e),
             }
             if remote {
@@ -287,11 +304,14 @@ pub fn migrate(opts: &MigrateOpts) -> Result<MigrateStats> {
     let res = dump::dump(&dopts);
     drop(dopts);
     drop(tracker); // ends write tracking (on a failure the source runs on)
-    let st = res.with_context(|| {
-        if restored.lock().unwrap().is_some() {
-            format!("Migration of pid {pid} to {}", opts.to)
+    let st = res.map_err(|e| {
+        if e.downcast_ref::<crate::dump::HoldStopped>().is_some() {
+            e.context(format!("Migration of pid {pid} to {}", opts.to))
         } else {
-            format!("Migration of pid {pid} to {} failed; the source keeps running", opts.to)
+            e.context(format!(
+                "Migration of pid {pid} to {} failed; the source keeps running",
+                opts.to
+            ))
         }
     })?;
     stats.final_pages = st.pages_written;

@@ -26,12 +26,15 @@ pub const WINDOW: u64 = 1 << 36;
 /// Windows at most (virtual space: 8 TiB of the 128 TiB there is).
 const MAX_WINDOWS: usize = 128;
 
+/// Present runs of a pagemap, (vaddr, len), in pages-file order.
+type Runs = Vec<(u64, u64)>;
+
 /// The windows, and what each round's pages file maps to.
 #[derive(Debug, Default)]
 pub struct Shadow {
     windows: Vec<Window>,
-    /// (round, pages id) → (pid, present runs (vaddr, len) in file order).
-    runs: HashMap<(u32, u32), (u32, Vec<(u64, u64)>)>,
+    /// (round, pages id) → (pid, present runs in file order).
+    runs: HashMap<(u32, u32), (u32, Runs)>,
     /// Set after a failure: no window is offered to the restore.
     off: bool,
     pub bytes: u64,

@@ -273,7 +273,7 @@ pub fn discard(addr: u64, len: u64) -> nix::Result<()> {
 /// `addr` (aligned) becomes one huge page, content kept; the mapping's
 /// flags do not change.
 pub fn collapse(addr: u64) -> nix::Result<()> {
-    if addr % HPAGE_SIZE != 0 {
+    if !addr.is_multiple_of(HPAGE_SIZE) {
         return Err(Errno::EINVAL);
     }
     // SAFETY: a block of a `reserve` mapping of ours; a collapse keeps
