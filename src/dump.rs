@@ -661,6 +661,7 @@ fn dump_process(
         files.reg_path(&exe, 0, 0)?
     };
     let mut vma_entries = Vec::with_capacity(vmas.len());
+    let mut scans: HashMap<u64, Vec<vm::PageRegion>> = HashMap::new();
     let pagemap =
         fs::File::open(format!("/proc/{pid}/pagemap")).with_context(|| format!("Cannot open /proc/{pid}/pagemap"))?;
     for v in &vmas {
@@ -688,20 +689,13 @@ fn dump_process(
         };
         let mut e = mem::vma_entry(v, file_id);
         if kind.dumps_pages() {
-            for g in vm::pagemap_scan(
-                &pagemap,
-                v.start,
-                v.end,
-                vm::category::GUARD,
-                0,
-                0,
-                vm::category::GUARD,
-                0,
-            )
-            .unwrap_or_default()
-            {
+            // One page-table walk finds the guard regions (kept in the
+            // VMA) and the pages to dump (used by dump_pages below).
+            let rs = scan_vma(&pagemap, pid, v)?;
+            for g in rs.iter().filter(|r| r.categories & vm::category::GUARD != 0) {
                 e.cryo_guards.extend([g.start, g.end]);
             }
+            scans.insert(v.start, rs);
         }
         vma_entries.push(e);
     }
@@ -755,7 +749,8 @@ fn dump_process(
     let t = Instant::now();
     ids.next_pages += 1;
     let pages_id = ids.next_pages;
-    let (head, pagemap, scanned, written, write_us) = dump_pages(dir, pid, &vmas, pages_id, opts.prev.as_deref())?;
+    let (head, pagemap, scanned, written, write_us) =
+        dump_pages(dir, pid, &vmas, &scans, pages_id, opts.prev.as_deref())?;
     stats.pages_skipped_parent += pagemap
         .iter()
         .filter(|e| e.flags == Some(mem::PE_PARENT))
@@ -1075,10 +1070,21 @@ fn creds_of(s: &proc::status::Status, secbits: u32) -> pb::CredsEntry {
 /// not the shared zero page, nor still backed by the file. Returns the
 /// pagemap entries (head first), pages scanned and written, and the time
 /// spent writing.
+/// The pages of VMA `v` worth looking at, in one PAGEMAP_SCAN: present
+/// or swapped, not the zero page, not still backed by the file; guard
+/// regions come out as runs with the GUARD category (and are no pages).
+fn scan_vma(pagemap: &fs::File, pid: i32, v: &proc::maps::Vma) -> Result<Vec<vm::PageRegion>> {
+    let skip = vm::category::PFNZERO | vm::category::FILE;
+    let any = vm::category::PRESENT | vm::category::SWAPPED;
+    vm::pagemap_scan(pagemap, v.start, v.end, skip, skip, any, any | vm::category::GUARD, 0)
+        .with_context(|| format!("PAGEMAP_SCAN of pid {pid} at {:#x}", v.start))
+}
+
 fn dump_pages(
     dir: &ImageDir,
     pid: i32,
     vmas: &[proc::maps::Vma],
+    scans: &HashMap<u64, Vec<vm::PageRegion>>,
     pages_id: u32,
     prev: Option<&crate::migrate::track::Tracker>,
 ) -> Result<(pb::PagemapHead, Vec<pb::PagemapEntry>, u64, u64, u64)> {
@@ -1095,18 +1101,13 @@ fn dump_pages(
         scanned += (v.end - v.start) / PAGE_SIZE;
         // Present or swapped, not the zero page, not still backed by the
         // file, not a guard region (those are recorded in the VMA).
-        let skip = vm::category::PFNZERO | vm::category::FILE | vm::category::GUARD;
-        let rs = vm::pagemap_scan(
-            &pagemap,
-            v.start,
-            v.end,
-            skip,
-            skip,
-            vm::category::PRESENT | vm::category::SWAPPED,
-            vm::category::PRESENT | vm::category::SWAPPED,
-            0,
-        )
-        .with_context(|| format!("PAGEMAP_SCAN of pid {pid} at {:#x}", v.start))?;
+        let rs: Vec<vm::PageRegion> = match scans.get(&v.start) {
+            Some(rs) => rs.clone(),
+            None => scan_vma(&pagemap, pid, v)?,
+        }
+        .into_iter()
+        .filter(|r| r.categories & vm::category::GUARD == 0)
+        .collect();
         // While writes are tracked (pre-copy), a page dropped after a round
         // copied it can be an empty entry with a write-protect marker,
         // which the scan counts as swapped: it has no content (zeros).
