@@ -478,7 +478,12 @@ fn dump_process(
     let vpid = view.pid(pid)?;
     let stat = proc::stat::read(pid as u32)?;
     let status = proc::status::read(pid as u32)?;
-    let vmas = proc::maps::read_smaps(pid as u32)?;
+    // smaps walks every page table to count pages, which costs about 10 ms
+    // per 256 MiB mapped; only its VmFlags are needed, and not before the
+    // VMA entries below. Read it on the side; the steps until then use the
+    // maps lines (same VMAs: the tree is frozen).
+    let smaps = std::thread::spawn(move || proc::maps::read_smaps(pid as u32));
+    let vmas = proc::maps::read(pid as u32)?;
     // Seccomp: the leader's filter chain (newest first from ptrace) is
     // appended to seccomp.img oldest first, each pointing at its `prev`.
     let (seccomp_mode, seccomp_top) = match status.seccomp {
@@ -659,6 +664,16 @@ fn dump_process(
         files.unlinked_mapping(pid, &exe, &format!("/proc/{pid}/exe"), libc::O_RDONLY as u32)?
     } else {
         files.reg_path(&exe, 0, 0)?
+    };
+    let vmas = {
+        let same = |a: &[proc::maps::Vma], b: &[proc::maps::Vma]| {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.start == y.start && x.end == y.end)
+        };
+        match smaps.join() {
+            Ok(Ok(s)) if same(&s, &vmas) => s,
+            // The injection above may have grown the stack meanwhile.
+            _ => proc::maps::read_smaps(pid as u32)?,
+        }
     };
     let mut vma_entries = Vec::with_capacity(vmas.len());
     let mut scans: HashMap<u64, Vec<vm::PageRegion>> = HashMap::new();
