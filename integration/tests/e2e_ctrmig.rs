@@ -603,9 +603,12 @@ fn destination_dies_after_the_freeze_and_lazy_pages_are_refused() {
     m.expect_pass(src, "destination died");
 }
 
-/// The restore on B fails (the bundle there has no rootfs): the container
-/// runs on A, untouched, and B holds nothing. Once B's bundle is whole the
-/// same container migrates (runc's bookkeeping on A is intact) and passes.
+/// The restore on B fails, first in runc (the bundle there has no
+/// rootfs), then in the engine runc runs (the rootfs lacks the workload's
+/// executable, which the restored memory maps): each time the container
+/// runs on A, untouched, and B holds nothing, and the page server and
+/// `cryo migrate` say why on one line. Once B's bundle is whole the same
+/// container migrates (runc's bookkeeping on A is intact) and passes.
 #[test]
 fn restore_fails_on_the_destination_then_migrates() {
     let Some(m) = Mig::new("ctrmig-rstfail", 64) else {
@@ -613,22 +616,29 @@ fn restore_fails_on_the_destination_then_migrates() {
     };
     let src = m.start();
     let rootfs_b = m.bundle(Host::B).join("rootfs");
-    let kept = m.tmp.join("rootfs-b-kept");
-    fs::rename(&rootfs_b, &kept).unwrap();
-    let srv = m.page_server("1");
-    let (out, log) = m.migrate(&srv.to, &[]);
-    let f = srv.finish();
-    assert!(!f.ok, "page-server succeeded without a rootfs: {}", f.out);
-    assert!(
-        f.err.trim().contains("Restore of container") && !f.err.trim().contains('\n'),
-        "page-server: {}",
-        f.err
-    );
-    assert_failed(&out, &log, "refused: Restore of container", "restore failed");
-    m.assert_still_on_a(src, &f.dir, "restore failed");
+    let exe_b = rootfs_b.join("bin/dirtier");
+    let kept = m.tmp.join("kept");
+    let cases: [(&str, &Path, &str); 2] = [
+        ("no rootfs", &rootfs_b, "invalid rootfs"),
+        ("no executable", &exe_b, "bin/dirtier"),
+    ];
+    for (i, (what, gone, why)) in cases.into_iter().enumerate() {
+        fs::rename(gone, &kept).unwrap();
+        let srv = m.page_server(&format!("{i}"));
+        let (out, log) = m.migrate(&srv.to, &[]);
+        let f = srv.finish();
+        fs::rename(&kept, gone).unwrap();
+        let e = f.err.trim();
+        assert!(!f.ok, "[{what}] page-server succeeded: {}", f.out);
+        assert!(
+            e.contains("Restore of container") && e.contains(why) && !e.contains('\n'),
+            "[{what}] page-server: {e}"
+        );
+        assert_failed(&out, &log, "refused: Restore of container", what);
+        m.assert_still_on_a(src, &f.dir, what);
+    }
 
-    fs::rename(&kept, &rootfs_b).unwrap();
-    let srv = m.page_server("2");
+    let srv = m.page_server("ok");
     let (out, log) = m.migrate(&srv.to, &[]);
     let pid = m.assert_moved(src, srv, &out, &log);
     m.expect_pass(pid, "migrated after a failed restore");
