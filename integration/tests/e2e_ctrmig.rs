@@ -553,6 +553,27 @@ fn destination_dies_after_the_freeze_and_lazy_pages_are_refused() {
         log_tail(&log, 10)
     );
     assert_eq!(m.state(Host::A), Some(("running".to_string(), src)));
+    // Other bad input: one line naming what is wrong, nothing touched.
+    let (out, _) = m.migrate(&srv.to, &["--runtime", "crun"]);
+    let e = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert!(
+        !out.status.success() && !e.contains('\n') && e.contains("only runc containers"),
+        "{e}"
+    );
+    let bad = Command::new(cryo_bin())
+        .args(["page-server", "--port", "0", "-D"])
+        .arg(m.tmp.join("dst-bad"))
+        .args(["--container", "x", "--bundle"])
+        .arg(m.tmp.join("no-bundle"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("cryo page-server");
+    let e = String::from_utf8_lossy(&bad.stderr).trim().to_string();
+    assert!(
+        !bad.status.success() && !e.contains('\n') && e.contains("has no config.json"),
+        "{e}"
+    );
+    assert_eq!(m.state(Host::A), Some(("running".to_string(), src)));
 
     // Nothing reached the page server: it still waits. The next attempt
     // (no pre-copy: the first pages sent are the frozen container's)
