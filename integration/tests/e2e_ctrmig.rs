@@ -525,6 +525,13 @@ fn container_migrates_with_pre_copy() {
         .and_then(|r| r.split([' ', ']']).next()?.parse().ok())
         .unwrap_or(0);
     assert!(first >= 60 << 10, "the first round carries the 64 MiB: {so}");
+    // The final dump took most pages from the rounds.
+    let parent: u64 = so
+        .split(", ")
+        .find(|p| p.ends_with("pages from the rounds"))
+        .and_then(|p| p.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(parent > 8000, "pre-copy should carry most of 64 MiB: {so}");
     assert!(
         dir.join("pre-1").is_dir() && dir.join("parent").exists(),
         "pre-copy chain on B"

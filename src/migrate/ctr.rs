@@ -166,6 +166,14 @@ fn pages_bytes(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// The dump figures the drop-in left in `dir/stats-dump`.
+fn dump_stats(dir: &Path) -> Option<crate::image::pb::DumpStatsEntry> {
+    use crate::image::{pb, ImageReader, Kind};
+    let data = fs::read(dir.join("stats-dump")).ok()?;
+    let mut r = ImageReader::new("stats-dump", &data, Kind::Stats).ok()?;
+    r.read_one::<pb::StatsEntry>().ok()?.dump
+}
+
 /// Moves the running container `o.id` to the page server at `o.to`.
 pub fn migrate(o: &CtrOpts) -> Result<MigrateStats> {
     crate::require_root("migrate")?;
@@ -319,7 +327,10 @@ pub fn migrate(o: &CtrOpts) -> Result<MigrateStats> {
     }
     let st = child.wait().context("wait for runc checkpoint")?;
     stats.bytes_sent = conn.sent;
-    stats.final_pages = pages_bytes(&img) / crate::mem::PAGE_SIZE;
+    if let Some(d) = dump_stats(&work) {
+        stats.final_pages = d.pages_written;
+        stats.parent_pages = d.pages_skipped_parent;
+    }
     stats.total_us = t0.elapsed().as_micros() as u64;
     let runc_says = || failure_text(&out, &work.join("dump.log"));
     match committed {
