@@ -671,3 +671,70 @@ fn restore_fails_on_the_destination_then_migrates() {
     let pid = m.assert_moved(src, srv, &out, &log);
     m.expect_pass(pid, "migrated after a failed restore");
 }
+
+/// A proxy in host B between the sender and the page server that cuts
+/// both connections when the page server's Restored frame (kind 21 of
+/// the migration stream: magic, kind, length, payload crc, header crc)
+/// comes by: the destination holds the restored container, waiting, and
+/// the Commit never arrives. Returns the proxy's port.
+fn proxy_cutting_at_restored(h: &Hosts, to: String) -> (u16, std::thread::JoinHandle<bool>) {
+    use std::io::Read;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let j = Hosts::in_ns(&h.b, move || {
+        let l = std::net::TcpListener::bind(format!("{ADDR_B}:0")).unwrap();
+        tx.send(l.local_addr().unwrap().port()).unwrap();
+        let (mut a, _) = l.accept().unwrap();
+        let mut b = std::net::TcpStream::connect(&to).unwrap();
+        let (mut a2, mut b2) = (a.try_clone().unwrap(), b.try_clone().unwrap());
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut a2, &mut b2);
+        });
+        let mut cut = false;
+        loop {
+            let mut h = [0u8; 24];
+            if b.read_exact(&mut h).is_err() {
+                break;
+            }
+            let kind = u32::from_le_bytes(h[4..8].try_into().unwrap());
+            let len = u64::from_le_bytes(h[8..16].try_into().unwrap()) as usize;
+            if kind == 21 {
+                cut = true;
+                break;
+            }
+            let mut p = vec![0u8; len];
+            if b.read_exact(&mut p).is_err() || a.write_all(&h).is_err() || a.write_all(&p).is_err() {
+                break;
+            }
+        }
+        let _ = a.shutdown(std::net::Shutdown::Both);
+        let _ = b.shutdown(std::net::Shutdown::Both);
+        cut
+    });
+    (rx.recv().unwrap(), j)
+}
+
+/// The connection breaks while the destination holds the restored
+/// container ready and waits for the Commit: B kills and deletes it (no
+/// container, process or images left), A resumes its container, which
+/// passes its check.
+#[test]
+fn no_commit_reaches_the_destination() {
+    let Some(m) = Mig::new("ctrmig-nocommit", 64) else {
+        return;
+    };
+    let src = m.start();
+    let srv = m.page_server("1");
+    let (port, proxy) = proxy_cutting_at_restored(&m.hosts, srv.to.clone());
+    let (out, log) = m.migrate(&format!("{ADDR_B}:{port}"), &["--max-rounds", "2"]);
+    assert!(proxy.join().unwrap(), "the page server never said Restored");
+    let f = srv.finish();
+    assert!(!f.ok, "page-server succeeded without a Commit: {}", f.out);
+    assert!(
+        f.err.trim().contains("no Commit from the sender") && !f.err.trim().contains('\n'),
+        "page-server: {}",
+        f.err
+    );
+    assert_failed(&out, &log, "Lost the page server", "no commit");
+    m.assert_still_on_a(src, &f.dir, "no commit");
+    m.expect_pass(src, "no commit");
+}
