@@ -265,6 +265,7 @@ pub fn migrate(o: &CtrOpts) -> Result<MigrateStats> {
         c.args(["--parent-path", &format!("pre-{rounds}")]);
     }
     let t_final = Instant::now();
+    info!("final checkpoint of container {id} ({rounds} pre-copy rounds)");
     let mut child = c
         .arg(id)
         .env(commit::ENV, relay.socket())
@@ -280,6 +281,7 @@ pub fn migrate(o: &CtrOpts) -> Result<MigrateStats> {
                 .checked_sub(std::time::Duration::from_micros(us))
                 .unwrap_or(t_final);
             stats.frozen_us = us;
+            info!("container {id} dumped ({} ms frozen so far)", us / 1000);
             let sent = (|| -> Result<i32> {
                 conn.send_dir_except(&img, "", &["parent"])?;
                 if rounds > 0 {
@@ -290,10 +292,12 @@ pub fn migrate(o: &CtrOpts) -> Result<MigrateStats> {
                 }
                 conn.frame(&Frame::Restore)?;
                 conn.flush()?;
+                info!("images sent ({} bytes in all); the destination restores", conn.sent);
                 let rpid = match conn.answer()? {
                     Frame::Restored { pid } => pid as i32,
                     f => bail!("The page server answered Restore with {}", f.name()),
                 };
+                info!("restored on the destination as pid {rpid}; commit");
                 // The commit point: from here on the destination runs it.
                 conn.frame(&Frame::Commit)?;
                 conn.flush()?;
