@@ -848,6 +848,7 @@ fn cmd_page_server(o: &Options) -> Result<i32> {
         listen,
         dir,
         pidfile: o.pidfile.clone(),
+        container: None,
     })?;
     Ok(0)
 }

@@ -23,15 +23,41 @@ pub struct PageServerArgs {
     /// When a restore is asked for: write the restored root's host pid here.
     #[arg(long)]
     pub pidfile: Option<PathBuf>,
+    /// Restore the images as this runc container (`runc restore -d`),
+    /// from `--bundle`.
+    #[arg(long, requires = "bundle")]
+    pub container: Option<String>,
+    /// The container's bundle on this host (config.json and rootfs).
+    #[arg(long, requires = "container")]
+    pub bundle: Option<PathBuf>,
+    #[command(flatten)]
+    pub rt: RuntimeOpts,
     #[command(flatten)]
     pub log: LogOpts,
+}
+
+/// The container runtime `--container` drives.
+#[derive(Args, Debug)]
+pub struct RuntimeOpts {
+    /// The OCI runtime (only runc).
+    #[arg(long, default_value = "runc")]
+    pub runtime: String,
+    /// The runtime's state root (runc --root).
+    #[arg(long)]
+    pub runtime_root: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
 pub struct MigrateArgs {
     /// Pid of the tree's root.
-    #[arg(short = 't', long = "tree")]
-    pub pid: i32,
+    #[arg(short = 't', long = "tree", required_unless_present = "container")]
+    pub pid: Option<i32>,
+    /// Migrate this runc container instead (runc checkpoints it here; the
+    /// page server restores it with `--container` and `--bundle`).
+    #[arg(long, conflicts_with_all = ["pid", "shell_job"])]
+    pub container: Option<String>,
+    #[command(flatten)]
+    pub rt: RuntimeOpts,
     /// The destination's `cryo page-server`.
     #[arg(long, value_name = "HOST:PORT")]
     pub to: String,
@@ -90,6 +116,14 @@ pub fn page_server(a: PageServerArgs) -> Result<i32> {
         listen: format!("{host}:{}", a.port),
         dir: a.dir,
         pidfile: a.pidfile,
+        container: match (a.container, a.bundle) {
+            (Some(id), Some(bundle)) => Some(super::ctr::DstCtr {
+                id,
+                bundle,
+                runtime: super::ctr::Runtime::new(&a.rt.runtime, a.rt.runtime_root)?,
+            }),
+            _ => None,
+        },
     })?;
     match out {
         super::server::Outcome::Images => println!("cryo page-server: images received"),
@@ -118,8 +152,20 @@ fn report(st: &super::MigrateStats) {
 
 pub fn migrate(a: MigrateArgs) -> Result<i32> {
     log::init(log_path(&a.log, None).as_deref(), a.log.verbosity)?;
+    let max_rounds = if a.no_pre_copy { 0 } else { a.max_rounds };
+    if let Some(id) = a.container {
+        let st = super::ctr::migrate(&super::ctr::CtrOpts {
+            id,
+            runtime: super::ctr::Runtime::new(&a.rt.runtime, a.rt.runtime_root)?,
+            to: a.to,
+            max_rounds,
+            lazy: a.lazy_pages,
+        })?;
+        report(&st);
+        return Ok(0);
+    }
     let st = super::migrate(&super::MigrateOpts {
-        pid: a.pid,
+        pid: a.pid.expect("clap: -t or --container"),
         to: a.to,
         max_rounds: if a.no_pre_copy { 0 } else { a.max_rounds },
         restore: true,

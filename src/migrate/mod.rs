@@ -9,6 +9,8 @@
 //! * [`send`]: the sending side.
 
 pub mod cli;
+pub mod commit;
+pub mod ctr;
 pub mod lazy;
 pub mod predump;
 pub mod prestage;

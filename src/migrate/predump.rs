@@ -224,6 +224,16 @@ pub fn dump_after(mut opts: dump::DumpOpts, prev: &Path) -> Result<dump::DumpSta
     Ok(st)
 }
 
+/// Removes the write tracking the pre-dump in `prev` left in the tree
+/// rooted at `pid` (a pre-copy that ends without a final dump).
+pub fn abandon(pid: i32, prev: &Path) -> Result<()> {
+    let kept = read_track(prev)?;
+    let view = PidView::of_tree(pid)?;
+    let t = Tracker::start_with(pid, |p| view.pid(p), false, &kept, |_| RunSet::default())?;
+    drop(t);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

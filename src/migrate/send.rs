@@ -153,9 +153,15 @@ impl Conn {
     /// Sends the regular files and symlinks of the image directory `dir`,
     /// under `prefix` ("" or "pre-N/").
     pub fn send_dir(&mut self, dir: &Path, prefix: &str) -> Result<()> {
+        self.send_dir_except(dir, prefix, &[])
+    }
+
+    /// [`send_dir`](Self::send_dir) without the entries named in `skip`.
+    pub fn send_dir_except(&mut self, dir: &Path, prefix: &str, skip: &[&str]) -> Result<()> {
         let mut names: Vec<_> = fs::read_dir(dir)
             .with_context(|| format!("Cannot read {}", dir.display()))?
             .collect::<std::io::Result<Vec<_>>>()?;
+        names.retain(|e| !skip.iter().any(|s| e.file_name() == *s));
         names.sort_by_key(|e| e.file_name());
         for e in names {
             let name = e.file_name().to_string_lossy().into_owned();

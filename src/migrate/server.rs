@@ -34,6 +34,8 @@ pub struct ServerOpts {
     pub dir: PathBuf,
     /// For a restore: where to write the restored root's host pid.
     pub pidfile: Option<PathBuf>,
+    /// Restore a runc container (`runc restore`) instead of a tree.
+    pub container: Option<super::ctr::DstCtr>,
 }
 
 /// What a session ended with.
@@ -64,6 +66,9 @@ impl Session {
 /// Binds, prints `listening on ADDR` on stdout, serves one session.
 pub fn serve(opts: &ServerOpts) -> Result<Outcome> {
     crate::require_root("page-server")?;
+    if let Some(c) = &opts.container {
+        c.check()?;
+    }
     prepare_dir(&opts.dir)?;
     let l = TcpListener::bind(&opts.listen).with_context(|| format!("Cannot listen on {}", opts.listen))?;
     let addr = l.local_addr()?;
@@ -151,6 +156,21 @@ fn session(ses: &mut Session, opts: &ServerOpts, incoming: &Path) -> Result<Outc
                 ses.send(&Frame::Ok)?;
                 info!("received {files} files into {}", opts.dir.display());
                 return Ok(Outcome::Images);
+            }
+            f @ (Frame::Restore | Frame::RestoreLazy) if opts.container.is_some() => {
+                if f == Frame::RestoreLazy {
+                    bail!("{}", super::ctr::LAZY_REFUSED);
+                }
+                check_complete(incoming, files)?;
+                let pid = restore_container(ses, opts, incoming)?;
+                move_into(incoming, &opts.dir)?;
+                if let Err(e) = ses.send(&Frame::Done) {
+                    warn!("could not confirm the restore to the sender: {e}");
+                }
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "cryo page-server: restored container, pid {pid}");
+                let _ = out.flush();
+                return Ok(Outcome::Restored(pid));
             }
             f @ (Frame::Restore | Frame::RestoreLazy) => {
                 let lazy = f == Frame::RestoreLazy;
@@ -344,6 +364,31 @@ fn move_into(incoming: &Path, dir: &Path) -> Result<()> {
         fs::rename(e.path(), &to).with_context(|| format!("Cannot move {} into place", to.display()))?;
     }
     fs::remove_dir(incoming).with_context(|| format!("Cannot remove {}", incoming.display()))
+}
+
+/// `runc restore` of the container from `incoming`; the restored
+/// container waits (every task ready, none running) until the sender's
+/// Commit.
+fn restore_container(ses: &mut Session, opts: &ServerOpts, incoming: &Path) -> Result<i32> {
+    let ctr = opts.container.as_ref().expect("container mode");
+    let pid = ctr
+        .restore(incoming, |pid| {
+            ses.send(&Frame::Restored { pid: pid as u32 })?;
+            match ses.next() {
+                Ok(Frame::Commit) => Ok(()),
+                Ok(Frame::Error(m)) => bail!("the sender gave up: {m}"),
+                Ok(f) => bail!("the sender answered Restored with {}, not Commit", f.name()),
+                Err(e) => bail!("no Commit from the sender: {e}"),
+            }
+        })
+        .with_context(|| format!("Restore of container {} failed", ctr.id))?;
+    info!("restored container {}, pid {pid}", ctr.id);
+    if let Some(pf) = &opts.pidfile {
+        if let Err(e) = fs::write(pf, format!("{pid}")) {
+            warn!("Cannot write {}: {e}", pf.display());
+        }
+    }
+    Ok(pid)
 }
 
 /// Restores from `incoming`; between "every task ready" and "released"

@@ -512,7 +512,12 @@ impl Session {
             tcp_close: o.tcp_close(),
             ext_mnt: o.ext_mnt.iter().map(|m| (m.key.clone(), m.val.clone())).collect(),
             external: o.external.clone(),
-            hook: self.hook(),
+            hook: match crate::migrate::commit::from_env() {
+                // `cryo migrate --container`: commit with the destination
+                // before the tree may die.
+                Some(sock) => crate::migrate::commit::dump_hook(self.hook(), sock),
+                None => self.hook(),
+            },
             ..Default::default()
         };
         if let Some(ps) = &o.ps {
@@ -585,7 +590,11 @@ impl Session {
             root: o.root.as_ref().map(PathBuf::from),
             ext_mnt: o.ext_mnt.iter().map(|m| (m.key.clone(), m.val.clone())).collect(),
             inherit_fd: o.inherit_fd.iter().map(|i| (i.key.clone(), i.fd)).collect(),
-            hook: self.hook(),
+            hook: match crate::migrate::commit::from_env() {
+                // `cryo page-server --container`: released only on commit.
+                Some(sock) => crate::migrate::commit::restore_hook(self.hook(), sock),
+                None => self.hook(),
+            },
             ..Default::default()
         };
         if o.lazy_pages() && holds_mount_ns(&self.images.path) {
