@@ -9,6 +9,11 @@
 //! tree runs, or when the restore fails. A failed dump deletes the tables
 //! it created. The rules sit on the input hook: on loopback every packet
 //! passes there, and packets from outside arrive there too.
+//!
+//! With the table come two routing rules ([`super::rule`]) that keep the
+//! namespace from answering the peer while it is torn down (its nftables
+//! hooks go before its interfaces); the restore deletes them before it
+//! creates the sockets.
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -74,7 +79,8 @@ fn nft_once(stdin: &str, args: &[&str]) -> Result<std::process::Output> {
     child.wait_with_output().context("nft")
 }
 
-/// Locks the connection between `local` and `peer`; returns the table.
+/// Locks the connection between `local` and `peer` (the table and the
+/// routing rules); returns the table.
 pub fn lock(local: &SocketAddr, peer: &SocketAddr) -> Result<String> {
     let name = table_name(local, peer);
     // A table left by an earlier dump of the same connection is replaced.
@@ -86,8 +92,18 @@ pub fn lock(local: &SocketAddr, peer: &SocketAddr) -> Result<String> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
+    if let Err(e) = super::rule::add(local, peer) {
+        unlock(&name);
+        return Err(e.context(format!("Cannot lock the connection {local} -> {peer}")));
+    }
     tracing::debug!("network lock {name} for {local} <-> {peer}");
     Ok(name)
+}
+
+/// Lifts the whole lock of the connection between `local` and `peer`.
+pub fn lift(local: &SocketAddr, peer: &SocketAddr) {
+    super::rule::remove(local, peer);
+    unlock(&table_name(local, peer));
 }
 
 /// Deletes a lock table; a missing table is fine.
