@@ -28,8 +28,12 @@ pub fn table_name(a: &SocketAddr, b: &SocketAddr) -> String {
     format!("cryo_tcp_{h:016x}")
 }
 
-/// The nft script that creates the table dropping both directions.
+/// The nft script that creates the table dropping both directions. A
+/// dual-stack socket's IPv4 connection (IPv4-mapped addresses) is matched
+/// as the IPv4 packets it is made of.
 pub fn script(name: &str, a: &SocketAddr, b: &SocketAddr) -> String {
+    let wire = |x: &SocketAddr| SocketAddr::new(x.ip().to_canonical(), x.port());
+    let (a, b) = (&wire(a), &wire(b));
     let fam = match a.ip() {
         IpAddr::V4(_) => "ip",
         IpAddr::V6(_) => "ip6",
@@ -152,5 +156,12 @@ mod tests {
         assert!(s.contains("ip6 saddr ::1 ip6 daddr ::1 tcp sport 80 tcp dport 4242 drop"));
         assert!(s.contains("ip6 saddr ::1 ip6 daddr ::1 tcp sport 4242 tcp dport 80 drop"));
         assert!(s.contains("hook input"));
+        let m: SocketAddr = "[::ffff:10.0.0.2]:80".parse().unwrap();
+        let n: SocketAddr = "[::ffff:10.0.0.1]:4242".parse().unwrap();
+        let s = script("t", &m, &n);
+        assert!(
+            s.contains("ip saddr 10.0.0.2 ip daddr 10.0.0.1 tcp sport 80 tcp dport 4242 drop"),
+            "{s}"
+        );
     }
 }
