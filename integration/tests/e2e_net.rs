@@ -436,11 +436,26 @@ fn tcpstream_plain_passes_and_detects_a_skipped_message() {
 #[test]
 fn tcpstream_server_dumped_and_restored_in_place_keeps_its_client() {
     cryo_integration::require_root!();
-    let t = TestNet::new("h");
+    stream_in_place("h", &[], &[]);
+}
+
+/// A server listening on the IPv6 wildcard (dual stack) with an IPv4
+/// client: its connection has IPv4-mapped addresses, and its lock must
+/// match the IPv4 packets it is made of.
+#[test]
+fn tcpstream_dual_stack_server_keeps_its_ipv4_client() {
+    cryo_integration::require_root!();
+    stream_in_place("j", &["--addr", "::"], &["--addr", "127.0.0.1"]);
+}
+
+/// A tcpstream server (given SERVER args) and its client (CLIENT args) in
+/// one namespace; the server is dumped and restored in place.
+fn stream_in_place(tag: &str, server: &[&str], client: &[&str]) {
+    let t = TestNet::new(tag);
     let sc = Scratch::new("tcpstream");
     let slog = sc.path("wl.log");
     let clog = sc.path("client.log");
-    let (mut sw, cw) = stream_pair(&t.name, &t.name, &[], &slog, &clog);
+    let (mut sw, cw) = stream_pair(&t.name, &t.name, (server, client), &slog, &clog);
     t.dump(&sc, sw.pid, &["--tcp-established"]);
     sw.wait_exit(GONE_TIMEOUT).expect("the original server is killed");
     assert_eq!(
@@ -541,11 +556,12 @@ fn announced_port(log: &std::path::Path) -> String {
 }
 
 /// A tcpstream server (network namespace SNS, log SLOG) and its client
-/// (CNS, CLOG), both given EXTRA, streaming for a moment: (server, client).
+/// (CNS, CLOG), given the server and client parts of EXTRA, streaming for a
+/// moment: (server, client).
 fn stream_pair(
     sns: &str,
     cns: &str,
-    extra: &[&str],
+    extra: (&[&str], &[&str]),
     slog: &std::path::Path,
     clog: &std::path::Path,
 ) -> (Workload, Workload) {
@@ -553,11 +569,11 @@ fn stream_pair(
     let nsenter = std::path::Path::new("/usr/bin/nsenter");
     let (snet, cnet) = (format!("--net=/run/netns/{sns}"), format!("--net=/run/netns/{cns}"));
     let mut sargs = vec![snet.as_str(), "--", &tcpstream, "--role", "server"];
-    sargs.extend_from_slice(extra);
+    sargs.extend_from_slice(extra.0);
     let sw = Workload::spawn(nsenter, &sargs, slog).expect("server");
     let port = announced_port(slog);
     let mut cargs = vec![cnet.as_str(), "--", &tcpstream, "--role", "client"];
-    cargs.extend_from_slice(extra);
+    cargs.extend_from_slice(extra.1);
     cargs.extend_from_slice(&["--port", &port]);
     let cw = Workload::spawn(nsenter, &cargs, clog).expect("client");
     cw.wait_ready().unwrap_or_else(|e| panic!("{e}"));
@@ -624,7 +640,13 @@ fn tcpstream_server_moves_to_another_network_namespace_and_keeps_its_client() {
     Netns::link(&nc, "cryoc0", "10.213.7.1/24", &na, "cryoa0", "10.213.7.2/24");
     let slog = sc.path("wl.log");
     let clog = sc.path("client.log");
-    let (mut sw, cw) = stream_pair(&na, &nc, &["--addr", "10.213.7.2"], &slog, &clog);
+    let (mut sw, cw) = stream_pair(
+        &na,
+        &nc,
+        (&["--addr", "10.213.7.2"], &["--addr", "10.213.7.2"]),
+        &slog,
+        &clog,
+    );
     dump_in(&na, &sc, sw.pid, &["--tcp-established"]);
     sw.wait_exit(GONE_TIMEOUT).expect("the original server is killed");
     let rules = Netns::lock_rules(&na);
