@@ -30,11 +30,14 @@ impl Netns {
         Netns::ip(&["-n", name, "link", "set", "lo", "up"]);
     }
 
-    /// A veth pair between namespaces `a` and `b` with an address on each end.
+    /// A veth pair between namespaces `a` and `b` with an address on each
+    /// end. The ends are created in their namespaces directly: the names
+    /// never appear in ours, where test runs of other checkouts make the
+    /// same pairs at the same time.
     pub fn link(a: &str, a_dev: &str, a_ip: &str, b: &str, b_dev: &str, b_ip: &str) {
-        Netns::ip(&["link", "add", a_dev, "type", "veth", "peer", "name", b_dev]);
-        Netns::ip(&["link", "set", a_dev, "netns", a]);
-        Netns::ip(&["link", "set", b_dev, "netns", b]);
+        Netns::ip(&[
+            "link", "add", a_dev, "netns", a, "type", "veth", "peer", "name", b_dev, "netns", b,
+        ]);
         for (ns, dev, ip) in [(a, a_dev, a_ip), (b, b_dev, b_ip)] {
             Netns::ip(&["-n", ns, "addr", "add", ip, "dev", dev]);
             Netns::ip(&["-n", ns, "link", "set", dev, "up"]);
