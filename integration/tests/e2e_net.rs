@@ -47,6 +47,28 @@ fn inetsk_roundtrip() {
     assert!(!images.iter().any(|n| n.starts_with("tcp-stream-")), "{images:?}");
 }
 
+#[test]
+fn udpq_plain_passes_and_detects_a_lost_datagram() {
+    expect_plain_pass(bin!("udpq"), &[]);
+    expect_plain_fail(bin!("udpq"), &["--corrupt"], "Q4 has 5 datagrams queued, expected 6");
+}
+
+/// Datagrams queued on UDP sockets come back in order with their senders
+/// (IPv4, IPv6, and IPv4 on a dual-stack socket), one sk-queues.img entry
+/// each.
+#[test]
+fn udpq_roundtrip_keeps_queued_datagrams() {
+    cryo_integration::require_root!();
+    let (v, images, sc) = roundtrip("udpq", bin!("udpq"), &[]);
+    assert!(v.starts_with("PASS"), "{v}");
+    assert!(images.iter().any(|n| n == "sk-queues.img"), "{images:?}");
+    let q = crit_json(&sc.img.join("sk-queues.img"));
+    let entries = q["entries"].as_array().expect("entries");
+    // (crit's schema leaves out field 3, the sender: the workload's own
+    // check of every sender is what proves it.)
+    assert_eq!(entries.len(), 11, "queued datagrams in sk-queues.img");
+}
+
 // ---- 2. established connections -----------------------------------------------
 
 /// A network namespace of the test's own (loopback up) where its

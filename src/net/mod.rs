@@ -29,6 +29,7 @@ pub mod ns;
 pub mod packet;
 pub mod rule;
 pub mod tcp;
+pub mod udpq;
 
 pub use inet::FD_INETSK;
 pub use netlink::FD_NETLINKSK;
