@@ -641,7 +641,15 @@ pub fn create(
             & (nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_ASYNC);
         nix::fcntl::fcntl(std::os::fd::AsRawFd::as_raw_fd(&fd), nix::fcntl::FcntlArg::F_SETFL(fl))
             .context("F_SETFL")?;
-        if !queue.is_empty() {
+        let reuseport = isk.opts.so_reuseport == Some(true);
+        if !queue.is_empty() && reuseport {
+            // The kernel picks a member of the SO_REUSEPORT group for each
+            // datagram: it might queue them on another socket.
+            tracing::warn!(
+                "{what}: {} queued datagrams not put back (SO_REUSEPORT: they could reach another socket of its group)",
+                queue.len()
+            );
+        } else if !queue.is_empty() {
             let at = sock::inet_name(fd, false)
                 .ok()
                 .flatten()

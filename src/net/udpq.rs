@@ -18,7 +18,9 @@
 //! did not arrive (a firewall in the namespace, SO_BINDTODEVICE to another
 //! interface, a full receive buffer) fails the restore, naming the socket.
 //! Not kept: control data (IP_PKTINFO, TTL, TOS) and the destination
-//! address of a datagram to a wildcard-bound socket.
+//! address of a datagram to a wildcard-bound socket. A SO_REUSEPORT
+//! socket's datagrams are not put back (with a warning): the kernel could
+//! hand them to another socket of its group.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, BorrowedFd};
