@@ -69,6 +69,19 @@ fn udpq_roundtrip_keeps_queued_datagrams() {
     assert_eq!(entries.len(), 11, "queued datagrams in sk-queues.img");
 }
 
+/// The dump only peeks: with --leave-running every datagram is still
+/// queued for the tree afterwards.
+#[test]
+fn udpq_leave_running_leaves_the_queues_alone() {
+    cryo_integration::require_root!();
+    let sc = Scratch::new("udpq-leave");
+    let w = Workload::spawn(bin!("udpq"), &[], &sc.path("wl.log")).expect("spawn udpq");
+    w.wait_ready().unwrap_or_else(|e| panic!("{e}"));
+    dump(&sc, w.pid, &["--leave-running"]);
+    assert!(pid_running(w.pid), "--leave-running");
+    passes_and_exits(&sc, w);
+}
+
 // ---- 2. established connections -----------------------------------------------
 
 /// A network namespace of the test's own (loopback up) where its
