@@ -30,11 +30,14 @@ impl Netns {
         Netns::ip(&["-n", name, "link", "set", "lo", "up"]);
     }
 
-    /// A veth pair between namespaces `a` and `b` with an address on each end.
+    /// A veth pair between namespaces `a` and `b` with an address on each
+    /// end. The ends are created in their namespaces directly: the names
+    /// never appear in ours, where test runs of other checkouts make the
+    /// same pairs at the same time.
     pub fn link(a: &str, a_dev: &str, a_ip: &str, b: &str, b_dev: &str, b_ip: &str) {
-        Netns::ip(&["link", "add", a_dev, "type", "veth", "peer", "name", b_dev]);
-        Netns::ip(&["link", "set", a_dev, "netns", a]);
-        Netns::ip(&["link", "set", b_dev, "netns", b]);
+        Netns::ip(&[
+            "link", "add", a_dev, "netns", a, "type", "veth", "peer", "name", b_dev, "netns", b,
+        ]);
         for (ns, dev, ip) in [(a, a_dev, a_ip), (b, b_dev, b_ip)] {
             Netns::ip(&["-n", ns, "addr", "add", ip, "dev", dev]);
             Netns::ip(&["-n", ns, "link", "set", dev, "up"]);
@@ -61,6 +64,50 @@ impl Netns {
             .map(str::to_string)
             .collect()
     }
+
+    /// cryo's routing-lock rules in namespace `name` now (blackhole rules
+    /// for one TCP 4-tuple each, `ip rule` lines).
+    pub fn lock_rules(name: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for fam in ["-4", "-6"] {
+            let o = Command::new("ip")
+                .args([fam, "-n", name, "rule", "show"])
+                .output()
+                .expect("run ip rule");
+            assert!(o.status.success(), "ip {fam} -n {name} rule show: {}", describe(&o));
+            out.extend(
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter(|l| l.contains("ipproto tcp") && l.contains("blackhole"))
+                    .map(str::to_string),
+            );
+        }
+        out
+    }
+
+    /// The `Tcp:` counter KEY (OutRsts, InSegs...) of namespace `name`
+    /// (/proc/net/snmp as seen from inside).
+    pub fn tcp_counter(name: &str, key: &str) -> u64 {
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{name}"))
+            .args(["--", "cat", "/proc/net/snmp"])
+            .output()
+            .expect("run nsenter cat");
+        assert!(out.status.success(), "/proc/net/snmp of {name}: {}", describe(&out));
+        snmp_field(&String::from_utf8_lossy(&out.stdout), "Tcp", key)
+            .unwrap_or_else(|| panic!("no Tcp {key} in /proc/net/snmp of {name}"))
+    }
+}
+
+/// Field KEY of protocol PROTO in /proc/net/snmp text (a header line of
+/// names, then a line of values, both starting with `PROTO:`).
+pub fn snmp_field(text: &str, proto: &str, key: &str) -> Option<u64> {
+    let tag = format!("{proto}:");
+    let mut lines = text.lines().filter(|l| l.starts_with(&tag));
+    let names = lines.next()?;
+    let values = lines.next()?;
+    let i = names.split_whitespace().position(|n| n == key)?;
+    values.split_whitespace().nth(i)?.parse().ok()
 }
 
 impl Drop for Netns {
@@ -97,5 +144,20 @@ pub fn judge_stream(server_v: &str, client_v: &str, pause_ms: u64, step: &str) {
             field(v, "after_gap") >= 20,
             "the stream did not go on after the restore: {v}"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snmp_fields_by_name() {
+        let t = "Ip: Forwarding DefaultTTL\nIp: 1 64\nTcp: RtoAlgorithm InSegs OutSegs RetransSegs InErrs OutRsts\nTcp: 1 358 344 0 0 126\nUdp: InDatagrams\nUdp: 5\n";
+        assert_eq!(snmp_field(t, "Tcp", "OutRsts"), Some(126));
+        assert_eq!(snmp_field(t, "Tcp", "InSegs"), Some(358));
+        assert_eq!(snmp_field(t, "Udp", "InDatagrams"), Some(5));
+        assert_eq!(snmp_field(t, "Tcp", "Nope"), None);
+        assert_eq!(snmp_field("Tcp: OutRsts\n", "Tcp", "OutRsts"), None);
     }
 }

@@ -83,6 +83,10 @@ fn main() {
             }
         }
         match s.read(&mut buf) {
+            // The peer may have had both end markers (and closed) before
+            // this side saw its own SIGUSR1 and the peer's marker together:
+            // EOF after both markers is the normal end.
+            Ok(0) if got_end && ended_at.is_some() && out.is_empty() => break,
             Ok(0) => {
                 pr.push(format!("EOF after {next_recv} messages, before the end marker"));
                 break;

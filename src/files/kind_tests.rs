@@ -250,6 +250,7 @@ fn crit_reads_every_file_image_like_show() {
             id_for: 4 + i as u32,
             length: m.len() as u32,
             scm: vec![],
+            addr: None,
         })
         .unwrap();
         w.write_raw(m);

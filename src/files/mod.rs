@@ -176,7 +176,7 @@ pub struct FileTable {
     /// Every unix socket of the net namespace (sock_diag), on first use.
     unix_diag: Option<HashMap<u32, unix::Diag>>,
     unix_dumped: Vec<unix::Dumped>,
-    sk_queues: Vec<(pb::SkPacketEntry, Vec<u8>)>,
+    pub(crate) sk_queues: Vec<(pb::SkPacketEntry, Vec<u8>)>,
     /// memfd inodes by (dev, ino): their inode id.
     memfd_inodes: HashMap<(u64, u64), u32>,
     memfd_entries: Vec<pb::MemfdInodeEntry>,

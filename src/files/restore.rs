@@ -42,6 +42,8 @@ pub struct Extra {
     pub fifo_data: HashMap<u32, pipe::PipeData>,
     /// Queued socket messages by the socket's file id.
     pub sk_queues: HashMap<u32, Vec<Vec<u8>>>,
+    /// Datagrams queued on UDP sockets, by the socket's file id.
+    pub udp_queues: HashMap<u32, Vec<crate::net::udpq::Datagram>>,
     /// Descriptors in flight: socket file id → message index → file ids.
     pub sk_rights: HashMap<u32, HashMap<usize, Vec<u32>>>,
     /// memfd inodes (with their content) by inode id.
@@ -109,8 +111,13 @@ pub fn load(dir: &ImageDir, files: &HashMap<u32, pb::FileEntry>) -> Result<Extra
             let data = r.read_raw(e.length as usize)?.to_vec();
             match files.get(&e.id_for) {
                 Some(fe) if fe.usk.is_some() => {}
+                Some(fe) if crate::net::udpq::is_udp(fe) => {
+                    let d = crate::net::udpq::datagram(&path, &e, data)?;
+                    x.udp_queues.entry(e.id_for).or_default().push(d);
+                    continue;
+                }
                 _ => bail!(
-                    "{path}: messages for file id {}, which is not a unix socket in files.img",
+                    "{path}: messages for file id {}, which is not a unix or UDP socket in files.img",
                     e.id_for
                 ),
             }
@@ -573,7 +580,10 @@ fn create(plan: &Plan, g: &Group, lay: &Layout, efds: EngineFds) -> Result<Vec<(
                     )
                     .context("open /dev/null")?,
                 ),
-                crate::net::FD_INETSK => crate::net::inet::create(fe, &plan.fx.tcp, plan.fx.tcp_close)?,
+                crate::net::FD_INETSK => {
+                    let q = plan.fx.udp_queues.get(&id).map_or(&[][..], Vec::as_slice);
+                    crate::net::inet::create(fe, &plan.fx.tcp, plan.fx.tcp_close, q)?
+                }
                 crate::net::FD_NETLINKSK => crate::net::netlink::create(fe)?,
                 crate::net::FD_PACKETSK => crate::net::packet::create(fe)?,
                 FD_EVENTFD => anon::create_eventfd(fe.efd.as_ref().context("no eventfd entry")?)?,

@@ -464,6 +464,7 @@ pub(crate) fn dump(t: &mut FileTable, f: &FdCtx) -> Result<u32> {
             pb::SkPacketEntry {
                 id_for: id,
                 length: m.len() as u32,
+                addr: None,
                 scm: if rights.is_empty() {
                     vec![]
                 } else {

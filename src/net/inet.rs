@@ -15,7 +15,8 @@
 //! Restore: socket(), the options that matter for bind (SO_REUSEADDR/
 //! PORT, IPV6_V6ONLY, SO_BINDTODEVICE, IP_FREEBIND), bind, then listen,
 //! connect (UDP) or the repair sequence (TCP), then every other option and
-//! the file status flags.
+//! the file status flags. A UDP socket's queued datagrams go to
+//! sk-queues.img and come back last ([`super::udpq`]).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -285,6 +286,20 @@ pub(crate) fn dump(t: &mut FileTable, f: &FdCtx, dup: OwnedFd, family: i32, typ:
         }),
         ..Default::default()
     });
+    if is_udp {
+        let q = super::udpq::peek_all(d).with_context(|| format!("pid {pid} fd {fd}: queued datagrams of {what}"))?;
+        for dg in q {
+            t.sk_queues.push((
+                pb::SkPacketEntry {
+                    id_for: id,
+                    length: dg.data.len() as u32,
+                    addr: Some(super::udpq::encode_addr(&dg.from)),
+                    scm: vec![],
+                },
+                dg.data,
+            ));
+        }
+    }
     if let Some(s) = stream {
         t.extra_images.push(crate::files::ExtraImage {
             name: tcp::image_name(ino),
@@ -566,7 +581,13 @@ fn connect(fd: BorrowedFd, a: &SocketAddr, what: &str) -> Result<()> {
 }
 
 /// Creates the socket of one entry.
-pub fn create(fe: &pb::FileEntry, streams: &HashMap<u32, tcp::Stream>, tcp_close: bool) -> Result<OwnedFd> {
+/// `queue`: the datagrams queued on a UDP socket.
+pub fn create(
+    fe: &pb::FileEntry,
+    streams: &HashMap<u32, tcp::Stream>,
+    tcp_close: bool,
+    queue: &[super::udpq::Datagram],
+) -> Result<OwnedFd> {
     let isk = fe.isk.as_ref().context("no inet socket entry")?;
     let what = describe_entry(isk);
     let (local, peer) = addrs(isk)?;
@@ -620,6 +641,21 @@ pub fn create(fe: &pb::FileEntry, streams: &HashMap<u32, tcp::Stream>, tcp_close
             & (nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_ASYNC);
         nix::fcntl::fcntl(std::os::fd::AsRawFd::as_raw_fd(&fd), nix::fcntl::FcntlArg::F_SETFL(fl))
             .context("F_SETFL")?;
+        let reuseport = isk.opts.so_reuseport == Some(true);
+        if !queue.is_empty() && reuseport {
+            // The kernel picks a member of the SO_REUSEPORT group for each
+            // datagram: it might queue them on another socket.
+            tracing::warn!(
+                "{what}: {} queued datagrams not put back (SO_REUSEPORT: they could reach another socket of its group)",
+                queue.len()
+            );
+        } else if !queue.is_empty() {
+            let at = sock::inet_name(fd, false)
+                .ok()
+                .flatten()
+                .context("the address of a socket with queued datagrams")?;
+            super::udpq::requeue(fd, &at, queue)?;
+        }
         Ok(())
     };
     run().with_context(|| format!("{what} (file id {})", fe.id))?;

@@ -9,6 +9,11 @@
 //! tree runs, or when the restore fails. A failed dump deletes the tables
 //! it created. The rules sit on the input hook: on loopback every packet
 //! passes there, and packets from outside arrive there too.
+//!
+//! With the table come two routing rules ([`super::rule`]) that keep the
+//! namespace from answering the peer while it is torn down (its nftables
+//! hooks go before its interfaces); the restore deletes them before it
+//! creates the sockets.
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -23,8 +28,12 @@ pub fn table_name(a: &SocketAddr, b: &SocketAddr) -> String {
     format!("cryo_tcp_{h:016x}")
 }
 
-/// The nft script that creates the table dropping both directions.
+/// The nft script that creates the table dropping both directions. A
+/// dual-stack socket's IPv4 connection (IPv4-mapped addresses) is matched
+/// as the IPv4 packets it is made of.
 pub fn script(name: &str, a: &SocketAddr, b: &SocketAddr) -> String {
+    let wire = |x: &SocketAddr| SocketAddr::new(x.ip().to_canonical(), x.port());
+    let (a, b) = (&wire(a), &wire(b));
     let fam = match a.ip() {
         IpAddr::V4(_) => "ip",
         IpAddr::V6(_) => "ip6",
@@ -74,7 +83,8 @@ fn nft_once(stdin: &str, args: &[&str]) -> Result<std::process::Output> {
     child.wait_with_output().context("nft")
 }
 
-/// Locks the connection between `local` and `peer`; returns the table.
+/// Locks the connection between `local` and `peer` (the table and the
+/// routing rules); returns the table.
 pub fn lock(local: &SocketAddr, peer: &SocketAddr) -> Result<String> {
     let name = table_name(local, peer);
     // A table left by an earlier dump of the same connection is replaced.
@@ -86,8 +96,18 @@ pub fn lock(local: &SocketAddr, peer: &SocketAddr) -> Result<String> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
+    if let Err(e) = super::rule::add(local, peer) {
+        unlock(&name);
+        return Err(e.context(format!("Cannot lock the connection {local} -> {peer}")));
+    }
     tracing::debug!("network lock {name} for {local} <-> {peer}");
     Ok(name)
+}
+
+/// Lifts the whole lock of the connection between `local` and `peer`.
+pub fn lift(local: &SocketAddr, peer: &SocketAddr) {
+    super::rule::remove(local, peer);
+    unlock(&table_name(local, peer));
 }
 
 /// Deletes a lock table; a missing table is fine.
@@ -136,5 +156,12 @@ mod tests {
         assert!(s.contains("ip6 saddr ::1 ip6 daddr ::1 tcp sport 80 tcp dport 4242 drop"));
         assert!(s.contains("ip6 saddr ::1 ip6 daddr ::1 tcp sport 4242 tcp dport 80 drop"));
         assert!(s.contains("hook input"));
+        let m: SocketAddr = "[::ffff:10.0.0.2]:80".parse().unwrap();
+        let n: SocketAddr = "[::ffff:10.0.0.1]:4242".parse().unwrap();
+        let s = script("t", &m, &n);
+        assert!(
+            s.contains("ip saddr 10.0.0.2 ip daddr 10.0.0.1 tcp sport 80 tcp dport 4242 drop"),
+            "{s}"
+        );
     }
 }

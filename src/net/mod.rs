@@ -27,7 +27,9 @@ pub mod lock;
 pub mod netlink;
 pub mod ns;
 pub mod packet;
+pub mod rule;
 pub mod tcp;
+pub mod udpq;
 
 pub use inet::FD_INETSK;
 pub use netlink::FD_NETLINKSK;
@@ -43,8 +45,8 @@ pub struct DumpNet {
     diag: HashMap<(u8, u8), HashMap<u32, diag::InetDiag>>,
     /// Duplicates of sockets in repair mode.
     repaired: Vec<OwnedFd>,
-    /// nft tables of locked connections.
-    locks: Vec<String>,
+    /// Locked connections: (nft table, local, peer).
+    locks: Vec<(String, SocketAddr, SocketAddr)>,
 }
 
 impl DumpNet {
@@ -77,8 +79,8 @@ impl DumpNet {
         peer: &SocketAddr,
     ) -> Result<tcp::Stream> {
         let name = lock::table_name(local, peer);
-        if !self.locks.contains(&name) {
-            self.locks.push(lock::lock(local, peer)?);
+        if !self.locks.iter().any(|(n, _, _)| *n == name) {
+            self.locks.push((lock::lock(local, peer)?, *local, *peer));
         }
         tcp::repair(dup.as_fd(), true)?;
         self.repaired.push(dup.try_clone().context("dup of a repaired socket")?);
@@ -105,8 +107,8 @@ impl Drop for DumpNet {
                 tracing::warn!("cannot take a socket out of repair mode: {e:#}");
             }
         }
-        for name in self.locks.drain(..) {
-            lock::unlock(&name);
+        for (_, local, peer) in self.locks.drain(..) {
+            lock::lift(&local, &peer);
         }
     }
 }
@@ -172,19 +174,24 @@ pub fn load_streams(dir: &ImageDir, files: &HashMap<u32, pb::FileEntry>) -> Resu
     Ok(out)
 }
 
-/// The locks of the connections a restore brings back: lifted when this
-/// is dropped (once the tree runs, or when the restore fails), in the
-/// network namespace the connections live in.
+/// The locks of the connections a restore brings back, in the network
+/// namespace the connections live in: their routing rules go at once
+/// (the sockets about to be created need a route; the nftables table
+/// keeps the peer out meanwhile), the tables when this is dropped (once
+/// the tree runs, or when the restore fails).
 pub struct RestoreLock {
-    tables: Vec<String>,
+    /// (nft table, one end, the other end) of each connection.
+    locks: Vec<(String, SocketAddr, SocketAddr)>,
     /// The caller's namespace the tree joins (a container's external one,
     /// where the dump put the locks); None: the one we are in.
     ns: Option<std::fs::File>,
 }
 
 impl RestoreLock {
+    /// The locks of the connections in `files`, their routing rules
+    /// deleted in our namespace.
     pub fn of(files: &HashMap<u32, pb::FileEntry>) -> RestoreLock {
-        let mut tables = Vec::new();
+        let mut locks: Vec<(String, SocketAddr, SocketAddr)> = Vec::new();
         for fe in files.values() {
             let Some(isk) = &fe.isk else { continue };
             if !tcp::connected(isk.state) || isk.proto as i32 != libc::IPPROTO_TCP {
@@ -192,22 +199,35 @@ impl RestoreLock {
             }
             if let Ok((l, Some(p))) = inet::addrs(isk) {
                 let n = lock::table_name(&l, &p);
-                if !tables.contains(&n) {
-                    tables.push(n);
+                if !locks.iter().any(|(x, _, _)| *x == n) {
+                    locks.push((n, l, p));
                 }
             }
         }
-        RestoreLock { tables, ns: None }
+        let r = RestoreLock { locks, ns: None };
+        r.open_routes();
+        r
+    }
+
+    fn open_routes(&self) {
+        for (_, l, p) in &self.locks {
+            rule::remove(l, p);
+        }
     }
 
     /// The tree joins the network namespace open at `fd` (CRIU's
-    /// inherit_fd extRootNetNS): the locks are lifted there.
+    /// inherit_fd extRootNetNS): the locks are lifted there (the routing
+    /// rules now).
     pub fn in_namespace(&mut self, fd: std::os::fd::RawFd) -> Result<()> {
-        if self.tables.is_empty() {
+        if self.locks.is_empty() {
             return Ok(());
         }
         let f = std::fs::File::open(format!("/proc/self/fd/{fd}"))
             .with_context(|| format!("Cannot reopen the network namespace at fd {fd}"))?;
+        {
+            let _inside = ns::Enter::new(&f)?;
+            self.open_routes();
+        }
         self.ns = Some(f);
         Ok(())
     }
@@ -219,13 +239,14 @@ impl Drop for RestoreLock {
             Some(f) => match ns::Enter::new(f) {
                 Ok(e) => Some(e),
                 Err(e) => {
-                    tracing::warn!("cannot lift the network locks {:?}: {e:#}", self.tables);
+                    let t: Vec<&String> = self.locks.iter().map(|(t, _, _)| t).collect();
+                    tracing::warn!("cannot lift the network locks {t:?}: {e:#}");
                     return;
                 }
             },
             None => None,
         };
-        for t in &self.tables {
+        for (t, _, _) in &self.locks {
             lock::unlock(t);
         }
     }

@@ -126,6 +126,45 @@ pub fn inet_name(fd: BorrowedFd, peer: bool) -> nix::Result<Option<std::net::Soc
     Errno::result(r).map(|_| from_storage(&ss))
 }
 
+/// `recvfrom(fd, buf, flags)` on an inet socket: the byte count (the
+/// datagram's length with MSG_TRUNC) and the sender.
+pub fn recvfrom_inet(fd: BorrowedFd, buf: &mut [u8], flags: i32) -> nix::Result<(usize, Option<std::net::SocketAddr>)> {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `buf` is writable for its length; the kernel writes at most
+    // `len` bytes into the storage.
+    let r = unsafe {
+        libc::recvfrom(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            flags,
+            (&mut ss as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    };
+    Errno::result(r).map(|n| (n as usize, from_storage(&ss)))
+}
+
+/// `sendto(fd, buf, 0, a)` to an inet address.
+pub fn sendto_inet(fd: BorrowedFd, buf: &[u8], a: &std::net::SocketAddr) -> nix::Result<usize> {
+    let (ss, len) = to_storage(a);
+    // SAFETY: `buf` is readable for its length; the kernel reads `len`
+    // bytes of the initialised storage.
+    let r = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            0,
+            (&ss as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    };
+    Errno::result(r).map(|n| n as usize)
+}
+
 /// `bind` to an inet address.
 pub fn bind_inet(fd: BorrowedFd, a: &std::net::SocketAddr) -> nix::Result<()> {
     let (ss, len) = to_storage(a);
