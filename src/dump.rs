@@ -51,6 +51,9 @@ pub struct DumpOpts {
     /// Pre-copy: pages copied in earlier rounds and not written since are
     /// recorded as PE_PARENT instead of being copied again.
     pub prev: Option<std::sync::Arc<crate::migrate::track::Tracker>>,
+    /// Filled with the frozen tree's running processes (see
+    /// [`crate::freeze::StopGuard`]).
+    pub stop_guard: Option<std::sync::Arc<crate::freeze::StopGuard>>,
 }
 
 /// Figures reported in stats-dump and by the CLI.
@@ -88,6 +91,9 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
     let t0 = Instant::now();
     let frozen = Frozen::seize_tree(pid)?;
     let t_frozen = Instant::now();
+    if let Some(g) = &opts.stop_guard {
+        g.set(&frozen);
+    }
     // A tree in a network namespace of its own: the dump works from inside
     // it (sockets, lock, interfaces), and writes the namespace first.
     let tree_net = crate::net::ns::owned_by(pid)?;

@@ -31,6 +31,41 @@ pub struct FrozenProc {
     pub zombie: Option<i32>,
 }
 
+/// The processes of a frozen tree that were running before the freeze,
+/// shared with a dump hook that must make sure the tree cannot run again
+/// if this process dies (a migration about to commit): it queues SIGSTOP
+/// to them while they are still held by ptrace, so that losing the tracer
+/// leaves them stopped, not running; and can take that back.
+#[derive(Debug, Default)]
+pub struct StopGuard(std::sync::Mutex<Vec<i32>>);
+
+impl StopGuard {
+    pub(crate) fn set(&self, f: &Frozen) {
+        *self.0.lock().unwrap() = f
+            .procs
+            .iter()
+            .filter(|p| p.zombie.is_none() && p.stop_signal.is_none())
+            .map(|p| p.pid)
+            .collect();
+    }
+
+    /// Queues SIGSTOP to every process that was running.
+    pub fn queue_stop(&self) {
+        for &p in self.0.lock().unwrap().iter() {
+            let _ = nix::sys::signal::kill(Pid::from_raw(p), Signal::SIGSTOP);
+        }
+    }
+
+    /// Takes the queued SIGSTOP back: SIGCONT discards pending stop
+    /// signals (a SIGCONT handler of the program runs once, as on any
+    /// SIGCONT).
+    pub fn cancel_stop(&self) {
+        for &p in self.0.lock().unwrap().iter() {
+            let _ = nix::sys::signal::kill(Pid::from_raw(p), Signal::SIGCONT);
+        }
+    }
+}
+
 /// A stopped tree, parents before children.
 pub struct Frozen {
     pub procs: Vec<FrozenProc>,

@@ -833,7 +833,14 @@ fn source_cryo_killed_during_post_copy() {
 /// destination runs the tree; its Done is lost); without, it drops the
 /// Commit (the destination never hears it). Either way it then closes the
 /// sender's connection.
-fn commit_cutting_proxy(h: &Hosts, to: String, deliver: bool) -> (u16, std::thread::JoinHandle<()>) {
+/// With `kill_first` set to a pid, that process (the sending cryo) is
+/// SIGKILLed before the Commit is passed on.
+fn commit_cutting_proxy(
+    h: &Hosts,
+    to: String,
+    deliver: bool,
+    kill_first: Option<std::sync::Arc<std::sync::atomic::AtomicI32>>,
+) -> (u16, std::thread::JoinHandle<()>) {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     let (tx, rx) = std::sync::mpsc::channel();
@@ -866,6 +873,15 @@ fn commit_cutting_proxy(h: &Hosts, to: String, deliver: bool) -> (u16, std::thre
             }
             if kind == 8 {
                 cut.store(true, Ordering::SeqCst);
+                if let Some(p) = &kill_first {
+                    let pid = p.load(Ordering::SeqCst);
+                    cryo_integration::signal(pid, libc::SIGKILL).unwrap();
+                    // Dead (a zombie: its tracees are let go by then).
+                    let end = Instant::now() + Duration::from_secs(10);
+                    while !matches!(pid_state(pid), Some('Z') | None) && Instant::now() < end {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
                 if deliver {
                     let _ = b.write_all(&head);
                     // Let the destination release the tree and answer
@@ -910,7 +926,7 @@ fn lost_answer_after_commit_keeps_the_source_stopped() {
     for deliver in [true, false] {
         let what = if deliver { "commit delivered" } else { "commit lost" };
         let (h, sc, mut w, srv) = setup("mig-commit", 16);
-        let (port, proxy) = commit_cutting_proxy(&h, srv.to(), deliver);
+        let (port, proxy) = commit_cutting_proxy(&h, srv.to(), deliver, None);
         let (pid, log) = (w.pid.to_string(), sc.path("migrate.log"));
         let to = format!("{ADDR_B}:{port}");
         let out = cryo_in(&h.a, &migrate_args(&pid, &to, s(&log), &[]));
@@ -944,4 +960,33 @@ fn lost_answer_after_commit_keeps_the_source_stopped() {
             verify_still_on_a(&f.pidfile, &mut w, what);
         }
     }
+}
+
+/// The sending cryo dies right after it sent Commit (its tracees are let
+/// go by the kernel): the source must stay stopped, not run beside the
+/// copy the destination now runs.
+#[test]
+fn sender_killed_after_commit_leaves_the_source_stopped() {
+    require_root!();
+    use std::sync::atomic::{AtomicI32, Ordering};
+    let (h, sc, mut w, srv) = setup("mig-commit-kill", 16);
+    let victim = std::sync::Arc::new(AtomicI32::new(0));
+    let (port, proxy) = commit_cutting_proxy(&h, srv.to(), true, Some(victim.clone()));
+    let (pid, log) = (w.pid.to_string(), sc.path("migrate.log"));
+    let to = format!("{ADDR_B}:{port}");
+    let mut mig = spawn_migrate(&h, &sc, &migrate_args(&pid, &to, s(&log), &[]));
+    victim.store(mig.id() as i32, Ordering::SeqCst);
+    let _ = proxy.join();
+    let st = mig.wait().unwrap();
+    assert!(st.code().is_none(), "the sending cryo was not killed: {st:?}");
+    assert_held_stopped(&w, "sender killed after Commit");
+    let f = srv.finish();
+    assert!(f.ok, "page-server: {}", f.err);
+    let rpid = read_pidfile(&f.pidfile).unwrap();
+    assert!(pid_running(rpid), "restored pid {rpid} does not run");
+    cryo_integration::signal(w.pid, libc::SIGKILL).unwrap();
+    assert!(w.wait_exit(GONE_TIMEOUT).is_some(), "the source did not die");
+    cryo_integration::signal(rpid, libc::SIGUSR1).unwrap();
+    let v = wait_for_nth_verdict(&w.log, 1, LINE_TIMEOUT).unwrap();
+    assert!(v.starts_with("PASS"), "restored workload: {v}");
 }

@@ -198,6 +198,7 @@ pub fn migrate(opts: &MigrateOpts) -> Result<MigrateStats> {
     let conn = Arc::new(Mutex::new(conn));
     let restored = Arc::new(Mutex::new(None::<i32>));
     let committed = Arc::new(Mutex::new(None::<Instant>));
+    let guard = Arc::new(crate::freeze::StopGuard::default());
     let hook = {
         let conn = conn.clone();
         let restored = restored.clone();
@@ -207,6 +208,7 @@ pub fn migrate(opts: &MigrateOpts) -> Result<MigrateStats> {
         let lazy = opts.lazy && (rounds > 0 || remote);
         let hosts = hosts.clone();
         let fetched = fetched.clone();
+        let guard = guard.clone();
         Hook::new(move |ev| {
             if ev != Event::PostDump {
                 return Ok(());
@@ -234,62 +236,82 @@ pub fn migrate(opts: &MigrateOpts) -> Result<MigrateStats> {
                 f => bail!("The page server answered Restore with {}", f.name()),
             };
             // The commit point: from here on the destination runs the tree.
-            c.frame(&Frame::Commit)?;
-            c.flush()?;
-            *committed.lock().unwrap() = Some(Instant::now());
-            *restored.lock().unwrap() = Some(rpid);
-            match c.answer() {
-                Ok(Frame::Done) => {}
-                // The destination failed after Commit; a failed restore
-                // leaves nothing there: the source resumes.
-                Ok(Frame::Error(m)) => {
-                    *restored.lock().unwrap() = None;
-                    bail!("the destination failed to start the restored tree: {m}")
+            // Should this process die from now on, the source must not run
+            // again (ptrace would let it go): stop signals are queued.
+            guard.queue_stop();
+            let res = (|| -> Result<()> {
+                c.frame(&Frame::Commit)?;
+                c.flush()?;
+                *committed.lock().unwrap() = Some(Instant::now());
+                *restored.lock().unwrap() = Some(rpid);
+                match c.answer() {
+                    Ok(Frame::Done) => {}
+                    // The destination failed after Commit; a failed restore
+                    // leaves nothing there: the source resumes.
+                    Ok(Frame::Error(m)) => {
+                        *restored.lock().unwrap() = None;
+                        bail!("the destination failed to start the restored tree: {m}")
+                    }
+                    // The answer is lost (or not one we know): the
+                    // destination may run the tree or may have killed it.
+                    // Neither resume nor kill.
+                    other if !remote => {
+                        let why = match other {
+                            Ok(f) => format!("it answered {}", f.name()),
+                            Err(e) => format!("{e:#}"),
+                        };
+                        let pids: Vec<String> = hosts.iter().map(|h| h.1.to_string()).collect();
+                        return Err(crate::dump::HoldStopped(format!(
+                            "no answer from the destination after Commit ({why}): it may run the tree already; \
+                             the source tree is kept stopped (SIGSTOP), pids {}: if the destination runs it, \
+                             kill these; if not, resume them with SIGCONT",
+                            pids.join(" ")
+                        ))
+                        .into());
+                    }
+                    Ok(f) => bail!("the page server answered Commit with {}", f.name()),
+                    Err(e) => return Err(e),
                 }
-                Ok(f) => bail!("the page server answered Commit with {}", f.name()),
-                Err(e) if !remote => {
-                    // The answer is lost: the destination may run the tree
-                    // or may have killed it. Neither resume nor kill.
-                    let pids: Vec<String> = hosts.iter().map(|h| h.1.to_string()).collect();
-                    return Err(crate::dump::HoldStopped(format!(
-                        "no answer from the destination after Commit ({e:#}): it may run the tree already; \
-                         the source tree is kept stopped (SIGSTOP), pids {}: if the destination runs it, kill \
-                         these; if not, resume them with SIGCONT",
-                        pids.join(" ")
-                    ))
-                    .into());
-                }
-                Err(e) => return Err(e),
-            }
-            if remote {
-                // Serve pages from the frozen source until all are in. If
-                // the destination goes away first, it has killed its copy:
-                // failing here resumes the source.
-                let mut buf = vec![0u8; wire::MAX_DATA];
-                loop {
-                    match c.answer()? {
-                        Frame::PageReq { pid, addr, len } => {
-                            let host = hosts
-                                .iter()
-                                .find(|h| h.0 == pid)
-                                .map(|h| h.1)
-                                .ok_or_else(|| anyhow!("The page server asked for pages of unknown pid {pid}"))?;
-                            let b = &mut buf[..len as usize];
-                            let got =
-                                crate::sys::vm::read_remote(nix::unistd::Pid::from_raw(host), &[(addr, b.len())], b)
-                                    .unwrap_or(0);
-                            if got != b.len() {
-                                bail!("Cannot read {len} bytes of pid {pid} at {addr:#x} for the page server");
+                if remote {
+                    // Serve pages from the frozen source until all are in.
+                    // If the destination goes away first, it has killed its
+                    // copy: failing here resumes the source.
+                    let mut buf = vec![0u8; wire::MAX_DATA];
+                    loop {
+                        match c.answer()? {
+                            Frame::PageReq { pid, addr, len } => {
+                                let host =
+                                    hosts.iter().find(|h| h.0 == pid).map(|h| h.1).ok_or_else(|| {
+                                        anyhow!("The page server asked for pages of unknown pid {pid}")
+                                    })?;
+                                let b = &mut buf[..len as usize];
+                                let got = crate::sys::vm::read_remote(
+                                    nix::unistd::Pid::from_raw(host),
+                                    &[(addr, b.len())],
+                                    b,
+                                )
+                                .unwrap_or(0);
+                                if got != b.len() {
+                                    bail!("Cannot read {len} bytes of pid {pid} at {addr:#x} for the page server");
+                                }
+                                c.frame(&Frame::Data(b.to_vec()))?;
+                                c.flush()?;
+                                *fetched.lock().unwrap() += len as u64;
                             }
-                            c.frame(&Frame::Data(b.to_vec()))?;
-                            c.flush()?;
-                            *fetched.lock().unwrap() += len as u64;
+                            Frame::AllIn => break,
+                            f => bail!("The page server sent {} during post-copy", f.name()),
                         }
-                        Frame::AllIn => break,
-                        f => bail!("The page server sent {} during post-copy", f.name()),
                     }
                 }
+                Ok(())
+            })();
+            if let Err(e) = &res {
+                if e.downcast_ref::<crate::dump::HoldStopped>().is_none() {
+                    // The source resumes: take the queued stop back.
+                    guard.cancel_stop();
+                }
             }
+            res?;
             Ok(())
         })
     };
@@ -300,6 +322,7 @@ pub fn migrate(opts: &MigrateOpts) -> Result<MigrateStats> {
         leave_running: false,
         hook,
         prev: tracker.clone(),
+        stop_guard: Some(guard),
         ..Default::default()
     };
     let t_freeze = Instant::now();
