@@ -15,6 +15,12 @@
 //!   (the root's host pid); the answer is `commit` (release the tasks) or
 //!   `failed REASON` (kill them, fail).
 //!
+//!   Before it sends Commit to the destination, cryo's side sends `hold`:
+//!   the drop-in queues SIGSTOP to the frozen tree (still held by ptrace)
+//!   and answers `held`; from then on, losing cryo's side (or `unknown
+//!   REASON`: the destination's answer to Commit was lost) leaves the tree
+//!   stopped instead of resuming it, and `failed` takes the stop back.
+//!
 //! One line each way, newline-terminated. A closed connection instead of
 //! an answer is a failure: the workload is never released twice.
 
@@ -43,6 +49,9 @@ pub enum Msg {
     Restored { pid: i32 },
     Commit,
     Failed(String),
+    Hold,
+    Held,
+    Unknown(String),
 }
 
 impl Msg {
@@ -54,6 +63,9 @@ impl Msg {
             Msg::Restored { pid } => format!("restored {pid}"),
             Msg::Commit => "commit".into(),
             Msg::Failed(m) => format!("failed {}", m.replace(['\n', '\r'], " ")),
+            Msg::Hold => "hold".into(),
+            Msg::Held => "held".into(),
+            Msg::Unknown(m) => format!("unknown {}", m.replace(['\n', '\r'], " ")),
         }
     }
 
@@ -81,7 +93,10 @@ impl Msg {
                 }
             }
             "commit" if rest.is_empty() => Msg::Commit,
+            "hold" if rest.is_empty() => Msg::Hold,
+            "held" if rest.is_empty() => Msg::Held,
             "failed" => Msg::Failed(rest.to_string()),
+            "unknown" => Msg::Unknown(rest.to_string()),
             _ => return Err(format!("commit handshake: unexpected line {line:?}")),
         })
     }
@@ -133,15 +148,42 @@ fn connect(sock: &Path) -> Result<Peer> {
 /// Drop-in, dump: the images are written, the tree frozen. Ok once the
 /// destination runs the container (the tree may die now); an error when
 /// the migration failed (the tree must be resumed).
-pub fn after_dump(sock: &Path, since_start: Duration) -> Result<i32> {
+pub fn after_dump(sock: &Path, since_start: Duration, guard: &crate::freeze::StopGuard) -> Result<i32> {
     let mut p = connect(sock)?;
     p.send(&Msg::Dumped {
         us: since_start.as_micros() as u64,
     })?;
-    match p.recv("cryo migrate")? {
-        Msg::Committed { pid } => Ok(pid),
-        Msg::Failed(m) => Err(anyhow!("{m}")),
-        m => bail!("commit handshake: cryo migrate answered {:?}", m.line()),
+    let mut held = false;
+    loop {
+        let lost = match p.recv("cryo migrate") {
+            Ok(Msg::Hold) if !held => {
+                guard.queue_stop();
+                held = true;
+                match p.send(&Msg::Held) {
+                    Ok(()) => continue,
+                    Err(e) => e,
+                }
+            }
+            Ok(Msg::Committed { pid }) => return Ok(pid),
+            Ok(Msg::Failed(m)) => {
+                if held {
+                    guard.cancel_stop();
+                }
+                bail!("{m}")
+            }
+            Ok(Msg::Unknown(m)) => return Err(crate::dump::HoldStopped(m).into()),
+            Ok(m) => anyhow!("commit handshake: cryo migrate answered {:?}", m.line()),
+            Err(e) => e,
+        };
+        if held {
+            // Lost once the commit began: the destination may run it.
+            return Err(crate::dump::HoldStopped(format!(
+                "cryo migrate went away after the commit began ({lost:#}): the destination may run the \
+                 container; its processes are kept stopped (SIGSTOP)"
+            ))
+            .into());
+        }
+        return Err(lost);
     }
 }
 
@@ -159,12 +201,18 @@ pub fn before_resume(sock: &Path, pid: i32) -> Result<()> {
 
 /// The drop-in's dump hook under a migration: `inner` (the caller's
 /// notifications) first, then, at PostDump, the handshake.
-pub fn dump_hook(inner: Hook, sock: PathBuf) -> Hook {
+pub fn dump_hook(inner: Hook, sock: PathBuf, guard: std::sync::Arc<crate::freeze::StopGuard>) -> Hook {
     let t0 = Instant::now();
     Hook::new(move |ev| {
         inner.fire(ev)?;
         if ev == Event::PostDump {
-            let pid = after_dump(&sock, t0.elapsed()).context("Migration failed; the container keeps running")?;
+            let pid = after_dump(&sock, t0.elapsed(), &guard).map_err(|e| {
+                if e.downcast_ref::<crate::dump::HoldStopped>().is_some() {
+                    e
+                } else {
+                    e.context("Migration failed; the container keeps running")
+                }
+            })?;
             tracing::info!("migration committed: the container runs on the destination as pid {pid}");
         }
         Ok(())

@@ -275,6 +275,7 @@ pub fn migrate(o: &CtrOpts) -> Result<MigrateStats> {
         .with_context(|| format!("Cannot run {}", rt.bin.display()))?;
     let mut committed = None;
     let mut failure = None;
+    let mut held: Option<String> = None;
     match relay.wait(&mut child) {
         Ok(Some((mut peer, Msg::Dumped { us }))) => {
             let frozen_at = Instant::now()
@@ -298,6 +299,13 @@ pub fn migrate(o: &CtrOpts) -> Result<MigrateStats> {
                     f => bail!("The page server answered Restore with {}", f.name()),
                 };
                 info!("restored on the destination as pid {rpid}; commit");
+                // From the Commit on, the source must not run again even if
+                // this process dies: the drop-in queues stop signals first.
+                peer.send(&Msg::Hold)?;
+                match peer.recv("the criu drop-in")? {
+                    Msg::Held => {}
+                    m => bail!("the criu drop-in answered hold with {:?}", m.line()),
+                }
                 // The commit point: from here on the destination runs it.
                 conn.frame(&Frame::Commit)?;
                 conn.flush()?;
@@ -306,14 +314,31 @@ pub fn migrate(o: &CtrOpts) -> Result<MigrateStats> {
             match sent {
                 Ok(rpid) => {
                     stats.stopped_us = frozen_at.elapsed().as_micros() as u64;
-                    committed = Some(rpid);
-                    if let Err(e) = peer.send(&Msg::Committed { pid: rpid }) {
-                        warn!("the drop-in did not take the commit: {e:#}");
-                    }
                     match conn.answer() {
-                        Ok(Frame::Done) => {}
-                        Ok(f) => warn!("the page server confirmed with {}", f.name()),
-                        Err(e) => warn!("no confirmation from the page server after Commit: {e:#}"),
+                        Ok(Frame::Done) => {
+                            committed = Some(rpid);
+                            if let Err(e) = peer.send(&Msg::Committed { pid: rpid }) {
+                                warn!("the drop-in did not take the commit: {e:#}");
+                            }
+                        }
+                        // Failed after Commit: nothing runs there.
+                        Ok(Frame::Error(m)) => {
+                            let _ = peer.send(&Msg::Failed(m.clone()));
+                            failure = Some(anyhow!("the destination failed to start the container: {m}"));
+                        }
+                        other => {
+                            let why = match other {
+                                Ok(f) => format!("it answered {}", f.name()),
+                                Err(e) => format!("{e:#}"),
+                            };
+                            let m = format!(
+                                "no answer from the destination after Commit ({why}): it may run the container \
+                                 already; the container's processes here are kept stopped (SIGSTOP): if the \
+                                 destination runs it, kill them; if not, resume them with SIGCONT"
+                            );
+                            let _ = peer.send(&Msg::Unknown(m.clone()));
+                            held = Some(m);
+                        }
                     }
                 }
                 Err(e) => {
@@ -337,6 +362,9 @@ pub fn migrate(o: &CtrOpts) -> Result<MigrateStats> {
     }
     stats.total_us = t0.elapsed().as_micros() as u64;
     let runc_says = || failure_text(&out, &work.join("dump.log"));
+    if let Some(m) = held {
+        return Err(anyhow!("Migration of container {id} to {}: {m}", o.to));
+    }
     match committed {
         Some(rpid) => {
             stats.restored_pid = Some(rpid);

@@ -503,7 +503,9 @@ impl Session {
         let o = &self.opts;
         let pid = o.pid.context("The request names no pid")?;
         self.notify("pre-dump", None)?;
+        let stop_guard = std::sync::Arc::new(crate::freeze::StopGuard::default());
         let d = dump::DumpOpts {
+            stop_guard: Some(stop_guard.clone()),
             pid,
             dir: self.images.path.clone(),
             shell_job: o.shell_job(),
@@ -515,7 +517,7 @@ impl Session {
             hook: match crate::migrate::commit::from_env() {
                 // `cryo migrate --container`: commit with the destination
                 // before the tree may die.
-                Some(sock) => crate::migrate::commit::dump_hook(self.hook(), sock),
+                Some(sock) => crate::migrate::commit::dump_hook(self.hook(), sock, stop_guard.clone()),
                 None => self.hook(),
             },
             ..Default::default()
