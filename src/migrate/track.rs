@@ -62,6 +62,11 @@ pub struct RoundPages {
     pub parent: RunSet,
 }
 
+/// Whether `pid` has exited (gone, or a zombie).
+fn gone(pid: i32) -> bool {
+    proc::stat::read(pid as u32).map_or(true, |st| matches!(st.state, 'Z' | 'X' | 'x'))
+}
+
 /// Present or swapped, not the zero page, not file-backed, not a guard.
 fn dumpable_query() -> (u64, u64, u64) {
     let skip = vm::category::PFNZERO | vm::category::FILE | vm::category::GUARD;
@@ -220,6 +225,12 @@ impl Tracker {
         drop(frozen); // detaches: the tree runs on
         let mut procs = Vec::new();
         for (pid, vpid, fd, fresh) in made {
+            // A process that exits as soon as the tree runs again (a
+            // `sleep` of a shell loop) is simply not tracked any more.
+            if gone(pid) {
+                debug!("pid {pid} exited; not tracked");
+                continue;
+            }
             if !fresh {
                 let pagemap = fs::File::open(format!("/proc/{pid}/pagemap"))
                     .with_context(|| format!("Cannot open /proc/{pid}/pagemap"))?;
@@ -235,18 +246,29 @@ impl Tracker {
             let features = uffd::api(&fd, uffd::FEATURE_WP_ASYNC | uffd::FEATURE_WP_UNPOPULATED)
                 .with_context(|| format!("UFFDIO_API (async write-protect) for pid {pid}"))?;
             debug!("uffd of pid {pid}: features {features:#x}");
-            let pagemap = fs::File::open(format!("/proc/{pid}/pagemap"))
-                .with_context(|| format!("Cannot open /proc/{pid}/pagemap"))?;
-            for v in page_vmas(pid)? {
-                match uffd::register_wp(&fd, v.start, v.end - v.start) {
-                    // Untracked mappings are copied whole in every round:
-                    // their pages all read as written.
-                    Err(e) => warn!("pid {pid}: mapping {:#x}-{:#x} not tracked: {e}", v.start, v.end),
-                    Ok(()) => {
-                        written(&pagemap, pid, v.start, v.end, true)?;
+            let setup = (|| -> Result<fs::File> {
+                let pagemap = fs::File::open(format!("/proc/{pid}/pagemap"))
+                    .with_context(|| format!("Cannot open /proc/{pid}/pagemap"))?;
+                for v in page_vmas(pid)? {
+                    match uffd::register_wp(&fd, v.start, v.end - v.start) {
+                        // Untracked mappings are copied whole in every round:
+                        // their pages all read as written.
+                        Err(e) => warn!("pid {pid}: mapping {:#x}-{:#x} not tracked: {e}", v.start, v.end),
+                        Ok(()) => {
+                            written(&pagemap, pid, v.start, v.end, true)?;
+                        }
                     }
                 }
-            }
+                Ok(pagemap)
+            })();
+            let pagemap = match setup {
+                Ok(p) => p,
+                Err(_) if gone(pid) => {
+                    debug!("pid {pid} exited; not tracked");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             procs.push(Tracked {
                 pid,
                 vpid,
@@ -299,20 +321,34 @@ impl Tracker {
     /// [`Tracker::sent`].
     pub fn round(&mut self, first: bool) -> Result<Vec<RoundPages>> {
         let mut out = Vec::new();
+        let mut exited = Vec::new();
         for t in &self.procs {
-            let mut dirty = Vec::new();
-            for v in page_vmas(t.pid)? {
-                let pres = present(&t.pagemap, t.pid, v.start, v.end)?;
-                let d = if first {
-                    pres
-                } else {
-                    let w = written(&t.pagemap, t.pid, v.start, v.end, true)?;
-                    // Written since the last round, or never sent (a new
-                    // mapping, a page swapped in unwritten...).
-                    w.intersect(&pres).union(&pres.subtract(&t.sent))
-                };
-                dirty.extend_from_slice(d.ranges());
-            }
+            let scan = || -> Result<Vec<(u64, u64)>> {
+                let mut dirty = Vec::new();
+                for v in page_vmas(t.pid)? {
+                    let pres = present(&t.pagemap, t.pid, v.start, v.end)?;
+                    let d = if first {
+                        pres
+                    } else {
+                        let w = written(&t.pagemap, t.pid, v.start, v.end, true)?;
+                        // Written since the last round, or never sent (a new
+                        // mapping, a page swapped in unwritten...).
+                        w.intersect(&pres).union(&pres.subtract(&t.sent))
+                    };
+                    dirty.extend_from_slice(d.ranges());
+                }
+                Ok(dirty)
+            };
+            let dirty = match scan() {
+                Ok(d) => d,
+                // Exited since the last round: nothing more to copy.
+                Err(_) if gone(t.pid) => {
+                    debug!("pid {} exited; no longer tracked", t.pid);
+                    exited.push(t.pid);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let dirty = RunSet::from_ranges(dirty);
             let parent = t.sent.subtract(&dirty);
             out.push(RoundPages {
@@ -322,6 +358,7 @@ impl Tracker {
                 parent,
             });
         }
+        self.procs.retain(|t| !exited.contains(&t.pid));
         Ok(out)
     }
 
