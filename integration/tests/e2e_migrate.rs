@@ -1021,20 +1021,29 @@ fn pre_dumps_of_a_tree_whose_children_come_and_go() {
         let out = cryo_integration::run_cryo(&args);
         assert!(out.status.success(), "pre-dump {i}: {}", describe(&out));
     }
+    // The file is rewritten (truncated, then written) all the time: read
+    // until it holds a number.
+    let read = || {
+        let end = Instant::now() + LINE_TIMEOUT;
+        loop {
+            let n = std::fs::read_to_string(&count)
+                .unwrap_or_default()
+                .trim()
+                .parse::<u64>()
+                .unwrap_or(0);
+            if n > 0 || Instant::now() > end {
+                return n;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    };
+    let at_dump = read();
+    assert!(at_dump > 0, "the loop never counted");
     let d = sc.path("final");
     let prev = format!("../d{n}");
     let out = cryo_integration::run_cryo(&["dump", "-t", &pid, "-D", s(&d), "--prev-images-dir", &prev]);
     assert!(out.status.success(), "dump: {}", describe(&out));
     assert!(w.wait_exit(GONE_TIMEOUT).is_some(), "the dump did not end the source");
-    let read = || {
-        std::fs::read_to_string(&count)
-            .unwrap_or_default()
-            .trim()
-            .parse::<u64>()
-            .unwrap_or(0)
-    };
-    let at_dump = read();
-    assert!(at_dump > 0, "the loop never counted");
     let pf = sc.path("pidfile");
     sc.cl.pidfile(&pf);
     let out = cryo_integration::run_cryo(&["restore", "-D", s(&d), "-d", "--pidfile", s(&pf)]);

@@ -237,8 +237,13 @@ pub fn migrate(opts: &MigrateOpts) -> Result<MigrateStats> {
             };
             // The commit point: from here on the destination runs the tree.
             // Should this process die from now on, the source must not run
-            // again (ptrace would let it go): stop signals are queued.
-            guard.queue_stop();
+            // again (ptrace would let it go): stop signals are queued. Not
+            // in post-copy, where the destination cannot go on without the
+            // source serving its pages: if this process dies, the
+            // destination kills its copy and the source runs on.
+            if !remote {
+                guard.queue_stop();
+            }
             let res = (|| -> Result<()> {
                 c.frame(&Frame::Commit)?;
                 c.flush()?;
