@@ -248,6 +248,8 @@ fn piece_at(todo: &Todo, addr: u64) -> Option<(u64, &Piece)> {
 struct Space {
     /// For messages: the restored pid, or "a child of pid N".
     who: String,
+    /// Forked after the restore (an exec or exit of it is no news).
+    forked: bool,
     vpid: u32,
     uffd: OwnedFd,
     todo: Todo,
@@ -405,6 +407,7 @@ impl Server<'_> {
                     debug!("{} forked; its child is served too", s.who);
                     born.push(Space {
                         who: format!("a child of {}", s.who.trim_start_matches("a child of ")),
+                        forked: true,
                         vpid: s.vpid,
                         uffd: fd,
                         todo: s.todo.clone(),
@@ -514,6 +517,7 @@ pub fn serve(dir: &Path, procs: Vec<LazyProc>, remote: Option<Remote>) -> Result
         }
         spaces.push(Space {
             who: format!("pid {}", p.pid),
+            forked: false,
             vpid: p.vpid,
             uffd: p.uffd,
             todo,
@@ -574,7 +578,11 @@ pub fn serve(dir: &Path, procs: Vec<LazyProc>, remote: Option<Remote>) -> Result
         }
         spaces.retain(|s| {
             if s.gone && !s.todo.is_empty() {
-                warn!("{} went away before its lazy pages were all in", s.who);
+                if s.forked {
+                    debug!("{} exited or exec'd before its lazy pages were all in", s.who);
+                } else {
+                    warn!("{} went away before its lazy pages were all in", s.who);
+                }
             }
             !s.gone && !(s.todo.is_empty() && s.faults.is_empty())
         });
