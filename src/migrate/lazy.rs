@@ -161,6 +161,8 @@ pub struct Served {
     pub removes: u64,
     pub unmaps: u64,
     pub remaps: u64,
+    /// Copies refused with EAGAIN (an event pending) and tried again.
+    pub retries: u64,
 }
 
 impl Served {
@@ -445,6 +447,7 @@ impl Server<'_> {
             match self.fault(s, page)? {
                 Copied::Done => {}
                 Copied::Again => {
+                    self.st.retries += 1;
                     s.again = true;
                     s.faults.push(page);
                     break;
@@ -467,7 +470,10 @@ impl Server<'_> {
         let end = a + p.len.min(CHUNK);
         match self.fill(s, a, end)? {
             Copied::Done => {}
-            Copied::Again => s.again = true,
+            Copied::Again => {
+                self.st.retries += 1;
+                s.again = true
+            }
             Copied::Gone => s.gone = true,
         }
         Ok(())
@@ -590,11 +596,12 @@ pub fn serve(dir: &Path, procs: Vec<LazyProc>, remote: Option<Remote>) -> Result
     let mut st = srv.st;
     st.us = t0.elapsed().as_micros() as u64;
     info!(
-        "lazy pages: {} KiB copied, {} faults served, in {} ms; events: {}",
+        "lazy pages: {} KiB copied, {} faults served, in {} ms; events: {}; {} copies retried after EAGAIN",
         st.bytes >> 10,
         st.faults,
         st.us / 1000,
-        st.events()
+        st.events(),
+        st.retries
     );
     Ok(st)
 }
