@@ -58,6 +58,8 @@ impl LazyProc {
 
 /// Copies per prefetch step.
 const CHUNK: u64 = 1 << 20;
+/// Copied on a fault: the faulting page and its neighbours.
+const FAULT_AROUND: u64 = 64 << 10;
 
 /// A uffd without UFFD_USER_MODE_ONLY: faults from inside the kernel
 /// (a read() into a lazy buffer) must wait for us too.
@@ -369,13 +371,20 @@ impl Server<'_> {
         Ok(res)
     }
 
-    /// Serves a fault at `page`: its piece from there, up to 64 KiB, or a
-    /// zero page when nothing is to come there (never dumped, or dropped
-    /// since by madvise).
+    /// Serves a fault at `page`: its piece from there, up to 64 KiB (or,
+    /// when the page ends its piece, as a program going down through
+    /// memory meets it, up to 64 KiB ending there), or a zero page when
+    /// nothing is to come there (never dumped, or dropped since by
+    /// madvise).
     fn fault(&mut self, s: &mut Space, page: u64) -> Result<Copied> {
         if let Some((a, p)) = piece_at(&s.todo, page) {
-            let end = (a + p.len).min(page + (64 << 10));
-            return self.fill(s, page, end);
+            let end = (a + p.len).min(page + FAULT_AROUND);
+            let start = if end == page + PAGE_SIZE {
+                a.max((page + PAGE_SIZE).saturating_sub(FAULT_AROUND))
+            } else {
+                page
+            };
+            return self.fill(s, start, end);
         }
         match uffd::zeropage(&s.uffd, page, PAGE_SIZE) {
             Ok(()) => Ok(Copied::Done),
