@@ -749,10 +749,9 @@ fn feature(name: &str) -> Option<bool> {
     Some(match name {
         // Pre-dump write tracking: uffd async write-protect + PAGEMAP_SCAN.
         "mem_dirty_track" => probe::uffd_wp_async(),
-        // Lazy restore: a userfaultfd taken from the restored task.
-        "uffd" | "lazy_pages" => probe::uffd_missing(),
-        // Fork/remove events are not followed while pages are lazy.
-        "uffd-noncoop" => false,
+        // Lazy restore: a userfaultfd taken from the restored task, with
+        // the fork/remap/remove/unmap events it follows.
+        "uffd" | "lazy_pages" | "uffd-noncoop" => probe::uffd_missing(),
         // `--external net[INO]:KEY` and inherit_fd of that key.
         "external_net_ns" => true,
         "cgroupns" => std::path::Path::new("/proc/self/ns/cgroup").exists(),

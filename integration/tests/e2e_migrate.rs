@@ -34,6 +34,11 @@ impl Server {
     }
 
     fn start_at(h: &Hosts, sc: &Scratch, tag: &str, port: u16) -> Server {
+        Server::start_env(h, sc, tag, port, &[])
+    }
+
+    /// A page server on PORT (0: any) with ENV added to its environment.
+    fn start_env(h: &Hosts, sc: &Scratch, tag: &str, port: u16, env: &[(&str, &str)]) -> Server {
         let dir = sc.path(&format!("dst-{tag}"));
         let pidfile = sc.path(&format!("pidfile-{tag}"));
         let out = sc.path(&format!("ps-{tag}.out"));
@@ -59,6 +64,7 @@ impl Server {
                 "-v4",
             ],
         )
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out).unwrap())
         .stderr(std::fs::File::create(&err).unwrap())
@@ -1058,4 +1064,74 @@ fn pre_dumps_of_a_tree_whose_children_come_and_go() {
         after > at_dump && after < at_dump + 100_000,
         "count {after} after restore, {at_dump} at the dump"
     );
+}
+
+/// The count after `name ` in cryo's `events: fork N, remove N, ...`.
+fn event_count(out: &str, name: &str) -> u64 {
+    out.split("events: ")
+        .nth(1)
+        .and_then(|e| e.split(", ").find_map(|p| p.strip_prefix(&format!("{name} "))))
+        .and_then(|n| n.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Lazy migration (pre-copy rounds, or post-copy from the source with
+/// `--no-pre-copy`) of a `lazyshape` that, at once on host B, forks a
+/// checking child, drops, unmaps and moves memory while its pages are
+/// still coming (the page server's fill is slowed, a test aid). It PASSes
+/// and the page server followed each event.
+fn migrate_lazyshape(tag: &str, extra: &[&str]) {
+    let h = hosts();
+    let sc = Scratch::new(tag);
+    let log = sc.path("w.log");
+    let enter = Hosts::enter(&h.a);
+    let mut w = Workload::spawn(
+        Path::new("nsenter"),
+        &[&enter[0], &enter[1], s(bin!("lazyshape")), "--mib", "64"],
+        &log,
+    )
+    .expect("spawn lazyshape");
+    sc.cl.pid(w.pid);
+    w.wait_ready().unwrap_or_else(|e| panic!("lazyshape: {e}"));
+    let srv = Server::start_env(&h, &sc, "1", 0, &[("CRYO_LAZY_FILL_DELAY_MS", "50")]);
+    let mut args = vec!["--lazy-pages"];
+    args.extend_from_slice(extra);
+    let (pid, to, mlog) = (w.pid.to_string(), srv.to(), sc.path("migrate.log"));
+    let mut mig = spawn_migrate(&h, &sc, &migrate_args(&pid, &to, s(&mlog), &args));
+    wait_for_line(&srv.out, "cryo page-server: restored, pid", STEP)
+        .unwrap_or_else(|e| panic!("no restore on B: {e}; {}", srv.stderr()));
+    let rpid = read_pidfile(&srv.pidfile).unwrap();
+    cryo_integration::signal(rpid, libc::SIGUSR1).unwrap();
+    let v = wait_for_nth_verdict(&w.log, 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("[{tag}] {e}"));
+    let st = mig.wait().unwrap();
+    let f = srv.finish();
+    assert!(v.starts_with("PASS"), "[{tag}] restored lazyshape: {v}\n{}", f.out);
+    assert!(st.success(), "[{tag}] migrate: {st}\n{}", log_tail(&mlog, 20));
+    assert!(f.ok, "[{tag}] page-server: {}\n{}", f.out, f.err);
+    assert!(w.wait_exit(GONE_TIMEOUT).is_some(), "[{tag}] the source still runs");
+    assert!(
+        wait_pid_exited(rpid, GONE_TIMEOUT),
+        "[{tag}] restored pid {rpid} still runs"
+    );
+    for ev in ["fork", "remove", "unmap", "remap"] {
+        assert!(
+            event_count(&f.out, ev) >= 1,
+            "[{tag}] no {ev} event followed: {}",
+            f.out
+        );
+    }
+}
+
+#[test]
+fn migrate_lazy_follows_fork_dontneed_munmap_mremap() {
+    require_root!();
+    migrate_lazyshape("mig-lazyshape", &[]);
+}
+
+/// Post-copy: pages moved by mremap are still fetched from where they
+/// were at the source.
+#[test]
+fn migrate_post_copy_follows_fork_dontneed_munmap_mremap() {
+    require_root!();
+    migrate_lazyshape("mig-postshape", &["--no-pre-copy"]);
 }

@@ -69,6 +69,26 @@ fn memsum_word_passes_and_mismatch_fails() {
 }
 
 #[test]
+fn lazyshape_passes_and_detects_corruption() {
+    let line = expect_pass(bin!("lazyshape"), &["--mib", "8", "--wait-ms", "10"]);
+    assert!(line.contains("mib=8 child=ok"), "{line}");
+    let (v, code) = run(
+        bin!("lazyshape"),
+        &["--mib", "8", "--wait-ms", "10", "--corrupt"],
+        Duration::from_millis(50),
+    );
+    let err = v.expect_err("the corrupted workload must FAIL");
+    assert_eq!(code, Some(1), "{err}");
+    for what in [
+        "kept part: page 682 word 7",
+        "moved part at its new address: page 2046 word 300",
+        "forked child",
+    ] {
+        assert!(err.contains(what), "FAIL should mention {what:?}: {err}");
+    }
+}
+
+#[test]
 fn counter_counts_consecutively_and_passes() {
     let dir = TempDir::new("wl");
     let log = dir.join("log");

@@ -6,22 +6,29 @@
 //! rest are copied in the background, and cryo exits once all are in.
 //!
 //! Only private anonymous memory is served lazily (file-backed private
-//! pages are staged as usual). Limits: a process that forks, or
-//! madvise(DONTNEED)s memory, before its pages are all in is not followed
-//! (no fork/remove events are asked for).
+//! pages are staged as usual). The uffd asks for the non-cooperative
+//! events, so the program may change its memory while pages are still
+//! coming: a fork hands us the child's uffd and the child is served too
+//! (what its parent was still missing at the fork, from the same
+//! images); madvise(DONTNEED) and munmap drop their range from what is
+//! left to fill (it reads as zeros, or is gone); mremap moves it. While
+//! such an event is pending the kernel refuses copies (EAGAIN): the
+//! messages are read, then the copy is tried again.
+//!
+//! Test aid: [`FILL_DELAY_ENV`] slows the background fill.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fs;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use nix::errno::Errno;
 use nix::unistd::Pid;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::hooks::{Event, Hook};
 use crate::image::ImageDir;
@@ -51,6 +58,8 @@ impl LazyProc {
 
 /// Copies per prefetch step.
 const CHUNK: u64 = 1 << 20;
+/// Copied on a fault: the faulting page and its neighbours.
+const FAULT_AROUND: u64 = 64 << 10;
 
 /// A uffd without UFFD_USER_MODE_ONLY: faults from inside the kernel
 /// (a read() into a lazy buffer) must wait for us too.
@@ -93,7 +102,8 @@ pub fn attach(dir: &Path, pid: i32) -> Result<Option<LazyProc>> {
         return Ok(None);
     }
     let fd = uffd_in(pid)?;
-    uffd::api(&fd, 0).with_context(|| format!("UFFDIO_API for restored pid {pid}"))?;
+    uffd::api(&fd, uffd::FEATURES_NONCOOP)
+        .with_context(|| format!("UFFDIO_API (fork, remap, remove and unmap events) for restored pid {pid}"))?;
     for v in vmas
         .iter()
         .filter(|v| fills.iter().any(|f| v.start <= f.vaddr && f.vaddr < v.end))
@@ -147,130 +157,462 @@ pub struct Served {
     pub faults: u64,
     pub bytes: u64,
     pub us: u64,
+    /// Non-cooperative events followed: forks (children served too),
+    /// madvise(DONTNEED) removes, munmaps, mremaps.
+    pub forks: u64,
+    pub removes: u64,
+    pub unmaps: u64,
+    pub remaps: u64,
+    /// Copies refused with EAGAIN (an event pending) and tried again.
+    pub retries: u64,
+}
+
+impl Served {
+    /// `fork N, remove N, unmap N, remap N`.
+    pub fn events(&self) -> String {
+        format!(
+            "fork {}, remove {}, unmap {}, remap {}",
+            self.forks, self.removes, self.unmaps, self.remaps
+        )
+    }
 }
 
 /// Fetches `buf.len()` bytes of image pid `vpid` at `addr` from the
 /// source (post-copy).
 pub type Remote<'a> = &'a mut dyn FnMut(u32, u64, &mut [u8]) -> Result<()>;
 
-/// The bytes of `len` at `at` of piece `f` of `vpid`: from its pages file,
-/// or (empty file name) from the source.
-fn fetch(
-    files: &HashMap<String, fs::File>,
-    remote: &mut Option<Remote>,
-    vpid: u32,
-    f: &Fill,
-    at: u64,
-    buf: &mut [u8],
-) -> Result<()> {
-    if f.file.is_empty() {
-        match remote {
-            Some(r) => r(vpid, f.vaddr + at, buf),
-            None => bail!("pages of pid {vpid} at {:#x} are only at the source", f.vaddr + at),
+/// A run of memory still to fill in one address space.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Piece {
+    len: u64,
+    /// Index of its pages file, or None: only the source has it.
+    file: Option<usize>,
+    /// Offset in the pages file, or the address at the source (where it
+    /// was when dumped: an mremap moves the destination only).
+    src: u64,
+}
+
+impl Piece {
+    /// The part from `skip` bytes in, `len` long.
+    fn sub(&self, skip: u64, len: u64) -> Piece {
+        Piece {
+            len,
+            file: self.file,
+            src: self.src + skip,
         }
-    } else {
-        files[&f.file]
-            .read_exact_at(buf, f.off + at)
-            .with_context(|| format!("Cannot read {}", f.file))
+    }
+}
+
+/// What remains to fill: pieces by destination address, disjoint.
+type Todo = BTreeMap<u64, Piece>;
+
+/// Removes `[start, end)` from `todo` and returns the removed parts
+/// (clipped to the range), keyed by their destination address.
+fn carve(todo: &mut Todo, start: u64, end: u64) -> Vec<(u64, Piece)> {
+    let hit: Vec<u64> = todo
+        .range(..end)
+        .rev()
+        .take_while(|(a, p)| **a + p.len > start)
+        .map(|(a, _)| *a)
+        .collect();
+    let mut out = Vec::new();
+    for a in hit.into_iter().rev() {
+        let p = todo.remove(&a).unwrap();
+        let pe = a + p.len;
+        if a < start {
+            todo.insert(a, p.sub(0, start - a));
+        }
+        if pe > end {
+            todo.insert(end, p.sub(end - a, pe - end));
+        }
+        let (s, e) = (a.max(start), pe.min(end));
+        out.push((s, p.sub(s - a, e - s)));
+    }
+    out
+}
+
+/// mremap moved `[from, from+len)` to `to`: so do the pieces there.
+fn remap(todo: &mut Todo, from: u64, to: u64, len: u64) {
+    for (a, p) in carve(todo, from, from + len) {
+        todo.insert(a - from + to, p);
+    }
+}
+
+/// The piece covering `addr`.
+fn piece_at(todo: &Todo, addr: u64) -> Option<(u64, &Piece)> {
+    todo.range(..=addr)
+        .next_back()
+        .filter(|(a, p)| addr < **a + p.len)
+        .map(|(a, p)| (*a, p))
+}
+
+/// One address space being filled: a restored process, or a child it
+/// forked before its pages were all in (same image pid: the child's
+/// missing pages are those of its parent at the fork).
+struct Space {
+    /// For messages: the restored pid, or "a child of pid N".
+    who: String,
+    /// Forked after the restore (an exec or exit of it is no news).
+    forked: bool,
+    vpid: u32,
+    uffd: OwnedFd,
+    todo: Todo,
+    /// Faulted pages not served yet (their copy met EAGAIN).
+    faults: Vec<u64>,
+    /// The process is gone (ESRCH).
+    gone: bool,
+    /// A copy met EAGAIN: events pending, read them before copying on.
+    again: bool,
+}
+
+/// How a copy into a space ended.
+enum Copied {
+    Done,
+    /// Events pending (EAGAIN): read them, then try again.
+    Again,
+    /// The process has gone (ESRCH).
+    Gone,
+}
+
+/// Test aid: `CRYO_LAZY_FILL_DELAY_MS=N` makes the background fill wait
+/// N ms before each chunk (faults and events are served at once all the
+/// same), so that a test can act on memory before it is all in.
+pub const FILL_DELAY_ENV: &str = "CRYO_LAZY_FILL_DELAY_MS";
+
+struct Server<'a> {
+    files: Vec<fs::File>,
+    names: Vec<String>,
+    remote: Option<Remote<'a>>,
+    buf: Vec<u8>,
+    st: Served,
+}
+
+impl Server<'_> {
+    /// The bytes of piece `p` of `vpid` into `self.buf[..p.len]`.
+    fn fetch(&mut self, vpid: u32, p: &Piece) -> Result<()> {
+        let buf = &mut self.buf[..p.len as usize];
+        match p.file {
+            None => match &mut self.remote {
+                Some(r) => r(vpid, p.src, buf),
+                None => bail!("pages of pid {vpid} at {:#x} are only at the source", p.src),
+            },
+            Some(i) => self.files[i]
+                .read_exact_at(buf, p.src)
+                .with_context(|| format!("Cannot read {}", self.names[i])),
+        }
+    }
+
+    /// Copies what remains to fill in `[start, end)` (at most CHUNK) into
+    /// space `s`; what is in (or no longer mapped) leaves its todo.
+    fn fill(&mut self, s: &mut Space, start: u64, end: u64) -> Result<Copied> {
+        let parts = carve(&mut s.todo, start, end);
+        let mut res = Copied::Done;
+        let mut rest = Vec::new();
+        for (a, p) in parts {
+            if !matches!(res, Copied::Done) {
+                rest.push((a, p));
+                continue;
+            }
+            self.fetch(s.vpid, &p)?;
+            let mut off = 0u64;
+            while off < p.len {
+                let n = (p.len - off) as usize;
+                match uffd::copy(&s.uffd, a + off, &self.buf[off as usize..off as usize + n]) {
+                    // Present already: skip that page.
+                    Ok(0) => off += PAGE_SIZE,
+                    Ok(c) => {
+                        off += c as u64;
+                        self.st.bytes += c as u64;
+                    }
+                    Err(Errno::EAGAIN) => {
+                        res = Copied::Again;
+                        break;
+                    }
+                    Err(Errno::ESRCH) => {
+                        res = Copied::Gone;
+                        break;
+                    }
+                    // Not in one registered mapping any more. A copy must
+                    // lie in one VMA (an mprotect may have split it): go
+                    // page by page; a single page there is not ours to fill.
+                    Err(Errno::ENOENT) => {
+                        let c = uffd::copy(
+                            &s.uffd,
+                            a + off,
+                            &self.buf[off as usize..off as usize + PAGE_SIZE as usize],
+                        );
+                        match c {
+                            Ok(c) => self.st.bytes += c as u64,
+                            Err(Errno::ENOENT) => {
+                                debug!("{}: {:#x} is no longer lazy memory; skipped", s.who, a + off)
+                            }
+                            Err(Errno::EAGAIN) => {
+                                res = Copied::Again;
+                                break;
+                            }
+                            Err(Errno::ESRCH) => {
+                                res = Copied::Gone;
+                                break;
+                            }
+                            Err(e) => bail!("Cannot fill {:#x} of {}: {e}", a + off, s.who),
+                        }
+                        off += PAGE_SIZE;
+                    }
+                    Err(e) => bail!("Cannot fill {:#x} of {}: {e}", a + off, s.who),
+                }
+            }
+            if off < p.len {
+                rest.push((a + off, p.sub(off, p.len - off)));
+            }
+        }
+        for (a, p) in rest {
+            s.todo.insert(a, p);
+        }
+        Ok(res)
+    }
+
+    /// Serves a fault at `page`: its piece from there, up to 64 KiB (or,
+    /// when the page ends its piece, as a program going down through
+    /// memory meets it, up to 64 KiB ending there), or a zero page when
+    /// nothing is to come there (never dumped, or dropped since by
+    /// madvise).
+    fn fault(&mut self, s: &mut Space, page: u64) -> Result<Copied> {
+        if let Some((a, p)) = piece_at(&s.todo, page) {
+            let end = (a + p.len).min(page + FAULT_AROUND);
+            let start = if end == page + PAGE_SIZE {
+                a.max((page + PAGE_SIZE).saturating_sub(FAULT_AROUND))
+            } else {
+                page
+            };
+            return self.fill(s, start, end);
+        }
+        match uffd::zeropage(&s.uffd, page, PAGE_SIZE) {
+            Ok(()) => Ok(Copied::Done),
+            Err(Errno::EAGAIN) => Ok(Copied::Again),
+            Err(Errno::ESRCH) => Ok(Copied::Gone),
+            Err(Errno::ENOENT) => {
+                // Unmapped meanwhile: let the thread retry (and fault).
+                let _ = uffd::wake(&s.uffd, page, PAGE_SIZE);
+                Ok(Copied::Done)
+            }
+            Err(e) => bail!("Cannot map a zero page at {page:#x} of {}: {e}", s.who),
+        }
+    }
+
+    /// Reads and applies the pending messages of `s`; returns the spaces
+    /// of the children it forked.
+    fn events(&mut self, s: &mut Space) -> Result<Vec<Space>> {
+        let mut born = Vec::new();
+        let msgs = match uffd::read_msgs(&s.uffd) {
+            Ok(m) => m,
+            Err(e) => bail!("Cannot read the userfaultfd of {}: {e}", s.who),
+        };
+        for m in msgs {
+            match m {
+                uffd::Msg::Fault(addr) => {
+                    self.st.faults += 1;
+                    s.faults.push(addr & !(PAGE_SIZE - 1));
+                }
+                uffd::Msg::Fork(fd) => {
+                    self.st.forks += 1;
+                    debug!("{} forked; its child is served too", s.who);
+                    born.push(Space {
+                        who: format!("a child of {}", s.who.trim_start_matches("a child of ")),
+                        forked: true,
+                        vpid: s.vpid,
+                        uffd: fd,
+                        todo: s.todo.clone(),
+                        faults: Vec::new(),
+                        gone: false,
+                        again: false,
+                    });
+                }
+                uffd::Msg::Remove { start, end } => {
+                    self.st.removes += 1;
+                    debug!("{}: {start:#x}-{end:#x} dropped (madvise)", s.who);
+                    carve(&mut s.todo, start, end);
+                }
+                uffd::Msg::Unmap { start, end } => {
+                    self.st.unmaps += 1;
+                    debug!("{}: {start:#x}-{end:#x} unmapped", s.who);
+                    carve(&mut s.todo, start, end);
+                }
+                uffd::Msg::Remap { from, to, len } => {
+                    self.st.remaps += 1;
+                    debug!("{}: {from:#x}+{len:#x} moved to {to:#x}", s.who);
+                    remap(&mut s.todo, from, to, len);
+                }
+                uffd::Msg::Other(e) => warn!("{}: unexpected userfaultfd event {e:#x}", s.who),
+            }
+        }
+        Ok(born)
+    }
+
+    /// Serves the pending faults of `s`.
+    fn faults(&mut self, s: &mut Space) -> Result<()> {
+        let pending = std::mem::take(&mut s.faults);
+        let mut it = pending.into_iter();
+        for page in it.by_ref() {
+            match self.fault(s, page)? {
+                Copied::Done => {}
+                Copied::Again => {
+                    self.st.retries += 1;
+                    s.again = true;
+                    s.faults.push(page);
+                    break;
+                }
+                Copied::Gone => {
+                    s.gone = true;
+                    break;
+                }
+            }
+        }
+        s.faults.extend(it);
+        Ok(())
+    }
+
+    /// One chunk of background fill of `s`.
+    fn background(&mut self, s: &mut Space) -> Result<()> {
+        let Some((&a, p)) = s.todo.first_key_value() else {
+            return Ok(());
+        };
+        let end = a + p.len.min(CHUNK);
+        match self.fill(s, a, end)? {
+            Copied::Done => {}
+            Copied::Again => {
+                self.st.retries += 1;
+                s.again = true
+            }
+            Copied::Gone => s.gone = true,
+        }
+        Ok(())
     }
 }
 
 /// Serves faults and copies every remaining piece; returns when all are
-/// in (or the processes are gone). `remote` fetches post-copy pages.
-pub fn serve(dir: &Path, procs: Vec<LazyProc>, mut remote: Option<Remote>) -> Result<Served> {
+/// in (or the processes are gone). Follows forks (the child is served as
+/// well), madvise(DONTNEED) and munmap (the range is never filled) and
+/// mremap (the pieces move). `remote` fetches post-copy pages.
+pub fn serve(dir: &Path, procs: Vec<LazyProc>, remote: Option<Remote>) -> Result<Served> {
     let t0 = Instant::now();
-    let mut files: HashMap<String, fs::File> = HashMap::new();
-    for p in &procs {
-        for f in p.fills.iter().filter(|f| !f.file.is_empty()) {
-            if !files.contains_key(&f.file) {
-                let h = fs::File::open(dir.join(&f.file)).with_context(|| format!("Cannot open {}", f.file))?;
-                files.insert(f.file.clone(), h);
+    let mut names: Vec<String> = Vec::new();
+    let mut files = Vec::new();
+    let mut spaces = Vec::new();
+    for p in procs {
+        let mut todo = Todo::new();
+        for f in p.fills {
+            let (file, src) = if f.file.is_empty() {
+                (None, f.vaddr)
+            } else {
+                let i = match names.iter().position(|n| *n == f.file) {
+                    Some(i) => i,
+                    None => {
+                        let h = fs::File::open(dir.join(&f.file)).with_context(|| format!("Cannot open {}", f.file))?;
+                        files.push(h);
+                        names.push(f.file.clone());
+                        names.len() - 1
+                    }
+                };
+                (Some(i), f.off)
+            };
+            // Pieces of at most CHUNK bytes: the copy buffer's size.
+            let mut at = 0;
+            while at < f.len {
+                let n = (f.len - at).min(CHUNK);
+                todo.insert(
+                    f.vaddr + at,
+                    Piece {
+                        len: n,
+                        file,
+                        src: src + at,
+                    },
+                );
+                at += n;
             }
         }
+        spaces.push(Space {
+            who: format!("pid {}", p.pid),
+            forked: false,
+            vpid: p.vpid,
+            uffd: p.uffd,
+            todo,
+            faults: Vec::new(),
+            gone: false,
+            again: false,
+        });
     }
-    let mut st = Served::default();
-    let mut procs: Vec<(LazyProc, usize, u64)> = procs.into_iter().map(|p| (p, 0usize, 0u64)).collect();
-    let mut buf = vec![0u8; CHUNK as usize];
-    while !procs.is_empty() {
-        // Faults first.
-        let fds: Vec<_> = procs.iter().map(|p| p.0.uffd.as_fd()).collect();
-        let ready = uffd::poll_in(&fds, 0)?;
-        let mut gone = Vec::new();
-        for (i, (p, _, _)) in procs.iter().enumerate() {
-            if !ready[i] {
-                continue;
+    let delay = std::env::var(FILL_DELAY_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_millis)
+        .unwrap_or_default();
+    if !delay.is_zero() {
+        info!("{FILL_DELAY_ENV}: the background fill waits {delay:?} per chunk (test aid)");
+    }
+    let mut srv = Server {
+        files,
+        names,
+        remote,
+        buf: vec![0u8; CHUNK as usize],
+        st: Served::default(),
+    };
+    let mut next_fill = Instant::now() + delay;
+    while !spaces.is_empty() {
+        // Wait for messages: not at all when there is copying to do now,
+        // a little after EAGAIN (the event is on its way), else until the
+        // next background chunk is due.
+        let now = Instant::now();
+        let timeout = if spaces.iter().any(|s| s.again) {
+            1
+        } else if spaces.iter().any(|s| !s.faults.is_empty()) || now >= next_fill {
+            0
+        } else {
+            (next_fill - now).as_millis().clamp(1, 1000) as i32
+        };
+        let ready = {
+            let fds: Vec<_> = spaces.iter().map(|s| s.uffd.as_fd()).collect();
+            uffd::poll_in(&fds, timeout)?
+        };
+        let mut born = Vec::new();
+        for (s, r) in spaces.iter_mut().zip(ready) {
+            s.again = false;
+            if r || !s.faults.is_empty() {
+                born.extend(srv.events(s)?);
             }
-            for addr in uffd::read_faults(&p.uffd)? {
-                st.faults += 1;
-                let page = addr & !(PAGE_SIZE - 1);
-                let r = match p.fills.iter().find(|f| f.vaddr <= page && page < f.vaddr + f.len) {
-                    Some(f) => {
-                        // The faulting page and up to 64 KiB after it.
-                        let n = (f.vaddr + f.len - page).min(64 << 10) as usize;
-                        fetch(&files, &mut remote, p.vpid, f, page - f.vaddr, &mut buf[..n])?;
-                        copy_all(&p.uffd, page, &buf[..n]).map(|c| st.bytes += c as u64)
-                    }
-                    None => uffd::zeropage(&p.uffd, page, PAGE_SIZE),
-                };
-                match r {
-                    Ok(()) => {}
-                    Err(Errno::ESRCH) => gone.push(i),
-                    Err(e) => bail!("Cannot fill page {page:#x} of pid {}: {e}", p.pid),
+        }
+        spaces.extend(born);
+        // Faults first, then (when due) one chunk per space.
+        for s in spaces.iter_mut() {
+            srv.faults(s)?;
+        }
+        if Instant::now() >= next_fill {
+            for s in spaces.iter_mut().filter(|s| !s.gone && !s.again && s.faults.is_empty()) {
+                srv.background(s)?;
+            }
+            next_fill = Instant::now() + delay;
+        }
+        spaces.retain(|s| {
+            if s.gone && !s.todo.is_empty() {
+                if s.forked {
+                    debug!("{} exited or exec'd before its lazy pages were all in", s.who);
+                } else {
+                    warn!("{} went away before its lazy pages were all in", s.who);
                 }
             }
-        }
-        // Then one chunk of background copying per process.
-        for (i, (p, next, done)) in procs.iter_mut().enumerate() {
-            let Some(f) = p.fills.get(*next) else {
-                gone.push(i);
-                continue;
-            };
-            let n = (f.len - *done).min(CHUNK) as usize;
-            fetch(&files, &mut remote, p.vpid, f, *done, &mut buf[..n])?;
-            match copy_all(&p.uffd, f.vaddr + *done, &buf[..n]) {
-                Ok(c) => st.bytes += c as u64,
-                Err(Errno::ESRCH) => gone.push(i),
-                Err(e) => bail!("Cannot fill {:#x} of pid {}: {e}", f.vaddr + *done, p.pid),
-            }
-            *done += n as u64;
-            if *done == f.len {
-                *next += 1;
-                *done = 0;
-            }
-        }
-        gone.sort_unstable();
-        gone.dedup();
-        for i in gone.into_iter().rev() {
-            let (p, next, _) = procs.swap_remove(i);
-            if next < p.fills.len() {
-                warn!("pid {} went away before its lazy pages were all in", p.pid);
-            }
-        }
+            !s.gone && !(s.todo.is_empty() && s.faults.is_empty())
+        });
     }
+    let mut st = srv.st;
     st.us = t0.elapsed().as_micros() as u64;
     info!(
-        "lazy pages: {} KiB copied, {} faults served, in {} ms",
+        "lazy pages: {} KiB copied, {} faults served, in {} ms; events: {}; {} copies retried after EAGAIN",
         st.bytes >> 10,
         st.faults,
-        st.us / 1000
+        st.us / 1000,
+        st.events(),
+        st.retries
     );
     Ok(st)
-}
-
-/// UFFDIO_COPY of `data` to `dst`, page by page past pages already there.
-fn copy_all(fd: impl AsFd, dst: u64, data: &[u8]) -> nix::Result<usize> {
-    let mut off = 0usize;
-    let mut copied = 0usize;
-    while off < data.len() {
-        match uffd::copy(fd.as_fd(), dst + off as u64, &data[off..])? {
-            0 => off += PAGE_SIZE as usize, // present already: skip it
-            n => {
-                off += n;
-                copied += n;
-            }
-        }
-    }
-    Ok(copied)
 }
 
 /// `cryo restore --lazy-pages`: restores (detached), then serves the lazy
@@ -285,11 +627,64 @@ pub fn restore_lazy(mut opts: restore::RestoreOpts) -> Result<i32> {
     let procs = std::mem::take(&mut *procs.lock().unwrap());
     let st = serve(&dir, procs, None)?;
     println!(
-        "cryo restore: pid {} runs; lazy pages: {} KiB copied, {} faults, all in after {} ms",
+        "cryo restore: pid {} runs; lazy pages: {} KiB copied, {} faults, all in after {} ms; events: {}",
         r.root_host_pid,
         st.bytes >> 10,
         st.faults,
-        st.us / 1000
+        st.us / 1000,
+        st.events()
     );
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn piece(len: u64, src: u64) -> Piece {
+        Piece {
+            len,
+            file: Some(0),
+            src,
+        }
+    }
+
+    fn todo(parts: &[(u64, u64, u64)]) -> Todo {
+        parts.iter().map(|&(a, l, s)| (a, piece(l, s))).collect()
+    }
+
+    #[test]
+    fn carve_splits_and_returns_the_middle() {
+        let mut t = todo(&[(0x1000, 0x4000, 0), (0x8000, 0x2000, 0x4000)]);
+        let got = carve(&mut t, 0x2000, 0x9000);
+        assert_eq!(
+            got,
+            vec![(0x2000, piece(0x3000, 0x1000)), (0x8000, piece(0x1000, 0x4000))]
+        );
+        assert_eq!(t, todo(&[(0x1000, 0x1000, 0), (0x9000, 0x1000, 0x5000)]));
+        // Nothing there: nothing changes.
+        assert!(carve(&mut t, 0x3000, 0x8000).is_empty());
+        assert_eq!(t.len(), 2);
+        // Exactly one piece.
+        assert_eq!(carve(&mut t, 0x1000, 0x2000), vec![(0x1000, piece(0x1000, 0))]);
+        assert_eq!(t, todo(&[(0x9000, 0x1000, 0x5000)]));
+    }
+
+    #[test]
+    fn remap_moves_the_pieces_but_keeps_their_source() {
+        let mut t = todo(&[(0x10000, 0x4000, 0x100)]);
+        // The middle two pages move up; the source offsets stay.
+        remap(&mut t, 0x11000, 0x80000, 0x2000);
+        assert_eq!(
+            t,
+            todo(&[
+                (0x10000, 0x1000, 0x100),
+                (0x13000, 0x1000, 0x3100),
+                (0x80000, 0x2000, 0x1100)
+            ])
+        );
+        assert_eq!(piece_at(&t, 0x81fff), Some((0x80000, &piece(0x2000, 0x1100))));
+        assert_eq!(piece_at(&t, 0x11000), None);
+        assert_eq!(piece_at(&t, 0x82000), None);
+    }
 }

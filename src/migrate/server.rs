@@ -233,10 +233,11 @@ fn session(ses: &mut Session, opts: &ServerOpts, incoming: &Path) -> Result<Outc
                         ses.send(&Frame::AllIn)?;
                     }
                     println!(
-                        "cryo page-server: lazy pages: {} KiB copied, {} faults, all in after {} ms",
+                        "cryo page-server: lazy pages: {} KiB copied, {} faults, all in after {} ms; events: {}",
                         st.bytes >> 10,
                         st.faults,
-                        st.us / 1000
+                        st.us / 1000,
+                        st.events()
                     );
                 }
                 return Ok(Outcome::Restored(pid));

@@ -86,13 +86,14 @@ pub fn uffd_wp_async() -> bool {
 
 /// Lazy pages as the engine does them: a userfaultfd that also handles
 /// faults from inside the kernel (no UFFD_USER_MODE_ONLY, which needs
-/// privilege or vm.unprivileged_userfaultfd), in missing mode, and
-/// pidfd_getfd to take it from a restored task.
+/// privilege or vm.unprivileged_userfaultfd), in missing mode, with the
+/// non-cooperative events (fork, remap, remove, unmap), and pidfd_getfd
+/// to take it from a restored task.
 pub fn uffd_missing() -> bool {
     let Some(fd) = userfaultfd(false) else {
         return false;
     };
-    if super::uffd::api(&fd, 0).is_err() {
+    if super::uffd::api(&fd, super::uffd::FEATURES_NONCOOP).is_err() {
         return false;
     }
     // pidfd_getfd of our own fd through our own pidfd.

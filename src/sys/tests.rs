@@ -546,3 +546,163 @@ fn pidfd_signal_and_xstate_errors() {
     let status = child.wait_exit();
     assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGTERM);
 }
+
+/// Runs `op` on another thread (a thread of ours that changes memory
+/// registered with `fd` waits until we read each event) and reads the
+/// messages until it is done; `before_read` runs once, when the first
+/// message is pending and unread. The messages and `op`'s result.
+fn uffd_events_of<T: Send + 'static>(
+    fd: &OwnedFd,
+    op: impl FnOnce() -> T + Send + 'static,
+    mut before_read: impl FnMut(),
+) -> (Vec<super::uffd::Msg>, T) {
+    use std::os::fd::AsFd;
+    let t = std::thread::spawn(op);
+    let mut msgs = Vec::new();
+    let start = Instant::now();
+    let mut first = true;
+    while !t.is_finished() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out; read so far: {msgs:?}"
+        );
+        if super::uffd::poll_in(&[fd.as_fd()], 10).unwrap()[0] {
+            if first {
+                before_read();
+                first = false;
+            }
+            msgs.extend(super::uffd::read_msgs(fd).unwrap());
+        }
+    }
+    let r = t.join().unwrap();
+    msgs.extend(super::uffd::read_msgs(fd).unwrap());
+    (msgs, r)
+}
+
+/// The non-cooperative events as lazy pages use them, on this process:
+/// while an event is pending, copies fail with EAGAIN; the fork message
+/// hands over the child's uffd (ours now; ESRCH once the child is gone);
+/// madvise(DONTNEED), mremap and munmap report their ranges.
+#[test]
+fn uffd_noncooperative_events() {
+    use super::uffd::{self, Msg};
+    use nix::errno::Errno;
+    require_root!();
+    let _g = FORK_MTX.lock().unwrap_or_else(|e| e.into_inner());
+    // SAFETY: userfaultfd takes only flags.
+    let raw = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) };
+    assert!(raw >= 0, "userfaultfd: {}", Errno::last());
+    // SAFETY: a descriptor just returned to us, owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw as RawFd) };
+    uffd::api(&fd, uffd::FEATURES_NONCOOP).expect("UFFDIO_API with the four events");
+    const PG: usize = 4096;
+    let len = 16 * PG;
+    // SAFETY: a fresh anonymous mapping; only this test uses it, and it
+    // reads only pages it has filled (a missing page would wait for us).
+    let area = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    } as usize;
+    assert_ne!(area, libc::MAP_FAILED as usize);
+    uffd::register_missing(&fd, area as u64, len as u64).unwrap();
+    let page = [7u8; PG];
+    let at = |p: usize| (area + p * PG) as u64;
+
+    // fork: a copy meanwhile is refused; the message brings the child's uffd.
+    let mut refused = None;
+    let (msgs, child) = uffd_events_of(
+        &fd,
+        || {
+            // A raw fork (clone with SIGCHLD only): glibc's fork() holds
+            // its malloc locks across the syscall, and the fork waits for
+            // our reader thread, which allocates.
+            // SAFETY: no stack or tls arguments; the child only leaves.
+            let pid = unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_long, 0, 0, 0, 0) } as i32;
+            if pid == 0 {
+                // SAFETY: ends the child at once, with no libc state used.
+                unsafe { libc::syscall(libc::SYS_exit_group, 0) };
+            }
+            pid
+        },
+        || refused = Some(uffd::copy(&fd, at(9), &page)),
+    );
+    assert_eq!(refused, Some(Err(Errno::EAGAIN)));
+    assert!(child > 0);
+    let mut guard = ChildGuard::new(Pid::from_raw(child));
+    guard.wait_exit();
+    let mut it = msgs.into_iter();
+    let Some(Msg::Fork(cfd)) = it.next() else {
+        panic!("no fork message")
+    };
+    assert!(it.next().is_none());
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", cfd.as_raw_fd())).unwrap();
+    assert!(link.to_string_lossy().contains("userfaultfd"), "{link:?}");
+    assert_eq!(uffd::copy(&cfd, at(0), &page), Err(Errno::ESRCH));
+    assert_eq!(uffd::copy(&fd, at(0), &page), Ok(PG));
+    // SAFETY: page 0 was just filled.
+    assert_eq!(unsafe { *(area as *const u8) }, 7);
+
+    let (msgs, r) = uffd_events_of(
+        &fd,
+        move || {
+            // SAFETY: pages 1-2 of the area, which nothing reads.
+            unsafe { libc::madvise((area + PG) as *mut libc::c_void, 2 * PG, libc::MADV_DONTNEED) }
+        },
+        || {},
+    );
+    assert_eq!(r, 0);
+    assert!(
+        matches!(msgs[..], [Msg::Remove { start, end }] if start == at(1) && end == at(3)),
+        "{msgs:?}"
+    );
+
+    let (msgs, r) = uffd_events_of(
+        &fd,
+        move || {
+            // SAFETY: moves pages 4-5 over pages 12-13 of the same area
+            // (MREMAP_FIXED replaces them); nothing reads either.
+            unsafe {
+                libc::mremap(
+                    (area + 4 * PG) as *mut libc::c_void,
+                    2 * PG,
+                    2 * PG,
+                    libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                    (area + 12 * PG) as *mut libc::c_void,
+                ) as usize
+            }
+        },
+        || {},
+    );
+    assert_eq!(r as u64, at(12));
+    // The move unmaps its target first (an unmap event), then moves.
+    let remap = msgs.iter().find_map(|m| match m {
+        Msg::Remap { from, to, len } => Some((*from, *to, *len)),
+        _ => None,
+    });
+    assert_eq!(remap, Some((at(4), at(12), 2 * PG as u64)), "{msgs:?}");
+
+    let (msgs, r) = uffd_events_of(
+        &fd,
+        move || {
+            // SAFETY: pages 6-7 of the area, which nothing reads.
+            unsafe { libc::munmap((area + 6 * PG) as *mut libc::c_void, 2 * PG) }
+        },
+        || {},
+    );
+    assert_eq!(r, 0);
+    assert!(
+        matches!(msgs[..], [Msg::Unmap { start, end }] if start == at(6) && end == at(8)),
+        "{msgs:?}"
+    );
+    // The copy refused during the fork goes through now.
+    assert_eq!(uffd::copy(&fd, at(9), &page), Ok(PG));
+    drop(fd);
+    // SAFETY: unmaps what is left of the test's own mapping.
+    unsafe { libc::munmap(area as *mut libc::c_void, len) };
+}
