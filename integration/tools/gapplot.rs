@@ -451,7 +451,7 @@ fn render(series: &[(String, Vec<u64>)], title: &str) -> (Image, YAxis) {
     // The downtime target, dashed.
     let yt = py(base + 50);
     for x in L + 1..=R {
-        if (x / 6) % 2 == 0 {
+        if (x / 6).is_multiple_of(2) {
             img.put(x as isize, yt as isize, TARGET);
             img.put(x as isize, yt as isize + 1, TARGET);
         }
@@ -475,8 +475,8 @@ fn render(series: &[(String, Vec<u64>)], title: &str) -> (Image, YAxis) {
         y += 52;
     }
     y += 6;
-    for x in lx..lx + 10 {
-        if (x / 4) % 2 == 0 {
+    for x in lx - 2..lx + 12 {
+        if ((x + 2 - lx) / 6).is_multiple_of(2) {
             img.put(x as isize, (y + CAP) as isize, TARGET);
             img.put(x as isize, (y + CAP + 1) as isize, TARGET);
         }
