@@ -539,9 +539,37 @@ fn container_migrates_with_pre_copy() {
     m.expect_pass(pid, "migrated with pre-copy");
 }
 
+/// Pre-copy rounds, then a lazy restore on B: the container runs before
+/// the pre-copied pages are in its memory, runc's criu (the drop-in)
+/// fills them from B's images, and the workload's check of every page
+/// passes there.
+#[test]
+fn container_migrates_with_lazy_pages() {
+    let Some(m) = Mig::new("ctrmig-lazy", 64) else { return };
+    let src = m.start();
+    let srv = m.page_server("1");
+    let (out, log) = m.migrate(&srv.to, &["--lazy-pages"]);
+    let dir = srv.dir.clone();
+    let pid = m.assert_moved(src, srv, &out, &log);
+    let ps = fs::read_to_string(dir.join("..").join("ps-1.out")).unwrap_or_default();
+    let kib: u64 = ps
+        .split("cryo page-server: lazy pages: ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(kib >= 32 << 10, "most of the 64 MiB came lazily: {ps}");
+    let rlog = fs::read_to_string(dir.join("restore.log")).unwrap_or_default();
+    assert!(
+        rlog.contains("of memory to come lazily") && rlog.contains("migration committed"),
+        "the drop-in's restore was lazy:\n{}",
+        log_tail(&dir.join("restore.log"), 20)
+    );
+    m.expect_pass(pid, "migrated with lazy pages");
+}
+
 /// The destination dies after the freeze (while the frozen container's
 /// pages are on their way): the container runs on A, untouched, and B
-/// holds nothing. --lazy-pages with --container is refused up front.
+/// holds nothing. --lazy-pages without pre-copy is refused up front.
 #[test]
 fn destination_dies_after_the_freeze_and_lazy_pages_are_refused() {
     let Some(m) = Mig::new("ctrmig-dstdie", 256) else {
@@ -551,11 +579,14 @@ fn destination_dies_after_the_freeze_and_lazy_pages_are_refused() {
     let srv = m.page_server("1");
 
     // Refused up front: nothing is sent, the container runs on.
-    let (out, log) = m.migrate(&srv.to, &["--lazy-pages"]);
+    let (out, log) = m.migrate(&srv.to, &["--lazy-pages", "--no-pre-copy"]);
     let e = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    assert!(!out.status.success(), "migrate --lazy-pages --container succeeded");
     assert!(
-        !e.contains('\n') && e.contains("--lazy-pages is not supported with --container"),
+        !out.status.success(),
+        "migrate --lazy-pages --no-pre-copy --container succeeded"
+    );
+    assert!(
+        !e.contains('\n') && e.contains("--lazy-pages with --container needs pre-copy"),
         "{e}\n{}",
         log_tail(&log, 10)
     );

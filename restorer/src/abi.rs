@@ -42,7 +42,7 @@
 pub const ARGS_MAGIC: u64 = 0x7274_7372_6f79_7263;
 /// Bumped on every layout change; the engine and the blob are built from
 /// the same tree, the check only catches a stale build.
-pub const ARGS_VERSION: u32 = 5;
+pub const ARGS_VERSION: u32 = 6;
 /// Stack of each extra thread inside the blob area.
 pub const THREAD_STACK: u64 = 32 * 1024;
 /// Exit status of a task whose blob failed.
@@ -67,6 +67,7 @@ pub mod step {
     pub const CLONE: u32 = 15;
     pub const SECCOMP: u32 = 16;
     pub const TIMERS: u32 = 17;
+    pub const UFFD: u32 = 18;
     /// Sent with `errno == 0` when everything before the go wait worked.
     pub const READY: u32 = 0xff;
 }
@@ -318,4 +319,7 @@ pub struct Args {
     /// [`TimerArm`] array: POSIX timers armed by the leader last.
     pub timers: u64,
     pub nr_timers: u64,
+    /// Non-zero: the leader creates a userfaultfd with these flags while it
+    /// still has the engine's capabilities (lazy pages; the engine takes it).
+    pub uffd_flags: u64,
 }

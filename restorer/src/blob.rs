@@ -58,6 +58,7 @@ mod nr {
     pub const RSEQ: usize = 334;
     pub const CLONE3: usize = 435;
     pub const SECCOMP: usize = 317;
+    pub const USERFAULTFD: usize = 323;
     pub const TIMER_CREATE: usize = 222;
     pub const TIMER_SETTIME: usize = 223;
 }
@@ -932,6 +933,19 @@ impl Blob<'_> {
         }
     }
 
+    /// Lazy pages: a userfaultfd for this mm, created before the restored
+    /// credentials drop CAP_SYS_PTRACE (a kernel-fault-capable userfaultfd
+    /// needs it). It is left open (close-on-exec) for the engine, which
+    /// takes it with pidfd_getfd and closes it here before the task runs.
+    fn open_uffd(&self) {
+        if self.a.uffd_flags == 0 {
+            return;
+        }
+        // SAFETY: userfaultfd takes no pointers.
+        let ret = unsafe { syscall1(nr::USERFAULTFD, self.a.uffd_flags as usize) };
+        self.check(ret, step::UFFD);
+    }
+
     fn run(&self) -> ! {
         let a = self.a;
         if a.magic != ARGS_MAGIC || a.size != size_of::<Args>() as u64 || a.version != ARGS_VERSION
@@ -946,6 +960,7 @@ impl Blob<'_> {
         self.set_signals_and_timers();
         self.clone_threads();
         self.set_thread(&a.thread);
+        self.open_uffd();
         self.set_creds();
         self.sync_with_engine();
         self.create_thread_timers();

@@ -220,14 +220,15 @@ pub fn dump_hook(inner: Hook, sock: PathBuf, guard: std::sync::Arc<crate::freeze
 }
 
 /// The drop-in's restore hook under a migration: `inner` first, then, at
-/// PreResume, the handshake with the root's host pid.
-pub fn restore_hook(inner: Hook, sock: PathBuf) -> Hook {
+/// `at` (PreResume; ReadyToRun with lazy pages, once the userfaultfds are
+/// in place), the handshake with the root's host pid.
+pub fn restore_hook(inner: Hook, sock: PathBuf, at: Event) -> Hook {
     let root = std::sync::Mutex::new(0i32);
     Hook::new(move |ev| {
         inner.fire(ev)?;
         match ev {
             Event::PostRestore { pid } => *root.lock().unwrap() = pid,
-            Event::PreResume => {
+            ev if ev == at => {
                 let pid = *root.lock().unwrap();
                 before_resume(&sock, pid).context("No commit from the migration's source")?;
                 tracing::info!("migration committed: releasing the restored container (pid {pid})");

@@ -140,6 +140,16 @@ fn failure_text(out: &Path, log: &Path) -> String {
     }
 }
 
+/// What the drop-in's log (`log`) says of the lazy pages it filled: its
+/// last "lazy pages: ..." line, from "lazy pages" on.
+pub fn lazy_report(log: &Path) -> Option<String> {
+    let t = fs::read_to_string(log).ok()?;
+    t.lines()
+        .rev()
+        .find_map(|l| l.find("lazy pages: ").map(|i| l[i..].trim().to_string()))
+        .filter(|l| l.contains("KiB copied"))
+}
+
 /// What `cryo migrate --container` is asked to do.
 #[derive(Debug, Clone)]
 pub struct CtrOpts {
@@ -149,10 +159,6 @@ pub struct CtrOpts {
     pub max_rounds: u32,
     pub lazy: bool,
 }
-
-/// The refusal of lazy pages for a container.
-pub const LAZY_REFUSED: &str = "--lazy-pages is not supported with --container yet (a container's restore does not \
-     complete while its pages wait); migrate it without --lazy-pages";
 
 fn pages_bytes(dir: &Path) -> u64 {
     fs::read_dir(dir)
@@ -174,11 +180,16 @@ fn dump_stats(dir: &Path) -> Option<crate::image::pb::DumpStatsEntry> {
     r.read_one::<pb::StatsEntry>().ok()?.dump
 }
 
+/// Lazy pages of a container come from the destination's pre-copied
+/// images (no post-copy from the source).
+pub const LAZY_NEEDS_PRE_COPY: &str =
+    "--lazy-pages with --container needs pre-copy (its lazy pages are the pre-copied ones): drop --no-pre-copy";
+
 /// Moves the running container `o.id` to the page server at `o.to`.
 pub fn migrate(o: &CtrOpts) -> Result<MigrateStats> {
     crate::require_root("migrate")?;
-    if o.lazy {
-        bail!(LAZY_REFUSED);
+    if o.lazy && o.max_rounds == 0 {
+        bail!(LAZY_NEEDS_PRE_COPY);
     }
     let t0 = Instant::now();
     let id = o.id.as_str();
@@ -291,7 +302,10 @@ pub fn migrate(o: &CtrOpts) -> Result<MigrateStats> {
                         target: format!("pre-{rounds}"),
                     })?;
                 }
-                conn.frame(&Frame::Restore)?;
+                // Lazy: the destination's restore leaves the pre-copied
+                // pages to be filled from its local images after the resume.
+                let lazy = o.lazy && rounds > 0;
+                conn.frame(if lazy { &Frame::RestoreLazy } else { &Frame::Restore })?;
                 conn.flush()?;
                 info!("images sent ({} bytes in all); the destination restores", conn.sent);
                 let rpid = match conn.answer()? {
@@ -420,14 +434,20 @@ impl DstCtr {
     /// with the restored root's host pid while every task waits, and must
     /// return Ok only once the source is stopped for good. Returns the
     /// container's pid. On any failure nothing of the container is left.
-    pub fn restore(&self, dir: &Path, commit: impl FnOnce(i32) -> Result<()>) -> Result<i32> {
+    ///
+    /// `lazy`: `runc restore --lazy-pages`: the drop-in leaves the
+    /// pre-copied pages out, resumes the container, then fills them from
+    /// the local images before it exits (runc waits for it).
+    pub fn restore(&self, dir: &Path, lazy: bool, commit: impl FnOnce(i32) -> Result<()>) -> Result<i32> {
         let relay = Relay::new("ctrdst")?;
         let out = dir.join("container.out");
         let f = fs::File::create(&out).with_context(|| format!("Cannot create {}", out.display()))?;
         let mut child = self
             .runtime
             .cmd(Some(&relay.criu()))
-            .args(["restore", "-d", "--image-path"])
+            .args(["restore", "-d"])
+            .args(lazy.then_some("--lazy-pages"))
+            .arg("--image-path")
             .arg(dir)
             .arg("--bundle")
             .arg(&self.bundle)

@@ -61,17 +61,34 @@ const CHUNK: u64 = 1 << 20;
 /// Copied on a fault: the faulting page and its neighbours.
 const FAULT_AROUND: u64 = 64 << 10;
 
+/// The descriptor of the userfaultfd the restorer left in `pid` (see
+/// `uffd_flags` of the restorer's arguments), if any.
+fn blob_uffd(pid: i32) -> Option<i32> {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .flatten()
+        .find(|e| fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == "anon_inode:[userfaultfd]"))
+        .and_then(|e| e.file_name().to_str()?.parse().ok())
+}
+
 /// A uffd without UFFD_USER_MODE_ONLY: faults from inside the kernel
-/// (a read() into a lazy buffer) must wait for us too.
-fn uffd_in(pid: i32) -> Result<OwnedFd> {
+/// (a read() into a lazy buffer) must wait for us too. It needs
+/// CAP_SYS_PTRACE (with vm.unprivileged_userfaultfd=0), which a
+/// container's task lacks once its credentials are restored: the restorer
+/// creates it before (`blob`, its descriptor in `pid`), and this takes it
+/// and closes it in `pid`. Without one it is created by injection.
+fn uffd_in(pid: i32, blob: Option<i32>) -> Result<OwnedFd> {
     let maps = proc::maps::read(pid as u32)?;
     let mut inj = Injector::new(Pid::from_raw(pid), &maps)
         .with_context(|| format!("Cannot prepare syscall injection into restored pid {pid}"))?;
     let res = (|| -> Result<OwnedFd> {
         let fl = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
-        let fd = inj
-            .syscall_ok(libc::SYS_userfaultfd, [fl, 0, 0, 0, 0, 0])
-            .with_context(|| format!("userfaultfd() in restored pid {pid}"))? as i32;
+        let fd = match blob {
+            Some(fd) => fd,
+            None => inj
+                .syscall_ok(libc::SYS_userfaultfd, [fl, 0, 0, 0, 0, 0])
+                .with_context(|| format!("userfaultfd() in restored pid {pid}"))? as i32,
+        };
         let got = sysc::pidfd_open(Pid::from_raw(pid))
             .and_then(|pfd| sysc::pidfd_getfd(&pfd, fd))
             .with_context(|| format!("Cannot take the userfaultfd of restored pid {pid}"));
@@ -98,10 +115,15 @@ pub fn attach(dir: &Path, pid: i32) -> Result<Option<LazyProc>> {
         .filter(|f| f.file.starts_with("parent/") || f.file.is_empty())
         .filter(|f| vmas.iter().any(|v| v.start <= f.vaddr && f.vaddr + f.len <= v.end))
         .collect();
+    let blob = blob_uffd(pid);
     if fills.is_empty() {
+        if blob.is_some() {
+            // Not needed: out of the task before it runs.
+            drop(uffd_in(pid, blob)?);
+        }
         return Ok(None);
     }
-    let fd = uffd_in(pid)?;
+    let fd = uffd_in(pid, blob)?;
     uffd::api(&fd, uffd::FEATURES_NONCOOP)
         .with_context(|| format!("UFFDIO_API (fork, remap, remove and unmap events) for restored pid {pid}"))?;
     for v in vmas

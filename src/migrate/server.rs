@@ -158,17 +158,24 @@ fn session(ses: &mut Session, opts: &ServerOpts, incoming: &Path) -> Result<Outc
                 return Ok(Outcome::Images);
             }
             f @ (Frame::Restore | Frame::RestoreLazy) if opts.container.is_some() => {
-                if f == Frame::RestoreLazy {
-                    bail!("{}", super::ctr::LAZY_REFUSED);
-                }
+                let lazy = f == Frame::RestoreLazy;
                 check_complete(incoming, files)?;
-                let pid = restore_container(ses, opts, incoming)?;
+                let pid = restore_container(ses, opts, incoming, lazy)?;
                 move_into(incoming, &opts.dir)?;
                 if let Err(e) = ses.send(&Frame::Done) {
                     warn!("could not confirm the restore to the sender: {e}");
                 }
                 let mut out = std::io::stdout().lock();
                 let _ = writeln!(out, "cryo page-server: restored container, pid {pid}");
+                if lazy {
+                    // runc's criu (the drop-in) filled them before it exited.
+                    match super::ctr::lazy_report(&opts.dir.join("restore.log")) {
+                        Some(l) => {
+                            let _ = writeln!(out, "cryo page-server: {l}");
+                        }
+                        None => warn!("the drop-in's restore.log does not report its lazy pages"),
+                    }
+                }
                 let _ = out.flush();
                 return Ok(Outcome::Restored(pid));
             }
@@ -370,10 +377,10 @@ fn move_into(incoming: &Path, dir: &Path) -> Result<()> {
 /// `runc restore` of the container from `incoming`; the restored
 /// container waits (every task ready, none running) until the sender's
 /// Commit.
-fn restore_container(ses: &mut Session, opts: &ServerOpts, incoming: &Path) -> Result<i32> {
+fn restore_container(ses: &mut Session, opts: &ServerOpts, incoming: &Path, lazy: bool) -> Result<i32> {
     let ctr = opts.container.as_ref().expect("container mode");
     let pid = ctr
-        .restore(incoming, |pid| {
+        .restore(incoming, lazy, |pid| {
             ses.send(&Frame::Restored { pid: pid as u32 })?;
             match ses.next() {
                 Ok(Frame::Commit) => Ok(()),

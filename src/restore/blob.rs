@@ -208,6 +208,8 @@ pub struct BlobPlan {
     pub seccomp: Vec<(Vec<u8>, u32)>,
     /// POSIX timers to arm last.
     pub timers: Vec<abi::TimerArm>,
+    /// userfaultfd flags for the blob (lazy pages); 0: none.
+    pub uffd_flags: u64,
 }
 
 /// One extra thread: its state and the registers it returns to.
@@ -252,6 +254,7 @@ impl Default for BlobPlan {
             seccomp_mode: 0,
             seccomp: Vec::new(),
             timers: Vec::new(),
+            uffd_flags: 0,
         }
     }
 }
@@ -741,6 +744,7 @@ fn build(plan: &BlobPlan, base: u64) -> Result<(Vec<u8>, Layout)> {
         nr_seccomp: plan.seccomp.len() as u64,
         timers: at(lay.timers),
         nr_timers: plan.timers.len() as u64,
+        uffd_flags: plan.uffd_flags,
     };
     put(&mut buf, lay.args, &args);
     Ok((buf, lay))

@@ -726,6 +726,7 @@ pub fn step_name(s: u32) -> &'static str {
         step::SYNC => "sync",
         step::SIGQUEUE => "pending signals",
         step::SIGRETURN => "sigreturn",
+        step::UFFD => "userfaultfd (lazy pages)",
         _ => "unknown",
     }
 }

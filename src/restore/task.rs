@@ -846,6 +846,12 @@ fn jump(plan: &Plan, t: &TaskImage, efds: EngineFds, staged: Staged) -> Result<I
         seccomp_mode: seccomp.0,
         seccomp: seccomp.1,
         timers: timer_arms(t, tc),
+        // Lazy pages: the engine takes this uffd (migrate::lazy::attach).
+        uffd_flags: if t.fills.iter().any(|f| f.lazy) {
+            (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64
+        } else {
+            0
+        },
     };
     // pidfds: their targets exist now or soon (the tree is being built).
     crate::files::pidfd::restore(&plan.files, &t.fds, t.pid)?;

@@ -592,31 +592,30 @@ impl Session {
             root: o.root.as_ref().map(PathBuf::from),
             ext_mnt: o.ext_mnt.iter().map(|m| (m.key.clone(), m.val.clone())).collect(),
             inherit_fd: o.inherit_fd.iter().map(|i| (i.key.clone(), i.fd)).collect(),
-            hook: match crate::migrate::commit::from_env() {
-                // `cryo page-server --container`: released only on commit.
-                Some(sock) => crate::migrate::commit::restore_hook(self.hook(), sock),
-                None => self.hook(),
-            },
+            hook: self.hook(),
             ..Default::default()
         };
-        if o.lazy_pages() && holds_mount_ns(&self.images.path) {
-            // Seen with runc 1.1.5: the container's restore does not
-            // complete while its pages wait to be served after the reply.
-            bail!(
-                "lazy_pages for a container (images with a mount namespace) is not supported yet: \
-                 restore it without lazy_pages"
-            );
-        }
-        let (ro, procs) = if o.lazy_pages() {
+        // `cryo page-server --container` (a migration): the tasks are
+        // released only on commit, with lazy pages once their
+        // userfaultfds are in place.
+        let commit = crate::migrate::commit::from_env();
+        let lazy = o
+            .lazy_pages()
+            .then(|| crate::migrate::lazy::hook(self.images.path.clone(), None));
+        let (ro, procs) = match (commit, lazy) {
+            (Some(sock), Some(_)) => {
+                let h = crate::migrate::commit::restore_hook(ro.hook.clone(), sock, Event::ReadyToRun);
+                let (run, procs) = crate::migrate::lazy::hook(self.images.path.clone(), Some(h.clone()));
+                (lazy_opts(restore::RestoreOpts { hook: h, ..ro }, run), Some(procs))
+            }
+            (Some(sock), None) => {
+                let h = crate::migrate::commit::restore_hook(ro.hook.clone(), sock, Event::PreResume);
+                (restore::RestoreOpts { hook: h, ..ro }, None)
+            }
             // The tree starts before its parent images' pages are in;
             // they are served once the reply is sent (see finish).
-            let (h, procs) = crate::migrate::lazy::hook(self.images.path.clone(), None);
-            let mut ro = ro;
-            ro.lazy_pages = true;
-            ro.run_hook = h;
-            (ro, Some(procs))
-        } else {
-            (ro, None)
+            (None, Some((run, procs))) => (lazy_opts(ro, run), Some(procs)),
+            (None, None) => (ro, None),
         };
         let r = restore::restore(&ro)?;
         let pid = r.root_host_pid;
@@ -640,14 +639,13 @@ impl Session {
     }
 }
 
-/// Whether the images hold a mount namespace (a container's).
-fn holds_mount_ns(dir: &Path) -> bool {
-    fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .any(|e| e.file_name().to_string_lossy().starts_with("mountpoints-"))
-        })
-        .unwrap_or(false)
+/// Restore options for lazy pages, `run` attaching the userfaultfds.
+fn lazy_opts(ro: restore::RestoreOpts, run: Hook) -> restore::RestoreOpts {
+    restore::RestoreOpts {
+        lazy_pages: true,
+        run_hook: run,
+        ..ro
+    }
 }
 
 /// Kills a restored tree through its namespace init (the whole pid
