@@ -221,6 +221,11 @@ impl Mig {
 
     /// `cryo page-server --container` in host B (tag names its files).
     fn page_server(&self, tag: &str) -> Server {
+        self.page_server_env(tag, &[])
+    }
+
+    /// The same, with ENV added to its environment (and runc's criu's).
+    fn page_server_env(&self, tag: &str, env: &[(&str, &str)]) -> Server {
         let dir = self.tmp.join(&format!("dst-{tag}"));
         let out = self.tmp.join(&format!("ps-{tag}.out"));
         let err = self.tmp.join(&format!("ps-{tag}.err"));
@@ -251,6 +256,7 @@ impl Mig {
                 "-v4",
             ],
         )
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(fs::File::create(&out).unwrap())
         .stderr(fs::File::create(&err).unwrap())
@@ -565,6 +571,102 @@ fn container_migrates_with_lazy_pages() {
         log_tail(&dir.join("restore.log"), 20)
     );
     m.expect_pass(pid, "migrated with lazy pages");
+}
+
+/// The page server on B is killed while runc's criu still fills the lazy
+/// pages: the restored container on B is killed (it cannot go on without
+/// its memory, and nothing would watch it). The source was held stopped
+/// after the Commit and got no answer: `cryo migrate` fails saying so, and
+/// the source stays stopped (the operator resumes it: the copy on B is
+/// gone). After a commit, the death of the filler is the loss of the
+/// destination's copy, as for a process tree (src/migrate/server.rs).
+#[test]
+fn page_server_killed_while_filling_kills_the_container() {
+    let Some(m) = Mig::new("ctrmig-lazykill", 64) else {
+        return;
+    };
+    let src = m.start();
+    // 64 MiB in 1 MiB chunks, 100 ms each: several seconds of filling.
+    let srv = m.page_server_env("1", &[("CRYO_LAZY_FILL_DELAY_MS", "100")]);
+    let to = srv.to.clone();
+    let h = {
+        let a = (
+            m.id.clone(),
+            m.root(Host::A),
+            m.ns(Host::A).to_string(),
+            m.tmp.join("m2.log"),
+        );
+        std::thread::spawn(move || {
+            let cryo = cryo_bin();
+            let enter = Hosts::enter(&a.2);
+            let args = [
+                enter[0].as_str(),
+                enter[1].as_str(),
+                s(&cryo),
+                "migrate",
+                "--container",
+                &a.0,
+                "--runtime-root",
+                s(&a.1),
+                "--to",
+                &to,
+                "--lazy-pages",
+                "-o",
+                s(&a.3),
+                "-v4",
+            ];
+            Captured::spawn(Path::new("nsenter"), &args, Stdio::null(), None).finish(STEP)
+        })
+    };
+    // The drop-in on B released the container and fills its pages.
+    let rlog = srv.dir.join(".incoming").join("restore.log");
+    let end = Instant::now() + STEP;
+    let rpid: i32 = loop {
+        let t = fs::read_to_string(&rlog).unwrap_or_default();
+        if let Some(p) = t
+            .split("releasing the restored container (pid ")
+            .nth(1)
+            .and_then(|r| r.split(')').next()?.parse().ok())
+        {
+            break p;
+        }
+        assert!(Instant::now() < end, "the lazy restore never committed");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    m.cl.pid(rpid);
+    std::thread::sleep(Duration::from_millis(300));
+    let t = fs::read_to_string(&rlog).unwrap_or_default();
+    assert!(
+        t.contains("of memory to come lazily") && !t.contains("all in after"),
+        "the fill should still run:\n{t}"
+    );
+    assert!(
+        cryo_integration::pid_state(rpid).is_some_and(|c| c != 'Z'),
+        "the restored container runs on B while it fills"
+    );
+    cryo_integration::kill_pid(srv.child.id() as i32);
+    assert!(
+        cryo_integration::wait_pid_gone(rpid, Duration::from_secs(10)),
+        "the restored container on B survived its page server"
+    );
+    let t = fs::read_to_string(&rlog).unwrap_or_default();
+    assert!(t.contains("cryo page-server went away"), "{t}");
+    let out = h.join().unwrap();
+    let e = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert!(
+        !out.status.success() && e.contains("no answer from the destination after Commit"),
+        "migrate: {}\n{}",
+        describe(&out),
+        log_tail(&m.tmp.join("m2.log"), 10)
+    );
+    // The source is held stopped (not killed, not running).
+    let st = cryo_integration::pid_state(src);
+    assert_eq!(st, Some('T'), "source pid {src} state");
+    assert!(
+        marked_pids(&m.marker).iter().all(|&p| p == src),
+        "only the held source is left: {:?}",
+        marked_pids(&m.marker)
+    );
 }
 
 /// The destination dies after the freeze (while the frozen container's

@@ -189,11 +189,11 @@ pub fn after_dump(sock: &Path, since_start: Duration, guard: &crate::freeze::Sto
 
 /// Drop-in, restore: every task is ready, none runs. Ok once the source
 /// is stopped for good (release the tasks); an error otherwise (kill them).
-pub fn before_resume(sock: &Path, pid: i32) -> Result<()> {
+pub fn before_resume(sock: &Path, pid: i32) -> Result<Peer> {
     let mut p = connect(sock)?;
     p.send(&Msg::Restored { pid })?;
     match p.recv("cryo page-server")? {
-        Msg::Commit => Ok(()),
+        Msg::Commit => Ok(p),
         Msg::Failed(m) => Err(anyhow!("{m}")),
         m => bail!("commit handshake: cryo page-server answered {:?}", m.line()),
     }
@@ -230,13 +230,40 @@ pub fn restore_hook(inner: Hook, sock: PathBuf, at: Event) -> Hook {
             Event::PostRestore { pid } => *root.lock().unwrap() = pid,
             ev if ev == at => {
                 let pid = *root.lock().unwrap();
-                before_resume(&sock, pid).context("No commit from the migration's source")?;
+                let peer = before_resume(&sock, pid).context("No commit from the migration's source")?;
                 tracing::info!("migration committed: releasing the restored container (pid {pid})");
+                if at == Event::ReadyToRun {
+                    watch_page_server(peer, pid);
+                }
             }
             _ => {}
         }
         Ok(())
     })
+}
+
+/// Lazy pages: the container runs while this process (runc's criu) still
+/// fills its memory, and `cryo page-server` holds the handshake open until
+/// runc is done. If the page server goes away first (killed), the
+/// container is killed (its init `root`, so its whole pid namespace): the
+/// migration's outcome is unknown to the source then, which keeps its
+/// copy stopped (see `ctr::migrate`), and no copy may run on unwatched.
+fn watch_page_server(peer: Peer, root: i32) {
+    std::thread::spawn(move || {
+        let mut s = peer.wr;
+        let _ = s.set_read_timeout(None);
+        let mut b = [0u8; 64];
+        loop {
+            match std::io::Read::read(&mut s, &mut b) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+        tracing::error!(
+            "cryo page-server went away while the lazy pages are filled: killing the container (pid {root})"
+        );
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(root), nix::sys::signal::Signal::SIGKILL);
+    });
 }
 
 /// cryo's side: a private directory with the socket and a `criu` link to

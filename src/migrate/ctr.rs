@@ -460,6 +460,9 @@ impl DstCtr {
             .with_context(|| format!("Cannot run {}", self.runtime.bin.display()))?;
         let mut committed = None;
         let mut failure = None;
+        // Lazy: held open until runc is done (the drop-in fills the pages
+        // meanwhile, and kills the container if this process goes away).
+        let mut _watched = None;
         match relay.wait(&mut child) {
             Ok(Some((mut peer, Msg::Restored { pid }))) => match commit(pid) {
                 Ok(()) => {
@@ -467,6 +470,7 @@ impl DstCtr {
                     if let Err(e) = peer.send(&Msg::Commit) {
                         failure = Some(e.context("The restored container could not be released"));
                     }
+                    _watched = Some(peer);
                 }
                 Err(e) => {
                     let _ = peer.send(&Msg::Failed(format!("{e:#}")));
@@ -481,6 +485,7 @@ impl DstCtr {
             Err(e) => failure = Some(e),
         }
         let st = child.wait().context("wait for runc restore")?;
+        drop(_watched);
         let runc_says = || failure_text(&out, &dir.join("restore.log"));
         if st.success() && failure.is_none() {
             if let Some(pid) = committed {
