@@ -24,6 +24,11 @@
 //!   source and waits for its Commit. Without Commit the drop-in kills
 //!   what it restored, runc fails, and the page server deletes whatever
 //!   runc left of the container.
+//! * `--lazy-pages` (after pre-copy): `runc restore --lazy-pages`; the
+//!   drop-in commits once the userfaultfds are registered, the container
+//!   runs, and the drop-in fills the pre-copied pages from the local
+//!   images before it exits. It kills the container if the page server
+//!   goes away meanwhile (nothing would be left to answer the source).
 
 use std::fs;
 use std::path::{Path, PathBuf};
