@@ -187,3 +187,43 @@ fn event_counts_are_read_from_the_summary() {
     assert_eq!(event_count(so, "remap"), 1);
     assert_eq!(event_count("no summary", "fork"), 0);
 }
+
+/// The process filling a lazy restore's pages dies before they are all in
+/// (here `cryo restore --lazy-pages`, SIGKILLed): the restored tree must
+/// die with it, not run on with zeros where its memory should be; and
+/// once every page is in, the tree no longer depends on that process.
+#[test]
+fn lazy_restore_dies_with_its_filler_but_not_after() {
+    require_root!();
+    // Killed while filling.
+    let sc = Scratch::new("lazy-filler-dies");
+    let _ = dumped(&sc, 64, &[]);
+    let (mut cryo, pf, _) = restore_lazy(&sc);
+    let rpid = restored_pid(&pf, &mut cryo, &sc);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        cryo.try_wait().unwrap().is_none(),
+        "cryo finished filling too soon for the test"
+    );
+    signal(cryo.id() as i32, libc::SIGKILL).unwrap();
+    let _ = cryo.wait();
+    assert!(
+        wait_pid_exited(rpid, GONE_TIMEOUT),
+        "restored pid {rpid} runs on after its filler died (its missing pages would read as zeros)"
+    );
+    // Filled completely, then cryo exits: the tree runs on and is whole.
+    let sc = Scratch::new("lazy-filler-done");
+    let (_, log) = dumped(&sc, 16, &[]);
+    let (mut cryo, pf, out) = restore_lazy(&sc);
+    let rpid = restored_pid(&pf, &mut cryo, &sc);
+    let (ok, so) = finished(cryo, &out, &sc);
+    assert!(ok, "cryo restore --lazy-pages failed: {so}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        cryo_integration::pid_running(rpid),
+        "restored pid {rpid} died after cryo finished"
+    );
+    signal(rpid, libc::SIGUSR1).unwrap();
+    let v = wait_for_nth_verdict(&log, 1, LINE_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(v.starts_with("PASS"), "restored lazyshape: {v}");
+}

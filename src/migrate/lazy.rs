@@ -648,6 +648,7 @@ pub fn restore_lazy(mut opts: restore::RestoreOpts) -> Result<i32> {
     let r = restore::restore(&opts)?;
     let procs = std::mem::take(&mut *procs.lock().unwrap());
     let st = serve(&dir, procs, None)?;
+    restore::lazy_done(r.shim_pid, r.root_host_pid);
     println!(
         "cryo restore: pid {} runs; lazy pages: {} KiB copied, {} faults, all in after {} ms; events: {}",
         r.root_host_pid,

@@ -247,6 +247,10 @@ fn session(ses: &mut Session, opts: &ServerOpts, incoming: &Path) -> Result<Outc
                         st.events()
                     );
                 }
+                if lazy {
+                    // All in: the tree no longer dies with this process.
+                    restore::lazy_done(shim, pid);
+                }
                 return Ok(Outcome::Restored(pid));
             }
             Frame::Error(m) => bail!("the sender gave up: {m}"),

@@ -298,8 +298,10 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
     drop(master);
     release(&plan, shim_pid, own_ns, go_w, &ready_r, efds, &opts.run_hook).context("Stage Go")?;
     if !own_ns {
-        // Let the shim drop its parent-death signal, and wait for it to say so.
-        nix::unistd::write(&shim_w, b"g").context("Cannot release the namespace init")?;
+        // Let the shim drop its parent-death signal (with lazy pages: once
+        // they are all in, see `lazy_done`), and wait for it to say so.
+        let go: &[u8] = if opts.lazy_pages { b"G" } else { b"g" };
+        nix::unistd::write(&shim_w, go).context("Cannot release the namespace init")?;
         let mut b = [0u8; 1];
         match nix::unistd::read(ack_r.as_raw_fd(), &mut b) {
             Ok(1) => {}
@@ -334,6 +336,16 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
         restore_us,
         moved_in,
     })
+}
+
+/// A lazy restore's pages are all in: the namespace init of the tree
+/// whose root is `root_host_pid` stops dying with this process. Until
+/// then, should the process filling the pages die, the tree dies with it
+/// instead of reading zeros where its memory should be.
+pub fn lazy_done(shim_pid: i32, root_host_pid: i32) {
+    if shim_pid > 0 && shim_pid != root_host_pid {
+        let _ = nix::sys::signal::kill(Pid::from_raw(shim_pid), shim::LAZY_DONE);
+    }
 }
 
 /// The hook events of a restore whose tasks are all ready.

@@ -30,6 +30,10 @@ const FORWARDED: [Signal; 8] = [
     Signal::SIGCONT,
 ];
 
+/// Sent by the engine to the shim once a lazy restore's pages are all in:
+/// the shim no longer dies with the engine. (Not forwarded to the root.)
+pub(crate) const LAZY_DONE: Signal = Signal::SIGPWR;
+
 /// Forks the shim; returns its host pid.
 pub(crate) fn spawn(plan: &Plan, efds: EngineFds, ctl: (RawFd, RawFd)) -> Result<i32> {
     let engine = unistd::getpid();
@@ -74,6 +78,7 @@ fn shim_main(plan: &Plan, efds: EngineFds, ctl: (RawFd, RawFd), engine: Pid) -> 
     crate::ipc::sysv::restore_objects(&plan.sysv)?;
     let mut set = SigSet::empty();
     set.add(Signal::SIGCHLD);
+    set.add(LAZY_DONE);
     for s in FORWARDED {
         set.add(s);
     }
@@ -108,7 +113,12 @@ fn shim_main(plan: &Plan, efds: EngineFds, ctl: (RawFd, RawFd), engine: Pid) -> 
         Ok(1) => {}
         _ => return Ok(1),
     }
-    nix::sys::prctl::set_pdeathsig(None).context("PR_SET_PDEATHSIG")?;
+    // With lazy pages ('G') the engine still fills the tree's memory: if it
+    // dies before all is in, the tree must die too (else its missing pages
+    // would read as zeros). It sends LAZY_DONE once every page is in.
+    if b[0] != b'G' {
+        nix::sys::prctl::set_pdeathsig(None).context("PR_SET_PDEATHSIG")?;
+    }
     let _ = unistd::write(crate::sys::rawfd::borrow(ctl.1), b"k");
     let _ = unistd::close(ctl.0);
     let _ = unistd::close(ctl.1);
@@ -119,6 +129,10 @@ fn shim_main(plan: &Plan, efds: EngineFds, ctl: (RawFd, RawFd), engine: Pid) -> 
             Ok(s) => s,
             Err(_) => continue,
         };
+        if sig == LAZY_DONE {
+            let _ = nix::sys::prctl::set_pdeathsig(None);
+            continue;
+        }
         if sig == Signal::SIGCHLD {
             loop {
                 match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {

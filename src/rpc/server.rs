@@ -209,12 +209,15 @@ fn finish(conn: Conn, r: (CriuResp, bool, Option<Lazy>)) -> Outcome {
     // page is in (runc waits for it to exit).
     if let Some(l) = lazy {
         match crate::migrate::lazy::serve(&l.dir, l.procs, None) {
-            Ok(st) => info!(
-                "lazy pages: {} KiB copied, {} faults, all in after {} ms",
-                st.bytes >> 10,
-                st.faults,
-                st.us / 1000
-            ),
+            Ok(st) => {
+                crate::restore::lazy_done(l.shim_pid, l.root_pid);
+                info!(
+                    "lazy pages: {} KiB copied, {} faults, all in after {} ms",
+                    st.bytes >> 10,
+                    st.faults,
+                    st.us / 1000
+                )
+            }
             Err(e) => {
                 error!("lazy pages: {}", chain(&e));
                 kill_restored(l.shim_pid);
@@ -251,6 +254,7 @@ struct Lazy {
     dir: PathBuf,
     procs: Vec<crate::migrate::lazy::LazyProc>,
     shim_pid: i32,
+    root_pid: i32,
 }
 
 /// A directory named by a descriptor of the caller, kept open.
@@ -624,6 +628,7 @@ impl Session {
                 dir: self.images.path.clone(),
                 procs: std::mem::take(&mut *p.lock().unwrap()),
                 shim_pid: r.shim_pid,
+                root_pid: r.root_host_pid,
             });
         }
         // Past this point the tree runs: a failure must take it down.
