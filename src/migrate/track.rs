@@ -62,9 +62,13 @@ pub struct RoundPages {
     pub parent: RunSet,
 }
 
-/// Whether `pid` has exited (gone, or a zombie).
+/// Whether `pid` has exited or is exiting (gone, a zombie, or past the
+/// point where its memory is released: PF_EXITING).
 fn gone(pid: i32) -> bool {
-    proc::stat::read(pid as u32).map_or(true, |st| matches!(st.state, 'Z' | 'X' | 'x'))
+    const PF_EXITING: u32 = 0x4;
+    proc::stat::read(pid as u32).map_or(true, |st| {
+        matches!(st.state, 'Z' | 'X' | 'x') || st.flags & PF_EXITING != 0
+    })
 }
 
 /// Present or swapped, not the zero page, not file-backed, not a guard.

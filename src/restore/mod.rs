@@ -343,9 +343,24 @@ pub fn restore(opts: &RestoreOpts) -> Result<Restored> {
 /// then, should the process filling the pages die, the tree dies with it
 /// instead of reading zeros where its memory should be.
 pub fn lazy_done(shim_pid: i32, root_host_pid: i32) {
-    if shim_pid > 0 && shim_pid != root_host_pid {
-        let _ = nix::sys::signal::kill(Pid::from_raw(shim_pid), shim::LAZY_DONE);
+    if shim_pid <= 0 || shim_pid == root_host_pid {
+        return;
     }
+    let comm = || std::fs::read_to_string(format!("/proc/{shim_pid}/comm")).ok();
+    let lazy = shim::LAZY_NAME.to_string_lossy();
+    if nix::sys::signal::kill(Pid::from_raw(shim_pid), shim::LAZY_DONE).is_err() {
+        return;
+    }
+    // The shim renames itself back once it no longer dies with us: wait
+    // for that before this process may exit (bounded; it is gone or done).
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < end {
+        match comm() {
+            Some(c) if c.trim_end() == lazy => std::thread::sleep(std::time::Duration::from_millis(1)),
+            _ => return,
+        }
+    }
+    tracing::warn!("the namespace init {shim_pid} did not confirm the end of the lazy restore");
 }
 
 /// The hook events of a restore whose tasks are all ready.

@@ -30,6 +30,11 @@ const FORWARDED: [Signal; 8] = [
     Signal::SIGCONT,
 ];
 
+/// The shim's name, and its name while it still dies with the engine
+/// during a lazy restore.
+pub(crate) const NAME: &std::ffi::CStr = c"cryo-init";
+pub(crate) const LAZY_NAME: &std::ffi::CStr = c"cryo-init-lazy";
+
 /// Sent by the engine to the shim once a lazy restore's pages are all in:
 /// the shim no longer dies with the engine. (Not forwarded to the root.)
 pub(crate) const LAZY_DONE: Signal = Signal::SIGPWR;
@@ -58,7 +63,7 @@ fn shim_main(plan: &Plan, efds: EngineFds, ctl: (RawFd, RawFd), engine: Pid) -> 
     // (getppid() is 0 here: the engine is outside our pid namespace. If
     // it died before the line above, the ctl pipe reads EOF below.)
     let _ = engine;
-    let _ = nix::sys::prctl::set_name(c"cryo-init");
+    let _ = nix::sys::prctl::set_name(NAME);
     mount(
         None::<&str>,
         "/",
@@ -118,6 +123,8 @@ fn shim_main(plan: &Plan, efds: EngineFds, ctl: (RawFd, RawFd), engine: Pid) -> 
     // would read as zeros). It sends LAZY_DONE once every page is in.
     if b[0] != b'G' {
         nix::sys::prctl::set_pdeathsig(None).context("PR_SET_PDEATHSIG")?;
+    } else {
+        let _ = nix::sys::prctl::set_name(LAZY_NAME);
     }
     let _ = unistd::write(crate::sys::rawfd::borrow(ctl.1), b"k");
     let _ = unistd::close(ctl.0);
@@ -130,7 +137,10 @@ fn shim_main(plan: &Plan, efds: EngineFds, ctl: (RawFd, RawFd), engine: Pid) -> 
             Err(_) => continue,
         };
         if sig == LAZY_DONE {
+            // The engine waits for the name to change back (see
+            // restore::lazy_done) before it may exit.
             let _ = nix::sys::prctl::set_pdeathsig(None);
+            let _ = nix::sys::prctl::set_name(NAME);
             continue;
         }
         if sig == Signal::SIGCHLD {
