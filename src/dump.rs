@@ -771,7 +771,7 @@ fn dump_process(
     ids.next_pages += 1;
     let pages_id = ids.next_pages;
     let (head, pagemap, scanned, written, write_us) =
-        dump_pages(dir, pid, &vmas, &scans, pages_id, opts.prev.as_deref())?;
+        dump_pages(dir, pid, &vmas, scans, pages_id, opts.prev.as_deref())?;
     stats.pages_skipped_parent += pagemap
         .iter()
         .filter(|e| e.flags == Some(mem::PE_PARENT))
@@ -1105,7 +1105,7 @@ fn dump_pages(
     dir: &ImageDir,
     pid: i32,
     vmas: &[proc::maps::Vma],
-    scans: &HashMap<u64, Vec<vm::PageRegion>>,
+    mut scans: HashMap<u64, Vec<vm::PageRegion>>,
     pages_id: u32,
     prev: Option<&crate::migrate::track::Tracker>,
 ) -> Result<(pb::PagemapHead, Vec<pb::PagemapEntry>, u64, u64, u64)> {
@@ -1122,8 +1122,8 @@ fn dump_pages(
         scanned += (v.end - v.start) / PAGE_SIZE;
         // Present or swapped, not the zero page, not still backed by the
         // file, not a guard region (those are recorded in the VMA).
-        let rs: Vec<vm::PageRegion> = match scans.get(&v.start) {
-            Some(rs) => rs.clone(),
+        let rs: Vec<vm::PageRegion> = match scans.remove(&v.start) {
+            Some(rs) => rs,
             None => scan_vma(&pagemap, pid, v)?,
         }
         .into_iter()

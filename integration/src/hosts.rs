@@ -107,3 +107,86 @@ impl Drop for Hosts {
         let _ = ip(&["netns", "del", &self.b]);
     }
 }
+
+/// A proxy in host B between the sender and the page server that passes
+/// the stream frame by frame until the sender's Commit (kind 8). Then,
+/// with `deliver`, it passes the Commit on but nothing back (the
+/// destination runs the tree; its Done is lost); without, it drops the
+/// Commit (the destination never hears it). Either way it then closes the
+/// sender's connection.
+/// With `kill_first` set to a pid, that process (the sending cryo) is
+/// SIGKILLed before the Commit is passed on. After passing it on, the
+/// proxy lingers `linger` (the destination releases the tree and answers
+/// into the void) before it closes. The thread returns whether a Commit
+/// came by.
+pub fn commit_cutting_proxy(
+    h: &Hosts,
+    to: String,
+    deliver: bool,
+    kill_first: Option<std::sync::Arc<std::sync::atomic::AtomicI32>>,
+    linger: std::time::Duration,
+) -> (u16, std::thread::JoinHandle<bool>) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    let (tx, rx) = std::sync::mpsc::channel();
+    let j = Hosts::in_ns(&h.b, move || {
+        let l = std::net::TcpListener::bind(format!("{ADDR_B}:0")).unwrap();
+        tx.send(l.local_addr().unwrap().port()).unwrap();
+        let (mut a, _) = l.accept().unwrap();
+        let mut b = std::net::TcpStream::connect(&to).unwrap();
+        let (mut a2, mut b2) = (a.try_clone().unwrap(), b.try_clone().unwrap());
+        let cut = Arc::new(AtomicBool::new(false));
+        let cut2 = cut.clone();
+        let back = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 << 10];
+            while let Ok(n) = b2.read(&mut buf) {
+                if n == 0 || (!cut2.load(Ordering::SeqCst) && a2.write_all(&buf[..n]).is_err()) {
+                    break;
+                }
+            }
+        });
+        let mut seen = false;
+        loop {
+            let mut head = [0u8; 24];
+            if a.read_exact(&mut head).is_err() {
+                break;
+            }
+            let kind = u32::from_le_bytes(head[4..8].try_into().unwrap());
+            let len = u64::from_le_bytes(head[8..16].try_into().unwrap()) as usize;
+            let mut payload = vec![0u8; len];
+            if a.read_exact(&mut payload).is_err() {
+                break;
+            }
+            if kind == 8 {
+                seen = true;
+                cut.store(true, Ordering::SeqCst);
+                if let Some(p) = &kill_first {
+                    let pid = p.load(Ordering::SeqCst);
+                    crate::signal(pid, libc::SIGKILL).unwrap();
+                    // Dead (a zombie: its tracees are let go by then).
+                    let end = Instant::now() + Duration::from_secs(10);
+                    while !matches!(crate::pid_state(pid), Some('Z') | None) && Instant::now() < end {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+                if deliver {
+                    let _ = b.write_all(&head);
+                    std::thread::sleep(linger);
+                } else {
+                    let _ = b.shutdown(std::net::Shutdown::Both);
+                }
+                break;
+            }
+            if b.write_all(&head).and_then(|_| b.write_all(&payload)).is_err() {
+                break;
+            }
+        }
+        let _ = a.shutdown(std::net::Shutdown::Both);
+        let _ = b.shutdown(std::net::Shutdown::Write);
+        let _ = back.join();
+        seen
+    });
+    (rx.recv().unwrap(), j)
+}

@@ -20,7 +20,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use cryo_integration::ctr::{busybox_rootfs, have, marked_pids};
-use cryo_integration::hosts::{Hosts, ADDR_B};
+use cryo_integration::hosts::{commit_cutting_proxy, Hosts, ADDR_B};
 use cryo_integration::{
     bin, cryo_bin, describe, log_tail, s, wait_for_line, wait_for_verdict, Captured, Cleanup, TempDir, LINE_TIMEOUT,
 };
@@ -872,61 +872,6 @@ fn no_commit_reaches_the_destination() {
     m.expect_pass(src, "no commit");
 }
 
-/// A proxy in host B that passes the stream both ways until the sender's
-/// Commit (kind 8), passes the Commit on, and then lets nothing back and
-/// closes the sender's connection: the destination runs the container,
-/// the source never hears so.
-fn proxy_losing_the_answer_to_commit(h: &Hosts, to: String) -> (u16, std::thread::JoinHandle<bool>) {
-    use std::io::Read;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let (tx, rx) = std::sync::mpsc::channel();
-    let j = Hosts::in_ns(&h.b, move || {
-        let l = std::net::TcpListener::bind(format!("{ADDR_B}:0")).unwrap();
-        tx.send(l.local_addr().unwrap().port()).unwrap();
-        let (mut a, _) = l.accept().unwrap();
-        let mut b = std::net::TcpStream::connect(&to).unwrap();
-        let (mut a2, mut b2) = (a.try_clone().unwrap(), b.try_clone().unwrap());
-        let cut = std::sync::Arc::new(AtomicBool::new(false));
-        let cut2 = cut.clone();
-        let back = std::thread::spawn(move || {
-            let mut buf = vec![0u8; 64 << 10];
-            while let Ok(n) = b2.read(&mut buf) {
-                if n == 0 || (!cut2.load(Ordering::SeqCst) && a2.write_all(&buf[..n]).is_err()) {
-                    break;
-                }
-            }
-        });
-        let mut seen = false;
-        loop {
-            let mut hd = [0u8; 24];
-            if a.read_exact(&mut hd).is_err() {
-                break;
-            }
-            let kind = u32::from_le_bytes(hd[4..8].try_into().unwrap());
-            let len = u64::from_le_bytes(hd[8..16].try_into().unwrap()) as usize;
-            let mut p = vec![0u8; len];
-            if a.read_exact(&mut p).is_err() {
-                break;
-            }
-            if kind == 8 {
-                cut.store(true, Ordering::SeqCst);
-                let _ = b.write_all(&hd);
-                seen = true;
-                std::thread::sleep(Duration::from_millis(1500));
-                break;
-            }
-            if b.write_all(&hd).and_then(|_| b.write_all(&p)).is_err() {
-                break;
-            }
-        }
-        let _ = a.shutdown(std::net::Shutdown::Both);
-        let _ = b.shutdown(std::net::Shutdown::Write);
-        let _ = back.join();
-        seen
-    });
-    (rx.recv().unwrap(), j)
-}
-
 /// The destination got the Commit and runs the container, but its answer
 /// is lost: the source cannot know, so the container's processes on A are
 /// kept stopped (never twice, never lost) and cryo migrate says so; once
@@ -938,7 +883,7 @@ fn lost_answer_to_commit_keeps_the_source_container_stopped() {
     };
     let src = m.start();
     let srv = m.page_server("1");
-    let (port, proxy) = proxy_losing_the_answer_to_commit(&m.hosts, srv.to.clone());
+    let (port, proxy) = commit_cutting_proxy(&m.hosts, srv.to.clone(), true, None, Duration::from_millis(1500));
     let (out, log) = m.migrate(&format!("{ADDR_B}:{port}"), &["--max-rounds", "2"]);
     assert!(proxy.join().unwrap(), "no Commit came by");
     let e = String::from_utf8_lossy(&out.stderr).trim().to_string();

@@ -5,7 +5,7 @@
 //! fault leaves it running on exactly one host with a clear error.
 
 use cryo_integration::e2e::{Scratch, GONE_TIMEOUT};
-use cryo_integration::hosts::{pid_net_ino, Hosts, ADDR_B};
+use cryo_integration::hosts::{commit_cutting_proxy, pid_net_ino, Hosts, ADDR_B};
 use cryo_integration::{
     bin, cryo_bin, describe, log_tail, pid_running, pid_state, read_pidfile, require_root, s, wait_for_line,
     wait_for_nth_verdict, wait_for_verdict, wait_pid_exited, Captured, Workload, LINE_TIMEOUT,
@@ -833,82 +833,6 @@ fn source_cryo_killed_during_post_copy() {
     assert!(v.starts_with("PASS"), "{v}");
 }
 
-/// A proxy in host B between the sender and the page server that passes
-/// the stream frame by frame until the sender's Commit (kind 8). Then,
-/// with `deliver`, it passes the Commit on but nothing back (the
-/// destination runs the tree; its Done is lost); without, it drops the
-/// Commit (the destination never hears it). Either way it then closes the
-/// sender's connection.
-/// With `kill_first` set to a pid, that process (the sending cryo) is
-/// SIGKILLed before the Commit is passed on.
-fn commit_cutting_proxy(
-    h: &Hosts,
-    to: String,
-    deliver: bool,
-    kill_first: Option<std::sync::Arc<std::sync::atomic::AtomicI32>>,
-) -> (u16, std::thread::JoinHandle<()>) {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
-    let (tx, rx) = std::sync::mpsc::channel();
-    let j = Hosts::in_ns(&h.b, move || {
-        let l = std::net::TcpListener::bind(format!("{ADDR_B}:0")).unwrap();
-        tx.send(l.local_addr().unwrap().port()).unwrap();
-        let (mut a, _) = l.accept().unwrap();
-        let mut b = std::net::TcpStream::connect(&to).unwrap();
-        let (mut a2, mut b2) = (a.try_clone().unwrap(), b.try_clone().unwrap());
-        let cut = Arc::new(AtomicBool::new(false));
-        let cut2 = cut.clone();
-        let back = std::thread::spawn(move || {
-            let mut buf = vec![0u8; 64 << 10];
-            while let Ok(n) = b2.read(&mut buf) {
-                if n == 0 || (!cut2.load(Ordering::SeqCst) && a2.write_all(&buf[..n]).is_err()) {
-                    break;
-                }
-            }
-        });
-        loop {
-            let mut head = [0u8; 24];
-            if a.read_exact(&mut head).is_err() {
-                break;
-            }
-            let kind = u32::from_le_bytes(head[4..8].try_into().unwrap());
-            let len = u64::from_le_bytes(head[8..16].try_into().unwrap()) as usize;
-            let mut payload = vec![0u8; len];
-            if a.read_exact(&mut payload).is_err() {
-                break;
-            }
-            if kind == 8 {
-                cut.store(true, Ordering::SeqCst);
-                if let Some(p) = &kill_first {
-                    let pid = p.load(Ordering::SeqCst);
-                    cryo_integration::signal(pid, libc::SIGKILL).unwrap();
-                    // Dead (a zombie: its tracees are let go by then).
-                    let end = Instant::now() + Duration::from_secs(10);
-                    while !matches!(pid_state(pid), Some('Z') | None) && Instant::now() < end {
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                }
-                if deliver {
-                    let _ = b.write_all(&head);
-                    // Let the destination release the tree and answer
-                    // (into the void) before the sender loses us.
-                    std::thread::sleep(Duration::from_millis(500));
-                } else {
-                    let _ = b.shutdown(std::net::Shutdown::Both);
-                }
-                break;
-            }
-            if b.write_all(&head).and_then(|_| b.write_all(&payload)).is_err() {
-                break;
-            }
-        }
-        let _ = a.shutdown(std::net::Shutdown::Both);
-        let _ = b.shutdown(std::net::Shutdown::Write);
-        let _ = back.join();
-    });
-    (rx.recv().unwrap(), j)
-}
-
 /// The source is stopped (group stop), neither running nor killed.
 fn assert_held_stopped(w: &Workload, what: &str) {
     std::thread::sleep(Duration::from_millis(300));
@@ -932,7 +856,7 @@ fn lost_answer_after_commit_keeps_the_source_stopped() {
     for deliver in [true, false] {
         let what = if deliver { "commit delivered" } else { "commit lost" };
         let (h, sc, mut w, srv) = setup("mig-commit", 16);
-        let (port, proxy) = commit_cutting_proxy(&h, srv.to(), deliver, None);
+        let (port, proxy) = commit_cutting_proxy(&h, srv.to(), deliver, None, Duration::from_millis(500));
         let (pid, log) = (w.pid.to_string(), sc.path("migrate.log"));
         let to = format!("{ADDR_B}:{port}");
         let out = cryo_in(&h.a, &migrate_args(&pid, &to, s(&log), &[]));
@@ -977,7 +901,7 @@ fn sender_killed_after_commit_leaves_the_source_stopped() {
     use std::sync::atomic::{AtomicI32, Ordering};
     let (h, sc, mut w, srv) = setup("mig-commit-kill", 16);
     let victim = std::sync::Arc::new(AtomicI32::new(0));
-    let (port, proxy) = commit_cutting_proxy(&h, srv.to(), true, Some(victim.clone()));
+    let (port, proxy) = commit_cutting_proxy(&h, srv.to(), true, Some(victim.clone()), Duration::from_millis(500));
     let (pid, log) = (w.pid.to_string(), sc.path("migrate.log"));
     let to = format!("{ADDR_B}:{port}");
     let mut mig = spawn_migrate(&h, &sc, &migrate_args(&pid, &to, s(&log), &[]));

@@ -379,10 +379,7 @@ impl FileTable {
             }
             FdKind::Pipe => (pipe::dump_pipe(self, f)?, FD_PIPE),
             FdKind::Fifo => (pipe::dump_fifo(self, f)?, FD_FIFO),
-            FdKind::Socket => match crate::net::dump(self, f)? {
-                Some(r) => r,
-                None => (unix::dump(self, f)?, FD_UNIXSK),
-            },
+            FdKind::Socket => crate::net::dump(self, f)?,
             FdKind::AnonInode(k) => match k.as_str() {
                 "[eventfd]" => (anon::dump_eventfd(self, f)?, FD_EVENTFD),
                 "[signalfd]" => (anon::dump_signalfd(self, f)?, FD_SIGNALFD),

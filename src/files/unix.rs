@@ -181,30 +181,7 @@ pub fn parse_diag(buf: &[u8]) -> std::result::Result<(Vec<Diag>, bool), String> 
 
 /// Every unix socket of this network namespace, by inode.
 fn diag_all() -> Result<HashMap<u32, Diag>> {
-    let nl = sock::socket(
-        AddressFamily::Netlink,
-        SockType::Raw,
-        SockFlag::SOCK_CLOEXEC,
-        sock::SockProtocol::NetlinkSockDiag,
-    )
-    .context("Cannot open a NETLINK_SOCK_DIAG socket")?;
-    let req = diag_request(1);
-    sock::send(nl.as_raw_fd(), &req, MsgFlags::empty()).context("sock_diag request")?;
-    let mut all = HashMap::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = sock::recv(nl.as_raw_fd(), &mut buf, MsgFlags::empty()).context("sock_diag reply")?;
-        if n == 0 {
-            bail!("sock_diag: the reply ended early");
-        }
-        let (socks, done) = parse_diag(&buf[..n]).map_err(|e| anyhow::anyhow!("sock_diag: {e}"))?;
-        for d in socks {
-            all.insert(d.ino, d);
-        }
-        if done {
-            return Ok(all);
-        }
-    }
+    crate::net::diag::query("sock_diag", &diag_request(1), parse_diag, |d| d.ino)
 }
 
 // ---- dump ---------------------------------------------------------------------
@@ -348,43 +325,10 @@ impl FileTable {
     }
 }
 
-/// The type name for messages.
-fn type_name(t: i32) -> String {
-    match t {
-        libc::SOCK_STREAM => "stream".into(),
-        libc::SOCK_DGRAM => "datagram".into(),
-        libc::SOCK_SEQPACKET => "seqpacket".into(),
-        libc::SOCK_RAW => "raw".into(),
-        t => format!("type {t}"),
-    }
-}
-
-fn family_name(f: i32) -> String {
-    match f {
-        libc::AF_INET => "inet".into(),
-        libc::AF_INET6 => "inet6".into(),
-        libc::AF_NETLINK => "netlink".into(),
-        libc::AF_PACKET => "packet".into(),
-        libc::AF_UNIX => "unix".into(),
-        f => format!("family {f}"),
-    }
-}
-
-/// Dumps a socket fd: unix sockets are supported, others are refused
-/// with a message naming their family and type.
-pub(crate) fn dump(t: &mut FileTable, f: &FdCtx) -> Result<u32> {
+/// Dumps a unix socket; `dup` is our copy of it, `typ` its SO_TYPE
+/// (net::dump dispatches on the family).
+pub(crate) fn dump(t: &mut FileTable, f: &FdCtx, dup: OwnedFd, typ: i32) -> Result<u32> {
     let (pid, fd) = (f.pid, f.fd);
-    let dup = t.dup_fd(pid, fd)?;
-    let family = fdops::getsockopt_int(dup.as_fd(), libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(-1);
-    let typ = fdops::getsockopt_int(dup.as_fd(), libc::SOL_SOCKET, libc::SO_TYPE).unwrap_or(-1);
-    if family != libc::AF_UNIX {
-        bail!(
-            "pid {pid} fd {fd}: {} {} sockets are not supported ({})",
-            family_name(family),
-            type_name(typ),
-            f.link
-        );
-    }
     let ino = f.md.map(|m| std::os::unix::fs::MetadataExt::ino(m) as u32).unwrap_or(0);
     if t.unix_diag.is_none() {
         t.unix_diag = Some(diag_all()?);

@@ -247,7 +247,7 @@ pub fn migrate(o: &CtrOpts) -> Result<MigrateStats> {
             conn.flush()?;
             stats.rounds.push(dirty);
             info!("pre-copy round {k}: {dirty} bytes");
-            if k > 1 && (dirty >= prev || dirty <= 256 << 10) {
+            if super::converged(k, dirty, prev) {
                 break;
             }
             prev = dirty;

@@ -70,6 +70,13 @@ pub struct MigrateStats {
     pub post_copied: u64,
 }
 
+/// Whether pre-copy should stop after round `k` that found `dirty` bytes
+/// written (`prev` in the round before): once the dirty set no longer
+/// shrinks, or is tiny.
+pub(crate) fn converged(k: u32, dirty: u64, prev: u64) -> bool {
+    k > 1 && (dirty >= prev || dirty <= 256 << 10)
+}
+
 /// Pids of the tree rooted at `root` (children through /proc).
 fn tree_pids(root: i32) -> Vec<i32> {
     let mut out = vec![root];
@@ -176,8 +183,7 @@ pub fn migrate(opts: &MigrateOpts) -> Result<MigrateStats> {
             conn.flush()?;
             stats.rounds.push(dirty);
             info!("pre-copy round {k}: {dirty} bytes");
-            // Stop once the dirty set no longer shrinks (or is tiny).
-            if k > 1 && (dirty >= prev || dirty <= 256 << 10) {
+            if converged(k, dirty, prev) {
                 break;
             }
             prev = dirty;

@@ -126,6 +126,18 @@ pub fn parse(buf: &[u8]) -> std::result::Result<(Vec<InetDiag>, bool), String> {
 
 /// Every socket of `family`/`proto` in this network namespace, by inode.
 pub fn dump_all(family: u8, proto: u8) -> Result<HashMap<u32, InetDiag>> {
+    query("inet_diag", &request(family, proto, 1), parse, |d| d.ino)
+}
+
+/// Sends one NETLINK_SOCK_DIAG dump request and collects the sockets of
+/// every reply (`parse` decodes one reply: its sockets, and whether it
+/// ended the dump), by inode. `what` names the exchange in errors.
+pub(crate) fn query<T>(
+    what: &str,
+    req: &[u8],
+    parse: impl Fn(&[u8]) -> std::result::Result<(Vec<T>, bool), String>,
+    ino: impl Fn(&T) -> u32,
+) -> Result<HashMap<u32, T>> {
     let nl = sock::socket(
         AddressFamily::Netlink,
         SockType::Raw,
@@ -133,17 +145,17 @@ pub fn dump_all(family: u8, proto: u8) -> Result<HashMap<u32, InetDiag>> {
         sock::SockProtocol::NetlinkSockDiag,
     )
     .context("Cannot open a NETLINK_SOCK_DIAG socket")?;
-    sock::send(nl.as_raw_fd(), &request(family, proto, 1), MsgFlags::empty()).context("inet_diag request")?;
+    sock::send(nl.as_raw_fd(), req, MsgFlags::empty()).with_context(|| format!("{what} request"))?;
     let mut all = HashMap::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        let n = sock::recv(nl.as_raw_fd(), &mut buf, MsgFlags::empty()).context("inet_diag reply")?;
+        let n = sock::recv(nl.as_raw_fd(), &mut buf, MsgFlags::empty()).with_context(|| format!("{what} reply"))?;
         if n == 0 {
-            bail!("inet_diag: the reply ended early");
+            bail!("{what}: the reply ended early");
         }
-        let (socks, done) = parse(&buf[..n]).map_err(|e| anyhow::anyhow!("inet_diag: {e}"))?;
+        let (socks, done) = parse(&buf[..n]).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
         for d in socks {
-            all.insert(d.ino, d);
+            all.insert(ino(&d), d);
         }
         if done {
             return Ok(all);

@@ -637,10 +637,11 @@ pub fn create(
             }
         }
         post(fd, isk)?;
-        let fl = nix::fcntl::OFlag::from_bits_truncate(isk.flags as i32)
-            & (nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_ASYNC);
-        nix::fcntl::fcntl(std::os::fd::AsRawFd::as_raw_fd(&fd), nix::fcntl::FcntlArg::F_SETFL(fl))
-            .context("F_SETFL")?;
+        super::set_status_flags(
+            fd,
+            isk.flags,
+            nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_ASYNC,
+        )?;
         let reuseport = isk.opts.so_reuseport == Some(true);
         if !queue.is_empty() && reuseport {
             // The kernel picks a member of the SO_REUSEPORT group for each

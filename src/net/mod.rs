@@ -113,18 +113,17 @@ impl Drop for DumpNet {
     }
 }
 
-/// Dumps a socket fd that is not a unix socket; `None` for unix sockets
-/// (the caller dumps those).
-pub(crate) fn dump(t: &mut FileTable, f: &FdCtx) -> Result<Option<(u32, i32)>> {
+/// Dumps a socket fd of any supported family: its file id and fd type.
+pub(crate) fn dump(t: &mut FileTable, f: &FdCtx) -> Result<(u32, i32)> {
     let (pid, fd) = (f.pid, f.fd);
     let dup = t.dup_fd(pid, fd)?;
     let family = fdops::getsockopt_int(dup.as_fd(), libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(-1);
     let typ = fdops::getsockopt_int(dup.as_fd(), libc::SOL_SOCKET, libc::SO_TYPE).unwrap_or(-1);
     match family {
-        libc::AF_UNIX => Ok(None),
-        libc::AF_INET | libc::AF_INET6 => Ok(Some((inet::dump(t, f, dup, family, typ)?, FD_INETSK))),
-        libc::AF_NETLINK => Ok(Some((netlink::dump(t, f, dup, typ)?, FD_NETLINKSK))),
-        libc::AF_PACKET => Ok(Some((packet::dump(t, f, dup, typ)?, FD_PACKETSK))),
+        libc::AF_UNIX => Ok((crate::files::unix::dump(t, f, dup, typ)?, crate::files::FD_UNIXSK)),
+        libc::AF_INET | libc::AF_INET6 => Ok((inet::dump(t, f, dup, family, typ)?, FD_INETSK)),
+        libc::AF_NETLINK => Ok((netlink::dump(t, f, dup, typ)?, FD_NETLINKSK)),
+        libc::AF_PACKET => Ok((packet::dump(t, f, dup, typ)?, FD_PACKETSK)),
         _ => bail!(
             "pid {pid} fd {fd}: {} {} sockets are not supported ({})",
             family_name(family),
@@ -150,6 +149,14 @@ fn family_name(f: i32) -> String {
         libc::AF_PACKET => "packet".into(),
         f => format!("family {f}"),
     }
+}
+
+/// Sets the file status flags of a restored socket to those of `flags`
+/// (the image's) that are in `keep` (O_NONBLOCK, O_ASYNC...).
+pub(crate) fn set_status_flags(fd: impl std::os::fd::AsRawFd, flags: u32, keep: nix::fcntl::OFlag) -> Result<()> {
+    let fl = nix::fcntl::OFlag::from_bits_truncate(flags as i32) & keep;
+    nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(fl)).context("F_SETFL")?;
+    Ok(())
 }
 
 /// Reads the tcp-stream image of every established connection in

@@ -148,9 +148,7 @@ pub fn create(fe: &pb::FileEntry) -> Result<OwnedFd> {
                 .with_context(|| format!("Cannot connect to port id {}", nl.dst_portid))?;
         }
         super::inet::apply_sk_opts(fd, &nl.opts)?;
-        let fl = nix::fcntl::OFlag::from_bits_truncate(nl.flags as i32) & nix::fcntl::OFlag::O_NONBLOCK;
-        nix::fcntl::fcntl(std::os::fd::AsRawFd::as_raw_fd(&fd), nix::fcntl::FcntlArg::F_SETFL(fl))
-            .context("F_SETFL")?;
+        super::set_status_flags(fd, nl.flags, nix::fcntl::OFlag::O_NONBLOCK)?;
         Ok(s)
     };
     run().with_context(|| format!("{what} (file id {})", fe.id))

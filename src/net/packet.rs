@@ -172,9 +172,7 @@ pub fn create(fe: &pb::FileEntry) -> Result<OwnedFd> {
             sock::bind_raw(fd, &ll(p.protocol as u16, index)).context("bind")?;
         }
         super::inet::apply_sk_opts(fd, &p.opts)?;
-        let fl = nix::fcntl::OFlag::from_bits_truncate(p.flags as i32) & nix::fcntl::OFlag::O_NONBLOCK;
-        nix::fcntl::fcntl(std::os::fd::AsRawFd::as_raw_fd(&fd), nix::fcntl::FcntlArg::F_SETFL(fl))
-            .context("F_SETFL")?;
+        super::set_status_flags(fd, p.flags, nix::fcntl::OFlag::O_NONBLOCK)?;
         Ok(s)
     };
     run().with_context(|| format!("{what} (file id {})", fe.id))

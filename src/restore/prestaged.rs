@@ -48,41 +48,9 @@ impl Prestaged {
     }
 }
 
-/// The parts of `[start, end)` that no piece in `covered` (sorted or not)
-/// covers.
-pub fn holes(start: u64, end: u64, covered: &[(u64, u64)]) -> Vec<(u64, u64)> {
-    let mut c: Vec<(u64, u64)> = covered
-        .iter()
-        .map(|&(s, e)| (s.max(start), e.min(end)))
-        .filter(|(s, e)| s < e)
-        .collect();
-    c.sort_unstable();
-    let mut out = Vec::new();
-    let mut at = start;
-    for (s, e) in c {
-        if s > at {
-            out.push((at, s));
-        }
-        at = at.max(e);
-    }
-    if at < end {
-        out.push((at, end));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn holes_are_the_complement() {
-        assert_eq!(holes(0, 100, &[]), vec![(0, 100)]);
-        assert_eq!(holes(0, 100, &[(0, 100)]), vec![]);
-        assert_eq!(holes(0, 100, &[(50, 60), (10, 20)]), vec![(0, 10), (20, 50), (60, 100)]);
-        assert_eq!(holes(10, 20, &[(0, 15), (18, 40)]), vec![(15, 18)]);
-        assert_eq!(holes(0, 100, &[(0, 30), (20, 50), (200, 300)]), vec![(50, 100)]);
-    }
 
     #[test]
     fn find_needs_one_window_for_the_whole_range() {

@@ -318,10 +318,13 @@ fn stage_memory(plan: &Plan, t: &TaskImage, efds: EngineFds) -> Result<Staged> {
 
     // Pre-copied memory moved in: the windows hold what the parent chain
     // resolves to; what the final images no longer have reads as zeros.
-    for &(vs, ve, st) in &moved_in {
-        let covered: Vec<(u64, u64)> = t.fills.iter().map(|f| (f.vaddr, f.vaddr + f.len)).collect();
-        for (hs, he) in super::prestaged::holes(vs, ve, &covered) {
-            mmap::discard(st + (hs - vs), he - hs).with_context(|| format!("Cannot zero {hs:#x}"))?;
+    if !moved_in.is_empty() {
+        use crate::migrate::runs::RunSet;
+        let covered = RunSet::from_ranges(t.fills.iter().map(|f| (f.vaddr, f.vaddr + f.len)));
+        for &(vs, ve, st) in &moved_in {
+            for &(hs, he) in RunSet::from_ranges([(vs, ve)]).subtract(&covered).ranges() {
+                mmap::discard(st + (hs - vs), he - hs).with_context(|| format!("Cannot zero {hs:#x}"))?;
+            }
         }
     }
     let in_moved = |a: u64, e: u64| moved_in.iter().any(|&(vs, ve, _)| vs <= a && e <= ve);
